@@ -1,0 +1,1 @@
+//! settled: the Lead-to-Invoice sync daemon. See ARCHITECTURE.md for a map of this crate.

@@ -1,0 +1,1 @@
+//! settled connector plugin `bai2` (being written).

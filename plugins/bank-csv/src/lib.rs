@@ -1,0 +1,1 @@
+//! settled connector plugin `bank-csv` (being written).

@@ -1,0 +1,1 @@
+//! settled connector plugin `camt` (being written).

@@ -1,0 +1,1 @@
+//! settled connector plugin `mt940` (being written).

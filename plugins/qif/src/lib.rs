@@ -1,0 +1,1 @@
+//! settled connector plugin `qif` (being written).

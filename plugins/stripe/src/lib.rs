@@ -1,0 +1,1 @@
+//! settled connector plugin `stripe` (being written).
