@@ -1,0 +1,536 @@
+//! The sled store: one tree, records under key prefixes, every write one atomic batch, durability by group commit.
+//!
+//! Key layout (all keys UTF-8, all values JSON, so a backup is a plain JSON-lines dump):
+//! - `e/<kind>/<id>`      entity records (`lead`, `account`, `contact`, `opportunity`, `quote`, `order`, `invoice`, `payment`, `allocation`, `review`)
+//! - `i/<index>/<key>`    secondary indexes, value = entity id
+//! - `v/<20-digit seq>`   the append-only audit log (`events`)
+//! - `o/<20-digit seq>`   outbox rows for sink plugins
+//! - `s/<key>`            idempotency keys of everything ingested (`seen`)
+//! - `c/<source>`         per-source cursors
+//! - `n/<series>/<period>` number-series counters, `n/id/<kind>` id counters
+//! - `p/<invoice id>`     last published payment status (so a derived change is announced once)
+//! - `m/schema`           schema version
+//!
+//! Only the engine writes. It holds one writer lock, reads, then applies one [`WriteSet`] as a sled `Batch` (atomic within the tree),
+//! and answers the caller only after [`Store::durable`] saw a flush that covers the write.
+
+mod backup;
+mod commit;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use backup::{backup_to, restore_from};
+use commit::GroupCommit;
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Errors of the store, split by who is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the data directory.
+    #[error("data directory {path} is locked by another running settled (pid {pid}); stop it first or use another --data-dir")]
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+        /// The pid written in the lock file, if readable.
+        pid: String,
+    },
+    /// The store was written by a schema this build does not know.
+    #[error("store at {path} has schema version {found}, this settled understands up to {SCHEMA_VERSION}; upgrade settled, or restore a backup with `settled restore FILE`")]
+    UnknownSchema {
+        /// The data directory.
+        path: PathBuf,
+        /// The version found.
+        found: String,
+    },
+    /// sled failed to open the store: possibly corruption after an unclean stop.
+    #[error("cannot open the store at {path}: {source}; if it is damaged, move it aside and run `settled restore BACKUP --data-dir {path}`")]
+    Open {
+        /// The data directory.
+        path: PathBuf,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// An IO error with context.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// sled failed during operation.
+    #[error("store error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored record does not decode: corruption or a bug. Please report.
+    #[error("stored record {key} does not decode ({source}); this is a bug or corruption, please report it")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+}
+
+/// Result alias for store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One audit-log entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// Monotonic id, starting at 1.
+    pub id: u64,
+    /// When it happened (RFC 3339, UTC).
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Who: `api`, `cli`, `scheduler`, `connector:<name>`, `reconcile`.
+    pub actor: String,
+    /// Event type, e.g. `lead.captured`, `invoice.issued`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The entity kind and id it concerns.
+    pub entity: String,
+    /// Entity id.
+    pub entity_id: String,
+    /// A summary of the change (what changed, from what to what).
+    pub data: serde_json::Value,
+}
+
+/// An outbox row: an event an outside system cares about, to be delivered by sink plugins.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutboxRow {
+    /// Monotonic id.
+    pub id: u64,
+    /// The audit event id it came from.
+    pub event_id: u64,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Payload for sinks.
+    pub data: serde_json::Value,
+}
+
+/// The store handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    tree: sled::Tree,
+    path: PathBuf,
+    next_event: AtomicU64,
+    next_outbox: AtomicU64,
+    commit: GroupCommit,
+    _lock: File,
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled page cache in bytes (default 64 MiB: bounds resident memory).
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`, taking an exclusive lock on it and checking the schema version.
+    pub fn open(dir: &Path, options: &StoreOptions) -> StoreResult<Store> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            context: format!("creating data directory {}", dir.display()),
+            source,
+        })?;
+        let lock = lock_dir(dir)?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(options.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let tree = db.open_tree("settled")?;
+        match tree.get(b"m/schema")? {
+            None => {
+                tree.insert(b"m/schema", SCHEMA_VERSION.to_string().as_bytes())?;
+                db.flush()?;
+            }
+            Some(v) => {
+                let found = String::from_utf8_lossy(&v).to_string();
+                if found.parse::<u64>().ok() != Some(SCHEMA_VERSION) {
+                    return Err(StoreError::UnknownSchema {
+                        path: dir.to_path_buf(),
+                        found,
+                    });
+                }
+            }
+        }
+        let next_event = last_seq(&tree, "v/")? + 1;
+        let next_outbox = last_seq(&tree, "o/")? + 1;
+        let commit = GroupCommit::new(db.clone());
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                tree,
+                path: dir.to_path_buf(),
+                next_event: AtomicU64::new(next_event),
+                next_outbox: AtomicU64::new(next_outbox),
+                commit,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Read an entity.
+    pub fn get<T: DeserializeOwned>(&self, kind: &str, id: &str) -> StoreResult<Option<T>> {
+        self.get_raw(&entity_key(kind, id))
+    }
+
+    /// Read and decode any key.
+    pub fn get_raw<T: DeserializeOwned>(&self, key: &str) -> StoreResult<Option<T>> {
+        match self.inner.tree.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(v) => decode(key, &v).map(Some),
+        }
+    }
+
+    /// Look an index up.
+    pub fn index(&self, index: &str, key: &str) -> StoreResult<Option<String>> {
+        self.get_raw(&index_key(index, key))
+    }
+
+    /// Every id under an index prefix (e.g. all `invoice-by-account/<account>/` rows).
+    pub fn index_prefix(&self, index: &str, prefix: &str) -> StoreResult<Vec<String>> {
+        let key = index_key(index, prefix);
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix(key.as_bytes()) {
+            let (k, v) = item?;
+            out.push(decode(&String::from_utf8_lossy(&k), &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Has this idempotency key been ingested? Returns what it produced.
+    pub fn seen(&self, key: &str) -> StoreResult<Option<serde_json::Value>> {
+        self.get_raw(&format!("s/{key}"))
+    }
+
+    /// A source's cursor.
+    pub fn cursor(&self, source: &str) -> StoreResult<Option<serde_json::Value>> {
+        self.get_raw(&format!("c/{source}"))
+    }
+
+    /// All entities of a kind, in id order (ids sort by creation).
+    pub fn scan<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+    ) -> impl Iterator<Item = StoreResult<T>> + '_ {
+        let prefix = format!("e/{kind}/");
+        self.inner
+            .tree
+            .scan_prefix(prefix.as_bytes())
+            .map(|item| -> StoreResult<T> {
+                let (k, v) = item?;
+                decode(&String::from_utf8_lossy(&k), &v)
+            })
+    }
+
+    /// Audit events with id > `after`, at most `limit`.
+    pub fn events_after(&self, after: u64, limit: usize) -> StoreResult<Vec<Event>> {
+        self.seq_after("v/", after, limit)
+    }
+
+    /// Outbox rows with id > `after`, at most `limit`.
+    pub fn outbox_after(&self, after: u64, limit: usize) -> StoreResult<Vec<OutboxRow>> {
+        self.seq_after("o/", after, limit)
+    }
+
+    fn seq_after<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<T>> {
+        let start = seq_key(prefix, after.saturating_add(1));
+        let end = format!("{prefix}~");
+        let mut out = Vec::new();
+        for item in self
+            .inner
+            .tree
+            .range(start.as_bytes()..end.as_bytes())
+            .take(limit)
+        {
+            let (k, v) = item?;
+            out.push(decode(&String::from_utf8_lossy(&k), &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The id of the newest audit event (0 when none).
+    pub fn last_event_id(&self) -> u64 {
+        self.inner.next_event.load(Ordering::SeqCst) - 1
+    }
+
+    /// Start a write set. Callers must hold the engine's writer lock from their reads until [`Store::apply`].
+    pub fn begin(&self) -> WriteSet {
+        WriteSet {
+            batch: sled::Batch::default(),
+            events: Vec::new(),
+            outbox: Vec::new(),
+            pending_counters: Vec::new(),
+            writes: 0,
+        }
+    }
+
+    /// Next value of a counter (`n/...`) as seen by this write set (counters are read from the store and the set).
+    pub fn next_counter(&self, ws: &mut WriteSet, name: &str) -> StoreResult<u64> {
+        let key = format!("n/{name}");
+        let current = match ws.pending_counters.iter().find(|(k, _)| *k == key) {
+            Some((_, v)) => *v,
+            None => self.get_raw::<u64>(&key)?.unwrap_or(0),
+        };
+        let next = current + 1;
+        ws.pending_counters.retain(|(k, _)| *k != key);
+        ws.pending_counters.push((key.clone(), next));
+        ws.batch.insert(key.as_bytes(), next.to_string().as_bytes());
+        Ok(next)
+    }
+
+    /// Apply a write set atomically (one sled batch). Returns a commit ticket for [`Store::durable`].
+    pub fn apply(&self, ws: WriteSet) -> StoreResult<CommitTicket> {
+        let mut batch = ws.batch;
+        let mut event_ids = Vec::with_capacity(ws.events.len());
+        for mut event in ws.events {
+            let id = self.inner.next_event.fetch_add(1, Ordering::SeqCst);
+            event.id = id;
+            event_ids.push(id);
+            batch.insert(seq_key("v/", id).as_bytes(), encode(&event));
+        }
+        for (mut row, event_index) in ws.outbox {
+            row.id = self.inner.next_outbox.fetch_add(1, Ordering::SeqCst);
+            row.event_id = event_index
+                .and_then(|i| event_ids.get(i).copied())
+                .unwrap_or(0);
+            batch.insert(seq_key("o/", row.id).as_bytes(), encode(&row));
+        }
+        self.inner.tree.apply_batch(batch)?;
+        Ok(CommitTicket {
+            seq: self.inner.commit.written(),
+            event_ids,
+        })
+    }
+
+    /// Wait until everything up to `ticket` is flushed to disk (group commit: one flush serves many writers).
+    pub async fn durable(&self, ticket: &CommitTicket) -> StoreResult<()> {
+        self.inner.commit.wait(ticket.seq).await
+    }
+
+    /// Flush now (blocking).
+    pub fn flush(&self) -> StoreResult<()> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// Count the entities of a kind (a scan of keys; used by metrics and status, not on hot paths).
+    pub fn count(&self, kind: &str) -> usize {
+        let prefix = format!("e/{kind}/");
+        self.inner
+            .tree
+            .scan_prefix(prefix.as_bytes())
+            .keys()
+            .count()
+    }
+
+    fn tree(&self) -> &sled::Tree {
+        &self.inner.tree
+    }
+}
+
+/// Proof that a write set was applied; pass it to [`Store::durable`].
+#[derive(Debug, Clone)]
+pub struct CommitTicket {
+    seq: u64,
+    /// Ids of the audit events the write appended, in order.
+    pub event_ids: Vec<u64>,
+}
+
+/// Everything one command writes, applied as one atomic batch.
+pub struct WriteSet {
+    batch: sled::Batch,
+    events: Vec<Event>,
+    outbox: Vec<(OutboxRow, Option<usize>)>,
+    pending_counters: Vec<(String, u64)>,
+    writes: usize,
+}
+
+impl WriteSet {
+    /// Write an entity.
+    pub fn put<T: Serialize>(&mut self, kind: &str, id: &str, value: &T) {
+        self.writes += 1;
+        self.batch
+            .insert(entity_key(kind, id).as_bytes(), encode(value));
+    }
+
+    /// Write any key (cursors, published statuses).
+    pub fn put_raw<T: Serialize>(&mut self, key: &str, value: &T) {
+        self.writes += 1;
+        self.batch.insert(key.as_bytes(), encode(value));
+    }
+
+    /// Point an index entry at an id.
+    pub fn index(&mut self, index: &str, key: &str, id: &str) {
+        self.writes += 1;
+        self.batch
+            .insert(index_key(index, key).as_bytes(), encode(&id));
+    }
+
+    /// Remove an index entry.
+    pub fn unindex(&mut self, index: &str, key: &str) {
+        self.writes += 1;
+        self.batch.remove(index_key(index, key).as_bytes());
+    }
+
+    /// Record an idempotency key with what it produced.
+    pub fn seen(&mut self, key: &str, produced: &serde_json::Value) {
+        self.writes += 1;
+        self.batch
+            .insert(format!("s/{key}").as_bytes(), encode(produced));
+    }
+
+    /// Commit a source's cursor with the records it covers.
+    pub fn cursor(&mut self, source: &str, cursor: &serde_json::Value) {
+        self.writes += 1;
+        self.batch
+            .insert(format!("c/{source}").as_bytes(), encode(cursor));
+    }
+
+    /// Append an audit event; with `outbox`, also queue it for sink plugins.
+    pub fn event(
+        &mut self,
+        actor: &str,
+        kind: &str,
+        entity: &str,
+        entity_id: &str,
+        data: serde_json::Value,
+        outbox: bool,
+    ) {
+        let at = chrono::Utc::now();
+        if outbox {
+            self.outbox.push((
+                OutboxRow {
+                    id: 0,
+                    event_id: 0,
+                    kind: kind.to_string(),
+                    at,
+                    data: serde_json::json!({"entity": entity, "id": entity_id, "data": data.clone()}),
+                },
+                Some(self.events.len()),
+            ));
+        }
+        self.events.push(Event {
+            id: 0,
+            at,
+            actor: actor.to_string(),
+            kind: kind.to_string(),
+            entity: entity.to_string(),
+            entity_id: entity_id.to_string(),
+            data,
+        });
+    }
+
+    /// True when nothing but counters was written.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.writes == 0
+    }
+}
+
+fn entity_key(kind: &str, id: &str) -> String {
+    format!("e/{kind}/{id}")
+}
+
+fn index_key(index: &str, key: &str) -> String {
+    format!("i/{index}/{key}")
+}
+
+fn seq_key(prefix: &str, seq: u64) -> String {
+    format!("{prefix}{seq:020}")
+}
+
+fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    // Serializing our own plain structs to a Vec cannot fail (no maps with non-string keys, no IO).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+fn last_seq(tree: &sled::Tree, prefix: &str) -> StoreResult<u64> {
+    match tree.scan_prefix(prefix.as_bytes()).keys().next_back() {
+        None => Ok(0),
+        Some(k) => {
+            let k = k?;
+            let text = String::from_utf8_lossy(&k[prefix.len()..]).to_string();
+            Ok(text.parse().unwrap_or(0))
+        }
+    }
+}
+
+fn lock_dir(dir: &Path) -> StoreResult<File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("LOCK");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| StoreError::Io {
+            context: format!("opening lock file {}", path.display()),
+            source,
+        })?;
+    if file.try_lock().is_err() {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        return Err(StoreError::Locked {
+            path: dir.to_path_buf(),
+            pid: pid.trim().to_string(),
+        });
+    }
+    let io = |source| StoreError::Io {
+        context: format!("writing lock file {}", path.display()),
+        source,
+    };
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    write!(file, "{}", std::process::id()).map_err(io)?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests;
