@@ -1,3 +1,14 @@
 //! settled: the Lead-to-Invoice sync daemon. See ARCHITECTURE.md for a map of this crate.
 
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod engine;
+pub mod inbox;
+pub mod plugin_host;
+pub mod reconcile;
+pub mod scheduler;
 pub mod store;

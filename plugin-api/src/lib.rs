@@ -6,6 +6,7 @@
 //! See `README.md` beside this crate for a plugin author's guide.
 #![deny(missing_docs)]
 
+pub mod abi;
 pub mod sdk;
 pub mod wire;
 
@@ -17,10 +18,30 @@ pub use chrono;
 pub use rust_decimal;
 pub use serde_json;
 
-/// Export a [`Plugin`] implementation from a `cdylib`: generates the ABI header and entry points.
+/// Export a [`Plugin`] implementation from a `cdylib`: generates the ABI header and every entry point.
 ///
-/// PLACEHOLDER until the ABI lands: expands to nothing so plugin crates can be written against the trait.
+/// Use it once per plugin crate, at the crate root:
+/// ```text
+/// settled_plugin_api::export_plugin!(MyPlugin);
+/// ```
+/// It defines the `SETTLED_PLUGIN_HEADER` static and `settled_plugin_init` (see [`abi`]); each entry point
+/// catches panics, and the plugin's `tracing` events are forwarded to the host's log.
 #[macro_export]
 macro_rules! export_plugin {
-    ($plugin:ty) => {};
+    ($plugin:ty) => {
+        #[no_mangle]
+        #[doc(hidden)]
+        pub static SETTLED_PLUGIN_HEADER: $crate::abi::PluginHeader =
+            $crate::abi::PluginHeader::CURRENT;
+
+        #[no_mangle]
+        #[doc(hidden)]
+        pub unsafe extern "C" fn settled_plugin_init(
+            host: *const $crate::abi::HostCallbacks,
+        ) -> *const $crate::abi::PluginVTable {
+            static VTABLE: $crate::abi::PluginVTable = $crate::sdk::export::vtable::<$plugin>();
+            // SAFETY: the host passes null or valid callbacks that outlive this library.
+            unsafe { $crate::sdk::export::init(host, &VTABLE) }
+        }
+    };
 }

@@ -144,9 +144,10 @@ impl std::fmt::Display for PluginError {
 
 impl std::error::Error for PluginError {}
 
-/// A canonical record emitted by a plugin, tagged with its versioned kind.
+/// A canonical record emitted by a plugin, tagged with its versioned kind in the `record` field
+/// (`{"record": "payment@1", ...}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind")]
+#[serde(tag = "record")]
 pub enum Record {
     /// `lead@1`: a captured lead.
     #[serde(rename = "lead@1")]

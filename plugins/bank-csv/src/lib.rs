@@ -1,1 +1,890 @@
-//! settled connector plugin `bank-csv` (being written).
+//! settled connector plugin `bank-csv`: bank and accounting-package CSV exports, read through a profile
+//! (built in or configured) into `payment@1` records.
+
+mod profile;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::str::FromStr;
+
+use serde::Deserialize;
+use settled_plugin_api::chrono::format::{Item, Parsed, StrftimeItems};
+use settled_plugin_api::chrono::NaiveDate;
+use settled_plugin_api::rust_decimal::Decimal;
+use settled_plugin_api::{
+    EntryStatus, FileRequest, Manifest, ParseReply, PaymentRecord, Plugin, PluginError, Record,
+    Role, SniffReply, SniffRequest,
+};
+use sha2::{Digest, Sha256};
+
+pub use profile::{
+    built_in, de_sepa, dotted_date, signed, Columns, DcFlag, Names, Profile, BUILT_IN,
+};
+
+/// Settings as written in the connector's config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSettings {
+    /// A built-in profile name or a profile object.
+    profile: Option<serde_json::Value>,
+    /// Overrides the profile's fixed `currency`.
+    currency: Option<String>,
+}
+
+/// Settings of a `bank-csv` instance: `{"profile": "<built-in name>"}` or `{"profile": {...}}`, plus an optional
+/// `currency` that overrides the profile's fixed currency. Without `profile`, the built-in `signed` profile is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The resolved, validated profile.
+    pub profile: Profile,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            profile: profile::signed(),
+        }
+    }
+}
+
+impl Settings {
+    /// Settings from the connector's JSON (`null` means all defaults).
+    pub fn from_json(value: serde_json::Value) -> Result<Self, PluginError> {
+        if value.is_null() {
+            return Ok(Settings::default());
+        }
+        let raw: RawSettings = serde_json::from_value(value).map_err(|e| config_error("", &e))?;
+        let mut profile = match raw.profile {
+            None => Settings::default().profile,
+            Some(serde_json::Value::String(name)) => built_in(&name).ok_or_else(|| {
+                PluginError::bad_config(
+                    "profile",
+                    format!(
+                        "no built-in profile `{name}` (built-in: {})",
+                        BUILT_IN.join(", ")
+                    ),
+                )
+            })?,
+            Some(object @ serde_json::Value::Object(_)) => {
+                serde_json::from_value(object).map_err(|e| config_error("profile.", &e))?
+            }
+            Some(_) => {
+                return Err(PluginError::bad_config(
+                    "profile",
+                    "expected a built-in profile name or a profile object",
+                ))
+            }
+        };
+        if let Some(currency) = raw.currency {
+            if !is_currency_code(&currency) {
+                return Err(PluginError::bad_config(
+                    "currency",
+                    format!("`{currency}` is not a three-letter iso 4217 code"),
+                ));
+            }
+            profile.currency = Some(currency);
+        }
+        profile.validate()?;
+        if let Some(c) = &mut profile.currency {
+            *c = c.to_ascii_uppercase();
+        }
+        Ok(Settings { profile })
+    }
+}
+
+fn config_error(prefix: &str, error: &serde_json::Error) -> PluginError {
+    let message = error.to_string();
+    let key = match message.strip_prefix("unknown field `") {
+        Some(rest) => format!("{prefix}{}", rest.split('`').next().unwrap_or("")),
+        None if prefix.is_empty() => "settings".to_string(),
+        None => prefix.trim_end_matches('.').to_string(),
+    };
+    PluginError::bad_config(key, message)
+}
+
+/// The `bank-csv` plugin.
+#[derive(Debug, Clone)]
+pub struct BankCsv {
+    settings: Settings,
+}
+
+impl Plugin for BankCsv {
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "bank-csv".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            roles: vec![Role::File],
+            description: "bank and accounting CSV exports through configurable profiles".into(),
+        }
+    }
+
+    fn configure(settings: serde_json::Value) -> Result<Self, PluginError> {
+        Ok(BankCsv {
+            settings: Settings::from_json(settings)?,
+        })
+    }
+
+    fn sniff(&self, request: SniffRequest) -> SniffReply {
+        SniffReply {
+            confidence: sniff(&request.name, &request.head),
+        }
+    }
+
+    fn parse(&self, request: FileRequest) -> Result<ParseReply, PluginError> {
+        let records = parse(&request.name, &request.content, &self.settings)?;
+        Ok(ParseReply {
+            records: records.into_iter().map(Record::Payment).collect(),
+        })
+    }
+}
+
+/// How likely a file is a delimited export. Always below the specific formats: plenty of files are CSV-shaped.
+pub fn sniff(name: &str, head: &[u8]) -> u8 {
+    let lower = name.to_ascii_lowercase();
+    let by_name = lower.ends_with(".csv") || lower.ends_with(".tsv");
+    let text = decode_auto(head);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(5)
+        .collect();
+    let delimited = [',', ';', '\t', '|'].iter().any(|d| {
+        let counts: Vec<usize> = lines.iter().map(|l| l.matches(*d).count()).collect();
+        counts.len() >= 2 && counts[0] >= 1 && counts.iter().all(|c| *c == counts[0])
+    });
+    let binary = text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\r' | '\n'));
+    match (by_name, delimited && !binary) {
+        (true, true) => 50,
+        (true, false) => 20,
+        (false, true) => 25,
+        (false, false) => 0,
+    }
+}
+
+/// How many non-blank rows (after `skip_rows`) may precede the header row.
+const HEADER_SEARCH_ROWS: usize = 20;
+
+/// Parse a whole export into payment records, in file order. Any bad row fails the whole file,
+/// naming the line and the column header.
+pub fn parse(
+    name: &str,
+    bytes: &[u8],
+    settings: &Settings,
+) -> Result<Vec<PaymentRecord>, PluginError> {
+    let profile = &settings.profile;
+    if bytes.is_empty() {
+        return Err(PluginError::bad_input("file", "empty file"));
+    }
+    let text = decode(bytes, &profile.encoding)?;
+    reject_binary(&text)?;
+    let (body, skipped) = skip_lines(&text, profile.skip_rows);
+    let date_formats = compile_dates(profile)?;
+
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(profile.delimiter as u8)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(body.as_bytes());
+    let mut record = csv::ByteRecord::new();
+    // Exports often open with a few lines of account details: the header is the first row that fits the profile.
+    let mut first_error = None;
+    let mut candidates = 0;
+    let layout = loop {
+        let more = reader
+            .read_byte_record(&mut record)
+            .map_err(|e| csv_error(&e, skipped))?;
+        if !more {
+            return Err(first_error.unwrap_or_else(|| {
+                PluginError::bad_input("file", "no header row: the file has only blank lines")
+            }));
+        }
+        if is_blank(&record) {
+            continue;
+        }
+        match Layout::from_header(&record, profile, line_of(&record, skipped)) {
+            Ok(layout) => break layout,
+            Err(e) => {
+                candidates += 1;
+                let first = first_error.get_or_insert(e);
+                if candidates >= HEADER_SEARCH_ROWS {
+                    return Err(first.clone());
+                }
+            }
+        }
+    };
+    // Sizing the outputs up front avoids rehashing and copying them as a million-row file grows.
+    let rows_estimate = body.bytes().filter(|b| *b == b'\n').count() + 1;
+
+    let mut rows = RowParser {
+        file: name,
+        profile,
+        layout: &layout,
+        date_formats: &date_formats,
+        last_date: (String::new(), None),
+        scratch: String::new(),
+        seen: HashMap::with_capacity_and_hasher(rows_estimate, BuildHasherDefault::default()),
+    };
+    let mut out = Vec::with_capacity(rows_estimate);
+    loop {
+        let more = reader
+            .read_byte_record(&mut record)
+            .map_err(|e| csv_error(&e, skipped))?;
+        if !more {
+            break;
+        }
+        if is_blank(&record) {
+            continue;
+        }
+        out.push(rows.row(&record, line_of(&record, skipped))?);
+    }
+    Ok(out)
+}
+
+fn line_of(record: &csv::ByteRecord, skipped: usize) -> usize {
+    let line = record.position().map_or(0, |p| p.line());
+    usize::try_from(line)
+        .unwrap_or(usize::MAX)
+        .saturating_add(skipped)
+}
+
+fn csv_error(error: &csv::Error, skipped: usize) -> PluginError {
+    let line = error.position().map_or(0, |p| p.line());
+    let line = usize::try_from(line)
+        .unwrap_or(usize::MAX)
+        .saturating_add(skipped);
+    PluginError::bad_input(format!("line {line}"), format!("unreadable csv: {error}"))
+}
+
+fn is_blank(record: &csv::ByteRecord) -> bool {
+    record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace))
+}
+
+/// Column indexes of one file, resolved from its header row.
+struct Layout {
+    headers: Vec<String>,
+    date: usize,
+    value_date: Option<usize>,
+    amount: AmountColumns,
+    currency: Option<usize>,
+    counterparty: Option<usize>,
+    account: Option<usize>,
+    remittance: Option<usize>,
+    reference: Option<usize>,
+    end_to_end_id: Option<usize>,
+    id: Option<usize>,
+    /// The status column and its values meaning pending.
+    status: Option<(usize, Vec<String>)>,
+}
+
+enum AmountColumns {
+    Signed(usize),
+    Flagged {
+        amount: usize,
+        flag: usize,
+        credit: Vec<String>,
+        debit: Vec<String>,
+    },
+    DebitCredit {
+        debit: Option<usize>,
+        credit: Option<usize>,
+    },
+}
+
+impl Layout {
+    fn from_header(
+        record: &csv::ByteRecord,
+        profile: &Profile,
+        line: usize,
+    ) -> Result<Layout, PluginError> {
+        let headers: Vec<String> = record
+            .iter()
+            .map(|h| {
+                String::from_utf8_lossy(h)
+                    .trim()
+                    .trim_start_matches('\u{feff}')
+                    .trim()
+                    .to_string()
+            })
+            .collect();
+        let find = |names: &Names| {
+            names.as_slice().iter().find_map(|n| {
+                headers.iter().position(|h| {
+                    h.eq_ignore_ascii_case(n.trim()) || h.to_lowercase() == n.trim().to_lowercase()
+                })
+            })
+        };
+        let find_opt = |names: &Option<Names>| names.as_ref().and_then(&find);
+        let missing = |what: &str, names: &[&Names]| {
+            let wanted: Vec<String> = names
+                .iter()
+                .flat_map(|n| n.as_slice())
+                .map(|n| format!("`{n}`"))
+                .collect();
+            let mut message = format!(
+                "no {what} column in the header row (looked for {}; found {})",
+                wanted.join(", "),
+                headers
+                    .iter()
+                    .map(|h| format!("`{h}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if headers.len() == 1 {
+                let _ = write!(
+                    message,
+                    "; the row has a single column: is the delimiter `{}` right?",
+                    profile.delimiter.escape_default()
+                );
+            }
+            PluginError::bad_input(format!("line {line}"), message)
+        };
+        let c = &profile.columns;
+        let date = find(&c.date).ok_or_else(|| missing("date", &[&c.date]))?;
+        let amount = match find_opt(&c.amount) {
+            Some(amount) => match c
+                .dc_flag
+                .as_ref()
+                .and_then(|f| find(&f.column).map(|i| (f, i)))
+            {
+                Some((flag, index)) => AmountColumns::Flagged {
+                    amount,
+                    flag: index,
+                    credit: flag.credit.iter().map(|v| v.trim().to_string()).collect(),
+                    debit: flag.debit.iter().map(|v| v.trim().to_string()).collect(),
+                },
+                None => AmountColumns::Signed(amount),
+            },
+            None => {
+                let debit = find_opt(&c.debit);
+                let credit = find_opt(&c.credit);
+                if debit.is_none() && credit.is_none() {
+                    let all: Vec<&Names> = [&c.amount, &c.debit, &c.credit]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    return Err(missing("amount", &all));
+                }
+                AmountColumns::DebitCredit { debit, credit }
+            }
+        };
+        let currency = find_opt(&c.currency);
+        if currency.is_none() && profile.currency.is_none() {
+            let wanted: Vec<&Names> = c.currency.iter().collect();
+            return Err(PluginError::bad_input(
+                format!("line {line}"),
+                format!(
+                    "{}; set a fixed `currency` in the settings",
+                    missing("currency", &wanted).message
+                ),
+            ));
+        }
+        Ok(Layout {
+            date,
+            value_date: find_opt(&c.value_date),
+            amount,
+            currency,
+            counterparty: find_opt(&c.counterparty),
+            account: find_opt(&c.account),
+            remittance: find_opt(&c.remittance),
+            reference: find_opt(&c.reference),
+            end_to_end_id: find_opt(&c.end_to_end_id),
+            id: find_opt(&c.id),
+            status: c.status.as_ref().and_then(|st| {
+                find(&st.column)
+                    .map(|i| (i, st.pending.iter().map(|v| v.trim().to_string()).collect()))
+            }),
+            headers,
+        })
+    }
+}
+
+/// Occurrence counts keyed by a prefix of a SHA-256 digest, which is already uniformly distributed.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+struct RowParser<'a> {
+    file: &'a str,
+    profile: &'a Profile,
+    layout: &'a Layout,
+    date_formats: &'a [Vec<Item<'a>>],
+    /// Exports list many rows per day: the last date text and its parse are reused.
+    last_date: (String, Option<NaiveDate>),
+    scratch: String,
+    seen: HashMap<u64, u32, BuildHasherDefault<DigestHasher>>,
+}
+
+impl RowParser<'_> {
+    fn row(&mut self, record: &csv::ByteRecord, line: usize) -> Result<PaymentRecord, PluginError> {
+        let layout = self.layout;
+        let profile = self.profile;
+        let at = |column: usize| {
+            let header = layout.headers.get(column).map_or("", String::as_str);
+            format!("line {line}, column \"{header}\"")
+        };
+        let field = |column: usize| -> Result<&str, PluginError> {
+            let raw = record.get(column).ok_or_else(|| {
+                PluginError::bad_input(
+                    at(column),
+                    format!(
+                        "the row has {} fields, the header {}",
+                        record.len(),
+                        layout.headers.len()
+                    ),
+                )
+            })?;
+            std::str::from_utf8(raw)
+                .map(str::trim)
+                .map_err(|_| PluginError::bad_input(at(column), "invalid text encoding"))
+        };
+        let optional = |column: Option<usize>| -> Result<Option<&str>, PluginError> {
+            match column {
+                Some(c) => Ok(Some(field(c)?).filter(|v| !v.is_empty())),
+                None => Ok(None),
+            }
+        };
+
+        let date_text = field(layout.date)?;
+        if date_text.is_empty() {
+            return Err(PluginError::bad_input(at(layout.date), "empty date"));
+        }
+        let booked_on = self
+            .date(date_text)
+            .map_err(|m| PluginError::bad_input(at(layout.date), m))?;
+        let value_date = match layout.value_date {
+            Some(c) => match field(c)? {
+                "" => None,
+                text => Some(
+                    self.date(text)
+                        .map_err(|m| PluginError::bad_input(at(c), m))?,
+                ),
+            },
+            None => None,
+        };
+
+        let currency = match layout.currency.map(|c| (c, field(c))) {
+            Some((_, Ok(text))) if is_currency_code(text) => text.to_ascii_uppercase(),
+            Some((c, Ok(text))) if !text.is_empty() => {
+                return Err(PluginError::bad_input(
+                    at(c),
+                    format!("`{text}` is not an iso 4217 currency code"),
+                ))
+            }
+            Some((_, Err(e))) => return Err(e),
+            column => match &profile.currency {
+                Some(fixed) => fixed.clone(),
+                None => {
+                    let location = match column {
+                        Some((c, _)) => at(c),
+                        None => format!("line {line}"),
+                    };
+                    return Err(PluginError::bad_input(
+                        location,
+                        "empty currency and no fixed `currency` in the settings",
+                    ));
+                }
+            },
+        };
+
+        let (amount, amount_column) = match &layout.amount {
+            AmountColumns::Signed(c) => (
+                self.amount(field(*c)?)
+                    .map_err(|m| PluginError::bad_input(at(*c), m))?,
+                *c,
+            ),
+            AmountColumns::Flagged {
+                amount,
+                flag,
+                credit,
+                debit,
+            } => {
+                let value = self
+                    .amount(field(*amount)?)
+                    .map_err(|m| PluginError::bad_input(at(*amount), m))?
+                    .abs();
+                let flag_text = field(*flag)?;
+                let value = if credit.iter().any(|v| v.eq_ignore_ascii_case(flag_text)) {
+                    value
+                } else if debit.iter().any(|v| v.eq_ignore_ascii_case(flag_text)) {
+                    -value
+                } else {
+                    return Err(PluginError::bad_input(
+                        at(*flag),
+                        format!(
+                            "`{flag_text}` is neither a credit ({}) nor a debit ({}) flag",
+                            credit.join(", "),
+                            debit.join(", ")
+                        ),
+                    ));
+                };
+                (value, *amount)
+            }
+            AmountColumns::DebitCredit { debit, credit } => {
+                let mut filled = false;
+                let mut side = |column: Option<usize>| -> Result<Option<Decimal>, PluginError> {
+                    match column {
+                        Some(c) => match field(c)? {
+                            "" => Ok(None),
+                            text => {
+                                filled = true;
+                                let value = self
+                                    .amount(text)
+                                    .map_err(|m| PluginError::bad_input(at(c), m))?;
+                                Ok(Some(value.abs()).filter(|v| !v.is_zero()))
+                            }
+                        },
+                        None => Ok(None),
+                    }
+                };
+                let d = side(*debit)?;
+                let c = side(*credit)?;
+                let first = debit.or(*credit).unwrap_or(0);
+                match (d, c) {
+                    (Some(d), None) => (-d, debit.unwrap_or(first)),
+                    (None, Some(c)) => (c, credit.unwrap_or(first)),
+                    (None, None) if filled => (Decimal::ZERO, first),
+                    (None, None) => {
+                        return Err(PluginError::bad_input(
+                            format!("line {line}"),
+                            "neither the debit nor the credit column holds an amount",
+                        ))
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(PluginError::bad_input(
+                            format!("line {line}"),
+                            "both the debit and the credit column hold an amount",
+                        ))
+                    }
+                }
+            }
+        };
+        let units = minor_units(&currency);
+        let mut amount = amount.normalize();
+        if amount.scale() > units {
+            return Err(PluginError::bad_input(
+                at(amount_column),
+                format!("amount has more decimals than {currency} allows ({units})"),
+            ));
+        }
+        amount.rescale(units);
+
+        let counterparty_name = optional(layout.counterparty)?;
+        let counterparty_account = optional(layout.account)?;
+        let remittance = optional(layout.remittance)?;
+        let reference = optional(layout.reference)?;
+        let end_to_end_id = optional(layout.end_to_end_id)?;
+        let external_id = match optional(layout.id)? {
+            Some(id) => id.to_string(),
+            None => {
+                self.scratch.clear();
+                let _ = write!(
+                    self.scratch,
+                    "{booked_on}\u{1f}{}\u{1f}{amount}\u{1f}{currency}",
+                    value_date.map(|d| d.to_string()).unwrap_or_default()
+                );
+                let mut hasher = Sha256::new();
+                hasher.update(self.scratch.as_bytes());
+                for part in [
+                    counterparty_name,
+                    counterparty_account,
+                    remittance,
+                    reference,
+                    end_to_end_id,
+                ] {
+                    hasher.update([0x1f]);
+                    hasher.update(part.unwrap_or("").as_bytes());
+                }
+                let digest = hasher.finalize();
+                let mut prefix = [0u8; 8];
+                prefix.copy_from_slice(&digest[..8]);
+                let occurrence = self.seen.entry(u64::from_be_bytes(prefix)).or_insert(0);
+                let id = content_id(&digest, *occurrence);
+                *occurrence += 1;
+                id
+            }
+        };
+
+        let mut out = PaymentRecord::new(external_id, amount, currency);
+        out.booked_on = Some(booked_on);
+        out.value_date = value_date;
+        out.counterparty_name = counterparty_name.map(str::to_string);
+        out.counterparty_account = counterparty_account.map(str::to_string);
+        out.remittance = remittance.map(str::to_string);
+        out.structured_reference = reference.map(str::to_string);
+        out.end_to_end_id = end_to_end_id.map(str::to_string);
+        if let Some((column, pending)) = &layout.status {
+            let value = field(*column)?;
+            if pending.iter().any(|p| p.eq_ignore_ascii_case(value)) {
+                out.status = EntryStatus::Pending;
+            }
+        }
+        out.source_position = Some(format!("{}#line {line}", self.file));
+        Ok(out)
+    }
+
+    fn date(&mut self, text: &str) -> Result<NaiveDate, String> {
+        if self.last_date.0 == text {
+            if let Some(date) = self.last_date.1 {
+                return Ok(date);
+            }
+        }
+        let parsed = self.date_formats.iter().find_map(|items| {
+            let mut parsed = Parsed::new();
+            settled_plugin_api::chrono::format::parse(&mut parsed, text, items.iter()).ok()?;
+            parsed.to_naive_date().ok()
+        });
+        match parsed {
+            Some(date) => {
+                self.last_date.0.clear();
+                self.last_date.0.push_str(text);
+                self.last_date.1 = Some(date);
+                Ok(date)
+            }
+            None => Err(format!(
+                "`{text}` does not match the date format {}",
+                self.profile
+                    .date_format
+                    .as_slice()
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )),
+        }
+    }
+
+    fn amount(&mut self, text: &str) -> Result<Decimal, String> {
+        parse_amount(
+            text,
+            self.profile.decimal_mark,
+            self.profile.thousands_separator,
+            &mut self.scratch,
+        )
+    }
+}
+
+/// `<hex sha256>:<occurrence>`, written straight into one allocation (this runs once per row).
+fn content_id(digest: &[u8], occurrence: u32) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(digest.len() * 2 + 11);
+    for b in digest {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    let _ = write!(id, ":{occurrence}");
+    id
+}
+
+/// Parse `-1.234,56`, `(12.00)`, `12,00-`, `+5` with the profile's marks, into `scratch` then a Decimal.
+fn parse_amount(
+    text: &str,
+    decimal_mark: char,
+    thousands: Option<char>,
+    scratch: &mut String,
+) -> Result<Decimal, String> {
+    let bad = || {
+        let mut m = format!("`{text}` is not an amount with decimal mark `{decimal_mark}`");
+        if let Some(t) = thousands {
+            let _ = write!(m, " and thousands separator `{t}`");
+        }
+        m
+    };
+    let mut body = text.trim();
+    let mut negative = false;
+    if let Some(inner) = body.strip_prefix('(').and_then(|b| b.strip_suffix(')')) {
+        negative = true;
+        body = inner.trim();
+    } else if let Some(inner) = body.strip_suffix('-') {
+        negative = true;
+        body = inner.trim_end();
+    } else if let Some(inner) = body.strip_prefix('-') {
+        negative = true;
+        body = inner.trim_start();
+    } else if let Some(inner) = body.strip_prefix('+') {
+        body = inner.trim_start();
+    }
+    scratch.clear();
+    if negative {
+        scratch.push('-');
+    }
+    let mut seen_decimal = false;
+    let mut digits_in_group = 0usize;
+    let mut seen_thousands = false;
+    let mut digits = 0usize;
+    for c in body.chars() {
+        if c.is_ascii_digit() {
+            scratch.push(c);
+            digits += 1;
+            digits_in_group += 1;
+        } else if c == decimal_mark && !seen_decimal {
+            if seen_thousands && digits_in_group != 3 {
+                return Err(bad());
+            }
+            seen_decimal = true;
+            scratch.push('.');
+        } else if Some(c) == thousands && !seen_decimal {
+            // Groups after the first are exactly three digits: `12.50` is not 1250 with `.` as a separator.
+            if digits_in_group == 0
+                || (seen_thousands && digits_in_group != 3)
+                || digits_in_group > 3
+            {
+                return Err(bad());
+            }
+            seen_thousands = true;
+            digits_in_group = 0;
+        } else {
+            return Err(bad());
+        }
+    }
+    if digits == 0 || (seen_thousands && !seen_decimal && digits_in_group != 3) {
+        return Err(bad());
+    }
+    Decimal::from_str(scratch).map_err(|_| bad())
+}
+
+fn compile_dates(profile: &Profile) -> Result<Vec<Vec<Item<'_>>>, PluginError> {
+    profile
+        .date_format
+        .as_slice()
+        .iter()
+        .map(|f| {
+            StrftimeItems::new(f).parse().map_err(|_| {
+                PluginError::bad_config(
+                    "profile.date_format",
+                    format!("`{f}` is not a chrono strftime date format"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn skip_lines(text: &str, count: usize) -> (&str, usize) {
+    let mut rest = text;
+    let mut skipped = 0;
+    while skipped < count {
+        match rest.find('\n') {
+            Some(nl) => rest = &rest[nl + 1..],
+            None => rest = "",
+        }
+        skipped += 1;
+    }
+    (rest, skipped)
+}
+
+/// Control characters other than tab, CR, LF and form feed mean this is not a text export.
+fn reject_binary(text: &str) -> Result<(), PluginError> {
+    let position = text
+        .bytes()
+        .position(|b| b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n' | 0x0c));
+    match position {
+        Some(p) => {
+            let line = text.as_bytes()[..p].iter().filter(|b| **b == b'\n').count() + 1;
+            Err(PluginError::bad_input(
+                format!("line {line}"),
+                "binary data: this is not a text csv export",
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Decode by the profile's encoding, or detect: BOM, UTF-16 without BOM, valid UTF-8, else Windows-1252.
+fn decode<'a>(bytes: &'a [u8], encoding: &str) -> Result<Cow<'a, str>, PluginError> {
+    if encoding.eq_ignore_ascii_case("auto") {
+        return Ok(decode_auto(bytes));
+    }
+    let Some(encoding) = encoding_rs::Encoding::for_label(encoding.as_bytes()) else {
+        return Err(PluginError::bad_config(
+            "profile.encoding",
+            format!("unknown encoding `{encoding}`"),
+        ));
+    };
+    let (text, _, malformed) = encoding.decode(bytes);
+    if malformed {
+        let valid = match std::str::from_utf8(bytes) {
+            Err(e) if encoding == encoding_rs::UTF_8 => e.valid_up_to(),
+            _ => 0,
+        };
+        let line = bytes[..valid].iter().filter(|b| **b == b'\n').count() + 1;
+        return Err(PluginError::bad_input(
+            format!("line {line}"),
+            format!("bytes that are not {}", encoding.name()),
+        ));
+    }
+    Ok(text)
+}
+
+fn decode_auto(bytes: &[u8]) -> Cow<'_, str> {
+    if let Some((encoding, bom)) = encoding_rs::Encoding::for_bom(bytes) {
+        return encoding.decode_without_bom_handling(&bytes[bom..]).0;
+    }
+    // UTF-16 without a BOM: ASCII text has a zero in every other byte.
+    if bytes.len() >= 4 {
+        let even_zeros = bytes
+            .iter()
+            .step_by(2)
+            .take(64)
+            .filter(|b| **b == 0)
+            .count();
+        let odd_zeros = bytes
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .take(64)
+            .filter(|b| **b == 0)
+            .count();
+        let pairs = (bytes.len() / 2).min(64);
+        if odd_zeros * 10 >= pairs * 9 && even_zeros == 0 {
+            return encoding_rs::UTF_16LE.decode_without_bom_handling(bytes).0;
+        }
+        if even_zeros * 10 >= pairs * 9 && odd_zeros == 0 {
+            return encoding_rs::UTF_16BE.decode_without_bom_handling(bytes).0;
+        }
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => {
+            encoding_rs::WINDOWS_1252
+                .decode_without_bom_handling(bytes)
+                .0
+        }
+    }
+}
+
+fn is_currency_code(raw: &str) -> bool {
+    raw.len() == 3 && raw.chars().all(|c| c.is_ascii_alphabetic())
+}
+
+/// ISO 4217 minor units; 2 unless listed.
+fn minor_units(currency: &str) -> u32 {
+    match currency {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        _ => 2,
+    }
+}
+
+settled_plugin_api::export_plugin!(BankCsv);
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,288 @@
-//! settled connector plugin `camt` (being written).
+//! settled connector plugin `camt`: ISO 20022 bank-to-customer cash management messages
+//! (camt.052 account report, camt.053 statement, camt.054 debit/credit notification, any version)
+//! into `payment@1` records.
+//!
+//! Elements are matched by local name, so namespaces, prefixes and schema versions do not matter;
+//! only the message family is checked. Decisions worth knowing:
+//! - One record per `TxDtls`. An entry with a single `TxDtls` (or none) keeps the entry's own amount and
+//!   currency, which is what was booked on the account; a batch entry with several `TxDtls` takes each
+//!   transaction's `Amt` (else `AmtDtls/TxAmt/Amt`) and its own `CdtDbtInd`.
+//! - Counterparty: for a credit the `Dbtr` (else `UltmtDbtr`) name and `DbtrAcct` IBAN or other id; for a
+//!   debit the `Cdtr` side. `Sts` BOOK is booked; PDNG, INFO and FUTR are pending.
+//! - Kind: `Refund` for `RtrInf` or a return sub-family (RRTN, ARET, RPCR), `Fee` for CHRG, FEES, COMM.
+//! - `RvslInd=true` sets `reversal` and keeps kind `Transfer`: the sign (`CdtDbtInd` of the reversing entry)
+//!   already says which way the money went back, and the engine reopens what the original paid.
+//!   `RtrInf` (a returned payment) gives kind `Refund`, with the return reason at the start of the remittance.
+//! - `external_id`: the transaction's `Refs/AcctSvcrRef`; else the entry's `AcctSvcrRef` (then `NtryRef`), bare for
+//!   an entry holding one payment and with `:<TxDtls index>` for a batch; else `sha256(account + content):<occurrence>`.
+//! - gross/fee/net are set for a credit only when the bank lists charges it deducted from it
+//!   (`Chrgs/Rcrd` with `ChrgInclInd=true`); net is the booked amount.
+//! - Remittance: `Ustrd` parts (joined without a space after a part filling all 140 characters), then
+//!   `Strd/AddtlRmtInf`; without any, `AddtlTxInf` or the entry's `AddtlNtryInf`.
+//! - `CpyDplctInd` (copy/duplicate) statements are parsed like originals: external ids never depend on the
+//!   file, the statement or that flag, so a duplicate gets the ids of its original and dedupes.
+
+mod entry;
+mod money;
+mod tree;
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use settled_plugin_api::{
+    FileRequest, Manifest, ParseReply, Plugin, PluginError, Record, Role, SniffReply, SniffRequest,
+};
+
+pub use settled_plugin_api::PaymentRecord;
+
+/// Settings of a `camt` connector instance (`[connector.settings]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Emit pending and information-only entries (`Sts` PDNG/INFO/FUTR) as `pending` records.
+    /// They never mark anything paid; set to false to leave them out entirely. Default true.
+    pub include_pending: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            include_pending: true,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads settings from JSON (`null` means all defaults); a bad key is an error naming it.
+    pub fn from_json(value: serde_json::Value) -> Result<Self, PluginError> {
+        if value.is_null() {
+            return Ok(Settings::default());
+        }
+        let Some(object) = value.as_object() else {
+            return Err(PluginError::bad_config(
+                "settings",
+                "settings must be a table of keys",
+            ));
+        };
+        serde_json::from_value(value.clone()).map_err(|error| {
+            // Every field has a default, so a settings table holding only the culprit fails on its own.
+            let culprit = object.iter().find(|(key, item)| {
+                let single = serde_json::json!({ key.as_str(): item });
+                serde_json::from_value::<Settings>(single).is_err()
+            });
+            let key = culprit.map_or("settings", |(key, _)| key.as_str());
+            PluginError::bad_config(key, error.to_string())
+        })
+    }
+}
+
+/// The `camt` plugin: one instance per configured connector.
+#[derive(Debug, Clone, Default)]
+pub struct Camt {
+    settings: Settings,
+}
+
+impl Plugin for Camt {
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "camt".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            roles: vec![Role::File],
+            description: "ISO 20022 camt.052/053/054 bank statements and notifications".into(),
+        }
+    }
+
+    fn configure(settings: serde_json::Value) -> Result<Self, PluginError> {
+        Ok(Camt {
+            settings: Settings::from_json(settings)?,
+        })
+    }
+
+    fn sniff(&self, request: SniffRequest) -> SniffReply {
+        SniffReply {
+            confidence: sniff(&request.name, &request.head),
+        }
+    }
+
+    fn parse(&self, request: FileRequest) -> Result<ParseReply, PluginError> {
+        let records = parse(&request.name, &request.content, &self.settings)?;
+        Ok(ParseReply {
+            records: records.into_iter().map(Record::Payment).collect(),
+        })
+    }
+}
+
+/// The three message roots this plugin reads.
+const ROOTS: [&str; 3] = ["BkToCstmrStmt", "BkToCstmrDbtCdtNtfctn", "BkToCstmrAcctRpt"];
+
+/// How sure we are that a file is a camt message: 0 = not ours.
+pub fn sniff(name: &str, head: &[u8]) -> u8 {
+    let text = String::from_utf8_lossy(head);
+    let claims = text.contains("camt.05") || ROOTS.iter().any(|root| text.contains(root));
+    let is_xml_name = name.to_ascii_lowercase().ends_with(".xml");
+    match (claims, is_xml_name) {
+        (true, true) => 95,
+        (true, false) if text.trim_start().starts_with('<') => 80,
+        _ => 0,
+    }
+}
+
+/// Parses a whole camt file into payment records, in file order. Any bad entry fails the whole file.
+///
+/// Entries are read as they close, so memory stays bounded by one entry however long the statement.
+pub fn parse(
+    name: &str,
+    bytes: &[u8],
+    settings: &Settings,
+) -> Result<Vec<PaymentRecord>, PluginError> {
+    let text = decode(bytes)?;
+    let mut records = Vec::new();
+    let mut occurrences = HashMap::new();
+    let mut checked_section: Option<&'static str> = None;
+    // (statement index, entry index within it), both 1-based.
+    let mut position = (0usize, 0usize);
+    let root = tree::parse_streaming(text, |open, element| {
+        let [.., message, statement] = open else {
+            return Ok(Some(element));
+        };
+        let in_statement = element.name == "Ntry"
+            && section_of(&message.name).is_some_and(|section| statement.name == section);
+        if !in_statement {
+            return Ok(Some(element));
+        }
+        let section = match checked_section {
+            Some(section) => section,
+            None => {
+                let root = open.first().unwrap_or(message);
+                *checked_section.insert(check_message(root, message)?)
+            }
+        };
+        // Earlier statements are closed and attached to the message (without their entries).
+        let statement_index = message.children_named(section).count() + 1;
+        if position.0 != statement_index {
+            position = (statement_index, 0);
+        }
+        position.1 += 1;
+        let path = format!("{section}[{}]/Ntry[{}]", position.0, position.1);
+        let context = entry::Statement::of(statement);
+        entry::read_entry(
+            &context,
+            &element,
+            &path,
+            name,
+            &mut occurrences,
+            &mut records,
+        )?;
+        Ok(None)
+    })?;
+    let message = match root.name.as_str() {
+        "Document" => root.children.first().ok_or_else(|| {
+            PluginError::bad_input("Document", "empty document: no camt message inside")
+        })?,
+        _ => &root,
+    };
+    check_message(&root, message)?;
+    if !settings.include_pending {
+        records.retain(|r| r.status == settled_plugin_api::EntryStatus::Booked);
+    }
+    Ok(records)
+}
+
+/// The statement element of each message: `Stmt`, `Ntfctn` or `Rpt`.
+fn section_of(message: &str) -> Option<&'static str> {
+    match message {
+        "BkToCstmrStmt" => Some("Stmt"),
+        "BkToCstmrDbtCdtNtfctn" => Some("Ntfctn"),
+        "BkToCstmrAcctRpt" => Some("Rpt"),
+        _ => None,
+    }
+}
+
+/// Checks the message root and the version its namespace declares; returns its statement element name.
+fn check_message(
+    root: &tree::Element,
+    message: &tree::Element,
+) -> Result<&'static str, PluginError> {
+    let section = section_of(&message.name).ok_or_else(|| {
+        PluginError::bad_input(
+            message.name.clone(),
+            format!(
+                "unknown camt message <{}>: expected BkToCstmrStmt (camt.053), \
+                 BkToCstmrDbtCdtNtfctn (camt.054) or BkToCstmrAcctRpt (camt.052)",
+                message.name
+            ),
+        )
+    })?;
+    check_version(root, message)?;
+    Ok(section)
+}
+
+fn decode(bytes: &[u8]) -> Result<&str, PluginError> {
+    if bytes.is_empty() {
+        return Err(PluginError::bad_input("file", "empty file: 0 bytes"));
+    }
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if bytes.contains(&0) {
+        return Err(PluginError::bad_input(
+            "file",
+            "binary file: contains NUL bytes, not a camt xml document",
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        PluginError::bad_input(
+            format!("line {line}"),
+            "not utf-8 text: camt files must be utf-8 encoded xml",
+        )
+    })?;
+    if !text.trim_start().starts_with('<') {
+        return Err(PluginError::bad_input(
+            "line 1",
+            "not an xml document: expected `<` at the start",
+        ));
+    }
+    Ok(text)
+}
+
+/// The namespace names the message family (`camt.053.001.08`); any version is fine, another family is not.
+fn check_version(root: &tree::Element, message: &tree::Element) -> Result<(), PluginError> {
+    let declared = root
+        .namespaces
+        .iter()
+        .chain(&message.namespaces)
+        .find_map(|ns| ns.find("camt.").map(|at| &ns[at..]));
+    let Some(declared) = declared else {
+        return Ok(());
+    };
+    let family = declared.get(..8).unwrap_or(declared);
+    let expected = match message.name.as_str() {
+        "BkToCstmrStmt" => "camt.053",
+        "BkToCstmrDbtCdtNtfctn" => "camt.054",
+        _ => "camt.052",
+    };
+    match family {
+        "camt.052" | "camt.053" | "camt.054" if family == expected => Ok(()),
+        "camt.052" | "camt.053" | "camt.054" => Err(PluginError::bad_input(
+            "Document",
+            format!(
+                "namespace says {declared} but the message is <{}> ({expected})",
+                message.name
+            ),
+        )),
+        _ => Err(PluginError::bad_input(
+            "Document",
+            format!(
+                "unsupported camt message version {declared}: only camt.052, camt.053 and camt.054 are read"
+            ),
+        )),
+    }
+}
+
+settled_plugin_api::export_plugin!(Camt);
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,510 @@
-//! settled connector plugin `ofx` (being written).
+//! settled connector plugin `ofx`: OFX 1.x (SGML) and 2.x (XML) bank and credit-card statements, and QFX,
+//! into `payment@1` records keyed by the account id and `FITID`.
+
+mod tree;
+
+use std::str::FromStr;
+
+use serde::Deserialize;
+use settled_plugin_api::chrono::NaiveDate;
+use settled_plugin_api::rust_decimal::Decimal;
+use settled_plugin_api::{
+    FileRequest, Manifest, ParseReply, PaymentKind, PaymentRecord, Plugin, PluginError, Record,
+    Role, SniffReply, SniffRequest,
+};
+
+pub use tree::Element;
+
+/// Settings of an `ofx` connector instance (all optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Currency for statements without `CURDEF` (which OFX requires; some exporters drop it). Without it such a file fails.
+    pub default_currency: Option<String>,
+}
+
+impl Settings {
+    /// Settings from the connector's JSON (`null` means all defaults).
+    pub fn from_json(value: serde_json::Value) -> Result<Self, PluginError> {
+        if value.is_null() {
+            return Ok(Settings::default());
+        }
+        let settings: Settings = serde_json::from_value(value).map_err(|e| {
+            let message = e.to_string();
+            let key = match message.strip_prefix("unknown field `") {
+                Some(rest) => rest.split('`').next().unwrap_or("settings").to_string(),
+                None => "default_currency".to_string(),
+            };
+            PluginError::bad_config(key, message)
+        })?;
+        if let Some(c) = &settings.default_currency {
+            if !is_currency_code(c) {
+                return Err(PluginError::bad_config(
+                    "default_currency",
+                    format!("`{c}` is not a three-letter iso 4217 code"),
+                ));
+            }
+        }
+        Ok(settings)
+    }
+}
+
+/// The `ofx` plugin.
+#[derive(Debug, Clone)]
+pub struct Ofx {
+    settings: Settings,
+}
+
+impl Plugin for Ofx {
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "ofx".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            roles: vec![Role::File],
+            description: "OFX 1.x/2.x and QFX bank and credit-card statements".into(),
+        }
+    }
+
+    fn configure(settings: serde_json::Value) -> Result<Self, PluginError> {
+        Ok(Ofx {
+            settings: Settings::from_json(settings)?,
+        })
+    }
+
+    fn sniff(&self, request: SniffRequest) -> SniffReply {
+        SniffReply {
+            confidence: sniff(&request.name, &request.head),
+        }
+    }
+
+    fn parse(&self, request: FileRequest) -> Result<ParseReply, PluginError> {
+        let records = parse(&request.name, &request.content, &self.settings)?;
+        Ok(ParseReply {
+            records: records.into_iter().map(Record::Payment).collect(),
+        })
+    }
+}
+
+/// How sure we are that a file is OFX: the `OFXHEADER` header or an `<OFX>` root decide; the extension alone is a hint.
+pub fn sniff(name: &str, head: &[u8]) -> u8 {
+    let text = String::from_utf8_lossy(head);
+    let upper = text.to_ascii_uppercase();
+    let has_header = upper
+        .trim_start_matches('\u{feff}')
+        .trim_start()
+        .starts_with("OFXHEADER")
+        || upper.contains("<?OFX ");
+    let has_root = upper.contains("<OFX>");
+    let lower_name = name.to_ascii_lowercase();
+    let by_name = [".ofx", ".qfx", ".qbo"]
+        .iter()
+        .any(|ext| lower_name.ends_with(ext));
+    match (has_header || has_root, by_name) {
+        (true, true) => 100,
+        (true, false) => 90,
+        (false, true) => 30,
+        (false, false) => 0,
+    }
+}
+
+/// Parse a whole OFX/QFX file into payment records, in file order. Any bad transaction fails the whole file.
+pub fn parse(
+    name: &str,
+    bytes: &[u8],
+    settings: &Settings,
+) -> Result<Vec<PaymentRecord>, PluginError> {
+    if bytes.is_empty() {
+        return Err(PluginError::bad_input("file", "empty file"));
+    }
+    let text = decode(bytes)?;
+    let (body_start, body_line) = body_start(&text)?;
+    let roots = tree::parse(&text[body_start..], body_line)?;
+    let Some(ofx) = roots.iter().find(|r| r.name == "OFX") else {
+        return Err(PluginError::bad_input("line 1", "no <OFX> element"));
+    };
+    let mut records = Vec::new();
+    let mut statements = 0;
+    let mut counters = [0usize; 2];
+    collect_statements(ofx, &mut |stmt| {
+        statements += 1;
+        let slot = usize::from(stmt.name == "CCSTMTRS");
+        counters[slot] += 1;
+        statement(name, stmt, counters[slot], settings, &mut records)
+    })?;
+    if statements == 0 {
+        return Err(PluginError::bad_input(
+            "OFX",
+            "no bank (STMTRS) or credit-card (CCSTMTRS) statement in the file",
+        ));
+    }
+    Ok(records)
+}
+
+fn collect_statements(
+    element: &Element,
+    f: &mut dyn FnMut(&Element) -> Result<(), PluginError>,
+) -> Result<(), PluginError> {
+    for child in &element.children {
+        if child.name == "STMTRS" || child.name == "CCSTMTRS" {
+            f(child)?;
+        } else if child.value.is_none() {
+            collect_statements(child, f)?;
+        }
+    }
+    Ok(())
+}
+
+fn statement(
+    file: &str,
+    stmt: &Element,
+    index: usize,
+    settings: &Settings,
+    out: &mut Vec<PaymentRecord>,
+) -> Result<(), PluginError> {
+    let path = format!("{}[{index}]", stmt.name);
+    let currency = match (stmt.leaf("CURDEF"), &settings.default_currency) {
+        (Some(c), _) => currency_code(
+            c,
+            &format!("{path}/CURDEF, line {}", line_of(stmt, "CURDEF")),
+        )?,
+        (None, Some(c)) => c.to_ascii_uppercase(),
+        (None, None) => {
+            return Err(PluginError::bad_input(
+                format!("{path}, line {}", stmt.line),
+                "statement has no CURDEF and no `default_currency` is configured",
+            ))
+        }
+    };
+    let account = ["BANKACCTFROM", "CCACCTFROM"]
+        .iter()
+        .find_map(|a| stmt.child(a).and_then(|acct| acct.leaf("ACCTID")))
+        .ok_or_else(|| {
+            PluginError::bad_input(
+                format!("{path}, line {}", stmt.line),
+                "statement has no BANKACCTFROM/ACCTID or CCACCTFROM/ACCTID",
+            )
+        })?;
+    let Some(list) = stmt.child("BANKTRANLIST") else {
+        return Ok(());
+    };
+    for (i, trn) in list
+        .children
+        .iter()
+        .filter(|c| c.name == "STMTTRN")
+        .enumerate()
+    {
+        let trn_path = format!("{path}/STMTTRN[{}]", i + 1);
+        out.push(transaction(file, trn, &trn_path, account, &currency)?);
+    }
+    Ok(())
+}
+
+fn line_of(parent: &Element, name: &str) -> usize {
+    parent.child(name).map_or(parent.line, |c| c.line)
+}
+
+fn transaction(
+    file: &str,
+    trn: &Element,
+    path: &str,
+    account: &str,
+    statement_currency: &str,
+) -> Result<PaymentRecord, PluginError> {
+    let at = |field: &str| format!("{path}/{field}, line {}", line_of(trn, field));
+    let required = |field: &str| {
+        trn.leaf(field).ok_or_else(|| {
+            PluginError::bad_input(
+                format!("{path}, line {}", trn.line),
+                format!("missing {field}"),
+            )
+        })
+    };
+
+    // A CURRENCY aggregate means the amounts are in that currency rather than CURDEF.
+    let currency = match trn.child("CURRENCY").and_then(|c| c.leaf("CURSYM")) {
+        Some(c) => currency_code(c, &format!("{path}/CURRENCY/CURSYM"))?,
+        None => statement_currency.to_string(),
+    };
+    let amount = amount(required("TRNAMT")?, &currency)
+        .map_err(|m| PluginError::bad_input(at("TRNAMT"), m))?;
+    let fitid = required("FITID")?;
+    let booked_on =
+        date(required("DTPOSTED")?).map_err(|m| PluginError::bad_input(at("DTPOSTED"), m))?;
+    let value_date = match trn
+        .leaf("DTAVAIL")
+        .map(|d| (d, "DTAVAIL"))
+        .or(trn.leaf("DTUSER").map(|d| (d, "DTUSER")))
+    {
+        Some((d, field)) => Some(date(d).map_err(|m| PluginError::bad_input(at(field), m))?),
+        None => None,
+    };
+    let trntype = trn.leaf("TRNTYPE").unwrap_or("").to_ascii_uppercase();
+    let kind = match trntype.as_str() {
+        "FEE" | "SRVCHG" => PaymentKind::Fee,
+        _ => PaymentKind::Transfer,
+    };
+    let counterparty_name = trn
+        .leaf("NAME")
+        .or_else(|| trn.child("PAYEE").and_then(|p| p.leaf("NAME")))
+        .map(str::to_string);
+    let counterparty_account = ["BANKACCTTO", "CCACCTTO"]
+        .iter()
+        .find_map(|a| trn.child(a).and_then(|acct| acct.leaf("ACCTID")))
+        .map(str::to_string);
+    // PaymentRecord has no cheque-number field; a real cheque number is the payer's own reference.
+    let end_to_end_id = trn
+        .leaf("REFNUM")
+        .or_else(|| {
+            trn.leaf("CHECKNUM")
+                .filter(|n| n.chars().any(|c| c.is_ascii_digit() && c != '0'))
+        })
+        .map(str::to_string);
+
+    let mut record = PaymentRecord::new(format!("{account}:{fitid}"), amount, currency);
+    record.booked_on = Some(booked_on);
+    record.value_date = value_date;
+    record.kind = kind;
+    record.counterparty_name = counterparty_name;
+    record.counterparty_account = counterparty_account;
+    record.remittance = trn.leaf("MEMO").map(str::to_string);
+    record.end_to_end_id = end_to_end_id;
+    record.source_position = Some(format!("{file}#{path}"));
+    Ok(record)
+}
+
+/// Decode by BOM, the XML declaration's `encoding`, or the SGML `ENCODING`/`CHARSET` headers.
+fn decode(bytes: &[u8]) -> Result<String, PluginError> {
+    if let Some((encoding, bom_len)) = encoding_rs::Encoding::for_bom(bytes) {
+        return decode_with(encoding, &bytes[bom_len..]);
+    }
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(1024)]).to_ascii_uppercase();
+    let label = if head.trim_start().starts_with("<?XML") {
+        xml_encoding(&head)
+    } else {
+        sgml_encoding(&head)?
+    };
+    match label {
+        Some(label) => match encoding_rs::Encoding::for_label(label.as_bytes()) {
+            Some(encoding) => decode_with(encoding, bytes),
+            None => Err(PluginError::bad_input(
+                "header",
+                format!("unsupported character set `{label}`"),
+            )),
+        },
+        // No charset named: UTF-8 when it is valid, else the Windows code page most OFX producers use.
+        None => match std::str::from_utf8(bytes) {
+            Ok(text) => Ok(text.to_string()),
+            Err(_) => decode_with(encoding_rs::WINDOWS_1252, bytes),
+        },
+    }
+}
+
+fn decode_with(
+    encoding: &'static encoding_rs::Encoding,
+    bytes: &[u8],
+) -> Result<String, PluginError> {
+    if encoding == encoding_rs::UTF_8 {
+        return match std::str::from_utf8(bytes) {
+            Ok(text) => Ok(text.to_string()),
+            Err(e) => {
+                let line = bytes[..e.valid_up_to()]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1;
+                Err(PluginError::bad_input(
+                    format!("line {line}"),
+                    "invalid utf-8 byte sequence (binary data or a wrong charset header)",
+                ))
+            }
+        };
+    }
+    let (text, _) = encoding.decode_without_bom_handling(bytes);
+    Ok(text.into_owned())
+}
+
+fn xml_encoding(head_upper: &str) -> Option<String> {
+    let decl_end = head_upper.find("?>")?;
+    let decl = &head_upper[..decl_end];
+    let start = decl.find("ENCODING=")? + "ENCODING=".len();
+    let quoted = &decl[start..];
+    let quote = quoted.chars().next()?;
+    let value = quoted[1..].split(quote).next()?;
+    Some(value.trim().to_string())
+}
+
+fn sgml_encoding(head_upper: &str) -> Result<Option<String>, PluginError> {
+    let mut encoding = None;
+    let mut charset = None;
+    for line in head_upper.lines() {
+        let line = line.trim();
+        if line.starts_with('<') {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("ENCODING:") {
+            encoding = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("CHARSET:") {
+            charset = Some(v.trim().to_string());
+        }
+    }
+    if matches!(encoding.as_deref(), Some("UTF-8" | "UNICODE")) {
+        return Ok(Some("UTF-8".into()));
+    }
+    Ok(match charset.as_deref() {
+        None | Some("NONE" | "") => None,
+        Some("1252") => Some("windows-1252".into()),
+        Some("8859-1" | "ISO-8859-1" | "ISO8859-1" | "LATIN1" | "LATIN-1") => {
+            Some("iso-8859-1".into())
+        }
+        Some(other) if other.chars().all(|c| c.is_ascii_digit()) => {
+            Some(format!("windows-{other}"))
+        }
+        Some(other) => Some(other.to_string()),
+    })
+}
+
+/// Where the element body starts, after the SGML header lines or the XML prolog, with its line number.
+fn body_start(text: &str) -> Result<(usize, usize), PluginError> {
+    let Some(first_tag) = text.find('<') else {
+        return Err(PluginError::bad_input(
+            "line 1",
+            "not an ofx file: no OFXHEADER and no tags",
+        ));
+    };
+    let header = &text[..first_tag];
+    for (i, line) in header.lines().enumerate() {
+        let line = line.trim().trim_start_matches('\u{feff}');
+        let is_header = line.split_once(':').is_some_and(|(k, _)| {
+            !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        if !line.is_empty() && !is_header {
+            return Err(PluginError::bad_input(
+                format!("line {}", i + 1),
+                format!(
+                    "not an ofx header line: `{}`",
+                    line.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
+    }
+    if !header.trim().is_empty()
+        && !header
+            .trim_start_matches('\u{feff}')
+            .trim_start()
+            .starts_with("OFXHEADER")
+    {
+        return Err(PluginError::bad_input(
+            "line 1",
+            "not an ofx file: the header does not start with OFXHEADER",
+        ));
+    }
+    Ok((first_tag, header.matches('\n').count() + 1))
+}
+
+/// `YYYYMMDD[HHMMSS[.XXX]][[offset:TZ]]`: the date part is the bank's local booking date.
+fn date(raw: &str) -> Result<NaiveDate, String> {
+    let bad = || format!("`{raw}` is not an ofx date (YYYYMMDD[HHMMSS[.XXX]][[offset:TZ]])");
+    let (stamp, zone) = match raw.find('[') {
+        Some(open) => (&raw[..open], Some(&raw[open..])),
+        None => (raw, None),
+    };
+    if let Some(zone) = zone {
+        let inner = zone
+            .strip_prefix('[')
+            .and_then(|z| z.strip_suffix(']'))
+            .ok_or_else(bad)?;
+        let offset = inner.split(':').next().unwrap_or("");
+        let offset = offset.strip_prefix(['+', '-']).unwrap_or(offset);
+        let valid = !offset.is_empty()
+            && offset.split('.').count() <= 2
+            && offset.chars().all(|c| c.is_ascii_digit() || c == '.');
+        if !valid {
+            return Err(bad());
+        }
+    }
+    let (digits, fraction) = match stamp.split_once('.') {
+        Some((d, f)) => (d, Some(f)),
+        None => (stamp, None),
+    };
+    let digits_ok = digits.chars().all(|c| c.is_ascii_digit())
+        && matches!(digits.len(), 8 | 12 | 14)
+        && fraction.is_none_or(|f| {
+            digits.len() == 14 && !f.is_empty() && f.chars().all(|c| c.is_ascii_digit())
+        });
+    if !digits_ok {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| digits[r].parse::<u32>().map_err(|_| bad());
+    let year = i32::try_from(num(0..4)?).map_err(|_| bad())?;
+    let date = NaiveDate::from_ymd_opt(year, num(4..6)?, num(6..8)?).ok_or_else(bad)?;
+    if digits.len() >= 12
+        && (num(8..10)? > 23 || num(10..12)? > 59 || (digits.len() == 14 && num(12..14)? > 60))
+    {
+        return Err(bad());
+    }
+    Ok(date)
+}
+
+/// A signed amount with at most the currency's minor units, scaled to exactly those units.
+fn amount(raw: &str, currency: &str) -> Result<Decimal, String> {
+    let units = minor_units(currency);
+    // Some European producers write `-20,00`.
+    let normalised = if raw.contains(',') && !raw.contains('.') {
+        raw.replace(',', ".")
+    } else {
+        raw.to_string()
+    };
+    let plain = normalised.strip_prefix('+').unwrap_or(&normalised);
+    let valid = !plain.is_empty()
+        && plain
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c.is_ascii_digit() || c == '.' || (c == '-' && i == 0));
+    let parsed = if valid {
+        Decimal::from_str(plain).ok()
+    } else {
+        None
+    };
+    let Some(value) = parsed else {
+        return Err(format!("`{raw}` is not an amount"));
+    };
+    let value = value.normalize();
+    if value.scale() > units {
+        return Err(format!(
+            "amount `{raw}` has more decimals than {currency} allows ({units})"
+        ));
+    }
+    let mut value = value;
+    value.rescale(units);
+    Ok(value)
+}
+
+fn currency_code(raw: &str, location: &str) -> Result<String, PluginError> {
+    if is_currency_code(raw) {
+        Ok(raw.to_ascii_uppercase())
+    } else {
+        Err(PluginError::bad_input(
+            location,
+            format!("`{raw}` is not an iso 4217 currency code"),
+        ))
+    }
+}
+
+fn is_currency_code(raw: &str) -> bool {
+    raw.len() == 3 && raw.chars().all(|c| c.is_ascii_alphabetic())
+}
+
+/// ISO 4217 minor units; 2 unless listed.
+fn minor_units(currency: &str) -> u32 {
+    match currency {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        _ => 2,
+    }
+}
+
+settled_plugin_api::export_plugin!(Ofx);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,710 @@
+//! Invoices (draft, issue with a gap-free number, void, credit), payments and allocations, customer credit,
+//! and the announcement of derived payment-status changes.
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use super::sales::field_not_found;
+use super::views::DecimalText;
+use super::{Engine, EngineResult, Tx};
+use crate::config::Config;
+use crate::domain::invoice::{self, Invoice, InvoiceKind, InvoiceState, PaymentStatus};
+use crate::domain::money::{parse_positive_amount, Currency};
+use crate::domain::order::Order;
+use crate::domain::party::{self, Account};
+use crate::domain::payment::{self, Allocation, AllocationKind, AllocationRequest, Payment, PaymentState};
+use crate::domain::{rf, DomainError};
+use crate::reconcile::{MatchIndex, OpenInvoice};
+use crate::store::Store;
+
+/// `POST /v1/invoices` body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceCreate {
+    /// The order to invoice.
+    pub order_id: String,
+    /// Partial invoicing: order line numbers and quantities; omitted = everything that remains.
+    #[serde(default)]
+    pub lines: Option<Vec<InvoiceLineSelection>>,
+}
+
+/// One order line to invoice.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceLineSelection {
+    /// Order line number.
+    pub line_no: u32,
+    /// Quantity to invoice now.
+    pub quantity: DecimalText,
+}
+
+/// `POST /v1/invoices/{id}/issue` body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueInput {
+    /// Default today.
+    #[serde(default)]
+    pub issue_date: Option<NaiveDate>,
+    /// Default issue date + payment terms.
+    #[serde(default)]
+    pub due_date: Option<NaiveDate>,
+}
+
+/// `POST /v1/payments` body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentInput {
+    /// Amount received (positive).
+    pub amount: DecimalText,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// Day the money arrived; default today.
+    #[serde(default)]
+    pub received_on: Option<NaiveDate>,
+    /// Who paid.
+    #[serde(default)]
+    pub payer: Option<String>,
+    /// Reference given by the payer.
+    #[serde(default)]
+    pub reference: Option<String>,
+    /// Id in the system the payment came from (dedupe key).
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// Explicit allocations; without them the payment is reconciled automatically.
+    #[serde(default)]
+    pub allocations: Option<Vec<AllocationJson>>,
+}
+
+/// One explicit allocation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationJson {
+    /// The invoice.
+    pub invoice_id: String,
+    /// Amount; default what the invoice still owes (up to what is left of the payment).
+    #[serde(default)]
+    pub amount: Option<DecimalText>,
+}
+
+/// `POST /v1/invoices/{id}/credit` and `/apply-credit` bodies.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmountInput {
+    /// Amount; default the whole remaining amount.
+    #[serde(default)]
+    pub amount: Option<DecimalText>,
+}
+
+/// A change to the in-memory reconciliation index (undone if its write set does not commit).
+pub(crate) enum IndexUpdate {
+    Upsert(OpenInvoice),
+    Remove(String),
+    LinkPayer(String, String),
+}
+
+impl IndexUpdate {
+    pub(crate) fn apply(self, index: &mut MatchIndex) {
+        match self {
+            IndexUpdate::Upsert(inv) => index.upsert(inv),
+            IndexUpdate::Remove(id) => index.remove(&id),
+            IndexUpdate::LinkPayer(key, account) => index.link_payer(&key, &account),
+        }
+    }
+}
+
+/// Build the reconciliation index from the store's open invoices.
+pub(crate) fn load_index(store: &Store, config: &Config) -> EngineResult<MatchIndex> {
+    let n = &config.numbering;
+    let shapes = crate::reconcile::shapes_from_patterns(&[n.invoice.as_str(), n.credit_note.as_str()]);
+    let mut index = MatchIndex::new(shapes);
+    let mut names: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for id in store.index_prefix("open-invoice", "")? {
+        let Some(inv) = store.get::<Invoice>("invoice", &id)? else {
+            continue;
+        };
+        let name = match names.get(&inv.account_id) {
+            Some(n) => n.clone(),
+            None => {
+                let name = store
+                    .get::<Account>("account", &inv.account_id)?
+                    .map(|a| a.name)
+                    .unwrap_or_default();
+                names.insert(inv.account_id.clone(), name.clone());
+                name
+            }
+        };
+        if let Some(open) = open_invoice(&inv, &name) {
+            index.upsert(open);
+        }
+    }
+    for item in store.index_prefix("payer", "")? {
+        // Values are `payer-key\taccount-id`, keeping the key readable in backups.
+        if let Some((key, account)) = item.split_once('\t') {
+            index.link_payer(key, account);
+        }
+    }
+    Ok(index)
+}
+
+fn open_invoice(inv: &Invoice, account_name: &str) -> Option<OpenInvoice> {
+    if inv.state != InvoiceState::Issued || inv.kind != InvoiceKind::Invoice {
+        return None;
+    }
+    Some(OpenInvoice {
+        id: inv.id.clone(),
+        number: inv.number.clone()?,
+        rf_reference: inv.rf_reference.clone().unwrap_or_default(),
+        account_id: inv.account_id.clone(),
+        account_name: account_name.to_string(),
+        currency: inv.currency.code().to_string(),
+        balance: invoice::balance(inv),
+        issue_date: inv.issue_date?,
+        due_date: inv.due_date?,
+    })
+}
+
+impl Tx<'_> {
+    /// Save an invoice, keep the open-invoice indexes in step and announce a changed payment status.
+    pub(crate) fn save_invoice(&mut self, inv: &Invoice, actor: &str) -> EngineResult<()> {
+        self.put("invoice", &inv.id, inv);
+        let open = inv.state == InvoiceState::Issued
+            && inv.kind == InvoiceKind::Invoice
+            && invoice::balance(inv) > Decimal::ZERO;
+        let due_key = format!("{}/{}", inv.due_date.map(|d| d.to_string()).unwrap_or_default(), inv.id);
+        if open {
+            self.ws.index("open-invoice", &inv.id, &inv.id);
+            self.ws.index("open-due", &due_key, &inv.id);
+            let name = self
+                .store
+                .get::<Account>("account", &inv.account_id)?
+                .map(|a| a.name)
+                .unwrap_or_default();
+            if let Some(o) = open_invoice(inv, &name) {
+                self.index_update(IndexUpdate::Upsert(o));
+            }
+        } else {
+            self.ws.unindex("open-invoice", &inv.id);
+            self.ws.unindex("open-due", &due_key);
+            self.index_update(IndexUpdate::Remove(inv.id.clone()));
+        }
+        self.publish_status(inv, actor)
+    }
+
+    /// Announce the invoice's derived payment status when it differs from the last one announced.
+    pub(crate) fn publish_status(&mut self, inv: &Invoice, actor: &str) -> EngineResult<()> {
+        let status = invoice::payment_status(inv, self.today);
+        let key = format!("p/{}", inv.id);
+        let last: Option<PaymentStatus> = self.store.get_raw(&key)?;
+        if last == Some(status) {
+            return Ok(());
+        }
+        self.ws.put_raw(&key, &status);
+        if status == PaymentStatus::Draft {
+            return Ok(());
+        }
+        self.event(
+            actor,
+            "invoice.payment_status_changed",
+            "invoice",
+            &inv.id,
+            serde_json::json!({
+                "number": inv.number, "from": last, "to": status,
+                "total": inv.totals.total, "amount_paid": inv.amount_paid,
+                "balance": invoice::balance(inv), "currency": inv.currency,
+            }),
+            true,
+        );
+        Ok(())
+    }
+
+    pub(crate) fn link_payer(&mut self, key: &str, account_id: &str) {
+        let key = key.trim().to_lowercase();
+        if key.is_empty() {
+            return;
+        }
+        self.ws.index("payer", &key, &format!("{key}\t{account_id}"));
+        self.index_update(IndexUpdate::LinkPayer(key, account_id.to_string()));
+    }
+
+    /// Allocate part of a payment to an invoice, recording why.
+    #[allow(clippy::too_many_arguments)] // each argument is one recorded fact of the allocation
+    pub(crate) fn allocate(
+        &mut self,
+        payment: &Payment,
+        inv: &mut Invoice,
+        amount: Decimal,
+        kind: AllocationKind,
+        rule: &str,
+        evidence: &str,
+        confidence: u8,
+        actor: &str,
+    ) -> EngineResult<Allocation> {
+        match kind {
+            AllocationKind::WriteOff => invoice::write_off(inv, amount)?,
+            _ => invoice::apply_payment(inv, amount)?,
+        }
+        inv.updated_at = self.now;
+        let id = self.new_id("allocation", "alc")?;
+        let allocation = Allocation {
+            id,
+            payment_id: Some(payment.id.clone()),
+            invoice_id: inv.id.clone(),
+            amount,
+            kind,
+            rule: rule.to_string(),
+            evidence: evidence.to_string(),
+            confidence,
+            at: self.now,
+            reversed: false,
+        };
+        self.put("allocation", &allocation.id, &allocation);
+        self.ws
+            .index("alloc-by-invoice", &format!("{}/{}", inv.id, allocation.id), &allocation.id);
+        self.ws
+            .index("alloc-by-payment", &format!("{}/{}", payment.id, allocation.id), &allocation.id);
+        self.event(
+            actor,
+            "allocation.created",
+            "invoice",
+            &inv.id,
+            serde_json::json!({
+                "allocation_id": allocation.id, "payment_id": payment.id, "amount": amount, "kind": kind,
+                "rule": rule, "evidence": evidence, "confidence": confidence,
+            }),
+            false,
+        );
+        self.save_invoice(inv, actor)?;
+        Ok(allocation)
+    }
+
+    /// Put money on the account's credit balance.
+    pub(crate) fn add_credit(
+        &mut self,
+        account_id: &str,
+        currency: &Currency,
+        amount: Decimal,
+        why: &str,
+        actor: &str,
+    ) -> EngineResult<()> {
+        let mut account: Account = self.get("account", account_id)?;
+        party::add_credit(&mut account, currency, amount)?;
+        self.put("account", &account.id, &account);
+        self.event(
+            actor,
+            "account.credit_changed",
+            "account",
+            &account.id,
+            serde_json::json!({"added": amount, "currency": currency, "why": why,
+                "credit_balance": party::credit(&account, currency)}),
+            true,
+        );
+        Ok(())
+    }
+
+    /// Record a payment entity (allocations are added by the caller).
+    pub(crate) fn new_payment(
+        &mut self,
+        amount: Decimal,
+        currency: Currency,
+        received_on: NaiveDate,
+        payer: Option<String>,
+        reference: Option<String>,
+        external_id: Option<String>,
+        source: &str,
+    ) -> EngineResult<Payment> {
+        let id = self.new_id("payment", "pay")?;
+        Ok(Payment {
+            id,
+            amount,
+            currency,
+            received_on,
+            payer,
+            reference,
+            external_id,
+            source: source.to_string(),
+            state: PaymentState::Recorded,
+            allocations: Vec::new(),
+            unallocated: Decimal::ZERO,
+            account_id: None,
+            created_at: self.now,
+        })
+    }
+}
+
+impl Engine {
+    /// Announce every open invoice whose due date passed as overdue (once). Returns how many changed.
+    pub async fn publish_overdue(&self, actor: &str) -> EngineResult<usize> {
+        let today = self.today();
+        let mut due = Vec::new();
+        for id in self.store().index_prefix("open-due", "")? {
+            let Some(inv) = self.store().get::<Invoice>("invoice", &id)? else {
+                continue;
+            };
+            if inv.due_date.is_some_and(|d| d >= today) {
+                // The index is ordered by due date: nothing later is overdue.
+                break;
+            }
+            let published: Option<PaymentStatus> = self.store().get_raw(&format!("p/{id}"))?;
+            if published != Some(invoice::payment_status(&inv, today)) {
+                due.push(id);
+            }
+        }
+        if due.is_empty() {
+            return Ok(0);
+        }
+        self.write(|tx| {
+            let mut n = 0;
+            for id in &due {
+                let inv: Invoice = tx.get("invoice", id)?;
+                let before = tx.store.get_raw::<PaymentStatus>(&format!("p/{id}"))?;
+                tx.publish_status(&inv, actor)?;
+                if before != Some(invoice::payment_status(&inv, tx.today)) {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Open invoices known to reconciliation.
+    pub fn open_invoice_count(&self) -> usize {
+        self.lock_state().index.len()
+    }
+
+    /// Draft an invoice from an order, whole or partial.
+    pub async fn create_invoice(&self, input: InvoiceCreate, actor: &str) -> EngineResult<Invoice> {
+        let selection: Option<Vec<(u32, Decimal)>> = match &input.lines {
+            None => None,
+            Some(lines) => Some(
+                lines
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| {
+                        crate::domain::money::parse_decimal(&format!("lines[{i}].quantity"), l.quantity.as_str())
+                            .map(|q| (l.line_no, q))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        self.write(|tx| {
+            let mut order: Order = tx
+                .get("order", &input.order_id)
+                .map_err(|e| field_not_found(e, "order_id"))?;
+            let id = tx.new_id("invoice", "inv")?;
+            let terms = order
+                .billing
+                .payment_terms_days
+                .unwrap_or(tx.engine.config().invoicing.payment_terms_days);
+            let inv = invoice::draft_from_order(&order, id, selection.as_deref(), terms, tx.now)?;
+            invoice::record_invoiced(&mut order, &inv);
+            tx.put("order", &order.id, &order);
+            tx.put("invoice", &inv.id, &inv);
+            tx.event(
+                actor,
+                "invoice.drafted",
+                "invoice",
+                &inv.id,
+                serde_json::json!({"order_id": order.id, "total": inv.totals.total, "currency": inv.currency}),
+                false,
+            );
+            Ok(inv)
+        })
+        .await
+    }
+
+    /// Issue a draft invoice: it gets the next number of its series inside this write (gap-free, unique) and its RF reference.
+    pub async fn issue_invoice(&self, id: &str, input: IssueInput, actor: &str) -> EngineResult<Invoice> {
+        self.write(|tx| issue_in(tx, id, input, actor)).await
+    }
+
+    /// Void an invoice with nothing paid.
+    pub async fn void_invoice(&self, id: &str, actor: &str) -> EngineResult<Invoice> {
+        self.write(|tx| {
+            let mut inv: Invoice = tx.get("invoice", id)?;
+            let from = inv.state;
+            invoice::void(&mut inv)?;
+            inv.updated_at = tx.now;
+            tx.event(
+                actor,
+                "invoice.voided",
+                "invoice",
+                &inv.id,
+                serde_json::json!({"number": inv.number, "from": from}),
+                true,
+            );
+            tx.save_invoice(&inv, actor)?;
+            Ok(inv)
+        })
+        .await
+    }
+
+    /// Credit an issued invoice (whole, or `amount`): a credit note is created and issued at once. Whatever the credit
+    /// covers beyond what is still owed goes to the customer's credit balance.
+    pub async fn credit_invoice(&self, id: &str, input: AmountInput, actor: &str) -> EngineResult<Invoice> {
+        self.write(|tx| {
+            let mut inv: Invoice = tx.get("invoice", id)?;
+            let amount = input
+                .amount
+                .as_ref()
+                .map(|a| parse_positive_amount("amount", a.as_str(), &inv.currency))
+                .transpose()?;
+            let cn_id = tx.new_id("invoice", "inv")?;
+            let cn = invoice::credit_note(&inv, cn_id, amount, tx.now)?;
+            tx.put("invoice", &cn.id, &cn);
+            let cn = issue_in(tx, &cn.id, IssueInput::default(), actor)?;
+            let credited = cn.totals.total.abs();
+            let owed = invoice::balance(&inv).max(Decimal::ZERO);
+            invoice::apply_credit_note(&mut inv, credited)?;
+            inv.updated_at = tx.now;
+            let surplus = credited - credited.min(owed);
+            if surplus > Decimal::ZERO {
+                let currency = inv.currency.clone();
+                tx.add_credit(&inv.account_id, &currency, surplus, &format!("credit note {}", cn.number.clone().unwrap_or_default()), actor)?;
+            }
+            tx.event(
+                actor,
+                "invoice.credited",
+                "invoice",
+                &inv.id,
+                serde_json::json!({"credit_note_id": cn.id, "credit_note": cn.number, "amount": credited}),
+                true,
+            );
+            tx.save_invoice(&inv, actor)?;
+            Ok(cn)
+        })
+        .await
+    }
+
+    /// Pay an invoice from the customer's credit balance (all of what it owes, or `amount`).
+    pub async fn apply_credit(&self, id: &str, input: AmountInput, actor: &str) -> EngineResult<Invoice> {
+        self.write(|tx| {
+            let mut inv: Invoice = tx.get("invoice", id)?;
+            let mut account: Account = tx.get("account", &inv.account_id)?;
+            let available = party::credit(&account, &inv.currency);
+            let owed = invoice::balance(&inv);
+            let amount = match &input.amount {
+                Some(a) => parse_positive_amount("amount", a.as_str(), &inv.currency)?,
+                None => available.min(owed),
+            };
+            if amount <= Decimal::ZERO {
+                return Err(DomainError::invalid(
+                    "amount",
+                    format!("nothing to apply: credit {available} {}, owed {owed}", inv.currency.code()),
+                )
+                .into());
+            }
+            party::use_credit(&mut account, &inv.currency, amount)?;
+            invoice::apply_payment(&mut inv, amount)?;
+            inv.updated_at = tx.now;
+            tx.put("account", &account.id, &account);
+            let alloc_id = tx.new_id("allocation", "alc")?;
+            let allocation = Allocation {
+                id: alloc_id,
+                payment_id: None,
+                invoice_id: inv.id.clone(),
+                amount,
+                kind: AllocationKind::Credit,
+                rule: "customer_credit".into(),
+                evidence: "applied from the customer's credit balance".into(),
+                confidence: 100,
+                at: tx.now,
+                reversed: false,
+            };
+            tx.put("allocation", &allocation.id, &allocation);
+            tx.ws
+                .index("alloc-by-invoice", &format!("{}/{}", inv.id, allocation.id), &allocation.id);
+            tx.event(
+                actor,
+                "invoice.credit_applied",
+                "invoice",
+                &inv.id,
+                serde_json::json!({"amount": amount, "allocation_id": allocation.id,
+                    "credit_balance": party::credit(&account, &inv.currency)}),
+                true,
+            );
+            tx.save_invoice(&inv, actor)?;
+            Ok(inv)
+        })
+        .await
+    }
+
+    /// Record a payment. With explicit allocations they are applied as given (rule `manual`); without, the payment is
+    /// reconciled like any ingested one. A repeated `external_id` returns the first payment unchanged.
+    pub async fn record_payment(&self, input: PaymentInput, actor: &str) -> EngineResult<(Payment, bool)> {
+        let currency = Currency::parse(&input.currency).map_err(|e| super::sales::rename_field(e, "currency"))?;
+        let amount = parse_positive_amount("amount", input.amount.as_str(), &currency)?;
+        let requests: Vec<AllocationRequest> = match &input.allocations {
+            None => Vec::new(),
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    Ok(AllocationRequest {
+                        invoice_id: a.invoice_id.clone(),
+                        amount: a
+                            .amount
+                            .as_ref()
+                            .map(|x| parse_positive_amount(&format!("allocations[{i}].amount"), x.as_str(), &currency))
+                            .transpose()?,
+                    })
+                })
+                .collect::<Result<_, DomainError>>()?,
+        };
+        if input.allocations.is_none() {
+            let record = super::ingest::record_from_api(&input, amount, &currency, self.today());
+            return self.ingest_api_payment(record, actor).await;
+        }
+        self.write(|tx| {
+            if let Some(ext) = &input.external_id {
+                if let Some(existing) = tx.store.index("payment-ext", &format!("api/{ext}"))? {
+                    return Ok((tx.get("payment", &existing)?, true));
+                }
+            }
+            let mut invoices = Vec::with_capacity(requests.len());
+            for (i, r) in requests.iter().enumerate() {
+                let inv: Invoice = tx
+                    .get("invoice", &r.invoice_id)
+                    .map_err(|e| field_not_found(e, &format!("allocations[{i}].invoice_id")))?;
+                invoices.push(inv);
+            }
+            let refs: Vec<&Invoice> = invoices.iter().collect();
+            let plan = payment::plan_allocations(amount, &currency, &requests, &refs, tx.today)?;
+            let received_on = input.received_on.unwrap_or(tx.today);
+            let mut pay = tx.new_payment(
+                amount,
+                currency.clone(),
+                received_on,
+                input.payer.clone(),
+                input.reference.clone(),
+                input.external_id.clone(),
+                "api",
+            )?;
+            pay.account_id = invoices.first().map(|i| i.account_id.clone());
+            for (invoice_id, part) in &plan.parts {
+                let Some(inv) = invoices.iter_mut().find(|i| &i.id == invoice_id) else {
+                    continue;
+                };
+                let alloc = tx.allocate(&pay, inv, *part, AllocationKind::Payment, "manual", "allocated by hand", 100, actor)?;
+                pay.allocations.push(alloc.id);
+            }
+            if plan.surplus > Decimal::ZERO {
+                if let Some(account) = pay.account_id.clone() {
+                    tx.add_credit(&account, &currency, plan.surplus, &format!("overpayment {}", pay.id), actor)?;
+                    pay.unallocated = plan.surplus;
+                }
+            }
+            if let Some(ext) = &pay.external_id {
+                tx.ws.index("payment-ext", &format!("api/{ext}"), &pay.id);
+            }
+            tx.put("payment", &pay.id, &pay);
+            tx.event(
+                actor,
+                "payment.recorded",
+                "payment",
+                &pay.id,
+                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": pay.allocations,
+                    "to_credit": pay.unallocated, "payer": pay.payer}),
+                true,
+            );
+            Ok((pay, false))
+        })
+        .await
+    }
+
+    /// Reverse a payment: every allocation is undone by a compensating entry, credit it created is taken back.
+    pub async fn reverse_payment(&self, id: &str, actor: &str) -> EngineResult<Payment> {
+        self.write(|tx| reverse_in(tx, id, false, "reversed by hand", actor)).await
+    }
+}
+
+pub(crate) fn issue_in(tx: &mut Tx<'_>, id: &str, input: IssueInput, actor: &str) -> EngineResult<Invoice> {
+    let mut inv: Invoice = tx.get("invoice", id)?;
+    if inv.state != InvoiceState::Draft {
+        return Err(DomainError::transition(
+            "invoice",
+            crate::domain::status_name(&inv.state),
+            "issue",
+            format!("it was issued already as {}", inv.number.clone().unwrap_or_default()),
+        )
+        .into());
+    }
+    let issue_date = input.issue_date.unwrap_or(tx.today);
+    let (series, pattern) = match inv.kind {
+        InvoiceKind::Invoice => ("invoice", &tx.engine.series().invoice),
+        InvoiceKind::CreditNote => ("credit_note", &tx.engine.series().credit_note),
+    };
+    let number = tx.next_number(series, pattern, issue_date)?;
+    let reference = rf::creditor_reference(&number);
+    invoice::issue(&mut inv, number.clone(), reference, issue_date, input.due_date)?;
+    inv.updated_at = tx.now;
+    tx.ws.index("invoice-number", &number, &inv.id);
+    tx.event(
+        actor,
+        "invoice.issued",
+        "invoice",
+        &inv.id,
+        serde_json::json!({"number": number, "kind": inv.kind, "rf_reference": inv.rf_reference, "total": inv.totals.total,
+            "currency": inv.currency, "issue_date": inv.issue_date, "due_date": inv.due_date, "account_id": inv.account_id}),
+        true,
+    );
+    tx.save_invoice(&inv, actor)?;
+    Ok(inv)
+}
+
+/// Undo a payment's allocations by compensating entries. `refund` marks the money as returned to the payer.
+pub(crate) fn reverse_in(tx: &mut Tx<'_>, id: &str, refund: bool, why: &str, actor: &str) -> EngineResult<Payment> {
+    let mut pay: Payment = tx.get("payment", id)?;
+    if pay.state == PaymentState::Reversed {
+        return Err(DomainError::transition("payment", "reversed", "reverse", "it was reversed already").into());
+    }
+    for alloc_id in pay.allocations.clone() {
+        let alloc: Allocation = tx.get("allocation", &alloc_id)?;
+        let mut inv: Invoice = tx.get("invoice", &alloc.invoice_id)?;
+        invoice::reverse_payment(&mut inv, alloc.amount, refund)?;
+        inv.updated_at = tx.now;
+        let comp_id = tx.new_id("allocation", "alc")?;
+        let compensation = Allocation {
+            id: comp_id,
+            payment_id: Some(pay.id.clone()),
+            invoice_id: inv.id.clone(),
+            amount: -alloc.amount,
+            kind: alloc.kind,
+            rule: "reversal".into(),
+            evidence: format!("{why}; compensates {}", alloc.id),
+            confidence: 100,
+            at: tx.now,
+            reversed: false,
+        };
+        tx.put("allocation", &compensation.id, &compensation);
+        tx.ws.index(
+            "alloc-by-invoice",
+            &format!("{}/{}", inv.id, compensation.id),
+            &compensation.id,
+        );
+        tx.save_invoice(&inv, actor)?;
+    }
+    if pay.unallocated > Decimal::ZERO {
+        if let Some(account_id) = &pay.account_id {
+            let mut account: Account = tx.get("account", account_id)?;
+            let available = party::credit(&account, &pay.currency);
+            let take = pay.unallocated.min(available);
+            if take > Decimal::ZERO {
+                party::use_credit(&mut account, &pay.currency, take)?;
+                tx.put("account", &account.id, &account);
+            }
+        }
+    }
+    pay.state = PaymentState::Reversed;
+    tx.put("payment", &pay.id, &pay);
+    tx.event(
+        actor,
+        "payment.reversed",
+        "payment",
+        &pay.id,
+        serde_json::json!({"amount": pay.amount, "currency": pay.currency, "why": why, "refund": refund}),
+        true,
+    );
+    Ok(pay)
+}

@@ -1,0 +1,523 @@
+//! Records from connector plugins (and API payments without explicit allocations) into the pipeline:
+//! dedupe on `seen`, leads captured, payments reconciled against open invoices, the rest to the review queue.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use settled_plugin_api::{EntryStatus, LeadRecord, PaymentKind, PaymentRecord, Record};
+
+use super::billing::{AllocationJson, PaymentInput};
+use super::{Engine, EngineResult, Tx};
+use crate::domain::invoice::{self, Invoice};
+use crate::domain::lead::LeadInput;
+use crate::domain::money::{parse_positive_amount, Currency};
+use crate::domain::payment::{self, AllocationKind, AllocationRequest, Payment};
+use crate::domain::DomainError;
+use crate::reconcile::{self, Decision, ReviewReason, Suggestion};
+
+/// Records per write set on bulk paths: bounds memory while sharing one flush across many records.
+const CHUNK: usize = 2_000;
+
+/// What an import or intake did, record by record, summed up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ImportSummary {
+    /// File name, when the records came from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Connector instance that parsed them.
+    pub plugin: String,
+    /// Records the plugin produced.
+    pub records_read: u64,
+    /// New records committed.
+    pub new: u64,
+    /// Recognised as already ingested (replays, re-imports, overlapping statements).
+    pub duplicates: u64,
+    /// Payments matched automatically, per rule.
+    pub matched: BTreeMap<String, u64>,
+    /// Matched payments that left an invoice partially paid.
+    pub partially_matched: u64,
+    /// Payments sent to the review queue.
+    pub review: u64,
+    /// Entries that settle nothing by design (pending, outgoing, zero).
+    pub ignored: u64,
+    /// Reversals, refunds and chargebacks that reopened what they paid.
+    pub reversed: u64,
+    /// Records refused, with where and why.
+    pub failed: Vec<Failure>,
+    /// Ids of what was created (leads or payments), for intake replies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<String>,
+}
+
+/// A refused record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Failure {
+    /// Where in the source.
+    pub location: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What happened to one ingested record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IngestOutcome {
+    /// Committed as new; the id created.
+    New(String),
+    /// Already seen; the id it produced then.
+    Duplicate(Option<String>),
+    /// Settles nothing by design.
+    Ignored,
+}
+
+/// Status of a review item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewStatus {
+    /// Waiting for a person.
+    Open,
+    /// Allocated by a person.
+    Allocated,
+    /// Dismissed by a person.
+    Dismissed,
+}
+
+/// A payment that needs a person, with ranked suggestions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReviewItem {
+    /// Id.
+    pub id: String,
+    /// The payment waiting (unallocated).
+    pub payment_id: String,
+    /// Why it was not matched automatically.
+    pub reason: ReviewReason,
+    /// The reason in words.
+    pub explanation: String,
+    /// Best first.
+    pub suggestions: Vec<Suggestion>,
+    /// Open, allocated or dismissed.
+    pub status: ReviewStatus,
+    /// The normalised record as received, for the reviewer.
+    pub record: PaymentRecord,
+    /// When queued.
+    pub created_at: DateTime<Utc>,
+    /// When resolved.
+    #[serde(default)]
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// How it was resolved.
+    #[serde(default)]
+    pub resolution: Option<String>,
+}
+
+/// `POST /v1/review/{id}/allocate` body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewAllocate {
+    /// Where the money goes.
+    pub allocations: Vec<AllocationJson>,
+}
+
+/// `POST /v1/review/{id}/dismiss` body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewDismiss {
+    /// Why (kept in the audit log).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+pub(crate) fn record_from_api(input: &PaymentInput, amount: Decimal, currency: &Currency, today: NaiveDate) -> PaymentRecord {
+    let mut r = PaymentRecord::new(
+        input.external_id.clone().unwrap_or_default(),
+        amount,
+        currency.code(),
+    );
+    r.booked_on = Some(input.received_on.unwrap_or(today));
+    r.counterparty_name = input.payer.clone();
+    r.remittance = input.reference.clone();
+    r
+}
+
+impl Engine {
+    /// Ingest the records one connector produced (from intake, a file or a mailbox), in chunks that each commit atomically;
+    /// returns once everything is durable.
+    pub async fn ingest(
+        &self,
+        connector: &str,
+        plugin: &str,
+        file: Option<&str>,
+        records: Vec<Record>,
+    ) -> EngineResult<ImportSummary> {
+        let mut summary = ImportSummary {
+            file: file.map(str::to_string),
+            plugin: connector.to_string(),
+            records_read: records.len() as u64,
+            ..ImportSummary::default()
+        };
+        let actor = format!("connector:{connector}");
+        let mut last_ticket = None;
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            let chunk: Vec<Record> = records.by_ref().take(CHUNK).collect();
+            let (_, ticket) = self.write_nowait(|tx| {
+                for record in chunk {
+                    ingest_one(tx, plugin, &actor, record, &mut summary)?;
+                }
+                Ok(())
+            })?;
+            if ticket.is_some() {
+                last_ticket = ticket;
+            }
+        }
+        if let Some(ticket) = last_ticket {
+            self.durable(&ticket).await?;
+        }
+        Ok(summary)
+    }
+
+    /// An API payment without explicit allocations: reconciled like an ingested one.
+    pub(crate) async fn ingest_api_payment(&self, record: PaymentRecord, actor: &str) -> EngineResult<(Payment, bool)> {
+        self.write(|tx| {
+            let mut record = record;
+            if record.external_id.is_empty() {
+                record.external_id = tx.new_id("api-payment", "api")?;
+            }
+            let mut summary = ImportSummary::default();
+            let outcome = ingest_payment(tx, "api", actor, record, &mut summary)?;
+            let id = match outcome {
+                IngestOutcome::New(id) => return Ok((tx.get("payment", &id)?, false)),
+                IngestOutcome::Duplicate(Some(id)) => id,
+                IngestOutcome::Duplicate(None) | IngestOutcome::Ignored => {
+                    return Err(DomainError::invalid("amount", "this payment settles nothing").into())
+                }
+            };
+            Ok((tx.get("payment", &id)?, true))
+        })
+        .await
+    }
+
+    /// Allocate a queued payment by hand.
+    pub async fn review_allocate(&self, id: &str, input: ReviewAllocate, actor: &str) -> EngineResult<ReviewItem> {
+        self.write(|tx| {
+            let mut item: ReviewItem = tx.get("review", id)?;
+            if item.status != ReviewStatus::Open {
+                return Err(DomainError::transition(
+                    "review item",
+                    crate::domain::status_name(&item.status),
+                    "allocate",
+                    "it was resolved already",
+                )
+                .into());
+            }
+            let mut pay: Payment = tx.get("payment", &item.payment_id)?;
+            let mut requests = Vec::with_capacity(input.allocations.len());
+            for (i, a) in input.allocations.iter().enumerate() {
+                requests.push(AllocationRequest {
+                    invoice_id: a.invoice_id.clone(),
+                    amount: a
+                        .amount
+                        .as_ref()
+                        .map(|x| parse_positive_amount(&format!("allocations[{i}].amount"), x.as_str(), &pay.currency))
+                        .transpose()?,
+                });
+            }
+            let mut invoices = Vec::with_capacity(requests.len());
+            for (i, r) in requests.iter().enumerate() {
+                invoices.push(
+                    tx.get::<Invoice>("invoice", &r.invoice_id)
+                        .map_err(|e| super::sales::field_not_found(e, &format!("allocations[{i}].invoice_id")))?,
+                );
+            }
+            let refs: Vec<&Invoice> = invoices.iter().collect();
+            let plan = payment::plan_allocations(pay.amount, &pay.currency, &requests, &refs, tx.today)?;
+            for (invoice_id, part) in &plan.parts {
+                let Some(inv) = invoices.iter_mut().find(|i| &i.id == invoice_id) else {
+                    continue;
+                };
+                let alloc = tx.allocate(&pay, inv, *part, AllocationKind::Payment, "manual", "allocated in review", 100, actor)?;
+                pay.allocations.push(alloc.id);
+            }
+            pay.account_id = invoices.first().map(|i| i.account_id.clone());
+            if let (Some(account), true) = (pay.account_id.clone(), plan.surplus > Decimal::ZERO) {
+                tx.add_credit(&account, &pay.currency.clone(), plan.surplus, &format!("overpayment {}", pay.id), actor)?;
+                pay.unallocated = plan.surplus;
+            }
+            if let Some(account) = pay.account_id.clone() {
+                for key in payer_keys(&item.record) {
+                    tx.link_payer(&key, &account);
+                }
+            }
+            tx.put("payment", &pay.id, &pay);
+            item.status = ReviewStatus::Allocated;
+            item.resolved_at = Some(tx.now);
+            item.resolution = Some(format!("allocated to {}", pay.allocations.join(", ")));
+            tx.ws.unindex("open-review", &item.id);
+            tx.put("review", &item.id, &item);
+            tx.event(actor, "review.allocated", "review", &item.id, serde_json::json!({"payment_id": pay.id}), false);
+            tx.event(
+                actor,
+                "payment.recorded",
+                "payment",
+                &pay.id,
+                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": pay.allocations, "to_credit": pay.unallocated}),
+                true,
+            );
+            Ok(item)
+        })
+        .await
+    }
+
+    /// Dismiss a queued payment (not ours, handled elsewhere).
+    pub async fn review_dismiss(&self, id: &str, input: ReviewDismiss, actor: &str) -> EngineResult<ReviewItem> {
+        self.write(|tx| {
+            let mut item: ReviewItem = tx.get("review", id)?;
+            if item.status != ReviewStatus::Open {
+                return Err(DomainError::transition(
+                    "review item",
+                    crate::domain::status_name(&item.status),
+                    "dismiss",
+                    "it was resolved already",
+                )
+                .into());
+            }
+            item.status = ReviewStatus::Dismissed;
+            item.resolved_at = Some(tx.now);
+            item.resolution = Some(input.reason.unwrap_or_else(|| "dismissed".into()));
+            tx.ws.unindex("open-review", &item.id);
+            tx.put("review", &item.id, &item);
+            tx.event(actor, "review.dismissed", "review", &item.id, serde_json::json!({"reason": item.resolution}), false);
+            Ok(item)
+        })
+        .await
+    }
+}
+
+fn ingest_one(tx: &mut Tx<'_>, plugin: &str, actor: &str, record: Record, summary: &mut ImportSummary) -> EngineResult<()> {
+    match record {
+        Record::Lead(lead) => {
+            let input = lead_input(lead);
+            let input = match crate::domain::lead::validate(&input) {
+                Ok(i) => i,
+                Err(e) => {
+                    summary.failed.push(Failure {
+                        location: input.external_id.clone().unwrap_or_else(|| "lead".into()),
+                        reason: e.to_string(),
+                    });
+                    return Ok(());
+                }
+            };
+            let (lead, duplicate) = super::leads::capture_in(tx, input, actor)?;
+            if duplicate {
+                summary.duplicates += 1;
+            } else {
+                summary.new += 1;
+            }
+            summary.ids.push(lead.id);
+        }
+        Record::Payment(p) => {
+            ingest_payment(tx, plugin, actor, p, summary)?;
+        }
+    }
+    Ok(())
+}
+
+fn lead_input(r: LeadRecord) -> LeadInput {
+    let mut message = r.message;
+    if !r.extra.is_empty() {
+        let extra: Vec<String> = r.extra.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        message = Some(match message {
+            Some(m) => format!("{m}\n\n{}", extra.join("\n")),
+            None => extra.join("\n"),
+        });
+    }
+    LeadInput {
+        name: r.name,
+        email: r.email,
+        phone: r.phone,
+        company: r.company,
+        source: r.source,
+        assigned_to: r.assigned_to,
+        external_id: r.external_id,
+        message,
+    }
+}
+
+fn payer_keys(r: &PaymentRecord) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(acct) = &r.counterparty_account {
+        keys.push(acct.replace(' ', "").to_lowercase());
+    }
+    if let Some(name) = &r.counterparty_name {
+        let n = reconcile::normalise_party_name(name);
+        if !n.is_empty() {
+            keys.push(n);
+        }
+    }
+    keys
+}
+
+fn ingest_payment(
+    tx: &mut Tx<'_>,
+    plugin: &str,
+    actor: &str,
+    record: PaymentRecord,
+    summary: &mut ImportSummary,
+) -> EngineResult<IngestOutcome> {
+    let seen_key = format!("pay:{plugin}:{}", record.external_id);
+    if let Some(produced) = tx.store.seen(&seen_key)? {
+        summary.duplicates += 1;
+        return Ok(IngestOutcome::Duplicate(produced["payment_id"].as_str().map(str::to_string)));
+    }
+    if record.status == EntryStatus::Pending {
+        // Not marked seen: when the entry is booked later it must be processed then.
+        summary.ignored += 1;
+        return Ok(IngestOutcome::Ignored);
+    }
+    let currency = match Currency::parse(&record.currency) {
+        Ok(c) => c,
+        Err(e) => {
+            summary.failed.push(Failure {
+                location: record.source_position.clone().unwrap_or_else(|| record.external_id.clone()),
+                reason: e.to_string(),
+            });
+            return Ok(IngestOutcome::Ignored);
+        }
+    };
+    let received_on = record.booked_on.or(record.value_date).unwrap_or(tx.today);
+    let reopening = record.reversal || matches!(record.kind, PaymentKind::Refund | PaymentKind::Chargeback);
+    if record.amount < Decimal::ZERO && reopening {
+        let original = match &record.original_external_id {
+            Some(orig) => tx.store.seen(&format!("pay:{plugin}:{orig}"))?,
+            None => None,
+        };
+        if let Some(payment_id) = original.as_ref().and_then(|o| o["payment_id"].as_str()) {
+            let why = format!("{:?} {} {}", record.kind, record.amount, record.external_id).to_lowercase();
+            let refund = record.kind != PaymentKind::Transfer;
+            super::billing::reverse_in(tx, payment_id, refund, &why, actor)?;
+            tx.ws.seen(&seen_key, &serde_json::json!({"reversed": payment_id}));
+            summary.reversed += 1;
+            summary.new += 1;
+            return Ok(IngestOutcome::New(payment_id.to_string()));
+        }
+        // A reversal whose original we never saw: a person decides.
+        let pay = tx.new_payment(record.amount, currency, received_on, record.counterparty_name.clone(), record.remittance.clone(), Some(record.external_id.clone()), plugin)?;
+        queue_review(tx, &pay, record, ReviewReason::NoMatch, "a reversal, refund or chargeback whose original payment is unknown".into(), Vec::new(), actor)?;
+        tx.ws.seen(&seen_key, &serde_json::json!({"payment_id": pay.id}));
+        summary.review += 1;
+        summary.new += 1;
+        return Ok(IngestOutcome::New(pay.id));
+    }
+    let settings = reconcile_settings(tx.engine);
+    let decision = reconcile::decide(&record, &tx.state.index, &settings);
+    let payer = record.counterparty_name.clone();
+    match decision {
+        Decision::Ignore { reason } => {
+            tx.ws.seen(&seen_key, &serde_json::json!({"ignored": reason}));
+            summary.ignored += 1;
+            Ok(IngestOutcome::Ignored)
+        }
+        Decision::Review { reason, suggestions } => {
+            let pay = tx.new_payment(record.amount, currency, received_on, payer, record.remittance.clone(), Some(record.external_id.clone()), plugin)?;
+            let explanation = reason.to_string();
+            queue_review(tx, &pay, record, reason, explanation, suggestions, actor)?;
+            tx.ws.seen(&seen_key, &serde_json::json!({"payment_id": pay.id}));
+            summary.review += 1;
+            summary.new += 1;
+            Ok(IngestOutcome::New(pay.id))
+        }
+        Decision::Allocate { allocations, write_off, surplus, fee } => {
+            let mut pay = tx.new_payment(record.amount, currency.clone(), received_on, payer, record.remittance.clone(), Some(record.external_id.clone()), plugin)?;
+            let mut partially = false;
+            for proposed in &allocations {
+                let mut inv: Invoice = tx.get("invoice", &proposed.invoice_id)?;
+                let alloc = tx.allocate(&pay, &mut inv, proposed.amount, AllocationKind::Payment, &crate::domain::status_name(&proposed.rule), &proposed.evidence, proposed.confidence, actor)?;
+                pay.allocations.push(alloc.id);
+                pay.account_id.get_or_insert(inv.account_id.clone());
+                *summary.matched.entry(crate::domain::status_name(&proposed.rule)).or_default() += 1;
+                if invoice::balance(&inv) > Decimal::ZERO {
+                    partially = true;
+                }
+            }
+            if let Some((invoice_id, amount)) = write_off {
+                let mut inv: Invoice = tx.get("invoice", &invoice_id)?;
+                let alloc = tx.allocate(&pay, &mut inv, amount, AllocationKind::WriteOff, "write_off", "shortfall within the configured tolerance", 100, actor)?;
+                pay.allocations.push(alloc.id);
+                partially = invoice::balance(&inv) > Decimal::ZERO;
+            }
+            if surplus > Decimal::ZERO {
+                if let Some(account) = pay.account_id.clone() {
+                    tx.add_credit(&account, &currency, surplus, &format!("overpayment {}", pay.id), actor)?;
+                    pay.unallocated = surplus;
+                }
+            }
+            if let Some(account) = pay.account_id.clone() {
+                for key in payer_keys(&record) {
+                    tx.link_payer(&key, &account);
+                }
+            }
+            if partially {
+                summary.partially_matched += 1;
+            }
+            tx.put("payment", &pay.id, &pay);
+            tx.event(
+                actor,
+                "payment.recorded",
+                "payment",
+                &pay.id,
+                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": pay.allocations,
+                    "to_credit": pay.unallocated, "fee": fee, "external_id": record.external_id, "source": record.source_position}),
+                true,
+            );
+            tx.ws.seen(&seen_key, &serde_json::json!({"payment_id": pay.id}));
+            summary.new += 1;
+            Ok(IngestOutcome::New(pay.id))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // the review item is made of all of these
+fn queue_review(
+    tx: &mut Tx<'_>,
+    pay: &Payment,
+    record: PaymentRecord,
+    reason: ReviewReason,
+    explanation: String,
+    suggestions: Vec<Suggestion>,
+    actor: &str,
+) -> EngineResult<()> {
+    let id = tx.new_id("review", "rev")?;
+    let item = ReviewItem {
+        id: id.clone(),
+        payment_id: pay.id.clone(),
+        reason,
+        explanation,
+        suggestions,
+        status: ReviewStatus::Open,
+        record,
+        created_at: tx.now,
+        resolved_at: None,
+        resolution: None,
+    };
+    tx.put("payment", &pay.id, pay);
+    tx.put("review", &id, &item);
+    tx.ws.index("open-review", &id, &id);
+    tx.event(
+        actor,
+        "review.queued",
+        "review",
+        &id,
+        serde_json::json!({"payment_id": pay.id, "reason": item.reason, "amount": pay.amount, "currency": pay.currency}),
+        true,
+    );
+    Ok(())
+}
+
+fn reconcile_settings(engine: &Engine) -> reconcile::Settings {
+    let c = &engine.config().reconcile;
+    reconcile::Settings {
+        writeoff_tolerance: c.writeoff_tolerance,
+        min_confidence: c.min_confidence,
+        ..reconcile::Settings::default()
+    }
+}

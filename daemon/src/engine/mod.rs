@@ -1,0 +1,291 @@
+//! The engine: the only writer. Commands validate input, apply domain rules and write state, audit event and outbox rows
+//! in one atomic write set; callers get an answer only once that write is durable.
+//!
+//! Concurrency: one writer lock serialises read-modify-write; flushes are shared between concurrent commands (group commit),
+//! so throughput is bounded by CPU, not by fsyncs.
+
+mod billing;
+mod ingest;
+mod leads;
+mod sales;
+mod views;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::domain::numbering::SeriesPattern;
+use crate::domain::DomainError;
+use crate::reconcile::MatchIndex;
+use crate::store::{CommitTicket, Store, StoreError, WriteSet};
+
+pub use billing::{IssueInput, PaymentInput};
+pub use ingest::{ImportSummary, IngestOutcome, ReviewItem, ReviewStatus};
+pub use leads::{ConvertInput, ConvertOutput};
+pub use sales::{OrderCreate, QuoteCreate};
+pub use views::*;
+
+/// Why a command failed, split by who is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The caller: bad input or a transition the current state does not allow.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The caller: no such entity.
+    #[error("{entity} {id} not found")]
+    NotFound {
+        /// Entity kind.
+        entity: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The environment or us: the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Result alias for engine commands.
+pub type EngineResult<T> = Result<T, EngineError>;
+
+/// Where "now" comes from; tests and the demo move it.
+pub trait Clock: Send + Sync {
+    /// The current instant.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Number series parsed from the config.
+pub(crate) struct Series {
+    pub quote: SeriesPattern,
+    pub order: SeriesPattern,
+    pub invoice: SeriesPattern,
+    pub credit_note: SeriesPattern,
+}
+
+/// The engine handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: Config,
+    series: Series,
+    clock: Box<dyn Clock>,
+    state: Mutex<State>,
+}
+
+/// In-memory state guarded by the writer lock.
+pub(crate) struct State {
+    /// Open invoices for reconciliation, kept in step with every invoice write.
+    pub index: MatchIndex,
+}
+
+impl Engine {
+    /// Build the engine over an open store; loads the reconciliation index from the open invoices.
+    pub fn new(store: Store, config: Config, clock: Box<dyn Clock>) -> EngineResult<Engine> {
+        let parse = |p: &str| SeriesPattern::parse(p).map_err(EngineError::Domain);
+        let series = Series {
+            quote: parse(&config.numbering.quote)?,
+            order: parse(&config.numbering.order)?,
+            invoice: parse(&config.numbering.invoice)?,
+            credit_note: parse(&config.numbering.credit_note)?,
+        };
+        let index = billing::load_index(&store, &config)?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                series,
+                clock,
+                state: Mutex::new(State { index }),
+            }),
+        })
+    }
+
+    /// The store (read access for views and the API).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Now, from the engine's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// Today (UTC), from the engine's clock.
+    pub fn today(&self) -> NaiveDate {
+        self.now().date_naive()
+    }
+
+    /// Read an entity or fail with NotFound.
+    pub fn get<T: DeserializeOwned>(&self, kind: &'static str, id: &str) -> EngineResult<T> {
+        self.inner
+            .store
+            .get(kind, id)?
+            .ok_or_else(|| EngineError::NotFound {
+                entity: kind,
+                id: id.to_string(),
+            })
+    }
+
+    /// Run `f` under the writer lock with a fresh write set, apply it, and wait until it is durable.
+    pub(crate) async fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> EngineResult<T>,
+    ) -> EngineResult<T> {
+        let (out, ticket) = self.write_nowait(f)?;
+        if let Some(ticket) = ticket {
+            self.inner.store.durable(&ticket).await?;
+        }
+        Ok(out)
+    }
+
+    /// Like [`Engine::write`] but without waiting for durability (bulk paths wait once at the end).
+    pub(crate) fn write_nowait<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> EngineResult<T>,
+    ) -> EngineResult<(T, Option<CommitTicket>)> {
+        let mut state = self.lock_state();
+        let now = self.now();
+        let mut tx = Tx {
+            engine: self,
+            store: &self.inner.store,
+            ws: self.inner.store.begin(),
+            now,
+            today: now.date_naive(),
+            state: &mut state,
+            index_undo: Vec::new(),
+        };
+        let result = f(&mut tx);
+        let Tx { ws, index_undo, .. } = tx;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                undo_index(&mut state, index_undo);
+                return Err(e);
+            }
+        };
+        if ws.is_empty() {
+            return Ok((out, None));
+        }
+        match self.inner.store.apply(ws) {
+            Ok(ticket) => Ok((out, Some(ticket))),
+            Err(e) => {
+                undo_index(&mut state, index_undo);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Wait until a ticket from [`Engine::write_nowait`] is durable.
+    pub(crate) async fn durable(&self, ticket: &CommitTicket) -> EngineResult<()> {
+        Ok(self.inner.store.durable(ticket).await?)
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the store half-written (nothing is applied before the batch),
+        // so a poisoned lock is safe to take over.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn series(&self) -> &Series {
+        &self.inner.series
+    }
+}
+
+/// One command's view of the world: reads go to the store, writes collect in the write set.
+pub(crate) struct Tx<'a> {
+    pub engine: &'a Engine,
+    pub store: &'a Store,
+    pub ws: WriteSet,
+    pub now: DateTime<Utc>,
+    pub today: NaiveDate,
+    pub state: &'a mut State,
+    index_undo: Vec<billing::IndexUpdate>,
+}
+
+fn undo_index(state: &mut State, undo: Vec<billing::IndexUpdate>) {
+    for update in undo.into_iter().rev() {
+        update.apply(&mut state.index);
+    }
+}
+
+impl Tx<'_> {
+    /// Change the in-memory reconciliation index now (later records of the same write set must see it),
+    /// remembering how to undo it if the write set is not committed.
+    pub(crate) fn index_update(&mut self, update: billing::IndexUpdate) {
+        use billing::IndexUpdate::*;
+        let undo = match &update {
+            Upsert(o) => Some(match self.state.index.get(&o.id).cloned() {
+                Some(prev) => Upsert(prev),
+                None => Remove(o.id.clone()),
+            }),
+            Remove(id) => self.state.index.get(id).cloned().map(Upsert),
+            LinkPayer(..) => None,
+        };
+        update.apply(&mut self.state.index);
+        if let Some(undo) = undo {
+            self.index_undo.push(undo);
+        }
+    }
+
+    /// Read an entity or fail with NotFound.
+    pub fn get<T: DeserializeOwned>(&self, kind: &'static str, id: &str) -> EngineResult<T> {
+        self.engine.get(kind, id)
+    }
+
+    /// A new id for a kind: `<prefix>_<8-digit sequence>`, so ids sort by creation.
+    pub fn new_id(&mut self, kind: &str, prefix: &str) -> EngineResult<String> {
+        let n = self.store.next_counter(&mut self.ws, &format!("id/{kind}"))?;
+        Ok(format!("{prefix}_{n:08}"))
+    }
+
+    /// Write an entity.
+    pub fn put<T: Serialize>(&mut self, kind: &str, id: &str, value: &T) {
+        self.ws.put(kind, id, value);
+    }
+
+    /// Append an audit event (and an outbox row when `outbox`).
+    pub fn event(
+        &mut self,
+        actor: &str,
+        kind: &str,
+        entity: &str,
+        id: &str,
+        data: serde_json::Value,
+        outbox: bool,
+    ) {
+        self.ws.event(actor, kind, entity, id, data, outbox);
+    }
+
+    /// The next number of a series for `date`, gap-free: taken inside this write set.
+    pub fn next_number(&mut self, series: &str, pattern: &SeriesPattern, date: NaiveDate) -> EngineResult<String> {
+        let key = format!("series/{series}/{}", pattern.period_key(date));
+        let seq = self.store.next_counter(&mut self.ws, &key)?;
+        Ok(pattern.format(date, seq))
+    }
+}
+
+#[cfg(test)]
+mod tests;

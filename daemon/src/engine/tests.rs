@@ -1,0 +1,465 @@
+//! Engine tests: commands against a real sled store in a temp dir, with a clock the test moves.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use rust_decimal_macros::dec;
+use serde_json::{json, Value};
+use settled_plugin_api::{PaymentRecord, Record};
+
+use super::*;
+use crate::domain::invoice::{Invoice, PaymentStatus};
+use crate::domain::lead::LeadInput;
+use crate::store::StoreOptions;
+
+struct TestClock(Mutex<DateTime<Utc>>);
+
+impl Clock for Arc<TestClock> {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+struct World {
+    engine: Engine,
+    clock: Arc<TestClock>,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let clock = Arc::new(TestClock(Mutex::new(Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap())));
+        let engine = Engine::new(store, Config::default(), Box::new(clock.clone())).unwrap();
+        World { engine, clock, _dir: dir }
+    }
+
+    fn advance(&self, days: i64) {
+        *self.clock.0.lock().unwrap() += Duration::days(days);
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.engine
+            .store()
+            .events_after(0, 10_000)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    /// Lead -> converted -> quote (sent, accepted) -> order; returns the order id.
+    async fn order(&self, company: &str, lines: Value) -> String {
+        let email = format!("buyer@{}.example", company.to_lowercase().replace(' ', "-"));
+        let (lead, _) = self
+            .engine
+            .capture_lead(
+                &LeadInput {
+                    name: "Buyer".into(),
+                    email: Some(email),
+                    company: Some(company.into()),
+                    source: "web".into(),
+                    ..LeadInput::default()
+                },
+                "test",
+            )
+            .await
+            .unwrap();
+        let conv = self
+            .engine
+            .convert_lead(
+                &lead.id,
+                serde_json::from_value(json!({"opportunity": {"name": "deal", "value": "100.00", "currency": "EUR", "expected_close": null}}))
+                    .unwrap(),
+                "test",
+            )
+            .await
+            .unwrap();
+        let q = self
+            .engine
+            .create_quote(
+                serde_json::from_value(json!({"opportunity_id": conv.opportunity_id, "currency": "EUR", "lines": lines})).unwrap(),
+                "test",
+            )
+            .await
+            .unwrap();
+        self.engine.quote_action(&q.id, "send", "test").await.unwrap();
+        self.engine.quote_action(&q.id, "accept", "test").await.unwrap();
+        let o = self
+            .engine
+            .create_order(serde_json::from_value(json!({"quote_id": q.id})).unwrap(), "test")
+            .await
+            .unwrap();
+        o.id
+    }
+
+    async fn issued_invoice(&self, company: &str, amount: &str) -> Invoice {
+        let order = self
+            .order(company, json!([{"description": "work", "quantity": "1", "unit_price": amount, "tax_rate": "0"}]))
+            .await;
+        let inv = self
+            .engine
+            .create_invoice(serde_json::from_value(json!({"order_id": order})).unwrap(), "test")
+            .await
+            .unwrap();
+        self.engine.issue_invoice(&inv.id, IssueInput::default(), "test").await.unwrap()
+    }
+
+    fn invoice(&self, id: &str) -> Value {
+        self.engine.show("invoice", id).unwrap()
+    }
+
+    async fn pay(&self, body: Value) -> EngineResult<(crate::domain::payment::Payment, bool)> {
+        self.engine.record_payment(serde_json::from_value(body).unwrap(), "test").await
+    }
+}
+
+fn status(v: &Value) -> &str {
+    v["payment_status"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn a_repeated_capture_with_the_same_email_merges_into_the_open_lead() {
+    let w = World::new();
+    let input = LeadInput {
+        name: "Ada".into(),
+        email: Some("ada@example.com".into()),
+        source: "web".into(),
+        ..LeadInput::default()
+    };
+    let (first, dup1) = w.engine.capture_lead(&input, "test").await.unwrap();
+    let mut again = input.clone();
+    again.email = Some(" ADA@example.com ".into());
+    again.phone = Some("+44 1".into());
+    let (second, dup2) = w.engine.capture_lead(&again, "test").await.unwrap();
+    assert!(!dup1);
+    assert!(dup2);
+    assert_eq!(first.id, second.id);
+    assert_eq!(second.phone.as_deref(), Some("+44 1"));
+    assert_eq!(w.engine.store().count("lead"), 1);
+}
+
+#[tokio::test]
+async fn conversion_reuses_the_account_with_the_same_company_and_the_contact_with_the_same_email() {
+    let w = World::new();
+    let mk = |email: &str, company: &str| LeadInput {
+        name: "P".into(),
+        email: Some(email.into()),
+        company: Some(company.into()),
+        source: "web".into(),
+        ..LeadInput::default()
+    };
+    let opp = || serde_json::from_value::<ConvertInput>(json!({"opportunity": {"name": "d", "value": "1.00", "currency": "EUR", "expected_close": null}})).unwrap();
+    let (a, _) = w.engine.capture_lead(&mk("a@acme.example", "ACME, Inc."), "t").await.unwrap();
+    let ca = w.engine.convert_lead(&a.id, opp(), "t").await.unwrap();
+    let (b, _) = w.engine.capture_lead(&mk("b@acme.example", "Acme"), "t").await.unwrap();
+    let cb = w.engine.convert_lead(&b.id, opp(), "t").await.unwrap();
+    assert_eq!(ca.account_id, cb.account_id);
+    assert!(cb.account_reused);
+    assert_ne!(ca.contact_id, cb.contact_id);
+    // A converted lead is final: converting again is a conflict and changes nothing.
+    let before = w.events().len();
+    let err = w.engine.convert_lead(&a.id, opp(), "t").await.unwrap_err();
+    assert!(matches!(err, EngineError::Domain(crate::domain::DomainError::Transition { .. })), "{err}");
+    assert_eq!(w.events().len(), before);
+    assert_eq!(w.engine.store().count("opportunity"), 2);
+}
+
+#[tokio::test]
+async fn an_order_cannot_be_made_from_a_sent_but_not_accepted_quote() {
+    let w = World::new();
+    let (lead, _) = w
+        .engine
+        .capture_lead(&LeadInput { name: "X".into(), email: Some("x@x.example".into()), source: "web".into(), ..LeadInput::default() }, "t")
+        .await
+        .unwrap();
+    let conv = w
+        .engine
+        .convert_lead(&lead.id, serde_json::from_value(json!({"opportunity": {"name": "d", "value": "1.00", "currency": "EUR", "expected_close": null}})).unwrap(), "t")
+        .await
+        .unwrap();
+    let q = w
+        .engine
+        .create_quote(
+            serde_json::from_value(json!({"opportunity_id": conv.opportunity_id, "lines": [{"description": "a", "quantity": "3", "unit_price": "33.335", "tax_rate": "0"}]})).unwrap(),
+            "t",
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.totals.total, dec!(100.01), "3 x 33.335 rounds commercially once per line net");
+    w.engine.quote_action(&q.id, "send", "t").await.unwrap();
+    let err = w
+        .engine
+        .create_order(serde_json::from_value(json!({"quote_id": q.id})).unwrap(), "t")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("status sent"), "{err}");
+    assert_eq!(w.engine.store().count("order"), 0);
+}
+
+#[tokio::test]
+async fn issuing_twice_is_refused_and_keeps_the_first_number() {
+    let w = World::new();
+    let inv = w.issued_invoice("Twice", "10.00").await;
+    assert_eq!(inv.number.as_deref(), Some("INV-2026-001"));
+    assert!(inv.rf_reference.as_deref().is_some_and(crate::domain::rf::is_valid));
+    let err = w.engine.issue_invoice(&inv.id, IssueInput::default(), "t").await.unwrap_err();
+    assert!(err.to_string().contains("INV-2026-001"), "{err}");
+}
+
+#[tokio::test]
+async fn twenty_concurrent_issues_get_twenty_distinct_consecutive_numbers() {
+    let w = World::new();
+    let order = w
+        .order("Many", json!([{"description": "unit", "quantity": "20", "unit_price": "5.00", "tax_rate": "0"}]))
+        .await;
+    let mut drafts = Vec::new();
+    for _ in 0..20 {
+        let inv = w
+            .engine
+            .create_invoice(serde_json::from_value(json!({"order_id": order, "lines": [{"line_no": 1, "quantity": "1"}]})).unwrap(), "t")
+            .await
+            .unwrap();
+        drafts.push(inv.id);
+    }
+    let tasks: Vec<_> = drafts
+        .into_iter()
+        .map(|id| {
+            let e = w.engine.clone();
+            tokio::spawn(async move { e.issue_invoice(&id, IssueInput::default(), "t").await.unwrap() })
+        })
+        .collect();
+    let mut numbers = Vec::new();
+    for t in tasks {
+        numbers.push(t.await.unwrap().number.unwrap());
+    }
+    numbers.sort();
+    let expected: Vec<String> = (1..=20).map(|n| format!("INV-2026-{n:03}")).collect();
+    assert_eq!(numbers, expected);
+    // Nothing is left to invoice: a 21st invoice is refused.
+    assert!(w
+        .engine
+        .create_invoice(serde_json::from_value(json!({"order_id": order})).unwrap(), "t")
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn partial_payment_then_overpayment_moves_the_surplus_to_the_customer_credit() {
+    let w = World::new();
+    let inv = w.issued_invoice("Payer", "100.00").await;
+    let (_, dup) = w
+        .pay(json!({"amount": "40.00", "currency": "EUR", "allocations": [{"invoice_id": inv.id}], "external_id": "p1"}))
+        .await
+        .unwrap();
+    assert!(!dup);
+    assert_eq!(status(&w.invoice(&inv.id)), "partially_paid");
+    w.pay(json!({"amount": "70.00", "currency": "EUR", "allocations": [{"invoice_id": inv.id}]}))
+        .await
+        .unwrap();
+    let v = w.invoice(&inv.id);
+    assert_eq!(status(&v), "paid");
+    assert_eq!(v["balance"], "0.00");
+    let account = w.engine.show("account", &inv.account_id).unwrap();
+    assert_eq!(account["credit_balance"]["EUR"], "10.00");
+    // The same external id again is recognised, not counted twice.
+    let (_, dup) = w
+        .pay(json!({"amount": "40.00", "currency": "EUR", "allocations": [{"invoice_id": inv.id}], "external_id": "p1"}))
+        .await
+        .unwrap();
+    assert!(dup);
+    assert_eq!(w.engine.store().count("payment"), 2);
+    assert!(w.events().contains(&"invoice.payment_status_changed".to_string()));
+}
+
+#[tokio::test]
+async fn a_payment_in_another_currency_is_refused_and_changes_nothing() {
+    let w = World::new();
+    let inv = w.issued_invoice("Fx", "100.00").await;
+    let before = w.events().len();
+    let err = w
+        .pay(json!({"amount": "100.00", "currency": "USD", "allocations": [{"invoice_id": inv.id}]}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Domain(crate::domain::DomainError::CurrencyMismatch { .. })), "{err}");
+    assert_eq!(w.events().len(), before);
+    assert_eq!(status(&w.invoice(&inv.id)), "unpaid");
+}
+
+#[tokio::test]
+async fn negative_non_numeric_and_over_precise_amounts_are_refused_naming_the_field() {
+    let w = World::new();
+    for amount in ["-5.00", "abc", "1.001", "0"] {
+        let err = w.pay(json!({"amount": amount, "currency": "EUR"})).await.unwrap_err();
+        match err {
+            EngineError::Domain(crate::domain::DomainError::Invalid { field, .. }) => assert_eq!(field, "amount", "{amount}"),
+            other => panic!("{amount}: {other}"),
+        }
+    }
+    assert_eq!(w.engine.store().count("payment"), 0);
+}
+
+#[tokio::test]
+async fn paying_a_void_invoice_is_a_conflict() {
+    let w = World::new();
+    let inv = w.issued_invoice("Voided", "10.00").await;
+    w.engine.void_invoice(&inv.id, "t").await.unwrap();
+    assert_eq!(status(&w.invoice(&inv.id)), "void");
+    let err = w
+        .pay(json!({"amount": "10.00", "currency": "EUR", "allocations": [{"invoice_id": inv.id}]}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Domain(crate::domain::DomainError::Transition { .. })), "{err}");
+}
+
+#[tokio::test]
+async fn reversing_a_payment_reopens_the_invoice_by_a_compensating_entry() {
+    let w = World::new();
+    let inv = w.issued_invoice("Reverse", "50.00").await;
+    let (pay, _) = w
+        .pay(json!({"amount": "50.00", "currency": "EUR", "allocations": [{"invoice_id": inv.id}]}))
+        .await
+        .unwrap();
+    assert_eq!(status(&w.invoice(&inv.id)), "paid");
+    w.engine.reverse_payment(&pay.id, "t").await.unwrap();
+    let v = w.invoice(&inv.id);
+    assert_eq!(status(&v), "unpaid");
+    let amounts: Vec<&str> = v["allocations"].as_array().unwrap().iter().map(|a| a["amount"].as_str().unwrap()).collect();
+    assert_eq!(amounts, vec!["50.00", "-50.00"], "the original allocation stays, a compensating one undoes it");
+    assert!(w.engine.reverse_payment(&pay.id, "t").await.is_err(), "a payment is reversed once");
+}
+
+#[tokio::test]
+async fn quotes_expire_and_invoices_become_overdue_when_time_passes() {
+    let w = World::new();
+    let inv = w.issued_invoice("Late", "10.00").await;
+    let (lead, _) = w
+        .engine
+        .capture_lead(&LeadInput { name: "Q".into(), email: Some("q@q.example".into()), source: "web".into(), ..LeadInput::default() }, "t")
+        .await
+        .unwrap();
+    let conv = w
+        .engine
+        .convert_lead(&lead.id, serde_json::from_value(json!({"opportunity": {"name": "d", "value": "1.00", "currency": "EUR", "expected_close": null}})).unwrap(), "t")
+        .await
+        .unwrap();
+    let q = w
+        .engine
+        .create_quote(
+            serde_json::from_value(json!({"opportunity_id": conv.opportunity_id, "valid_until": "2026-03-10", "lines": [{"description": "a", "quantity": "1", "unit_price": "1.00", "tax_rate": "0"}]})).unwrap(),
+            "t",
+        )
+        .await
+        .unwrap();
+    w.engine.quote_action(&q.id, "send", "t").await.unwrap();
+    crate::scheduler::tick(&w.engine).await;
+    assert_eq!(w.engine.show("quote", &q.id).unwrap()["status"], "sent");
+    assert_eq!(status(&w.invoice(&inv.id)), "unpaid");
+    w.advance(31);
+    crate::scheduler::tick(&w.engine).await;
+    assert_eq!(w.engine.show("quote", &q.id).unwrap()["status"], "expired");
+    assert_eq!(status(&w.invoice(&inv.id)), "overdue");
+    let events = w.events();
+    assert!(events.contains(&"quote.expired".to_string()));
+    let overdue_events = w
+        .engine
+        .store()
+        .events_after(0, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "invoice.payment_status_changed" && e.data["to"] == "overdue")
+        .count();
+    assert_eq!(overdue_events, 1);
+    // A second tick announces nothing new.
+    crate::scheduler::tick(&w.engine).await;
+    assert_eq!(w.events().len(), events.len());
+}
+
+fn payment_record(id: &str, amount: &str, remittance: &str) -> Record {
+    let mut r = PaymentRecord::new(id, amount.parse().unwrap(), "EUR");
+    r.remittance = Some(remittance.into());
+    r.counterparty_name = Some("Someone".into());
+    Record::Payment(r)
+}
+
+#[tokio::test]
+async fn ingested_payments_match_by_invoice_number_and_a_reimport_changes_nothing() {
+    let w = World::new();
+    let a = w.issued_invoice("Alpha", "120.00").await;
+    let b = w.issued_invoice("Beta", "80.00").await;
+    let records = vec![
+        payment_record("s1", "120.00", "payment for inv 2026/1 thanks"),
+        payment_record("s2", "30.00", "INV2026002 part one"),
+    ];
+    let s1 = w.engine.ingest("bank", "camt", Some("s.xml"), records.clone()).await.unwrap();
+    assert_eq!(s1.new, 2, "{s1:?}");
+    assert_eq!(s1.partially_matched, 1, "{s1:?}");
+    assert_eq!(status(&w.invoice(&a.id)), "paid");
+    assert_eq!(status(&w.invoice(&b.id)), "partially_paid");
+    let events = w.events().len();
+    let s2 = w.engine.ingest("bank", "camt", Some("s.xml"), records).await.unwrap();
+    assert_eq!((s2.new, s2.duplicates), (0, 2));
+    assert_eq!(w.events().len(), events);
+    assert_eq!(w.invoice(&b.id)["amount_paid"], "30.00");
+}
+
+#[tokio::test]
+async fn two_open_invoices_with_the_same_amount_and_no_reference_wait_in_review() {
+    let w = World::new();
+    let a = w.issued_invoice("Twin", "99.00").await;
+    let order = w
+        .order("Twin", json!([{"description": "more", "quantity": "1", "unit_price": "99.00", "tax_rate": "0"}]))
+        .await;
+    let b = w.engine.create_invoice(serde_json::from_value(json!({"order_id": order})).unwrap(), "t").await.unwrap();
+    w.engine.issue_invoice(&b.id, IssueInput::default(), "t").await.unwrap();
+    let mut r = PaymentRecord::new("amb-1", dec!(99.00), "EUR");
+    r.counterparty_name = Some("Twin".into());
+    let summary = w.engine.ingest("bank", "camt", None, vec![Record::Payment(r)]).await.unwrap();
+    assert_eq!(summary.review, 1);
+    assert_eq!(status(&w.invoice(&a.id)), "unpaid");
+    assert_eq!(status(&w.invoice(&b.id)), "unpaid");
+    let queue = w.engine.list("review", &ListQuery { status: Some("open".into()), ..ListQuery::default() }).unwrap();
+    assert_eq!(queue.len(), 1);
+    assert!(queue[0]["suggestions"].as_array().unwrap().len() >= 2);
+    // A person picks one: it is paid, the item closes.
+    let id = queue[0]["id"].as_str().unwrap();
+    w.engine
+        .review_allocate(id, serde_json::from_value(json!({"allocations": [{"invoice_id": b.id}]})).unwrap(), "t")
+        .await
+        .unwrap();
+    assert_eq!(status(&w.invoice(&b.id)), "paid");
+    assert_eq!(w.engine.list("review", &ListQuery { status: Some("open".into()), ..ListQuery::default() }).unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn a_refund_of_an_ingested_payment_reopens_what_it_paid() {
+    let w = World::new();
+    let inv = w.issued_invoice("Refunded", "25.00").await;
+    let mut pay = PaymentRecord::new("ch_1", dec!(25.00), "EUR");
+    pay.invoice_refs = vec![inv.number.clone().unwrap()];
+    w.engine.ingest("stripe", "stripe", None, vec![Record::Payment(pay)]).await.unwrap();
+    assert_eq!(status(&w.invoice(&inv.id)), "paid");
+    let mut refund = PaymentRecord::new("re_1", dec!(-25.00), "EUR");
+    refund.kind = settled_plugin_api::PaymentKind::Refund;
+    refund.original_external_id = Some("ch_1".into());
+    let s = w.engine.ingest("stripe", "stripe", None, vec![Record::Payment(refund)]).await.unwrap();
+    assert_eq!(s.reversed, 1);
+    assert_eq!(status(&w.invoice(&inv.id)), "refunded");
+}
+
+#[tokio::test]
+async fn pending_entries_never_mark_anything_paid() {
+    let w = World::new();
+    let inv = w.issued_invoice("Pending", "10.00").await;
+    let mut r = PaymentRecord::new("pend-1", dec!(10.00), "EUR");
+    r.status = settled_plugin_api::EntryStatus::Pending;
+    r.structured_reference = inv.rf_reference.clone();
+    let s = w.engine.ingest("bank", "camt", None, vec![Record::Payment(r)]).await.unwrap();
+    assert_eq!(s.ignored, 1);
+    assert_eq!(status(&w.invoice(&inv.id)), "unpaid");
+    assert!(matches!(
+        crate::domain::invoice::payment_status(&w.engine.get::<Invoice>("invoice", &inv.id).unwrap(), w.engine.today()),
+        PaymentStatus::Unpaid
+    ));
+}

@@ -1,0 +1,1176 @@
+//! The plugin host: finds connector plugins in the plugin folder, checks and loads them, runs one connector
+//! instance per `[[connector]]` table (in a child process by default, or in-process), times out and
+//! quarantines misbehaving ones, and swaps in new versions dropped into the folder while the daemon runs.
+//!
+//! Invariants:
+//! - No plugin code runs in the daemon unless an instance asks for `in-process`: every new file is
+//!   handshaken (header check, init, manifest) in a `settled plugin-host` child first.
+//! - A library is never unloaded; a replaced version stays mapped while calls on it finish.
+//! - A file that fails any check or handshake changes nothing that is running; the reason is logged and
+//!   shown in [`PluginHost::status`].
+
+mod checks;
+mod child;
+mod native;
+mod reload;
+
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use settled_plugin_api::{
+    ops, FileRequest, IntakeOutcome, IntakeRequest, MailOutcome, MailRequest, Manifest, ParseReply,
+    PluginError, Role, SinkInput, SinkStep, SniffReply, SniffRequest,
+};
+
+pub use child::child_main;
+use child::{ChildFailure, ProcInstance, ProcOutcome};
+use native::{NativeInstance, NativeLib, Reply, Workers};
+
+/// Most recent load errors kept per plugin file.
+const MAX_LOAD_ERRORS: usize = 8;
+/// Durations kept per instance for the latency percentiles.
+const LATENCY_WINDOW: usize = 1024;
+
+/// One `[[connector]]` table: an instance of a plugin with its own settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Instance name, unique; used in URLs (`/intake/{name}`) and logs. Letters, digits, `-` and `_`.
+    pub name: String,
+    /// The plugin's manifest name (`plugin = "webform"`).
+    pub plugin: String,
+    /// `process` (default, a crash only kills a child) or `in-process` (fastest, no protection from crashes).
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// The plugin's own settings (the `[connector.settings]` table as JSON); the plugin validates them.
+    #[serde(default)]
+    pub settings: serde_json::Value,
+    /// Per-call timeout for this instance in milliseconds; the host's `call_timeout` when absent.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// File inbox folder of this instance (used by the file transport).
+    #[serde(default)]
+    pub inbox: Option<PathBuf>,
+}
+
+/// Where an instance's plugin code runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// In a `settled plugin-host` child process, restarted with backoff when it crashes or hangs.
+    #[default]
+    Process,
+    /// In the daemon itself: fastest, but a crash takes the daemon down and a hung call leaves a thread behind.
+    InProcess,
+}
+
+/// Everything the host needs to start.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The watched folder plugins are dropped into.
+    pub plugin_dir: PathBuf,
+    /// A private folder for the hash-named copies that actually get loaded.
+    pub cache_dir: PathBuf,
+    /// When set, only files whose SHA-256 (hex) is listed are loaded.
+    pub allowlist: Option<Vec<String>>,
+    /// The connector instances to run.
+    pub connectors: Vec<ConnectorConfig>,
+    /// The binary spawned as `HOST_EXE plugin-host --library PATH` for process isolation.
+    pub host_exe: PathBuf,
+    /// Default per-call timeout (10 s).
+    pub call_timeout: Duration,
+    /// Consecutive failed calls (panic, timeout, crash, bad output) before an instance is quarantined (5).
+    pub quarantine_after: u32,
+    /// Watch the plugin folder and hot-reload.
+    pub watch: bool,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            plugin_dir: PathBuf::from("plugins"),
+            cache_dir: PathBuf::from("cache/plugins"),
+            allowlist: None,
+            connectors: Vec::new(),
+            host_exe: std::env::current_exe().unwrap_or_default(),
+            call_timeout: Duration::from_secs(10),
+            quarantine_after: 5,
+            watch: true,
+        }
+    }
+}
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The configuration is inconsistent.
+    #[error("plugin host config: {0}")]
+    Config(String),
+    /// A folder could not be read or created.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The folder watcher could not start.
+    #[error("watching plugin folder {}: {source}", path.display())]
+    Watch {
+        /// The plugin folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: notify::Error,
+    },
+}
+
+/// Why a call did not produce the plugin's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No `[[connector]]` has this name.
+    #[error("unknown connector instance `{0}`")]
+    UnknownInstance(String),
+    /// The instance is configured but not running (plugin missing, failed to load, settings rejected).
+    #[error("connector instance `{instance}` (plugin `{plugin}`) is not running: {reason}")]
+    NotRunning {
+        /// Instance name.
+        instance: String,
+        /// Plugin name.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// The plugin answered with its own error (bad input, bad signature, unsupported, ...).
+    #[error("{0}")]
+    Plugin(PluginError),
+    /// The plugin panicked during the call.
+    #[error("connector instance `{instance}` (plugin `{plugin}`) panicked: {message}")]
+    Panicked {
+        /// Instance name.
+        instance: String,
+        /// Plugin name.
+        plugin: String,
+        /// The panic message.
+        message: String,
+    },
+    /// The call did not finish in time.
+    #[error("connector instance `{instance}` (plugin `{plugin}`) timed out after {} ms", after.as_millis())]
+    Timeout {
+        /// Instance name.
+        instance: String,
+        /// Plugin name.
+        plugin: String,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The plugin's process died (abort, segfault) or could not be restarted.
+    #[error("connector instance `{instance}` (plugin `{plugin}`) crashed: {detail}")]
+    Crashed {
+        /// Instance name.
+        instance: String,
+        /// Plugin name.
+        plugin: String,
+        /// Exit status or restart failure.
+        detail: String,
+    },
+    /// Too many consecutive failures; calls are refused until a new version is dropped in.
+    #[error("connector instance `{instance}` (plugin `{plugin}`) is quarantined: {reason}")]
+    Quarantined {
+        /// Instance name.
+        instance: String,
+        /// Plugin name.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// The output broke the contract: bad UTF-8 or JSON, wrong envelope version, over 64 MiB, wrong shape.
+    #[error("connector instance `{instance}` (plugin `{plugin}`) returned bad output: {detail}")]
+    BadOutput {
+        /// Instance name.
+        instance: String,
+        /// Plugin name.
+        plugin: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// A configured instance as the transports see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceInfo {
+    /// Instance name.
+    pub name: String,
+    /// Plugin name.
+    pub plugin: String,
+    /// Roles from the running plugin's manifest (empty when not running).
+    pub roles: Vec<Role>,
+    /// Isolation mode.
+    pub isolation: Isolation,
+    /// File inbox folder, if configured.
+    pub inbox: Option<PathBuf>,
+    /// Whether calls can currently be made.
+    pub running: bool,
+}
+
+/// The state of an instance in [`PluginHost::status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Accepting calls.
+    Running,
+    /// Refusing calls after repeated failures.
+    Quarantined,
+    /// Not running: see `reason`.
+    Failed,
+}
+
+/// One instance in [`PluginStatus`].
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceStatus {
+    /// Instance name.
+    pub name: String,
+    /// Isolation mode.
+    pub isolation: Isolation,
+    /// Running, quarantined or failed.
+    pub state: InstanceState,
+    /// Why it is quarantined or failed.
+    pub reason: Option<String>,
+    /// Calls made since the daemon started.
+    pub calls: u64,
+    /// Calls that failed, including the plugin's own errors.
+    pub errors: u64,
+    /// Median call latency over the last 1024 calls, microseconds.
+    pub p50_us: Option<u64>,
+    /// 99th percentile call latency over the last 1024 calls, microseconds.
+    pub p99_us: Option<u64>,
+}
+
+/// One plugin file (or one configured plugin no file provides) for `settled plugins`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    /// Manifest name, when a version is loaded (or the configured name when no file provides it).
+    pub plugin: Option<String>,
+    /// The file in the plugin folder.
+    pub file: Option<PathBuf>,
+    /// SHA-256 of the running version.
+    pub sha256: Option<String>,
+    /// The running version's own version string.
+    pub version: Option<String>,
+    /// ABI the running version was built for, `major.minor`.
+    pub abi: Option<String>,
+    /// Versions of this file loaded since the daemon started.
+    pub loads: u64,
+    /// Instances of this plugin.
+    pub instances: Vec<InstanceStatus>,
+    /// Why recent versions of this file were refused (cleared when a version loads).
+    pub load_errors: Vec<String>,
+}
+
+/// A loaded version of a plugin file.
+struct Loaded {
+    file: PathBuf,
+    sha256: String,
+    cache_path: PathBuf,
+    manifest: Manifest,
+    abi: (u32, u32),
+    native: tokio::sync::OnceCell<Arc<NativeLib>>,
+}
+
+enum Backend {
+    Native(Arc<NativeInstance>),
+    Process(Box<ProcInstance>),
+}
+
+/// One running instance of one version.
+struct Instance {
+    plugin: Arc<Loaded>,
+    backend: Backend,
+    health: Mutex<Health>,
+}
+
+#[derive(Default)]
+struct Health {
+    consecutive_failures: u32,
+    quarantined: Option<String>,
+}
+
+#[derive(Default)]
+struct Stats {
+    calls: u64,
+    errors: u64,
+    latencies_us: Vec<u64>,
+    next: usize,
+}
+
+impl Stats {
+    fn record(&mut self, took: Duration, failed: bool) {
+        self.calls += 1;
+        if failed {
+            self.errors += 1;
+        }
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        if self.latencies_us.len() < LATENCY_WINDOW {
+            self.latencies_us.push(us);
+        } else {
+            self.latencies_us[self.next] = us;
+        }
+        self.next = (self.next + 1) % LATENCY_WINDOW;
+    }
+
+    /// (p50, p99) over the window, nearest-rank.
+    fn percentiles(&self) -> (Option<u64>, Option<u64>) {
+        let mut sorted = self.latencies_us.clone();
+        sorted.sort_unstable();
+        let rank = |p: usize| {
+            let n = sorted.len();
+            (n > 0).then(|| sorted[((n * p).div_ceil(100)).clamp(1, n) - 1])
+        };
+        (rank(50), rank(99))
+    }
+}
+
+/// A configured instance and whatever currently serves it.
+struct Slot {
+    config: ConnectorConfig,
+    live: RwLock<Option<Arc<Instance>>>,
+    failed: Mutex<Option<String>>,
+    stats: Mutex<Stats>,
+}
+
+#[derive(Default)]
+struct FileEntry {
+    current: Option<Arc<Loaded>>,
+    errors: Vec<String>,
+    loads: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The running plugin host. Shared as `Arc<PluginHost>`.
+pub struct PluginHost {
+    config: HostConfig,
+    slots: BTreeMap<String, Arc<Slot>>,
+    files: Mutex<BTreeMap<PathBuf, FileEntry>>,
+    reload: tokio::sync::Mutex<()>,
+    workers: Arc<Workers>,
+    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("plugin_dir", &self.config.plugin_dir)
+            .field("instances", &self.slots.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl PluginHost {
+    /// Validates the config, loads every plugin in the folder, starts the configured instances and,
+    /// if `watch` is set, the folder watcher. Plugins that fail to load do not stop the start; they show
+    /// up in [`PluginHost::status`].
+    pub async fn start(config: HostConfig) -> Result<Arc<PluginHost>, HostError> {
+        validate(&config)?;
+        if !config.plugin_dir.is_dir() {
+            return Err(HostError::Config(format!(
+                "plugin folder {} does not exist",
+                config.plugin_dir.display()
+            )));
+        }
+        checks::ensure_cache_dir(&config.cache_dir).map_err(|source| HostError::Io {
+            what: "creating plugin cache folder",
+            path: config.cache_dir.clone(),
+            source,
+        })?;
+        let slots = config
+            .connectors
+            .iter()
+            .map(|c| {
+                let slot = Slot {
+                    config: c.clone(),
+                    live: RwLock::new(None),
+                    failed: Mutex::new(None),
+                    stats: Mutex::new(Stats::default()),
+                };
+                (c.name.clone(), Arc::new(slot))
+            })
+            .collect();
+        let host = Arc::new(PluginHost {
+            config,
+            slots,
+            files: Mutex::new(BTreeMap::new()),
+            reload: tokio::sync::Mutex::new(()),
+            workers: Arc::new(Workers::default()),
+            watcher: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        });
+        // Watch first, so that nothing dropped in during the initial scan is missed; a file seen by both
+        // is loaded once (the second look finds the same hash).
+        if host.config.watch {
+            reload::start(&host).map_err(|source| HostError::Watch {
+                path: host.config.plugin_dir.clone(),
+                source,
+            })?;
+        }
+        let entries =
+            std::fs::read_dir(&host.config.plugin_dir).map_err(|source| HostError::Io {
+                what: "reading plugin folder",
+                path: host.config.plugin_dir.clone(),
+                source,
+            })?;
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| reload::is_candidate(p))
+            .collect();
+        found.sort();
+        for path in found {
+            host.reconcile(&path).await;
+        }
+        Ok(host)
+    }
+
+    /// Runs operation `op` on an instance with a JSON payload and returns the plugin's reply payload.
+    pub async fn call(
+        &self,
+        instance: &str,
+        op: &str,
+        payload: serde_json::Value,
+    ) -> Result<serde_json::Value, CallError> {
+        let slot = self
+            .slots
+            .get(instance)
+            .ok_or_else(|| CallError::UnknownInstance(instance.to_string()))?;
+        let plugin = slot.config.plugin.clone();
+        let live = read(&slot.live).clone();
+        let Some(live) = live else {
+            return Err(CallError::NotRunning {
+                instance: instance.to_string(),
+                plugin: plugin.clone(),
+                reason: self.not_running_reason(slot),
+            });
+        };
+        if let Some(reason) = lock(&live.health).quarantined.clone() {
+            return Err(CallError::Quarantined {
+                instance: instance.to_string(),
+                plugin,
+                reason,
+            });
+        }
+        let payload = serde_json::to_vec(&payload).unwrap_or_default();
+        let timeout = self.timeout_of(&slot.config);
+        let started = Instant::now();
+        let result = match &live.backend {
+            Backend::Native(native) => self.call_native(native, op, payload, timeout).await,
+            Backend::Process(child) => match child.call(op, &payload, timeout).await {
+                ProcOutcome::Reply(reply) => Ok(reply),
+                ProcOutcome::Failed(failure) => Err(failure),
+            },
+        };
+        let took = started.elapsed();
+        let name = instance.to_string();
+        let outcome = match result {
+            Ok(Reply::Ok(value)) => Ok(value),
+            Ok(Reply::Err(error)) => Err(CallError::Plugin(error)),
+            Ok(Reply::Panicked(message)) => Err(CallError::Panicked {
+                instance: name,
+                plugin,
+                message,
+            }),
+            Ok(Reply::Bad(detail))
+            | Err(ChildFailure::Bad(detail))
+            | Err(ChildFailure::Refused(detail)) => Err(CallError::BadOutput {
+                instance: name,
+                plugin,
+                detail,
+            }),
+            Err(ChildFailure::Timeout) => Err(CallError::Timeout {
+                instance: name,
+                plugin,
+                after: timeout,
+            }),
+            Err(ChildFailure::Crashed(detail)) => Err(CallError::Crashed {
+                instance: name,
+                plugin,
+                detail,
+            }),
+        };
+        lock(&slot.stats).record(took, outcome.is_err());
+        self.update_health(slot, &live, &outcome);
+        outcome
+    }
+
+    /// `intake`: an inbound HTTP request.
+    pub async fn intake(
+        &self,
+        instance: &str,
+        req: IntakeRequest,
+    ) -> Result<IntakeOutcome, CallError> {
+        self.typed(instance, ops::INTAKE, req).await
+    }
+
+    /// `file`: does this file belong to the instance's plugin?
+    pub async fn sniff(&self, instance: &str, req: SniffRequest) -> Result<SniffReply, CallError> {
+        self.typed(instance, ops::SNIFF, req).await
+    }
+
+    /// `file`: parse a whole file.
+    pub async fn parse(&self, instance: &str, req: FileRequest) -> Result<ParseReply, CallError> {
+        self.typed(instance, ops::PARSE, req).await
+    }
+
+    /// `mail`: one raw message.
+    pub async fn mail(&self, instance: &str, req: MailRequest) -> Result<MailOutcome, CallError> {
+        self.typed(instance, ops::MAIL, req).await
+    }
+
+    /// `sink`: the next step of delivering an event.
+    pub async fn sink_step(&self, instance: &str, input: SinkInput) -> Result<SinkStep, CallError> {
+        self.typed(instance, ops::SINK_STEP, input).await
+    }
+
+    /// Every configured instance.
+    pub fn instances(&self) -> Vec<InstanceInfo> {
+        self.slots
+            .values()
+            .map(|slot| {
+                let live = read(&slot.live).clone();
+                InstanceInfo {
+                    name: slot.config.name.clone(),
+                    plugin: slot.config.plugin.clone(),
+                    roles: live
+                        .as_ref()
+                        .map(|l| l.plugin.manifest.roles.clone())
+                        .unwrap_or_default(),
+                    isolation: slot.config.isolation,
+                    inbox: slot.config.inbox.clone(),
+                    running: live.is_some(),
+                }
+            })
+            .collect()
+    }
+
+    /// Each plugin file with its running version and instances, then configured plugins no file provides.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        let files = lock(&self.files);
+        let mut out = Vec::new();
+        let mut provided = std::collections::BTreeSet::new();
+        for (path, entry) in files.iter() {
+            let name = entry.current.as_ref().map(|c| c.manifest.name.clone());
+            if let Some(name) = &name {
+                provided.insert(name.clone());
+            }
+            out.push(PluginStatus {
+                plugin: name.clone(),
+                file: Some(path.clone()),
+                sha256: entry.current.as_ref().map(|c| c.sha256.clone()),
+                version: entry.current.as_ref().map(|c| c.manifest.version.clone()),
+                abi: entry
+                    .current
+                    .as_ref()
+                    .map(|c| format!("{}.{}", c.abi.0, c.abi.1)),
+                loads: entry.loads,
+                instances: name
+                    .map(|name| self.instance_statuses(&name))
+                    .unwrap_or_default(),
+                load_errors: entry.errors.clone(),
+            });
+        }
+        let mut missing: Vec<&str> = self
+            .slots
+            .values()
+            .map(|s| s.config.plugin.as_str())
+            .filter(|p| !provided.contains(*p))
+            .collect();
+        missing.dedup();
+        for name in missing {
+            out.push(PluginStatus {
+                plugin: Some(name.to_string()),
+                file: None,
+                sha256: None,
+                version: None,
+                abi: None,
+                loads: 0,
+                instances: self.instance_statuses(name),
+                load_errors: vec![format!(
+                    "no file in {} provides plugin `{name}`",
+                    self.config.plugin_dir.display()
+                )],
+            });
+        }
+        out
+    }
+
+    /// Stops watching and stops every instance (children are killed; in-flight calls finish first).
+    pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        drop(lock(&self.watcher).take());
+        let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
+        for task in tasks {
+            task.abort();
+        }
+        let _reload = self.reload.lock().await;
+        for slot in self.slots.values() {
+            *write(&slot.live) = None;
+            *lock(&slot.failed) = Some("the plugin host shut down".to_string());
+        }
+    }
+
+    async fn typed<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        instance: &str,
+        op: &str,
+        request: Req,
+    ) -> Result<Resp, CallError> {
+        let payload = serde_json::to_value(request).map_err(|e| CallError::BadOutput {
+            instance: instance.to_string(),
+            plugin: self.plugin_of(instance),
+            detail: format!("cannot encode the `{op}` request: {e}"),
+        })?;
+        let reply = self.call(instance, op, payload).await?;
+        serde_json::from_value(reply).map_err(|e| CallError::BadOutput {
+            instance: instance.to_string(),
+            plugin: self.plugin_of(instance),
+            detail: format!("the `{op}` reply does not match the contract: {e}"),
+        })
+    }
+
+    fn plugin_of(&self, instance: &str) -> String {
+        self.slots
+            .get(instance)
+            .map(|s| s.config.plugin.clone())
+            .unwrap_or_default()
+    }
+
+    fn timeout_of(&self, config: &ConnectorConfig) -> Duration {
+        config
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(self.config.call_timeout)
+    }
+
+    fn not_running_reason(&self, slot: &Slot) -> String {
+        lock(&slot.failed).clone().unwrap_or_else(|| {
+            format!(
+                "no file in {} provides plugin `{}`",
+                self.config.plugin_dir.display(),
+                slot.config.plugin
+            )
+        })
+    }
+
+    fn instance_statuses(&self, plugin: &str) -> Vec<InstanceStatus> {
+        self.slots
+            .values()
+            .filter(|s| s.config.plugin == plugin)
+            .map(|slot| {
+                let live = read(&slot.live).clone();
+                let (state, reason) = match &live {
+                    Some(live) => match lock(&live.health).quarantined.clone() {
+                        Some(reason) => (InstanceState::Quarantined, Some(reason)),
+                        None => (InstanceState::Running, None),
+                    },
+                    None => (InstanceState::Failed, Some(self.not_running_reason(slot))),
+                };
+                let stats = lock(&slot.stats);
+                let (p50_us, p99_us) = stats.percentiles();
+                InstanceStatus {
+                    name: slot.config.name.clone(),
+                    isolation: slot.config.isolation,
+                    state,
+                    reason,
+                    calls: stats.calls,
+                    errors: stats.errors,
+                    p50_us,
+                    p99_us,
+                }
+            })
+            .collect()
+    }
+
+    async fn call_native(
+        &self,
+        native: &Arc<NativeInstance>,
+        op: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Reply, ChildFailure> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let native = Arc::clone(native);
+        let op = op.to_string();
+        self.workers.run(Box::new(move || {
+            let _ = tx.send(native.call(&op, &payload));
+        }));
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(ChildFailure::Crashed(
+                "the call thread ended without an answer".to_string(),
+            )),
+            Err(_) => Err(ChildFailure::Timeout),
+        }
+    }
+
+    fn update_health(
+        &self,
+        slot: &Slot,
+        live: &Instance,
+        outcome: &Result<serde_json::Value, CallError>,
+    ) {
+        let mut health = lock(&live.health);
+        let failure = match outcome {
+            Ok(_) | Err(CallError::Plugin(_)) => None,
+            Err(e) => Some(e),
+        };
+        let Some(failure) = failure else {
+            health.consecutive_failures = 0;
+            return;
+        };
+        health.consecutive_failures += 1;
+        tracing::warn!(
+            instance = %slot.config.name,
+            plugin = %slot.config.plugin,
+            error = %failure,
+            consecutive = health.consecutive_failures,
+            "plugin call failed"
+        );
+        let hung_in_process = slot.config.isolation == Isolation::InProcess
+            && matches!(failure, CallError::Timeout { .. });
+        let reason = if hung_in_process {
+            Some(format!(
+                "a call hung in-process ({failure}); its thread cannot be reclaimed. Drop in a fixed version or use isolation = \"process\""
+            ))
+        } else if health.consecutive_failures >= self.config.quarantine_after {
+            Some(format!(
+                "{} consecutive failed calls, the last: {failure}. Drop in a fixed version to resume",
+                health.consecutive_failures
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            if health.quarantined.is_none() {
+                tracing::error!(
+                    instance = %slot.config.name,
+                    plugin = %slot.config.plugin,
+                    %reason,
+                    "plugin instance quarantined"
+                );
+                health.quarantined = Some(reason);
+            }
+        }
+    }
+
+    /// Brings the host in line with one file of the plugin folder: load, replace or remove.
+    async fn reconcile(&self, path: &Path) {
+        let _one_at_a_time = self.reload.lock().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.remove_file(path),
+            _ => self.load_file(path).await,
+        }
+    }
+
+    fn remove_file(&self, path: &Path) {
+        let Some(entry) = lock(&self.files).remove(path) else {
+            return;
+        };
+        let Some(current) = entry.current else {
+            return;
+        };
+        for slot in self.slots.values() {
+            let mut live = write(&slot.live);
+            if live.as_ref().is_some_and(|l| l.plugin.file == path) {
+                *live = None;
+                *lock(&slot.failed) = Some(format!("plugin file {} was removed", path.display()));
+            }
+        }
+        tracing::info!(
+            plugin = %current.manifest.name,
+            file = %path.display(),
+            "plugin file removed; its instances stopped"
+        );
+    }
+
+    fn reject(&self, path: &Path, why: String) {
+        let mut files = lock(&self.files);
+        let entry = files.entry(path.to_path_buf()).or_default();
+        match &entry.current {
+            Some(running) => tracing::warn!(
+                file = %path.display(),
+                reason = %why,
+                running = %running.manifest.version,
+                "plugin file refused; the running version stays"
+            ),
+            None => tracing::warn!(file = %path.display(), reason = %why, "plugin file refused"),
+        }
+        if entry.errors.len() >= MAX_LOAD_ERRORS {
+            entry.errors.remove(0);
+        }
+        entry.errors.push(why);
+    }
+
+    async fn load_file(&self, path: &Path) {
+        let (dir, allowlist) = (self.config.cache_dir.clone(), self.config.allowlist.clone());
+        let source = path.to_path_buf();
+        let prepared = tokio::task::spawn_blocking(move || {
+            checks::prepare(&source, &dir, allowlist.as_deref())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the check task failed: {e}")));
+        let candidate = match prepared {
+            Ok(candidate) => candidate,
+            Err(why) => return self.reject(path, why),
+        };
+        let old = lock(&self.files).get(path).and_then(|e| e.current.clone());
+        if old.as_ref().is_some_and(|o| o.sha256 == candidate.sha256) {
+            return;
+        }
+        let label = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ready = match child::probe(
+            &self.config.host_exe,
+            &candidate.cache_path,
+            &label,
+            self.config.call_timeout,
+        )
+        .await
+        {
+            Ok(ready) => ready,
+            Err(why) => return self.reject(path, why),
+        };
+        let name = ready.manifest.name.clone();
+        let clash = lock(&self.files).iter().find_map(|(other, entry)| {
+            let provides = entry
+                .current
+                .as_ref()
+                .is_some_and(|c| c.manifest.name == name);
+            (other != path && provides).then(|| other.clone())
+        });
+        if let Some(other) = clash {
+            let why = format!("plugin `{name}` is already provided by {}", other.display());
+            return self.reject(path, why);
+        }
+        let loaded = Arc::new(Loaded {
+            file: path.to_path_buf(),
+            sha256: candidate.sha256,
+            cache_path: candidate.cache_path,
+            manifest: ready.manifest,
+            abi: ready.abi,
+            native: tokio::sync::OnceCell::new(),
+        });
+        let mut created = Vec::new();
+        let mut failed = Vec::new();
+        for slot in self.slots.values().filter(|s| s.config.plugin == name) {
+            match self.create_instance(&loaded, &slot.config).await {
+                Ok(instance) => created.push((slot, instance)),
+                Err(why) => failed.push((slot, format!("instance `{}`: {why}", slot.config.name))),
+            }
+        }
+        if old.is_some() && !failed.is_empty() {
+            let reasons: Vec<_> = failed.into_iter().map(|(_, why)| why).collect();
+            let why = format!(
+                "new version {} (sha-256 {}) refused: {}",
+                loaded.manifest.version,
+                loaded.sha256,
+                reasons.join("; ")
+            );
+            return self.reject(path, why);
+        }
+        for (slot, instance) in created {
+            *write(&slot.live) = Some(instance);
+            *lock(&slot.failed) = None;
+        }
+        for (slot, why) in failed {
+            tracing::warn!(instance = %slot.config.name, plugin = %name, reason = %why, "connector instance not started");
+            *write(&slot.live) = None;
+            *lock(&slot.failed) = Some(why);
+        }
+        if let Some(old) = &old {
+            if old.manifest.name != name {
+                self.remove_file(path);
+            }
+        }
+        tracing::info!(
+            plugin = %name,
+            version = %loaded.manifest.version,
+            sha256 = %loaded.sha256,
+            file = %path.display(),
+            replaced = old.is_some(),
+            "plugin loaded"
+        );
+        let mut files = lock(&self.files);
+        let entry = files.entry(path.to_path_buf()).or_default();
+        entry.current = Some(loaded);
+        entry.loads += 1;
+        entry.errors.clear();
+    }
+
+    async fn create_instance(
+        &self,
+        loaded: &Arc<Loaded>,
+        config: &ConnectorConfig,
+    ) -> Result<Arc<Instance>, String> {
+        let settings = serde_json::to_vec(&config.settings).unwrap_or_default();
+        let timeout = self.timeout_of(config);
+        let backend = match config.isolation {
+            Isolation::InProcess => {
+                let lib = loaded
+                    .native
+                    .get_or_try_init(|| open_in_process(loaded))
+                    .await?
+                    .clone();
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.workers.run(Box::new(move || {
+                    let _ = tx.send(lib.create(&settings));
+                }));
+                match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(Ok(instance))) => Backend::Native(Arc::new(instance)),
+                    Ok(Ok(Err(reply))) => return Err(describe_configure_failure(reply)),
+                    Ok(Err(_)) => return Err("configure ended without an answer".to_string()),
+                    Err(_) => {
+                        return Err(format!(
+                            "configure did not return within {} ms",
+                            timeout.as_millis()
+                        ))
+                    }
+                }
+            }
+            Isolation::Process => Backend::Process(Box::new(
+                ProcInstance::start(
+                    &self.config.host_exe,
+                    &loaded.cache_path,
+                    &loaded.manifest.name,
+                    settings,
+                    timeout,
+                )
+                .await
+                .map_err(describe_configure_failure)?,
+            )),
+        };
+        Ok(Arc::new(Instance {
+            plugin: Arc::clone(loaded),
+            backend,
+            health: Mutex::new(Health::default()),
+        }))
+    }
+}
+
+fn describe_configure_failure(reply: Reply) -> String {
+    match reply {
+        Reply::Err(e) => format!("settings rejected: {e}"),
+        Reply::Panicked(m) => format!("panicked in configure: {m}"),
+        Reply::Bad(m) => m,
+        Reply::Ok(_) => "configure answered without an instance".to_string(),
+    }
+}
+
+/// Where an in-process library's log lines go: the daemon's `tracing`, tagged with the plugin's name.
+struct LogCtx {
+    plugin: String,
+}
+
+extern "C" fn in_process_log(
+    ctx: *const c_void,
+    level: u32,
+    target: *const u8,
+    target_len: usize,
+    message: *const u8,
+    message_len: usize,
+) {
+    let text = |ptr: *const u8, len: usize| {
+        if ptr.is_null() || len == 0 {
+            String::new()
+        } else {
+            // SAFETY: the plugin passes `len` readable bytes valid for this call.
+            String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(ptr, len) }).into_owned()
+        }
+    };
+    if ctx.is_null() {
+        return;
+    }
+    // SAFETY: `ctx` is the leaked `LogCtx` given to this library's init; it lives for the whole process.
+    let ctx = unsafe { &*ctx.cast::<LogCtx>() };
+    let _ = std::panic::catch_unwind(|| {
+        emit_plugin_log(
+            &ctx.plugin,
+            level,
+            &text(target, target_len),
+            &text(message, message_len),
+        );
+    });
+}
+
+async fn open_in_process(loaded: &Arc<Loaded>) -> Result<Arc<NativeLib>, String> {
+    let ctx: &'static LogCtx = Box::leak(Box::new(LogCtx {
+        plugin: loaded.manifest.name.clone(),
+    }));
+    let path = loaded.cache_path.clone();
+    let ctx_ptr = (ctx as *const LogCtx).cast::<c_void>() as usize;
+    tokio::task::spawn_blocking(move || {
+        NativeLib::open(
+            &path,
+            in_process_log,
+            ctx_ptr as *const c_void,
+            native::max_level(),
+        )
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the loader task failed: {e}")))
+}
+
+/// Re-emits one plugin log line in the daemon's `tracing`, with `plugin = name`.
+pub(crate) fn emit_plugin_log(plugin: &str, level: u32, target: &str, message: &str) {
+    use settled_plugin_api::abi::level as l;
+    match level {
+        l::ERROR => {
+            tracing::error!(target: "settled::plugin", plugin, plugin_target = target, "{message}")
+        }
+        l::WARN => {
+            tracing::warn!(target: "settled::plugin", plugin, plugin_target = target, "{message}")
+        }
+        l::INFO => {
+            tracing::info!(target: "settled::plugin", plugin, plugin_target = target, "{message}")
+        }
+        l::DEBUG => {
+            tracing::debug!(target: "settled::plugin", plugin, plugin_target = target, "{message}")
+        }
+        _ => {
+            tracing::trace!(target: "settled::plugin", plugin, plugin_target = target, "{message}")
+        }
+    }
+}
+
+fn validate(config: &HostConfig) -> Result<(), HostError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &config.connectors {
+        let ok_name = !c.name.is_empty()
+            && c.name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
+        if !ok_name {
+            return Err(HostError::Config(format!(
+                "connector name `{}`: use letters, digits, `-` and `_` only",
+                c.name
+            )));
+        }
+        if c.plugin.is_empty() {
+            return Err(HostError::Config(format!(
+                "connector `{}`: `plugin` is empty",
+                c.name
+            )));
+        }
+        if !seen.insert(c.name.as_str()) {
+            return Err(HostError::Config(format!(
+                "connector `{}` is configured twice",
+                c.name
+            )));
+        }
+    }
+    if config.quarantine_after == 0 {
+        return Err(HostError::Config(
+            "quarantine_after must be at least 1".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connector(name: &str) -> ConnectorConfig {
+        ConnectorConfig {
+            name: name.to_string(),
+            plugin: "good".to_string(),
+            isolation: Isolation::Process,
+            settings: serde_json::Value::Null,
+            timeout_ms: None,
+            inbox: None,
+        }
+    }
+
+    fn check(names: &[&str], expected: Result<(), &str>) {
+        let config = HostConfig {
+            connectors: names.iter().map(|n| connector(n)).collect(),
+            ..HostConfig::default()
+        };
+        assert_eq!(
+            validate(&config).map_err(|e| e.to_string()),
+            expected.map_err(str::to_string)
+        );
+    }
+
+    #[test]
+    fn validate_refuses_duplicate_and_unsafe_instance_names() {
+        check(&["site-a", "site_b"], Ok(()));
+        check(
+            &["a", "a"],
+            Err("plugin host config: connector `a` is configured twice"),
+        );
+        check(
+            &["a/b"],
+            Err("plugin host config: connector name `a/b`: use letters, digits, `-` and `_` only"),
+        );
+        check(
+            &[""],
+            Err("plugin host config: connector name ``: use letters, digits, `-` and `_` only"),
+        );
+    }
+
+    #[test]
+    fn connector_config_reads_kebab_case_isolation_and_refuses_unknown_keys() {
+        let c: ConnectorConfig = serde_json::from_value(serde_json::json!({
+            "name": "a", "plugin": "p", "isolation": "in-process", "settings": {"k": 1}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.isolation, Isolation::InProcess);
+        assert_eq!(c.settings["k"], 1);
+        let defaulted: ConnectorConfig =
+            serde_json::from_value(serde_json::json!({"name": "a", "plugin": "p"}))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(defaulted.isolation, Isolation::Process);
+        let unknown = serde_json::from_value::<ConnectorConfig>(
+            serde_json::json!({"name": "a", "plugin": "p", "isolate": "process"}),
+        );
+        assert!(unknown.is_err_and(|e| e.to_string().contains("unknown field `isolate`")));
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank_over_the_window() {
+        let mut stats = Stats::default();
+        assert_eq!(stats.percentiles(), (None, None));
+        for us in 1..=100u64 {
+            stats.record(Duration::from_micros(us), us % 10 == 0);
+        }
+        assert_eq!(stats.percentiles(), (Some(50), Some(99)));
+        assert_eq!((stats.calls, stats.errors), (100, 10));
+        for _ in 0..LATENCY_WINDOW {
+            stats.record(Duration::from_micros(7), false);
+        }
+        assert_eq!(stats.percentiles(), (Some(7), Some(7)));
+    }
+}

@@ -1,0 +1,666 @@
+//! The in-memory index reconciliation matches against, updated one invoice at a time.
+//!
+//! Every question [`decide`](super::decide) asks is a map lookup or a short ordered range: by
+//! canonical number key, by RF reference, by account (oldest first) and by (currency, balance).
+//! Nothing scans all invoices, so matching does not slow down as open invoices grow.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::ops::Bound;
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use settled_plugin_api::PaymentRecord;
+
+use super::references::{number_key, NumberShape};
+use super::OpenInvoice;
+use crate::domain::rf;
+
+/// Position of an invoice in the index's slab; secondary indexes hold these instead of strings,
+/// which keeps 200,000 invoices in a few tens of megabytes.
+pub(crate) type Handle = u32;
+/// Interned account id.
+type AccountNo = u32;
+
+/// What the index knows about invoices, payers and customer names.
+#[derive(Debug, Default)]
+pub struct MatchIndex {
+    pub(crate) shapes: Vec<NumberShape>,
+    /// Every known invoice (open or settled); `None` marks a free slot.
+    slots: Vec<Option<Slot>>,
+    free: Vec<Handle>,
+    // The three maps below are keyed by a 64-bit hash of the key and every hit is checked against
+    // the invoice itself: storing the strings a second time would double the index's memory.
+    /// Hash of the invoice id -> invoice.
+    by_id: HashMap<u64, Handles>,
+    open_count: usize,
+    /// Hash of the canonical number key -> known invoices (a paid one is still recognised).
+    by_number: HashMap<u64, Handles>,
+    /// Hash of the normalised RF reference -> known invoices.
+    by_rf: HashMap<u64, Handles>,
+    /// Account ids, interned.
+    accounts: HashMap<String, AccountNo>,
+    account_ids: Vec<String>,
+    /// Open invoices per account.
+    account_open: Vec<usize>,
+    /// (account, issue date, handle): an account's open invoices, oldest first.
+    by_account: BTreeSet<(AccountNo, NaiveDate, Handle)>,
+    /// Currency -> (balance, handle) of open invoices.
+    by_amount: HashMap<String, BTreeSet<(Decimal, Handle)>>,
+    /// Normalised payer key (account number or name) -> account.
+    payers: HashMap<String, AccountNo>,
+    /// Normalised customer name -> the one account carrying it, `None` when several do.
+    account_names: HashMap<String, Option<AccountNo>>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    invoice: OpenInvoice,
+    account: AccountNo,
+}
+
+impl Slot {
+    fn is_open(&self) -> bool {
+        self.invoice.balance > Decimal::ZERO
+    }
+}
+
+/// One invoice, or several when keys collide.
+#[derive(Debug)]
+enum Handles {
+    One(Handle),
+    Many(Vec<Handle>),
+}
+
+impl Handles {
+    fn as_slice(&self) -> &[Handle] {
+        match self {
+            Handles::One(handle) => std::slice::from_ref(handle),
+            Handles::Many(handles) => handles,
+        }
+    }
+}
+
+/// The customer a payment came from, and how it was recognised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Payer<'a> {
+    pub account_id: &'a str,
+    account: AccountNo,
+    via: PayerVia<'a>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PayerVia<'a> {
+    LinkedAccount(&'a str),
+    LinkedName(&'a str),
+    SameName(&'a str),
+}
+
+/// Plain words for evidence, e.g. `counterparty account DE89... paid this customer before`.
+impl fmt::Display for Payer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.via {
+            PayerVia::LinkedAccount(number) => {
+                write!(
+                    f,
+                    "counterparty account {} paid this customer before",
+                    number.trim()
+                )
+            }
+            PayerVia::LinkedName(name) => {
+                write!(
+                    f,
+                    "counterparty '{}' paid this customer before",
+                    name.trim()
+                )
+            }
+            PayerVia::SameName(name) => {
+                write!(
+                    f,
+                    "counterparty name '{}' is the customer's name",
+                    name.trim()
+                )
+            }
+        }
+    }
+}
+
+/// Fixed keys: the hashes only need to be stable within one process, and the keys are our own
+/// invoice ids and numbers.
+fn key_hash(key: &str) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
+}
+
+impl MatchIndex {
+    /// An empty index recognising invoice numbers of these series.
+    pub fn new(shapes: Vec<NumberShape>) -> Self {
+        MatchIndex {
+            shapes,
+            ..MatchIndex::default()
+        }
+    }
+
+    /// Adds or replaces an invoice. With a balance of zero or less it stays known (so a payment
+    /// naming it is recognised as naming a paid invoice) but is no longer open.
+    pub fn upsert(&mut self, inv: OpenInvoice) {
+        self.remove(&inv.id);
+        let account = self.intern_account(&inv.account_id);
+        let handle = match self.free.pop() {
+            Some(handle) => handle,
+            None => {
+                self.slots.push(None);
+                Handle::try_from(self.slots.len() - 1).unwrap_or(Handle::MAX)
+            }
+        };
+        if let Some(key) = number_key(&inv.number, &self.shapes) {
+            add_handle(&mut self.by_number, key_hash(&key), handle);
+        }
+        let reference = rf::normalise(&inv.rf_reference);
+        if !reference.is_empty() {
+            add_handle(&mut self.by_rf, key_hash(&reference), handle);
+        }
+        let name = normalise_party_name(&inv.account_name);
+        if !name.is_empty() {
+            self.account_names
+                .entry(name)
+                .and_modify(|known| {
+                    if *known != Some(account) {
+                        *known = None;
+                    }
+                })
+                .or_insert(Some(account));
+        }
+        let slot = Slot {
+            invoice: inv,
+            account,
+        };
+        if slot.is_open() {
+            self.open_count += 1;
+            if let Some(count) = self.account_open.get_mut(account as usize) {
+                *count += 1;
+            }
+            self.by_account
+                .insert((account, slot.invoice.issue_date, handle));
+            self.by_amount
+                .entry(slot.invoice.currency.clone())
+                .or_default()
+                .insert((slot.invoice.balance, handle));
+        }
+        add_handle(&mut self.by_id, key_hash(&slot.invoice.id), handle);
+        if let Some(place) = self.slots.get_mut(handle as usize) {
+            *place = Some(slot);
+        }
+    }
+
+    /// Forgets an invoice entirely (voided).
+    pub fn remove(&mut self, invoice_id: &str) {
+        let Some(handle) = self.handle_of(invoice_id) else {
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(handle as usize).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(handle);
+        let inv = &slot.invoice;
+        remove_handle(&mut self.by_id, key_hash(invoice_id), handle);
+        if let Some(key) = number_key(&inv.number, &self.shapes) {
+            remove_handle(&mut self.by_number, key_hash(&key), handle);
+        }
+        remove_handle(
+            &mut self.by_rf,
+            key_hash(&rf::normalise(&inv.rf_reference)),
+            handle,
+        );
+        if slot.is_open() {
+            self.open_count -= 1;
+            if let Some(count) = self.account_open.get_mut(slot.account as usize) {
+                *count = count.saturating_sub(1);
+            }
+            self.by_account
+                .remove(&(slot.account, inv.issue_date, handle));
+            if let Some(amounts) = self.by_amount.get_mut(&inv.currency) {
+                amounts.remove(&(inv.balance, handle));
+                if amounts.is_empty() {
+                    self.by_amount.remove(&inv.currency);
+                }
+            }
+        }
+    }
+
+    /// A known invoice, open or settled.
+    pub fn get(&self, invoice_id: &str) -> Option<&OpenInvoice> {
+        self.handle_of(invoice_id).and_then(|h| self.invoice(h))
+    }
+
+    /// Remembers that this counterparty (an IBAN/account number or a name) paid this account, so
+    /// its later payments without a reference can be matched among that account's invoices.
+    pub fn link_payer(&mut self, payer_key: &str, account_id: &str) {
+        let key = normalise_payer_key(payer_key);
+        if !key.is_empty() {
+            let account = self.intern_account(account_id);
+            self.payers.insert(key, account);
+        }
+    }
+
+    /// Number of open invoices (balance above zero).
+    pub fn len(&self) -> usize {
+        self.open_count
+    }
+
+    /// Whether no invoice is open.
+    pub fn is_empty(&self) -> bool {
+        self.open_count == 0
+    }
+
+    fn intern_account(&mut self, account_id: &str) -> AccountNo {
+        if let Some(&account) = self.accounts.get(account_id) {
+            return account;
+        }
+        let account = AccountNo::try_from(self.account_ids.len()).unwrap_or(AccountNo::MAX);
+        self.accounts.insert(account_id.to_owned(), account);
+        self.account_ids.push(account_id.to_owned());
+        self.account_open.push(0);
+        account
+    }
+
+    /// The invoice in a slot.
+    pub(crate) fn invoice(&self, handle: Handle) -> Option<&OpenInvoice> {
+        self.slots
+            .get(handle as usize)
+            .and_then(Option::as_ref)
+            .map(|slot| &slot.invoice)
+    }
+
+    /// The invoice with this id, as a handle.
+    pub(crate) fn handle_of(&self, invoice_id: &str) -> Option<Handle> {
+        self.find(&self.by_id, invoice_id, |inv| inv.id == invoice_id)
+            .next()
+    }
+
+    /// Invoices known under a canonical number key.
+    pub(crate) fn by_number(&self, key: &str) -> Vec<Handle> {
+        self.find(&self.by_number, key, |inv| {
+            number_key(&inv.number, &self.shapes).as_deref() == Some(key)
+        })
+        .collect()
+    }
+
+    /// Invoices known under a normalised RF reference.
+    pub(crate) fn by_rf(&self, reference: &str) -> Vec<Handle> {
+        self.find(&self.by_rf, reference, |inv| {
+            same_normalised(&inv.rf_reference, reference)
+        })
+        .collect()
+    }
+
+    fn find<'a>(
+        &'a self,
+        map: &'a HashMap<u64, Handles>,
+        key: &str,
+        is_it: impl Fn(&OpenInvoice) -> bool + 'a,
+    ) -> impl Iterator<Item = Handle> + 'a {
+        map.get(&key_hash(key))
+            .map_or(&[][..], Handles::as_slice)
+            .iter()
+            .copied()
+            .filter(move |&h| self.invoice(h).is_some_and(&is_it))
+    }
+
+    /// The payer's open invoices, oldest first.
+    pub(crate) fn open_of_payer<'a>(
+        &'a self,
+        payer: &Payer<'_>,
+    ) -> impl Iterator<Item = &'a OpenInvoice> + 'a {
+        let account = payer.account;
+        self.by_account
+            .range((account, NaiveDate::MIN, 0)..=(account, NaiveDate::MAX, Handle::MAX))
+            .filter_map(|&(_, _, handle)| self.invoice(handle))
+    }
+
+    /// How many open invoices the payer has.
+    pub(crate) fn open_count_of_payer(&self, payer: &Payer<'_>) -> usize {
+        self.account_open
+            .get(payer.account as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Open invoices with exactly this balance in this currency.
+    pub(crate) fn open_with_balance<'a>(
+        &'a self,
+        currency: &str,
+        balance: Decimal,
+    ) -> impl Iterator<Item = &'a OpenInvoice> + 'a {
+        self.by_amount
+            .get(currency)
+            .into_iter()
+            .flat_map(move |amounts| amounts.range((balance, 0)..=(balance, Handle::MAX)))
+            .filter_map(|&(_, handle)| self.invoice(handle))
+    }
+
+    /// Up to `per_side` open invoices with the balances nearest below and above `amount`.
+    pub(crate) fn open_near_balance(
+        &self,
+        currency: &str,
+        amount: Decimal,
+        per_side: usize,
+    ) -> Vec<&OpenInvoice> {
+        let Some(amounts) = self.by_amount.get(currency) else {
+            return Vec::new();
+        };
+        let below = amounts.range(..=(amount, Handle::MAX)).rev().take(per_side);
+        let above = amounts
+            .range((Bound::Excluded((amount, Handle::MAX)), Bound::Unbounded))
+            .take(per_side);
+        below
+            .chain(above)
+            .filter_map(|&(_, handle)| self.invoice(handle))
+            .collect()
+    }
+
+    /// The customer who made this payment: by a counterparty account or name linked before, else
+    /// by the counterparty name equal to exactly one customer's name.
+    pub(crate) fn payer<'a>(&'a self, payment: &'a PaymentRecord) -> Option<Payer<'a>> {
+        let found = |account: AccountNo, via: PayerVia<'a>| {
+            let account_id = self.account_ids.get(account as usize)?;
+            Some(Payer {
+                account_id,
+                account,
+                via,
+            })
+        };
+        if let Some(number) = payment.counterparty_account.as_deref() {
+            if let Some(&account) = self.payers.get(&normalise_payer_key(number)) {
+                return found(account, PayerVia::LinkedAccount(number));
+            }
+        }
+        let name = payment.counterparty_name.as_deref()?;
+        let normalised = normalise_party_name(name);
+        let key_is_name = !name.bytes().any(|b| b.is_ascii_digit());
+        let linked = if key_is_name {
+            self.payers.get(&normalised)
+        } else {
+            self.payers.get(&normalise_payer_key(name))
+        };
+        if let Some(&account) = linked {
+            return found(account, PayerVia::LinkedName(name));
+        }
+        let account = (*self.account_names.get(&normalised)?)?;
+        found(account, PayerVia::SameName(name))
+    }
+}
+
+fn add_handle(map: &mut HashMap<u64, Handles>, key: u64, handle: Handle) {
+    map.entry(key)
+        .and_modify(|handles| match handles {
+            Handles::One(first) => *handles = Handles::Many(vec![*first, handle]),
+            Handles::Many(all) => all.push(handle),
+        })
+        .or_insert(Handles::One(handle));
+}
+
+fn remove_handle(map: &mut HashMap<u64, Handles>, key: u64, handle: Handle) {
+    let Some(handles) = map.get_mut(&key) else {
+        return;
+    };
+    let empty = match handles {
+        Handles::One(only) => *only == handle,
+        Handles::Many(all) => {
+            all.retain(|&h| h != handle);
+            if let [only] = all.as_slice() {
+                *handles = Handles::One(*only);
+            }
+            false
+        }
+    };
+    if empty {
+        map.remove(&key);
+    }
+}
+
+/// Whether `raw` normalises (whitespace dropped, upper-cased) to `normalised`, without allocating.
+fn same_normalised(raw: &str, normalised: &str) -> bool {
+    raw.chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_uppercase)
+        .eq(normalised.chars())
+}
+
+/// Legal-form words that do not distinguish one customer from another.
+const LEGAL_FORMS: &[&str] = &[
+    "ab",
+    "ag",
+    "aps",
+    "as",
+    "bv",
+    "co",
+    "company",
+    "corp",
+    "corporation",
+    "gmbh",
+    "inc",
+    "incorporated",
+    "kg",
+    "limited",
+    "llc",
+    "llp",
+    "ltd",
+    "nv",
+    "oy",
+    "oyj",
+    "plc",
+    "pty",
+    "sa",
+    "sarl",
+    "sas",
+    "spa",
+    "srl",
+];
+
+/// A customer or payer name reduced for comparison: lower case, punctuation and legal forms
+/// dropped, single spaces. `ACME, Inc.`, `Acme Inc` and `acme` all become `acme`.
+pub fn normalise_party_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let words = || {
+        name.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+    };
+    for word in words() {
+        let before = out.len();
+        push_word(&mut out, word);
+        let pushed = out[before..].trim_start();
+        if LEGAL_FORMS.contains(&pushed) {
+            out.truncate(before);
+        }
+    }
+    if out.is_empty() {
+        // a name made only of legal-form words ("AB Co") is kept whole rather than emptied
+        for word in words() {
+            push_word(&mut out, word);
+        }
+    }
+    out
+}
+
+fn push_word(out: &mut String, word: &str) {
+    if !out.is_empty() {
+        out.push(' ');
+    }
+    out.extend(word.chars().flat_map(char::to_lowercase));
+}
+
+/// Account numbers compare without spaces and case; names as customer names.
+fn normalise_payer_key(raw: &str) -> String {
+    if raw.bytes().any(|b| b.is_ascii_digit()) {
+        raw.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_uppercase())
+            .collect()
+    } else {
+        normalise_party_name(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::shapes_from_patterns;
+    use rust_decimal_macros::dec;
+
+    fn date(day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 1, day.clamp(1, 28)).unwrap_or_default()
+    }
+
+    fn invoice(id: &str, number: &str, account: &str, balance: Decimal) -> OpenInvoice {
+        OpenInvoice {
+            id: id.into(),
+            number: number.into(),
+            rf_reference: rf::creditor_reference(number),
+            account_id: account.into(),
+            account_name: format!("Customer {account} Ltd"),
+            currency: "EUR".into(),
+            balance,
+            issue_date: date(1),
+            due_date: date(28),
+        }
+    }
+
+    fn ids<'a>(idx: &'a MatchIndex, handles: &[Handle]) -> Vec<&'a str> {
+        handles
+            .iter()
+            .filter_map(|&h| idx.invoice(h))
+            .map(|i| i.id.as_str())
+            .collect()
+    }
+
+    /// Open invoices of the customer paying under this name, oldest first.
+    fn open_of<'a>(idx: &'a MatchIndex, name: &str) -> Vec<&'a str> {
+        let mut payment = PaymentRecord::new("p", dec!(1), "EUR");
+        payment.counterparty_name = Some(name.into());
+        idx.payer(&payment)
+            .map(|payer| idx.open_of_payer(&payer).map(|i| i.id.as_str()).collect())
+            .unwrap_or_default()
+    }
+
+    fn index() -> MatchIndex {
+        MatchIndex::new(shapes_from_patterns(&["INV-{YYYY}-{SEQ:3}"]))
+    }
+
+    #[test]
+    fn party_names_compare_without_case_punctuation_and_legal_forms() {
+        for (name, expected) in [
+            ("ACME, Inc.", "acme"),
+            ("Acme Inc", "acme"),
+            ("acme", "acme"),
+            ("Müller GmbH & Co. KG", "müller"),
+            ("AB Volvo", "volvo"),
+            ("  Blue   Sky  Ltd ", "blue sky"),
+            ("AB Co", "ab co"),
+        ] {
+            assert_eq!(normalise_party_name(name), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn upsert_indexes_and_paying_off_closes_but_keeps_the_invoice_known() {
+        let mut idx = index();
+        idx.upsert(invoice("i1", "INV-2026-001", "a1", dec!(100)));
+        assert_eq!(idx.len(), 1);
+        assert_eq!(ids(&idx, &idx.by_number("INV|2026|1")), ["i1"]);
+        assert_eq!(idx.open_with_balance("EUR", dec!(100.00)).count(), 1);
+        assert_eq!(open_of(&idx, "Customer a1"), ["i1"]);
+
+        idx.upsert(invoice("i1", "INV-2026-001", "a1", dec!(40)));
+        assert_eq!(idx.open_with_balance("EUR", dec!(100)).count(), 0);
+        assert_eq!(idx.open_with_balance("EUR", dec!(40)).count(), 1);
+
+        idx.upsert(invoice("i1", "INV-2026-001", "a1", dec!(0)));
+        assert_eq!(idx.len(), 0);
+        assert!(idx.is_empty());
+        assert_eq!(idx.get("i1").map(|i| i.balance), Some(dec!(0)));
+        assert_eq!(ids(&idx, &idx.by_number("INV|2026|1")), ["i1"]);
+        assert!(open_of(&idx, "Customer a1").is_empty());
+        assert_eq!(idx.open_with_balance("EUR", dec!(40)).count(), 0);
+    }
+
+    #[test]
+    fn remove_forgets_the_invoice_everywhere() {
+        let mut idx = index();
+        let inv = invoice("i1", "INV-2026-001", "a1", dec!(100));
+        let reference = rf::normalise(&inv.rf_reference);
+        idx.upsert(inv);
+        idx.remove("i1");
+        idx.remove("never-seen");
+        assert_eq!(idx.len(), 0);
+        assert!(idx.get("i1").is_none());
+        assert!(idx.by_number("INV|2026|1").is_empty());
+        assert!(idx.by_rf(&reference).is_empty());
+        assert_eq!(idx.open_with_balance("EUR", dec!(100)).count(), 0);
+        // the freed slot is reused without mixing up the indexes
+        idx.upsert(invoice("i2", "INV-2026-002", "a1", dec!(5)));
+        assert_eq!(ids(&idx, &idx.by_number("INV|2026|2")), ["i2"]);
+        assert_eq!(open_of(&idx, "Customer a1"), ["i2"]);
+    }
+
+    #[test]
+    fn nearest_balances_come_from_both_sides() {
+        let mut idx = index();
+        for (i, amount) in [dec!(10), dec!(90), dec!(99), dec!(101), dec!(500)]
+            .into_iter()
+            .enumerate()
+        {
+            idx.upsert(invoice(
+                &format!("i{i}"),
+                &format!("INV-2026-{i}"),
+                "a",
+                amount,
+            ));
+        }
+        let mut near: Vec<Decimal> = idx
+            .open_near_balance("EUR", dec!(100), 2)
+            .into_iter()
+            .map(|i| i.balance)
+            .collect();
+        near.sort();
+        assert_eq!(near, vec![dec!(90), dec!(99), dec!(101), dec!(500)]);
+        assert!(idx.open_near_balance("USD", dec!(100), 2).is_empty());
+    }
+
+    #[test]
+    fn payer_is_found_by_linked_account_linked_name_or_unique_customer_name() {
+        let mut idx = index();
+        idx.upsert(invoice("i1", "INV-2026-001", "a1", dec!(100)));
+        idx.upsert(invoice("i2", "INV-2026-002", "a2", dec!(100)));
+        idx.link_payer("DE89 3704 0044 0532 0130 00", "a2");
+        idx.link_payer("Jane Roe", "a1");
+
+        let mut payment = PaymentRecord::new("p", dec!(1), "EUR");
+        payment.counterparty_account = Some("de89370400440532013000".into());
+        assert_eq!(idx.payer(&payment).map(|p| p.account_id), Some("a2"));
+
+        payment.counterparty_account = None;
+        payment.counterparty_name = Some("JANE ROE".into());
+        assert_eq!(idx.payer(&payment).map(|p| p.account_id), Some("a1"));
+
+        payment.counterparty_name = Some("customer A2 limited".into());
+        assert_eq!(idx.payer(&payment).map(|p| p.account_id), Some("a2"));
+
+        payment.counterparty_name = Some("Somebody Else".into());
+        assert_eq!(idx.payer(&payment), None);
+    }
+
+    #[test]
+    fn a_name_shared_by_two_customers_identifies_nobody() {
+        let mut idx = index();
+        let mut first = invoice("i1", "INV-2026-001", "a1", dec!(100));
+        first.account_name = "Acme".into();
+        let mut second = invoice("i2", "INV-2026-002", "a2", dec!(100));
+        second.account_name = "ACME Inc.".into();
+        idx.upsert(first);
+        idx.upsert(second);
+        let mut payment = PaymentRecord::new("p", dec!(1), "EUR");
+        payment.counterparty_name = Some("acme".into());
+        assert_eq!(idx.payer(&payment), None);
+    }
+}

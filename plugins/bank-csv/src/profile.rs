@@ -1,0 +1,355 @@
+//! CSV layouts: the profile a user configures, and the built-in ones.
+
+use serde::Deserialize;
+use settled_plugin_api::chrono::format::StrftimeItems;
+use settled_plugin_api::PluginError;
+
+/// One header name, or several alternatives (the first one present in the file is used).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Names {
+    /// A single header name.
+    One(String),
+    /// Alternatives, tried in order.
+    Many(Vec<String>),
+}
+
+impl Names {
+    /// The alternatives as a slice.
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Names::One(name) => std::slice::from_ref(name),
+            Names::Many(names) => names,
+        }
+    }
+}
+
+fn names(list: &[&str]) -> Names {
+    Names::Many(list.iter().map(|s| s.to_string()).collect())
+}
+
+/// A debit/credit indicator column next to an unsigned amount.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DcFlag {
+    /// Header of the flag column.
+    pub column: Names,
+    /// Values meaning money in (compared case-insensitively), e.g. `["H", "CR"]`.
+    pub credit: Vec<String>,
+    /// Values meaning money out, e.g. `["S", "DR"]`.
+    pub debit: Vec<String>,
+}
+
+/// A booking-status column: rows whose value is one of `pending` are pending (never settle invoices).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusColumn {
+    /// Header of the status column.
+    pub column: Names,
+    /// Values meaning not yet booked (compared case-insensitively), e.g. `["Umsatz vorgemerkt"]`.
+    pub pending: Vec<String>,
+}
+
+/// Which header holds what. Only `date` and one way of giving the amount are required.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Columns {
+    /// Booking date.
+    pub date: Names,
+    /// Value date.
+    #[serde(default)]
+    pub value_date: Option<Names>,
+    /// Signed amount (or unsigned, with `dc_flag`).
+    #[serde(default)]
+    pub amount: Option<Names>,
+    /// Debit amount column (used when no `amount` column is present); its values are money out.
+    #[serde(default)]
+    pub debit: Option<Names>,
+    /// Credit amount column, money in.
+    #[serde(default)]
+    pub credit: Option<Names>,
+    /// Debit/credit flag for an unsigned `amount`; used when the file has that column.
+    #[serde(default)]
+    pub dc_flag: Option<DcFlag>,
+    /// ISO 4217 currency per row.
+    #[serde(default)]
+    pub currency: Option<Names>,
+    /// The other party's name.
+    #[serde(default)]
+    pub counterparty: Option<Names>,
+    /// The other party's IBAN or account number.
+    #[serde(default)]
+    pub account: Option<Names>,
+    /// Free-text remittance information.
+    #[serde(default)]
+    pub remittance: Option<Names>,
+    /// A payment reference (becomes `structured_reference`).
+    #[serde(default)]
+    pub reference: Option<Names>,
+    /// The payer's end-to-end id.
+    #[serde(default)]
+    pub end_to_end_id: Option<Names>,
+    /// The bank's transaction id; the dedupe key when present.
+    #[serde(default)]
+    pub id: Option<Names>,
+    /// Booked vs pending.
+    #[serde(default)]
+    pub status: Option<StatusColumn>,
+}
+
+/// The format of an export: how to read its text, numbers and dates, and its columns.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Field delimiter (one ASCII character; `"\t"` for tabs). Default `,`.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    /// Decimal mark in amounts. Default `.`.
+    #[serde(default = "default_decimal_mark")]
+    pub decimal_mark: char,
+    /// Thousands separator in amounts, if the export uses one. Checked against digit groups of three.
+    #[serde(default)]
+    pub thousands_separator: Option<char>,
+    /// chrono strftime format(s) of the dates, tried in order. Default `%Y-%m-%d`.
+    #[serde(default = "default_date_format")]
+    pub date_format: Names,
+    /// `auto` (BOM, UTF-16, UTF-8, else Windows-1252) or an encoding label (`utf-8`, `windows-1252`, `utf-16le`, ...).
+    #[serde(default = "default_encoding")]
+    pub encoding: String,
+    /// Lines before the header row to ignore (account summaries and the like).
+    #[serde(default)]
+    pub skip_rows: usize,
+    /// Where to find each field.
+    pub columns: Columns,
+    /// Currency of every row, used when there is no currency column (or it is empty).
+    #[serde(default)]
+    pub currency: Option<String>,
+}
+
+fn default_delimiter() -> char {
+    ','
+}
+
+fn default_decimal_mark() -> char {
+    '.'
+}
+
+fn default_date_format() -> Names {
+    Names::One("%Y-%m-%d".into())
+}
+
+fn default_encoding() -> String {
+    "auto".into()
+}
+
+/// Names of the built-in profiles.
+pub const BUILT_IN: &[&str] = &["signed", "de-sepa", "dotted-date"];
+
+/// A built-in profile by name.
+pub fn built_in(name: &str) -> Option<Profile> {
+    match name {
+        "signed" => Some(signed()),
+        "de-sepa" => Some(de_sepa()),
+        "dotted-date" => Some(dotted_date()),
+        _ => None,
+    }
+}
+
+fn no_columns() -> Columns {
+    Columns {
+        date: names(&[]),
+        value_date: None,
+        amount: None,
+        debit: None,
+        credit: None,
+        dc_flag: None,
+        currency: None,
+        counterparty: None,
+        account: None,
+        remittance: None,
+        reference: None,
+        end_to_end_id: None,
+        id: None,
+        status: None,
+    }
+}
+
+fn base() -> Profile {
+    Profile {
+        delimiter: ',',
+        decimal_mark: '.',
+        thousands_separator: None,
+        date_format: default_date_format(),
+        encoding: default_encoding(),
+        skip_rows: 0,
+        columns: no_columns(),
+        currency: None,
+    }
+}
+
+/// `signed`: a generic English export with one signed amount column; the default profile.
+pub fn signed() -> Profile {
+    Profile {
+        thousands_separator: Some(','),
+        date_format: names(&["%Y-%m-%d", "%m/%d/%Y"]),
+        columns: Columns {
+            date: names(&["Date", "Booking Date", "Posted Date", "Transaction Date"]),
+            value_date: Some(names(&["Value Date"])),
+            amount: Some(names(&["Amount"])),
+            currency: Some(names(&["Currency"])),
+            counterparty: Some(names(&["Counterparty", "Payee", "Name"])),
+            account: Some(names(&["Counterparty Account", "IBAN", "Account"])),
+            remittance: Some(names(&["Description", "Memo", "Details"])),
+            reference: Some(names(&["Reference"])),
+            end_to_end_id: Some(names(&["End To End Id", "EndToEndId"])),
+            id: Some(names(&["Transaction Id", "Id"])),
+            ..no_columns()
+        },
+        ..base()
+    }
+}
+
+/// `de-sepa`: German online-banking exports (Sparkasse CSV-CAMT, Volksbank, DKB...): `;`, `1.234,56`,
+/// `Betrag` (optionally with an `S`/`H` flag column) or `Soll`/`Haben` columns, EUR unless a currency column says otherwise.
+pub fn de_sepa() -> Profile {
+    Profile {
+        delimiter: ';',
+        decimal_mark: ',',
+        thousands_separator: Some('.'),
+        // %y first: it rejects four-digit years, while %Y would read `24` as the year 24.
+        date_format: names(&["%d.%m.%y", "%d.%m.%Y"]),
+        currency: Some("EUR".into()),
+        columns: Columns {
+            date: names(&["Buchungstag", "Buchungsdatum", "Datum"]),
+            value_date: Some(names(&["Valutadatum", "Wertstellung", "Valuta"])),
+            amount: Some(names(&["Betrag", "Umsatz", "Betrag (EUR)", "Betrag (€)"])),
+            debit: Some(names(&["Soll"])),
+            credit: Some(names(&["Haben"])),
+            dc_flag: Some(DcFlag {
+                column: names(&["Soll/Haben", "S/H"]),
+                credit: vec!["H".into()],
+                debit: vec!["S".into()],
+            }),
+            currency: Some(names(&["Waehrung", "Währung", "WKZ"])),
+            counterparty: Some(names(&[
+                "Beguenstigter/Zahlungspflichtiger",
+                "Begünstigter/Zahlungspflichtiger",
+                "Name Zahlungsbeteiligter",
+                "Auftraggeber / Begünstigter",
+                "Zahlungsempfänger*in",
+            ])),
+            account: Some(names(&[
+                "Kontonummer/IBAN",
+                "IBAN Zahlungsbeteiligter",
+                "IBAN",
+                "Kontonummer",
+            ])),
+            remittance: Some(names(&["Verwendungszweck"])),
+            end_to_end_id: Some(names(&["Kundenreferenz (End-to-End)", "Kundenreferenz"])),
+            status: Some(StatusColumn {
+                column: names(&["Info", "Status"]),
+                pending: vec!["Umsatz vorgemerkt".into(), "Vorgemerkt".into()],
+            }),
+            ..no_columns()
+        },
+        ..base()
+    }
+}
+
+/// `dotted-date`: `"Date","Payee","Amount"` with `YYYY.MM.DD` dates and a signed amount, no currency column
+/// (set `currency` in the settings).
+pub fn dotted_date() -> Profile {
+    Profile {
+        date_format: names(&["%Y.%m.%d"]),
+        columns: Columns {
+            date: names(&["Date"]),
+            amount: Some(names(&["Amount"])),
+            counterparty: Some(names(&["Payee"])),
+            remittance: Some(names(&["Memo", "Notes"])),
+            ..no_columns()
+        },
+        ..base()
+    }
+}
+
+impl Profile {
+    /// Check what can be checked before seeing a file; errors name the key (`profile.delimiter`, ...).
+    pub fn validate(&self) -> Result<(), PluginError> {
+        let bad =
+            |key: &str, message: String| PluginError::bad_config(format!("profile.{key}"), message);
+        if !self.delimiter.is_ascii() || self.delimiter.is_ascii_alphanumeric() {
+            return Err(bad(
+                "delimiter",
+                format!(
+                    "`{}` cannot be a delimiter: use one ascii punctuation or whitespace character",
+                    self.delimiter
+                ),
+            ));
+        }
+        if self.decimal_mark.is_ascii_digit() || self.decimal_mark == '-' {
+            return Err(bad(
+                "decimal_mark",
+                format!("`{}` cannot be a decimal mark", self.decimal_mark),
+            ));
+        }
+        if let Some(t) = self.thousands_separator {
+            if t == self.decimal_mark || t.is_ascii_digit() || t == '-' {
+                return Err(bad(
+                    "thousands_separator",
+                    format!(
+                        "`{t}` cannot be the thousands separator with decimal mark `{}`",
+                        self.decimal_mark
+                    ),
+                ));
+            }
+        }
+        for format in self.date_format.as_slice() {
+            let valid = StrftimeItems::new(format).parse().is_ok();
+            if !valid || !format.contains('%') {
+                return Err(bad(
+                    "date_format",
+                    format!("`{format}` is not a chrono strftime date format"),
+                ));
+            }
+        }
+        if self.date_format.as_slice().is_empty() {
+            return Err(bad(
+                "date_format",
+                "at least one date format is needed".into(),
+            ));
+        }
+        if self.encoding != "auto"
+            && encoding_rs::Encoding::for_label(self.encoding.as_bytes()).is_none()
+        {
+            return Err(bad(
+                "encoding",
+                format!("unknown encoding `{}`", self.encoding),
+            ));
+        }
+        let c = &self.columns;
+        if c.amount.is_none() && c.debit.is_none() && c.credit.is_none() {
+            return Err(bad(
+                "columns",
+                "no amount column: set `amount`, or `debit` and `credit`".into(),
+            ));
+        }
+        if c.dc_flag
+            .as_ref()
+            .is_some_and(|f| f.credit.is_empty() || f.debit.is_empty())
+        {
+            return Err(bad(
+                "columns.dc_flag",
+                "both `credit` and `debit` flag values are needed".into(),
+            ));
+        }
+        if let Some(currency) = &self.currency {
+            if !crate::is_currency_code(currency) {
+                return Err(bad(
+                    "currency",
+                    format!("`{currency}` is not a three-letter iso 4217 code"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

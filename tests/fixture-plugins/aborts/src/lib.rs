@@ -1,0 +1,33 @@
+//! Fixture plugin: a call that aborts its process.
+
+use settled_plugin_api::serde_json::Value;
+use settled_plugin_api::{export_plugin, Manifest, Plugin, PluginError, Role};
+
+/// The fixture's only type.
+pub struct Fixture;
+
+impl Plugin for Fixture {
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "aborts".into(),
+            version: "1.0.0".into(),
+            roles: vec![Role::Intake],
+            description: "test fixture".into(),
+        }
+    }
+
+    fn configure(settings: Value) -> Result<Self, PluginError> {
+        let _ = settings;
+        Ok(Fixture)
+    }
+
+    fn custom(&self, op: &str, payload: Value) -> Result<Value, PluginError> {
+        match op {
+            "echo" => Ok(payload),
+            "abort" => std::process::abort(),
+            _ => Err(PluginError::unsupported(op)),
+        }
+    }
+}
+
+export_plugin!(Fixture);

@@ -1,0 +1,37 @@
+//! Fixture plugin: a call that writes to an unmapped address.
+
+use settled_plugin_api::serde_json::Value;
+use settled_plugin_api::{export_plugin, Manifest, Plugin, PluginError, Role};
+
+/// The fixture's only type.
+pub struct Fixture;
+
+impl Plugin for Fixture {
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "segfaults".into(),
+            version: "1.0.0".into(),
+            roles: vec![Role::Intake],
+            description: "test fixture".into(),
+        }
+    }
+
+    fn configure(settings: Value) -> Result<Self, PluginError> {
+        let _ = settings;
+        Ok(Fixture)
+    }
+
+    fn custom(&self, op: &str, payload: Value) -> Result<Value, PluginError> {
+        match op {
+            "echo" => Ok(payload),
+            "segv" => {
+                // SAFETY: none, on purpose: the fixture proves a segfault only kills the child process.
+                unsafe { std::ptr::with_exposed_provenance_mut::<u8>(8).write_volatile(1) };
+                Ok(Value::Null)
+            }
+            _ => Err(PluginError::unsupported(op)),
+        }
+    }
+}
+
+export_plugin!(Fixture);
