@@ -39,7 +39,10 @@ pub fn load_config(options: &RunOptions) -> anyhow::Result<Config> {
     let mut config = match explicit {
         Some(path) => Config::load(&path)?,
         None => {
-            let dir = options.data_dir.clone().unwrap_or_else(crate::config::default_data_dir);
+            let dir = options
+                .data_dir
+                .clone()
+                .unwrap_or_else(crate::config::default_data_dir);
             let candidate = dir.join("settled.toml");
             if candidate.exists() {
                 Config::load(&candidate)?
@@ -69,7 +72,9 @@ pub fn init_logging(format: LogFormat) {
 pub fn init_logging_with(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -86,7 +91,10 @@ pub fn api_token(config: &Config) -> anyhow::Result<String> {
     let path = token_path(config);
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-        Ok(_) => bail!("API token file {} is empty; delete it to have a new one made", path.display()),
+        Ok(_) => bail!(
+            "API token file {} is empty; delete it to have a new one made",
+            path.display()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = new_token();
             write_private(&path, &format!("{token}\n"))?;
@@ -115,7 +123,8 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -131,21 +140,29 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 /// `settled init`: write a commented default config and a fresh API token into the data dir.
 pub fn init(data_dir: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
     let dir = data_dir.unwrap_or_else(crate::config::default_data_dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
     let config_path = dir.join("settled.toml");
     if config_path.exists() && !force {
-        bail!("{} exists already; pass --force to overwrite it", config_path.display());
+        bail!(
+            "{} exists already; pass --force to overwrite it",
+            config_path.display()
+        );
     }
     std::fs::write(&config_path, crate::config::DEFAULT_CONFIG)
         .with_context(|| format!("writing {}", config_path.display()))?;
     let token_path = dir.join("api-token");
     if token_path.exists() {
-        std::fs::remove_file(&token_path).with_context(|| format!("replacing {}", token_path.display()))?;
+        std::fs::remove_file(&token_path)
+            .with_context(|| format!("replacing {}", token_path.display()))?;
     }
     write_private(&token_path, &format!("{}\n", new_token()))?;
     println!("wrote {}", config_path.display());
     println!("wrote {} (mode 0600)", token_path.display());
-    println!("start the daemon with: settled run --data-dir {}", dir.display());
+    println!(
+        "start the daemon with: settled run --data-dir {}",
+        dir.display()
+    );
     Ok(())
 }
 
@@ -250,15 +267,27 @@ impl Daemon {
     }
 
     /// Serve until `shutdown` resolves, then stop intake, drain, flush.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(crate::scheduler::run(self.state.engine.clone(), cancel.clone()));
+        tasks.spawn(crate::scheduler::run(
+            self.state.engine.clone(),
+            cancel.clone(),
+        ));
         if let Some(host) = self.state.host.clone() {
             let inboxes = crate::inbox::inboxes(&self.config, &host);
-            tasks.spawn(crate::inbox::run(self.state.clone(), host, inboxes, cancel.clone()));
+            tasks.spawn(crate::inbox::run(
+                self.state.clone(),
+                host,
+                inboxes,
+                cancel.clone(),
+            ));
         }
-        let app = api::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app =
+            api::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let stop = cancel.clone();
         let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;
@@ -267,7 +296,10 @@ impl Daemon {
         server.await.context("serving HTTP")?;
         cancel.cancel();
         tasks.close();
-        if tokio::time::timeout(Duration::from_secs(30), tasks.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("background tasks did not stop within 30 s");
         }
         if let Some(host) = &self.state.host {
@@ -281,7 +313,11 @@ impl Daemon {
 
 /// Start the plugin host; a plugin problem is logged, never fatal to the daemon.
 async fn start_plugins(config: &Config, data_dir: &Path) -> Option<Arc<PluginHost>> {
-    let plugin_dir = config.plugins.dir.clone().unwrap_or_else(|| data_dir.join("plugins"));
+    let plugin_dir = config
+        .plugins
+        .dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("plugins"));
     if config.plugins.dir.is_none() && !plugin_dir.exists() {
         install_bundled_plugins(&plugin_dir);
     }
@@ -322,7 +358,10 @@ fn install_bundled_plugins(dir: &Path) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot create the plugin folder");
         return;
     }
-    let Some(exe_dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) else {
+    let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    else {
         return;
     };
     let Ok(entries) = std::fs::read_dir(&exe_dir) else {
@@ -334,7 +373,9 @@ fn install_bundled_plugins(dir: &Path) {
             let target = dir.join(&name);
             match std::fs::copy(entry.path(), &target) {
                 Ok(_) => tracing::info!(plugin = %name, "installed bundled plugin"),
-                Err(e) => tracing::warn!(plugin = %name, error = %e, "cannot install bundled plugin"),
+                Err(e) => {
+                    tracing::warn!(plugin = %name, error = %e, "cannot install bundled plugin")
+                }
             }
         }
     }
@@ -350,7 +391,9 @@ fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
         .flatten()
         .filter_map(|e| {
             let file = e.file_name().to_string_lossy().to_string();
-            let stem = file.strip_prefix("libsettled_plugin_")?.strip_suffix(".so")?;
+            let stem = file
+                .strip_prefix("libsettled_plugin_")?
+                .strip_suffix(".so")?;
             Some(stem.replace('_', "-"))
         })
         .collect();

@@ -195,16 +195,16 @@ fn default_cache_mib() -> u64 {
 impl Default for Config {
     fn default() -> Self {
         Config {
-        data_dir: None,
-        listen: default_listen(),
-        api_token_file: None,
-        log_format: LogFormat::Text,
-        cache_mib: default_cache_mib(),
-        numbering: Numbering::default(),
-        invoicing: Invoicing::default(),
-        scoring: ScoreWeights::default(),
-        reconcile: Reconcile::default(),
-        plugins: Plugins::default(),
+            data_dir: None,
+            listen: default_listen(),
+            api_token_file: None,
+            log_format: LogFormat::Text,
+            cache_mib: default_cache_mib(),
+            numbering: Numbering::default(),
+            invoicing: Invoicing::default(),
+            scoring: ScoreWeights::default(),
+            reconcile: Reconcile::default(),
+            plugins: Plugins::default(),
             connectors: Vec::new(),
         }
     }
@@ -246,24 +246,41 @@ impl Config {
                 .map_err(|e| invalid(key, e.to_string()))?;
         }
         if self.reconcile.writeoff_tolerance.is_sign_negative() {
-            return Err(invalid("reconcile.writeoff_tolerance", "must not be negative".into()));
+            return Err(invalid(
+                "reconcile.writeoff_tolerance",
+                "must not be negative".into(),
+            ));
         }
         if self.reconcile.min_confidence > 100 {
-            return Err(invalid("reconcile.min_confidence", "must be 0 to 100".into()));
+            return Err(invalid(
+                "reconcile.min_confidence",
+                "must be 0 to 100".into(),
+            ));
         }
         if self.plugins.call_timeout_ms == 0 {
-            return Err(invalid("plugins.call_timeout_ms", "must be more than 0".into()));
+            return Err(invalid(
+                "plugins.call_timeout_ms",
+                "must be more than 0".into(),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, c) in self.connectors.iter().enumerate() {
-            if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
                 return Err(invalid(
                     &format!("connector[{i}].name"),
                     format!("`{}` must be letters, digits, `-` or `_`", c.name),
                 ));
             }
             if !names.insert(c.name.clone()) {
-                return Err(invalid(&format!("connector[{i}].name"), format!("`{}` is used twice", c.name)));
+                return Err(invalid(
+                    &format!("connector[{i}].name"),
+                    format!("`{}` is used twice", c.name),
+                ));
             }
         }
         Ok(())
@@ -326,7 +343,9 @@ mod tests {
 
     #[test]
     fn a_bad_number_pattern_names_its_key() {
-        let err = parse("[numbering]\ninvoice = \"INV-{YYYY}\"\n").unwrap_err().to_string();
+        let err = parse("[numbering]\ninvoice = \"INV-{YYYY}\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("numbering.invoice"), "{err}");
     }
 

@@ -17,7 +17,12 @@ struct Client {
 }
 
 impl Client {
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
@@ -25,7 +30,10 @@ impl Client {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req.send().await.with_context(|| format!("{method} {path}"))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
         let status = resp.status();
         let value: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -80,8 +88,18 @@ pub async fn run(demo_dir: Option<PathBuf>, keep_running: bool) -> anyhow::Resul
     let server = tokio::spawn(daemon.serve(async move {
         let _ = stop_rx.await;
     }));
-    println!("settled demo: daemon on http://{addr}, data in {}", dir.display());
-    println!("connectors loaded: {}", if plugins.is_empty() { "none".to_string() } else { plugins.join(", ") });
+    println!(
+        "settled demo: daemon on http://{addr}, data in {}",
+        dir.display()
+    );
+    println!(
+        "connectors loaded: {}",
+        if plugins.is_empty() {
+            "none".to_string()
+        } else {
+            plugins.join(", ")
+        }
+    );
     let client = Client {
         http: reqwest::Client::new(),
         base: format!("http://{addr}"),
@@ -103,7 +121,11 @@ pub async fn run(demo_dir: Option<PathBuf>, keep_running: bool) -> anyhow::Resul
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("settled-demo-{}-{}", std::process::id(), chrono::Utc::now().timestamp()));
+    let dir = std::env::temp_dir().join(format!(
+        "settled-demo-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp()
+    ));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
@@ -129,36 +151,68 @@ async fn walk(c: &Client, dir: &std::path::Path, plugins: &[String]) -> anyhow::
         let id = body["ids"][0].as_str().unwrap_or_default().to_string();
         c.get(&format!("/v1/leads/{id}")).await?
     } else {
-        step(1, "No webform plugin is loaded; capturing the lead over the API instead");
+        step(
+            1,
+            "No webform plugin is loaded; capturing the lead over the API instead",
+        );
         c.post(
             "/v1/leads",
             json!({"name": "Ada Lovelace", "email": "ada@analytical-engines.example", "company": "Analytical Engines Ltd", "source": "web"}),
         )
         .await?
     };
-    println!("    lead {} {} <{}> score {} ({})", s(&lead, "id"), s(&lead, "name"), s(&lead, "email"), s(&lead, "score"), s(&lead, "status"));
+    println!(
+        "    lead {} {} <{}> score {} ({})",
+        s(&lead, "id"),
+        s(&lead, "name"),
+        s(&lead, "email"),
+        s(&lead, "score"),
+        s(&lead, "status")
+    );
     for reason in lead["score_reasons"].as_array().into_iter().flatten() {
         println!("      {}", reason.as_str().unwrap_or_default());
     }
 
-    step(2, "The same person submits again: merged into the open lead, not duplicated");
+    step(
+        2,
+        "The same person submits again: merged into the open lead, not duplicated",
+    );
     let again = c
         .post("/v1/leads", json!({"name": "Ada Lovelace", "email": "ADA@analytical-engines.example", "source": "web"}))
         .await?;
-    println!("    deduplicated: {} (lead {})", again["deduplicated"], s(&again, "id"));
+    println!(
+        "    deduplicated: {} (lead {})",
+        again["deduplicated"],
+        s(&again, "id")
+    );
 
-    step(3, "Sales qualifies and converts the lead: account + contact + opportunity in one step");
+    step(
+        3,
+        "Sales qualifies and converts the lead: account + contact + opportunity in one step",
+    );
     let lead_id = s(&lead, "id");
-    c.post(&format!("/v1/leads/{lead_id}/status"), json!({"status": "qualified"})).await?;
+    c.post(
+        &format!("/v1/leads/{lead_id}/status"),
+        json!({"status": "qualified"}),
+    )
+    .await?;
     let conv = c
         .post(
             &format!("/v1/leads/{lead_id}/convert"),
             json!({"opportunity": {"name": "20 licences", "value": "12000.00", "currency": "EUR", "expected_close": today.to_string()}}),
         )
         .await?;
-    println!("    account {}  contact {}  opportunity {}", s(&conv, "account_id"), s(&conv, "contact_id"), s(&conv, "opportunity_id"));
+    println!(
+        "    account {}  contact {}  opportunity {}",
+        s(&conv, "account_id"),
+        s(&conv, "contact_id"),
+        s(&conv, "opportunity_id")
+    );
 
-    step(4, "A quote with two VAT rates and a line discount; sent and accepted");
+    step(
+        4,
+        "A quote with two VAT rates and a line discount; sent and accepted",
+    );
     let quote = c
         .post(
             "/v1/quotes",
@@ -170,20 +224,52 @@ async fn walk(c: &Client, dir: &std::path::Path, plugins: &[String]) -> anyhow::
         )
         .await?;
     let qid = s(&quote, "id");
-    println!("    quote {}: subtotal {} + VAT {} = total {} {}", s(&quote, "number"), s(&quote, "subtotal"), s(&quote, "tax_total"), s(&quote, "total"), s(&quote, "currency"));
+    println!(
+        "    quote {}: subtotal {} + VAT {} = total {} {}",
+        s(&quote, "number"),
+        s(&quote, "subtotal"),
+        s(&quote, "tax_total"),
+        s(&quote, "total"),
+        s(&quote, "currency")
+    );
     for t in quote["taxes"].as_array().into_iter().flatten() {
-        println!("      VAT {}% on {} = {}", s(t, "rate"), s(t, "base"), s(t, "amount"));
+        println!(
+            "      VAT {}% on {} = {}",
+            s(t, "rate"),
+            s(t, "base"),
+            s(t, "amount")
+        );
     }
     c.post(&format!("/v1/quotes/{qid}/send"), json!({})).await?;
-    let accepted = c.post(&format!("/v1/quotes/{qid}/accept"), json!({})).await?;
+    let accepted = c
+        .post(&format!("/v1/quotes/{qid}/accept"), json!({}))
+        .await?;
     println!("    status: {}", s(&accepted, "status"));
 
     step(5, "Order from the accepted quote, invoice from the order, issued with a gap-free number and an RF reference");
-    let order = c.post("/v1/orders", json!({"quote_id": qid, "delivery_terms": "digital delivery"})).await?;
-    let inv = c.post("/v1/invoices", json!({"order_id": order["id"]})).await?;
-    let inv = c.post(&format!("/v1/invoices/{}/issue", s(&inv, "id")), json!({})).await?;
+    let order = c
+        .post(
+            "/v1/orders",
+            json!({"quote_id": qid, "delivery_terms": "digital delivery"}),
+        )
+        .await?;
+    let inv = c
+        .post("/v1/invoices", json!({"order_id": order["id"]}))
+        .await?;
+    let inv = c
+        .post(&format!("/v1/invoices/{}/issue", s(&inv, "id")), json!({}))
+        .await?;
     let inv_id = s(&inv, "id");
-    println!("    order {}  invoice {}  RF {}  total {} {}  due {}  status {}", s(&order, "number"), s(&inv, "number"), s(&inv, "rf_reference"), s(&inv, "total"), s(&inv, "currency"), s(&inv, "due_date"), s(&inv, "payment_status"));
+    println!(
+        "    order {}  invoice {}  RF {}  total {} {}  due {}  status {}",
+        s(&order, "number"),
+        s(&inv, "number"),
+        s(&inv, "rf_reference"),
+        s(&inv, "total"),
+        s(&inv, "currency"),
+        s(&inv, "due_date"),
+        s(&inv, "payment_status")
+    );
 
     let inbox = dir.join("inbox");
     if plugins.iter().any(|p| p == "camt") {
@@ -203,15 +289,32 @@ async fn walk(c: &Client, dir: &std::path::Path, plugins: &[String]) -> anyhow::
                 break;
             }
         }
-        println!("    invoice {}: paid {} balance {} status {}", s(&paid, "number"), s(&paid, "amount_paid"), s(&paid, "balance"), s(&paid, "payment_status"));
+        println!(
+            "    invoice {}: paid {} balance {} status {}",
+            s(&paid, "number"),
+            s(&paid, "amount_paid"),
+            s(&paid, "balance"),
+            s(&paid, "payment_status")
+        );
         if let Some(a) = paid["allocations"].as_array().and_then(|a| a.first()) {
-            println!("      matched by rule `{}` with confidence {}: {}", s(a, "rule"), s(a, "confidence"), s(a, "evidence"));
+            println!(
+                "      matched by rule `{}` with confidence {}: {}",
+                s(a, "rule"),
+                s(a, "confidence"),
+                s(a, "evidence")
+            );
         }
         if paid["payment_status"] != "paid" {
-            bail!("the statement did not mark the invoice paid; see {}/failed", inbox.display());
+            bail!(
+                "the statement did not mark the invoice paid; see {}/failed",
+                inbox.display()
+            );
         }
     } else {
-        step(6, "No camt plugin is loaded; recording the payment over the API instead");
+        step(
+            6,
+            "No camt plugin is loaded; recording the payment over the API instead",
+        );
         let pay = c
             .post("/v1/payments", json!({"amount": inv["total"], "currency": "EUR", "payer": "Analytical Engines Ltd", "reference": inv["rf_reference"]}))
             .await?;
@@ -221,9 +324,17 @@ async fn walk(c: &Client, dir: &std::path::Path, plugins: &[String]) -> anyhow::
     step(7, "The audit log: every change, in order (GET /v1/events)");
     let events = c.get("/v1/events?limit=100").await?;
     for e in events["items"].as_array().into_iter().flatten() {
-        println!("    #{:<3} {:<32} {} {}", e["id"], s(e, "type"), s(e, "entity"), s(e, "entity_id"));
+        println!(
+            "    #{:<3} {:<32} {} {}",
+            e["id"],
+            s(e, "type"),
+            s(e, "entity"),
+            s(e, "entity_id")
+        );
     }
-    println!("\ndemo finished: the lead became a paid invoice with nobody matching anything by hand.");
+    println!(
+        "\ndemo finished: the lead became a paid invoice with nobody matching anything by hand."
+    );
     Ok(())
 }
 

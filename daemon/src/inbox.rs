@@ -47,7 +47,12 @@ const POLL: Duration = Duration::from_millis(500);
 const SETTLE: Duration = Duration::from_millis(1000);
 
 /// Watch the inboxes until cancelled.
-pub async fn run(state: AppState, host: Arc<PluginHost>, inboxes: Vec<Inbox>, cancel: CancellationToken) {
+pub async fn run(
+    state: AppState,
+    host: Arc<PluginHost>,
+    inboxes: Vec<Inbox>,
+    cancel: CancellationToken,
+) {
     for inbox in &inboxes {
         for sub in ["", "done", "failed"] {
             if let Err(e) = std::fs::create_dir_all(inbox.dir.join(sub)) {
@@ -63,7 +68,10 @@ pub async fn run(state: AppState, host: Arc<PluginHost>, inboxes: Vec<Inbox>, ca
                 let Ok(meta) = std::fs::metadata(&path) else {
                     continue;
                 };
-                let stamp = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+                let stamp = (
+                    meta.len(),
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                );
                 let now = std::time::Instant::now();
                 match seen.get(&path) {
                     Some((len, mtime, since)) if (*len, *mtime) == stamp => {
@@ -95,7 +103,10 @@ fn candidates(dir: &Path) -> Vec<PathBuf> {
         .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
         .map(|e| e.path())
         .filter(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             !name.starts_with('.') && !name.ends_with(".part") && !name.ends_with(".tmp")
         })
         .collect();
@@ -104,7 +115,10 @@ fn candidates(dir: &Path) -> Vec<PathBuf> {
 }
 
 async fn process(state: &AppState, host: &PluginHost, inbox: &Inbox, path: &Path) {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let content = match tokio::fs::read(path).await {
         Ok(c) => c,
         Err(e) => {
@@ -112,7 +126,8 @@ async fn process(state: &AppState, host: &PluginHost, inbox: &Inbox, path: &Path
             return;
         }
     };
-    let result = crate::api::import_file(state, host, &name, inbox.connector.as_deref(), content).await;
+    let result =
+        crate::api::import_file(state, host, &name, inbox.connector.as_deref(), content).await;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
     match result {
         Ok(summary) => {

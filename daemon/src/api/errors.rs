@@ -57,7 +57,9 @@ impl From<EngineError> for ApiError {
             EngineError::Domain(d @ DomainError::Transition { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", d.to_string())
             }
-            e @ EngineError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            e @ EngineError::NotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
             EngineError::Store(s) => {
                 tracing::error!(error = %s, "store error while serving a request");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", s.to_string())

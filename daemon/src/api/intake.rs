@@ -16,19 +16,32 @@ use settled_plugin_api::{FileRequest, IntakeOutcome, IntakeRequest, Role, SniffR
 use super::{ApiError, AppState, MAX_BODY};
 use crate::plugin_host::{CallError, PluginHost};
 
-pub(super) async fn intake(State(state): State<AppState>, Path(params): Path<Vec<(String, String)>>, req: Request) -> Result<Response, ApiError> {
+pub(super) async fn intake(
+    State(state): State<AppState>,
+    Path(params): Path<Vec<(String, String)>>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let host = host(&state)?;
     let instance = params
         .iter()
         .find(|(k, _)| k == "instance")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let rest = params.iter().find(|(k, _)| k == "rest").map(|(_, v)| format!("/{v}"));
+    let rest = params
+        .iter()
+        .find(|(k, _)| k == "rest")
+        .map(|(_, v)| format!("/{v}"));
     let info = host
         .instances()
         .into_iter()
         .find(|i| i.name == instance && i.roles.contains(&Role::Intake))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no intake connector named `{instance}`")))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no intake connector named `{instance}`"),
+            )
+        })?;
     let remote_addr = req
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -45,13 +58,21 @@ pub(super) async fn intake(State(state): State<AppState>, Path(params): Path<Vec
         headers: parts
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).to_string()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).to_string(),
+                )
+            })
             .collect(),
         body: body.to_vec(),
         remote_addr,
         received_at: state.engine.now().timestamp(),
     };
-    let outcome = host.intake(&instance, request).await.map_err(plugin_error)?;
+    let outcome = host
+        .intake(&instance, request)
+        .await
+        .map_err(plugin_error)?;
     match outcome {
         IntakeOutcome::Reject { status, reason } => {
             tracing::info!(connector = %instance, %status, %reason, "intake rejected");
@@ -60,14 +81,23 @@ pub(super) async fn intake(State(state): State<AppState>, Path(params): Path<Vec
         }
         IntakeOutcome::Accept { records, reply } => {
             let n = records.len() as u64;
-            let summary = state.engine.ingest(&instance, &info.plugin, None, records).await?;
-            state.metrics.records_ingested.fetch_add(n, Ordering::Relaxed);
+            let summary = state
+                .engine
+                .ingest(&instance, &info.plugin, None, records)
+                .await?;
+            state
+                .metrics
+                .records_ingested
+                .fetch_add(n, Ordering::Relaxed);
             match reply {
                 Some(reply) => {
                     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
                     let mut response = (status, reply.body).into_response();
                     for (k, v) in reply.headers {
-                        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+                        if let (Ok(k), Ok(v)) = (
+                            HeaderName::try_from(k.as_str()),
+                            HeaderValue::try_from(v.as_str()),
+                        ) {
                             response.headers_mut().insert(k, v);
                         }
                     }
@@ -94,7 +124,11 @@ pub(super) struct ImportQuery {
     plugin: Option<String>,
 }
 
-pub(super) async fn import(State(state): State<AppState>, Query(q): Query<ImportQuery>, body: bytes::Bytes) -> Result<Response, ApiError> {
+pub(super) async fn import(
+    State(state): State<AppState>,
+    Query(q): Query<ImportQuery>,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
     let host = host(&state)?;
     let summary = import_file(&state, host, &q.name, q.plugin.as_deref(), body.to_vec()).await?;
     Ok(Json(summary).into_response())
@@ -110,30 +144,62 @@ pub async fn import_file(
 ) -> Result<crate::engine::ImportSummary, ApiError> {
     let (instance, plugin) = choose_instance(host, name, forced, &content).await?;
     let reply = host
-        .parse(&instance, FileRequest { name: name.to_string(), content })
+        .parse(
+            &instance,
+            FileRequest {
+                name: name.to_string(),
+                content,
+            },
+        )
         .await
         .map_err(plugin_error)?;
     let n = reply.records.len() as u64;
-    let summary = state.engine.ingest(&instance, &plugin, Some(name), reply.records).await?;
-    state.metrics.records_ingested.fetch_add(n, Ordering::Relaxed);
+    let summary = state
+        .engine
+        .ingest(&instance, &plugin, Some(name), reply.records)
+        .await?;
+    state
+        .metrics
+        .records_ingested
+        .fetch_add(n, Ordering::Relaxed);
     Ok(summary)
 }
 
 /// The file-role instance that claims a file most confidently (or the forced one).
-pub async fn choose_instance(host: &PluginHost, name: &str, forced: Option<&str>, content: &[u8]) -> Result<(String, String), ApiError> {
-    let candidates: Vec<_> = host.instances().into_iter().filter(|i| i.roles.contains(&Role::File)).collect();
+pub async fn choose_instance(
+    host: &PluginHost,
+    name: &str,
+    forced: Option<&str>,
+    content: &[u8],
+) -> Result<(String, String), ApiError> {
+    let candidates: Vec<_> = host
+        .instances()
+        .into_iter()
+        .filter(|i| i.roles.contains(&Role::File))
+        .collect();
     if let Some(forced) = forced {
         return candidates
             .into_iter()
             .find(|i| i.name == forced)
             .map(|i| (i.name, i.plugin))
-            .ok_or_else(|| ApiError::bad_request(Some("plugin".into()), format!("no file connector named `{forced}`")));
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    Some("plugin".into()),
+                    format!("no file connector named `{forced}`"),
+                )
+            });
     }
     let head = content[..content.len().min(4096)].to_vec();
     let mut best: Option<(u8, String, String)> = None;
     for c in candidates {
         let reply = host
-            .sniff(&c.name, SniffRequest { name: name.to_string(), head: head.clone() })
+            .sniff(
+                &c.name,
+                SniffRequest {
+                    name: name.to_string(),
+                    head: head.clone(),
+                },
+            )
             .await;
         match reply {
             Ok(r) if r.confidence > 0 && best.as_ref().is_none_or(|b| r.confidence > b.0) => {
@@ -153,10 +219,13 @@ pub async fn choose_instance(host: &PluginHost, name: &str, forced: Option<&str>
 }
 
 fn host(state: &AppState) -> Result<&PluginHost, ApiError> {
-    state
-        .host
-        .as_deref()
-        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "plugins_disabled", "plugins are not loaded"))
+    state.host.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugins_disabled",
+            "plugins are not loaded",
+        )
+    })
 }
 
 fn plugin_error(e: CallError) -> ApiError {
@@ -167,17 +236,25 @@ fn plugin_error(e: CallError) -> ApiError {
                 None => p.message.clone(),
             };
             match p.code.as_str() {
-                "bad_signature" => ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", message),
+                "bad_signature" => {
+                    ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", message)
+                }
                 "unsupported" => ApiError::new(StatusCode::NOT_FOUND, "unsupported", message),
                 _ => ApiError::bad_request(p.location.clone(), message),
             }
         }
-        CallError::UnknownInstance(name) => {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no connector named `{name}`"))
-        }
+        CallError::UnknownInstance(name) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no connector named `{name}`"),
+        ),
         other => {
             tracing::warn!(error = %other, "plugin call failed");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "plugin_unavailable", other.to_string())
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "plugin_unavailable",
+                other.to_string(),
+            )
         }
     }
 }

@@ -59,7 +59,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/opportunities", get(list::<OPPORTUNITIES>))
         .route("/v1/opportunities/:id", get(show::<OPPORTUNITIES>))
         .route("/v1/opportunities/:id/stage", post(opportunity_stage))
-        .route("/v1/opportunities/:id/activities", post(opportunity_activity))
+        .route(
+            "/v1/opportunities/:id/activities",
+            post(opportunity_activity),
+        )
         .route("/v1/quotes", post(create_quote).get(list::<QUOTES>))
         .route("/v1/quotes/:id", get(show::<QUOTES>))
         .route("/v1/quotes/:id/:action", post(quote_action))
@@ -82,15 +85,29 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(v1)
         .route("/healthz", get(healthz))
-        .route("/intake/:instance", post(intake::intake).get(intake::intake))
-        .route("/intake/:instance/*rest", post(intake::intake).get(intake::intake))
+        .route(
+            "/intake/:instance",
+            post(intake::intake).get(intake::intake),
+        )
+        .route(
+            "/intake/:instance/*rest",
+            post(intake::intake).get(intake::intake),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(state.clone(), metrics::count))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count,
+        ))
         .with_state(state)
 }
 
-async fn require_token(State(state): State<AppState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+async fn require_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -158,16 +175,25 @@ fn kind(k: u8) -> &'static str {
     }
 }
 
-async fn list<const K: u8>(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list<const K: u8>(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let items = state.engine.list(kind(K), &q)?;
     Ok(Json(json!({"items": items})))
 }
 
-async fn show<const K: u8>(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show<const K: u8>(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.engine.show(kind(K), &id)?))
 }
 
-async fn list_review(State(state): State<AppState>, Query(mut q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list_review(
+    State(state): State<AppState>,
+    Query(mut q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     if q.status.is_none() {
         q.status = Some("open".into());
     } else if q.status.as_deref() == Some("all") {
@@ -205,7 +231,11 @@ async fn create_lead(State(state): State<AppState>, body: Bytes) -> Result<Respo
     let (lead, deduplicated) = state.engine.capture_lead(&input, "api").await?;
     let mut v = serde_json::to_value(&lead).unwrap_or_default();
     v["deduplicated"] = json!(deduplicated);
-    let status = if deduplicated { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if deduplicated {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(v)).into_response())
 }
 
@@ -215,13 +245,21 @@ struct StatusBody {
     status: LeadStatus,
 }
 
-async fn lead_status(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn lead_status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let b: StatusBody = parse_body(&body)?;
     let lead = state.engine.set_lead_status(&id, b.status, "api").await?;
     Ok(Json(serde_json::to_value(lead).unwrap_or_default()))
 }
 
-async fn convert_lead(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn convert_lead(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let b = parse_body(&body)?;
     let out = state.engine.convert_lead(&id, b, "api").await?;
     Ok(Json(serde_json::to_value(out).unwrap_or_default()))
@@ -235,14 +273,21 @@ struct StageBody {
     probability: Option<crate::engine::DecimalText>,
 }
 
-async fn opportunity_stage(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn opportunity_stage(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let b: StageBody = parse_body(&body)?;
     let probability = b
         .probability
         .map(|p| crate::domain::money::parse_percent("probability", p.as_str()))
         .transpose()
         .map_err(crate::engine::EngineError::from)?;
-    let opp = state.engine.set_stage(&id, b.stage, probability, "api").await?;
+    let opp = state
+        .engine
+        .set_stage(&id, b.stage, probability, "api")
+        .await?;
     Ok(Json(serde_json::to_value(opp).unwrap_or_default()))
 }
 
@@ -253,7 +298,11 @@ async fn opportunity_activity(
 ) -> Result<Response, ApiError> {
     let b = parse_body(&body)?;
     let opp = state.engine.add_activity(&id, b, "api").await?;
-    Ok((StatusCode::CREATED, Json(serde_json::to_value(opp).unwrap_or_default())).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::to_value(opp).unwrap_or_default()),
+    )
+        .into_response())
 }
 
 async fn create_quote(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
@@ -276,7 +325,13 @@ async fn quote_action(
             let v = state.engine.show("quote", &q.id)?;
             return Ok((StatusCode::CREATED, Json(v)).into_response());
         }
-        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unknown quote action `{action}`"))),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("unknown quote action `{action}`"),
+            ))
+        }
     };
     Ok(Json(state.engine.show("quote", &q.id)?).into_response())
 }
@@ -284,7 +339,11 @@ async fn quote_action(
 async fn create_order(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let b = parse_body(&body)?;
     let o = state.engine.create_order(b, "api").await?;
-    Ok((StatusCode::CREATED, Json(state.engine.show("order", &o.id)?)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(state.engine.show("order", &o.id)?),
+    )
+        .into_response())
 }
 
 async fn create_invoice(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
@@ -307,7 +366,13 @@ async fn invoice_action(
             return Ok((StatusCode::CREATED, Json(e.invoice_view(&cn)?)).into_response());
         }
         "apply-credit" => e.apply_credit(&id, parse_body(&body)?, "api").await?,
-        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unknown invoice action `{action}`"))),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("unknown invoice action `{action}`"),
+            ))
+        }
     };
     Ok(Json(e.invoice_view(&inv)?).into_response())
 }
@@ -317,11 +382,18 @@ async fn record_payment(State(state): State<AppState>, body: Bytes) -> Result<Re
     let (p, duplicate) = state.engine.record_payment(b, "api").await?;
     let mut v = state.engine.show("payment", &p.id)?;
     v["deduplicated"] = json!(duplicate);
-    let status = if duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(v)).into_response())
 }
 
-async fn reverse_payment(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn reverse_payment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let p = state.engine.reverse_payment(&id, "api").await?;
     Ok(Json(state.engine.show("payment", &p.id)?))
 }
@@ -332,9 +404,25 @@ async fn review_action(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let item = match action.as_str() {
-        "allocate" => state.engine.review_allocate(&id, parse_body(&body)?, "api").await?,
-        "dismiss" => state.engine.review_dismiss(&id, parse_body(&body)?, "api").await?,
-        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unknown review action `{action}`"))),
+        "allocate" => {
+            state
+                .engine
+                .review_allocate(&id, parse_body(&body)?, "api")
+                .await?
+        }
+        "dismiss" => {
+            state
+                .engine
+                .review_dismiss(&id, parse_body(&body)?, "api")
+                .await?
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("unknown review action `{action}`"),
+            ))
+        }
     };
     Ok(Json(serde_json::to_value(item).unwrap_or_default()))
 }
@@ -347,14 +435,19 @@ struct EventsQuery {
     limit: Option<usize>,
 }
 
-async fn events(State(state): State<AppState>, Query(q): Query<EventsQuery>) -> Result<Json<Value>, ApiError> {
+async fn events(
+    State(state): State<AppState>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let items = state
         .engine
         .store()
         .events_after(q.after, limit)
         .map_err(crate::engine::EngineError::from)?;
-    Ok(Json(json!({"items": items, "last_event_id": state.engine.store().last_event_id()})))
+    Ok(Json(
+        json!({"items": items, "last_event_id": state.engine.store().last_event_id()}),
+    ))
 }
 
 async fn plugins(State(state): State<AppState>) -> Json<Value> {

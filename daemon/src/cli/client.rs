@@ -211,7 +211,7 @@ pub struct LeadConvertArgs {
     #[arg(long)]
     pub opportunity_name: String,
     /// Expected value, e.g. 25000.00
-    #[arg(long, value_parser = parse_decimal)]
+    #[arg(long, value_parser = parse_decimal, allow_negative_numbers = true)]
     pub value: Decimal,
     /// ISO 4217 currency, e.g. EUR
     #[arg(long, value_parser = parse_currency)]
@@ -288,7 +288,7 @@ pub enum OpportunitiesCommand {
         #[arg(value_enum)]
         stage: Stage,
         /// Win probability in percent [default: the stage's]
-        #[arg(long, value_parser = parse_decimal)]
+        #[arg(long, value_parser = parse_decimal, allow_negative_numbers = true)]
         probability: Option<Decimal>,
     },
     /// Log a call, demo, meeting or note
@@ -487,7 +487,7 @@ pub enum InvoicesCommand {
         /// Invoice id
         id: String,
         /// Amount to credit [default: everything not yet credited]
-        #[arg(long, value_parser = parse_decimal)]
+        #[arg(long, value_parser = parse_decimal, allow_negative_numbers = true)]
         amount: Option<Decimal>,
     },
 }
@@ -546,7 +546,9 @@ pub enum PaymentsCommand {
 #[derive(Debug, Clone, Args)]
 pub struct PaymentRecordArgs {
     /// Amount received, e.g. 1440.00
-    #[arg(long, value_parser = parse_decimal)]
+    // Negative amounts go to the daemon, whose error says what is allowed, rather than
+    // being mistaken for flags here.
+    #[arg(long, value_parser = parse_decimal, allow_negative_numbers = true)]
     pub amount: Decimal,
     /// ISO 4217 currency, e.g. EUR
     #[arg(long, value_parser = parse_currency)]

@@ -92,7 +92,10 @@ pub fn main() -> ExitCode {
     if let Command::PluginHost { args } = cli.command {
         return crate::plugin_host::child_main(args);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -123,8 +126,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Init { force } => app::init(data_dir, force),
         Command::Demo(args) => crate::demo::run(args.demo_dir, args.keep_running).await,
-        Command::Backup { file, config } => app::backup(&RunOptions { config, data_dir, ..RunOptions::default() }, &file),
-        Command::Restore { file, config } => app::restore(&RunOptions { config, data_dir, ..RunOptions::default() }, &file),
+        Command::Backup { file, config } => app::backup(
+            &RunOptions {
+                config,
+                data_dir,
+                ..RunOptions::default()
+            },
+            &file,
+        ),
+        Command::Restore { file, config } => app::restore(
+            &RunOptions {
+                config,
+                data_dir,
+                ..RunOptions::default()
+            },
+            &file,
+        ),
         Command::PluginHost { .. } => Ok(()),
         Command::Api(cmd) => client::execute(cmd, &cli.client).await,
     }

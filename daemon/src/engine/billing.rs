@@ -13,7 +13,9 @@ use crate::domain::invoice::{self, Invoice, InvoiceKind, InvoiceState, PaymentSt
 use crate::domain::money::{parse_positive_amount, Currency};
 use crate::domain::order::Order;
 use crate::domain::party::{self, Account};
-use crate::domain::payment::{self, Allocation, AllocationKind, AllocationRequest, Payment, PaymentState};
+use crate::domain::payment::{
+    self, Allocation, AllocationKind, AllocationRequest, Payment, PaymentState,
+};
 use crate::domain::{rf, DomainError};
 use crate::reconcile::{MatchIndex, OpenInvoice};
 use crate::store::Store;
@@ -96,6 +98,17 @@ pub struct AmountInput {
     pub amount: Option<DecimalText>,
 }
 
+/// What a new payment is made of.
+pub(crate) struct PaymentDraft<'a> {
+    pub amount: Decimal,
+    pub currency: Currency,
+    pub received_on: NaiveDate,
+    pub payer: Option<String>,
+    pub reference: Option<String>,
+    pub external_id: Option<String>,
+    pub source: &'a str,
+}
+
 /// A change to the in-memory reconciliation index (undone if its write set does not commit).
 pub(crate) enum IndexUpdate {
     Upsert(OpenInvoice),
@@ -116,7 +129,8 @@ impl IndexUpdate {
 /// Build the reconciliation index from the store's open invoices.
 pub(crate) fn load_index(store: &Store, config: &Config) -> EngineResult<MatchIndex> {
     let n = &config.numbering;
-    let shapes = crate::reconcile::shapes_from_patterns(&[n.invoice.as_str(), n.credit_note.as_str()]);
+    let shapes =
+        crate::reconcile::shapes_from_patterns(&[n.invoice.as_str(), n.credit_note.as_str()]);
     let mut index = MatchIndex::new(shapes);
     let mut names: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for id in store.index_prefix("open-invoice", "")? {
@@ -171,7 +185,11 @@ impl Tx<'_> {
         let open = inv.state == InvoiceState::Issued
             && inv.kind == InvoiceKind::Invoice
             && invoice::balance(inv) > Decimal::ZERO;
-        let due_key = format!("{}/{}", inv.due_date.map(|d| d.to_string()).unwrap_or_default(), inv.id);
+        let due_key = format!(
+            "{}/{}",
+            inv.due_date.map(|d| d.to_string()).unwrap_or_default(),
+            inv.id
+        );
         if open {
             self.ws.index("open-invoice", &inv.id, &inv.id);
             self.ws.index("open-due", &due_key, &inv.id);
@@ -223,7 +241,8 @@ impl Tx<'_> {
         if key.is_empty() {
             return;
         }
-        self.ws.index("payer", &key, &format!("{key}\t{account_id}"));
+        self.ws
+            .index("payer", &key, &format!("{key}\t{account_id}"));
         self.index_update(IndexUpdate::LinkPayer(key, account_id.to_string()));
     }
 
@@ -259,10 +278,16 @@ impl Tx<'_> {
             reversed: false,
         };
         self.put("allocation", &allocation.id, &allocation);
-        self.ws
-            .index("alloc-by-invoice", &format!("{}/{}", inv.id, allocation.id), &allocation.id);
-        self.ws
-            .index("alloc-by-payment", &format!("{}/{}", payment.id, allocation.id), &allocation.id);
+        self.ws.index(
+            "alloc-by-invoice",
+            &format!("{}/{}", inv.id, allocation.id),
+            &allocation.id,
+        );
+        self.ws.index(
+            "alloc-by-payment",
+            &format!("{}/{}", payment.id, allocation.id),
+            &allocation.id,
+        );
         self.event(
             actor,
             "allocation.created",
@@ -302,27 +327,18 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Record a payment entity (allocations are added by the caller).
-    pub(crate) fn new_payment(
-        &mut self,
-        amount: Decimal,
-        currency: Currency,
-        received_on: NaiveDate,
-        payer: Option<String>,
-        reference: Option<String>,
-        external_id: Option<String>,
-        source: &str,
-    ) -> EngineResult<Payment> {
+    /// A new payment entity with a fresh id (allocations are added by the caller).
+    pub(crate) fn new_payment(&mut self, draft: PaymentDraft<'_>) -> EngineResult<Payment> {
         let id = self.new_id("payment", "pay")?;
         Ok(Payment {
             id,
-            amount,
-            currency,
-            received_on,
-            payer,
-            reference,
-            external_id,
-            source: source.to_string(),
+            amount: draft.amount,
+            currency: draft.currency,
+            received_on: draft.received_on,
+            payer: draft.payer,
+            reference: draft.reference,
+            external_id: draft.external_id,
+            source: draft.source.to_string(),
             state: PaymentState::Recorded,
             allocations: Vec::new(),
             unallocated: Decimal::ZERO,
@@ -382,8 +398,11 @@ impl Engine {
                     .iter()
                     .enumerate()
                     .map(|(i, l)| {
-                        crate::domain::money::parse_decimal(&format!("lines[{i}].quantity"), l.quantity.as_str())
-                            .map(|q| (l.line_no, q))
+                        crate::domain::money::parse_decimal(
+                            &format!("lines[{i}].quantity"),
+                            l.quantity.as_str(),
+                        )
+                        .map(|q| (l.line_no, q))
                     })
                     .collect::<Result<_, _>>()?,
             ),
@@ -415,7 +434,12 @@ impl Engine {
     }
 
     /// Issue a draft invoice: it gets the next number of its series inside this write (gap-free, unique) and its RF reference.
-    pub async fn issue_invoice(&self, id: &str, input: IssueInput, actor: &str) -> EngineResult<Invoice> {
+    pub async fn issue_invoice(
+        &self,
+        id: &str,
+        input: IssueInput,
+        actor: &str,
+    ) -> EngineResult<Invoice> {
         self.write(|tx| issue_in(tx, id, input, actor)).await
     }
 
@@ -442,7 +466,12 @@ impl Engine {
 
     /// Credit an issued invoice (whole, or `amount`): a credit note is created and issued at once. Whatever the credit
     /// covers beyond what is still owed goes to the customer's credit balance.
-    pub async fn credit_invoice(&self, id: &str, input: AmountInput, actor: &str) -> EngineResult<Invoice> {
+    pub async fn credit_invoice(
+        &self,
+        id: &str,
+        input: AmountInput,
+        actor: &str,
+    ) -> EngineResult<Invoice> {
         self.write(|tx| {
             let mut inv: Invoice = tx.get("invoice", id)?;
             let amount = input
@@ -478,7 +507,12 @@ impl Engine {
     }
 
     /// Pay an invoice from the customer's credit balance (all of what it owes, or `amount`).
-    pub async fn apply_credit(&self, id: &str, input: AmountInput, actor: &str) -> EngineResult<Invoice> {
+    pub async fn apply_credit(
+        &self,
+        id: &str,
+        input: AmountInput,
+        actor: &str,
+    ) -> EngineResult<Invoice> {
         self.write(|tx| {
             let mut inv: Invoice = tx.get("invoice", id)?;
             let mut account: Account = tx.get("account", &inv.account_id)?;
@@ -491,7 +525,10 @@ impl Engine {
             if amount <= Decimal::ZERO {
                 return Err(DomainError::invalid(
                     "amount",
-                    format!("nothing to apply: credit {available} {}, owed {owed}", inv.currency.code()),
+                    format!(
+                        "nothing to apply: credit {available} {}, owed {owed}",
+                        inv.currency.code()
+                    ),
                 )
                 .into());
             }
@@ -513,8 +550,11 @@ impl Engine {
                 reversed: false,
             };
             tx.put("allocation", &allocation.id, &allocation);
-            tx.ws
-                .index("alloc-by-invoice", &format!("{}/{}", inv.id, allocation.id), &allocation.id);
+            tx.ws.index(
+                "alloc-by-invoice",
+                &format!("{}/{}", inv.id, allocation.id),
+                &allocation.id,
+            );
             tx.event(
                 actor,
                 "invoice.credit_applied",
@@ -532,8 +572,13 @@ impl Engine {
 
     /// Record a payment. With explicit allocations they are applied as given (rule `manual`); without, the payment is
     /// reconciled like any ingested one. A repeated `external_id` returns the first payment unchanged.
-    pub async fn record_payment(&self, input: PaymentInput, actor: &str) -> EngineResult<(Payment, bool)> {
-        let currency = Currency::parse(&input.currency).map_err(|e| super::sales::rename_field(e, "currency"))?;
+    pub async fn record_payment(
+        &self,
+        input: PaymentInput,
+        actor: &str,
+    ) -> EngineResult<(Payment, bool)> {
+        let currency = Currency::parse(&input.currency)
+            .map_err(|e| super::sales::rename_field(e, "currency"))?;
         let amount = parse_positive_amount("amount", input.amount.as_str(), &currency)?;
         let requests: Vec<AllocationRequest> = match &input.allocations {
             None => Vec::new(),
@@ -546,7 +591,13 @@ impl Engine {
                         amount: a
                             .amount
                             .as_ref()
-                            .map(|x| parse_positive_amount(&format!("allocations[{i}].amount"), x.as_str(), &currency))
+                            .map(|x| {
+                                parse_positive_amount(
+                                    &format!("allocations[{i}].amount"),
+                                    x.as_str(),
+                                    &currency,
+                                )
+                            })
                             .transpose()?,
                     })
                 })
@@ -572,15 +623,15 @@ impl Engine {
             let refs: Vec<&Invoice> = invoices.iter().collect();
             let plan = payment::plan_allocations(amount, &currency, &requests, &refs, tx.today)?;
             let received_on = input.received_on.unwrap_or(tx.today);
-            let mut pay = tx.new_payment(
+            let mut pay = tx.new_payment(PaymentDraft {
                 amount,
-                currency.clone(),
+                currency: currency.clone(),
                 received_on,
-                input.payer.clone(),
-                input.reference.clone(),
-                input.external_id.clone(),
-                "api",
-            )?;
+                payer: input.payer.clone(),
+                reference: input.reference.clone(),
+                external_id: input.external_id.clone(),
+                source: "api",
+            })?;
             pay.account_id = invoices.first().map(|i| i.account_id.clone());
             for (invoice_id, part) in &plan.parts {
                 let Some(inv) = invoices.iter_mut().find(|i| &i.id == invoice_id) else {
@@ -615,18 +666,27 @@ impl Engine {
 
     /// Reverse a payment: every allocation is undone by a compensating entry, credit it created is taken back.
     pub async fn reverse_payment(&self, id: &str, actor: &str) -> EngineResult<Payment> {
-        self.write(|tx| reverse_in(tx, id, false, "reversed by hand", actor)).await
+        self.write(|tx| reverse_in(tx, id, false, "reversed by hand", actor))
+            .await
     }
 }
 
-pub(crate) fn issue_in(tx: &mut Tx<'_>, id: &str, input: IssueInput, actor: &str) -> EngineResult<Invoice> {
+pub(crate) fn issue_in(
+    tx: &mut Tx<'_>,
+    id: &str,
+    input: IssueInput,
+    actor: &str,
+) -> EngineResult<Invoice> {
     let mut inv: Invoice = tx.get("invoice", id)?;
     if inv.state != InvoiceState::Draft {
         return Err(DomainError::transition(
             "invoice",
             crate::domain::status_name(&inv.state),
             "issue",
-            format!("it was issued already as {}", inv.number.clone().unwrap_or_default()),
+            format!(
+                "it was issued already as {}",
+                inv.number.clone().unwrap_or_default()
+            ),
         )
         .into());
     }
@@ -637,7 +697,13 @@ pub(crate) fn issue_in(tx: &mut Tx<'_>, id: &str, input: IssueInput, actor: &str
     };
     let number = tx.next_number(series, pattern, issue_date)?;
     let reference = rf::creditor_reference(&number);
-    invoice::issue(&mut inv, number.clone(), reference, issue_date, input.due_date)?;
+    invoice::issue(
+        &mut inv,
+        number.clone(),
+        reference,
+        issue_date,
+        input.due_date,
+    )?;
     inv.updated_at = tx.now;
     tx.ws.index("invoice-number", &number, &inv.id);
     tx.event(
@@ -654,10 +720,22 @@ pub(crate) fn issue_in(tx: &mut Tx<'_>, id: &str, input: IssueInput, actor: &str
 }
 
 /// Undo a payment's allocations by compensating entries. `refund` marks the money as returned to the payer.
-pub(crate) fn reverse_in(tx: &mut Tx<'_>, id: &str, refund: bool, why: &str, actor: &str) -> EngineResult<Payment> {
+pub(crate) fn reverse_in(
+    tx: &mut Tx<'_>,
+    id: &str,
+    refund: bool,
+    why: &str,
+    actor: &str,
+) -> EngineResult<Payment> {
     let mut pay: Payment = tx.get("payment", id)?;
     if pay.state == PaymentState::Reversed {
-        return Err(DomainError::transition("payment", "reversed", "reverse", "it was reversed already").into());
+        return Err(DomainError::transition(
+            "payment",
+            "reversed",
+            "reverse",
+            "it was reversed already",
+        )
+        .into());
     }
     for alloc_id in pay.allocations.clone() {
         let alloc: Allocation = tx.get("allocation", &alloc_id)?;

@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use settled_plugin_api::{EntryStatus, LeadRecord, PaymentKind, PaymentRecord, Record};
 
-use super::billing::{AllocationJson, PaymentInput};
+use super::billing::{AllocationJson, PaymentDraft, PaymentInput};
 use super::{Engine, EngineResult, Tx};
 use crate::domain::invoice::{self, Invoice};
 use crate::domain::lead::LeadInput;
@@ -127,7 +127,12 @@ pub struct ReviewDismiss {
     pub reason: Option<String>,
 }
 
-pub(crate) fn record_from_api(input: &PaymentInput, amount: Decimal, currency: &Currency, today: NaiveDate) -> PaymentRecord {
+pub(crate) fn record_from_api(
+    input: &PaymentInput,
+    amount: Decimal,
+    currency: &Currency,
+    today: NaiveDate,
+) -> PaymentRecord {
     let mut r = PaymentRecord::new(
         input.external_id.clone().unwrap_or_default(),
         amount,
@@ -177,28 +182,38 @@ impl Engine {
     }
 
     /// An API payment without explicit allocations: reconciled like an ingested one.
-    pub(crate) async fn ingest_api_payment(&self, record: PaymentRecord, actor: &str) -> EngineResult<(Payment, bool)> {
-        self.write(|tx| {
-            let mut record = record;
-            if record.external_id.is_empty() {
-                record.external_id = tx.new_id("api-payment", "api")?;
-            }
-            let mut summary = ImportSummary::default();
-            let outcome = ingest_payment(tx, "api", actor, record, &mut summary)?;
-            let id = match outcome {
-                IngestOutcome::New(id) => return Ok((tx.get("payment", &id)?, false)),
-                IngestOutcome::Duplicate(Some(id)) => id,
-                IngestOutcome::Duplicate(None) | IngestOutcome::Ignored => {
-                    return Err(DomainError::invalid("amount", "this payment settles nothing").into())
+    pub(crate) async fn ingest_api_payment(
+        &self,
+        record: PaymentRecord,
+        actor: &str,
+    ) -> EngineResult<(Payment, bool)> {
+        let (id, duplicate) = self
+            .write(|tx| {
+                let mut record = record;
+                if record.external_id.is_empty() {
+                    record.external_id = tx.new_id("api-payment", "api")?;
                 }
-            };
-            Ok((tx.get("payment", &id)?, true))
-        })
-        .await
+                let mut summary = ImportSummary::default();
+                match ingest_payment(tx, "api", actor, record, &mut summary)? {
+                    IngestOutcome::New(id) => Ok((id, false)),
+                    IngestOutcome::Duplicate(Some(id)) => Ok((id, true)),
+                    IngestOutcome::Duplicate(None) | IngestOutcome::Ignored => {
+                        Err(DomainError::invalid("amount", "this payment settles nothing").into())
+                    }
+                }
+            })
+            .await?;
+        // Read after the write set is applied: within it the payment exists only in the batch.
+        Ok((self.get("payment", &id)?, duplicate))
     }
 
     /// Allocate a queued payment by hand.
-    pub async fn review_allocate(&self, id: &str, input: ReviewAllocate, actor: &str) -> EngineResult<ReviewItem> {
+    pub async fn review_allocate(
+        &self,
+        id: &str,
+        input: ReviewAllocate,
+        actor: &str,
+    ) -> EngineResult<ReviewItem> {
         self.write(|tx| {
             let mut item: ReviewItem = tx.get("review", id)?;
             if item.status != ReviewStatus::Open {
@@ -269,7 +284,12 @@ impl Engine {
     }
 
     /// Dismiss a queued payment (not ours, handled elsewhere).
-    pub async fn review_dismiss(&self, id: &str, input: ReviewDismiss, actor: &str) -> EngineResult<ReviewItem> {
+    pub async fn review_dismiss(
+        &self,
+        id: &str,
+        input: ReviewDismiss,
+        actor: &str,
+    ) -> EngineResult<ReviewItem> {
         self.write(|tx| {
             let mut item: ReviewItem = tx.get("review", id)?;
             if item.status != ReviewStatus::Open {
@@ -286,14 +306,27 @@ impl Engine {
             item.resolution = Some(input.reason.unwrap_or_else(|| "dismissed".into()));
             tx.ws.unindex("open-review", &item.id);
             tx.put("review", &item.id, &item);
-            tx.event(actor, "review.dismissed", "review", &item.id, serde_json::json!({"reason": item.resolution}), false);
+            tx.event(
+                actor,
+                "review.dismissed",
+                "review",
+                &item.id,
+                serde_json::json!({"reason": item.resolution}),
+                false,
+            );
             Ok(item)
         })
         .await
     }
 }
 
-fn ingest_one(tx: &mut Tx<'_>, plugin: &str, actor: &str, record: Record, summary: &mut ImportSummary) -> EngineResult<()> {
+fn ingest_one(
+    tx: &mut Tx<'_>,
+    plugin: &str,
+    actor: &str,
+    record: Record,
+    summary: &mut ImportSummary,
+) -> EngineResult<()> {
     match record {
         Record::Lead(lead) => {
             let input = lead_input(lead);
@@ -367,7 +400,9 @@ fn ingest_payment(
     let seen_key = format!("pay:{plugin}:{}", record.external_id);
     if let Some(produced) = tx.store.seen(&seen_key)? {
         summary.duplicates += 1;
-        return Ok(IngestOutcome::Duplicate(produced["payment_id"].as_str().map(str::to_string)));
+        return Ok(IngestOutcome::Duplicate(
+            produced["payment_id"].as_str().map(str::to_string),
+        ));
     }
     if record.status == EntryStatus::Pending {
         // Not marked seen: when the entry is booked later it must be processed then.
@@ -378,76 +413,127 @@ fn ingest_payment(
         Ok(c) => c,
         Err(e) => {
             summary.failed.push(Failure {
-                location: record.source_position.clone().unwrap_or_else(|| record.external_id.clone()),
+                location: record
+                    .source_position
+                    .clone()
+                    .unwrap_or_else(|| record.external_id.clone()),
                 reason: e.to_string(),
             });
             return Ok(IngestOutcome::Ignored);
         }
     };
     let received_on = record.booked_on.or(record.value_date).unwrap_or(tx.today);
-    let reopening = record.reversal || matches!(record.kind, PaymentKind::Refund | PaymentKind::Chargeback);
+    let reopening =
+        record.reversal || matches!(record.kind, PaymentKind::Refund | PaymentKind::Chargeback);
     if record.amount < Decimal::ZERO && reopening {
         let original = match &record.original_external_id {
             Some(orig) => tx.store.seen(&format!("pay:{plugin}:{orig}"))?,
             None => None,
         };
         if let Some(payment_id) = original.as_ref().and_then(|o| o["payment_id"].as_str()) {
-            let why = format!("{:?} {} {}", record.kind, record.amount, record.external_id).to_lowercase();
+            let why = format!("{:?} {} {}", record.kind, record.amount, record.external_id)
+                .to_lowercase();
             let refund = record.kind != PaymentKind::Transfer;
             super::billing::reverse_in(tx, payment_id, refund, &why, actor)?;
-            tx.ws.seen(&seen_key, &serde_json::json!({"reversed": payment_id}));
+            tx.ws
+                .seen(&seen_key, &serde_json::json!({"reversed": payment_id}));
             summary.reversed += 1;
             summary.new += 1;
             return Ok(IngestOutcome::New(payment_id.to_string()));
         }
         // A reversal whose original we never saw: a person decides.
-        let pay = tx.new_payment(record.amount, currency, received_on, record.counterparty_name.clone(), record.remittance.clone(), Some(record.external_id.clone()), plugin)?;
-        queue_review(tx, &pay, record, ReviewReason::NoMatch, "a reversal, refund or chargeback whose original payment is unknown".into(), Vec::new(), actor)?;
-        tx.ws.seen(&seen_key, &serde_json::json!({"payment_id": pay.id}));
+        let pay = tx.new_payment(draft(&record, currency, received_on, plugin))?;
+        queue_review(
+            tx,
+            &pay,
+            record,
+            ReviewReason::NoMatch,
+            "a reversal, refund or chargeback whose original payment is unknown".into(),
+            Vec::new(),
+            actor,
+        )?;
+        tx.ws
+            .seen(&seen_key, &serde_json::json!({"payment_id": pay.id}));
         summary.review += 1;
         summary.new += 1;
         return Ok(IngestOutcome::New(pay.id));
     }
     let settings = reconcile_settings(tx.engine);
     let decision = reconcile::decide(&record, &tx.state.index, &settings);
-    let payer = record.counterparty_name.clone();
     match decision {
         Decision::Ignore { reason } => {
-            tx.ws.seen(&seen_key, &serde_json::json!({"ignored": reason}));
+            tx.ws
+                .seen(&seen_key, &serde_json::json!({"ignored": reason}));
             summary.ignored += 1;
             Ok(IngestOutcome::Ignored)
         }
-        Decision::Review { reason, suggestions } => {
-            let pay = tx.new_payment(record.amount, currency, received_on, payer, record.remittance.clone(), Some(record.external_id.clone()), plugin)?;
+        Decision::Review {
+            reason,
+            suggestions,
+        } => {
+            let pay = tx.new_payment(draft(&record, currency, received_on, plugin))?;
             let explanation = reason.to_string();
             queue_review(tx, &pay, record, reason, explanation, suggestions, actor)?;
-            tx.ws.seen(&seen_key, &serde_json::json!({"payment_id": pay.id}));
+            tx.ws
+                .seen(&seen_key, &serde_json::json!({"payment_id": pay.id}));
             summary.review += 1;
             summary.new += 1;
             Ok(IngestOutcome::New(pay.id))
         }
-        Decision::Allocate { allocations, write_off, surplus, fee } => {
-            let mut pay = tx.new_payment(record.amount, currency.clone(), received_on, payer, record.remittance.clone(), Some(record.external_id.clone()), plugin)?;
+        Decision::Allocate {
+            allocations,
+            write_off,
+            surplus,
+            fee,
+        } => {
+            let mut pay = tx.new_payment(draft(&record, currency.clone(), received_on, plugin))?;
             let mut partially = false;
             for proposed in &allocations {
                 let mut inv: Invoice = tx.get("invoice", &proposed.invoice_id)?;
-                let alloc = tx.allocate(&pay, &mut inv, proposed.amount, AllocationKind::Payment, &crate::domain::status_name(&proposed.rule), &proposed.evidence, proposed.confidence, actor)?;
+                let alloc = tx.allocate(
+                    &pay,
+                    &mut inv,
+                    proposed.amount,
+                    AllocationKind::Payment,
+                    &crate::domain::status_name(&proposed.rule),
+                    &proposed.evidence,
+                    proposed.confidence,
+                    actor,
+                )?;
                 pay.allocations.push(alloc.id);
                 pay.account_id.get_or_insert(inv.account_id.clone());
-                *summary.matched.entry(crate::domain::status_name(&proposed.rule)).or_default() += 1;
+                *summary
+                    .matched
+                    .entry(crate::domain::status_name(&proposed.rule))
+                    .or_default() += 1;
                 if invoice::balance(&inv) > Decimal::ZERO {
                     partially = true;
                 }
             }
             if let Some((invoice_id, amount)) = write_off {
                 let mut inv: Invoice = tx.get("invoice", &invoice_id)?;
-                let alloc = tx.allocate(&pay, &mut inv, amount, AllocationKind::WriteOff, "write_off", "shortfall within the configured tolerance", 100, actor)?;
+                let alloc = tx.allocate(
+                    &pay,
+                    &mut inv,
+                    amount,
+                    AllocationKind::WriteOff,
+                    "write_off",
+                    "shortfall within the configured tolerance",
+                    100,
+                    actor,
+                )?;
                 pay.allocations.push(alloc.id);
                 partially = invoice::balance(&inv) > Decimal::ZERO;
             }
             if surplus > Decimal::ZERO {
                 if let Some(account) = pay.account_id.clone() {
-                    tx.add_credit(&account, &currency, surplus, &format!("overpayment {}", pay.id), actor)?;
+                    tx.add_credit(
+                        &account,
+                        &currency,
+                        surplus,
+                        &format!("overpayment {}", pay.id),
+                        actor,
+                    )?;
                     pay.unallocated = surplus;
                 }
             }
@@ -469,7 +555,8 @@ fn ingest_payment(
                     "to_credit": pay.unallocated, "fee": fee, "external_id": record.external_id, "source": record.source_position}),
                 true,
             );
-            tx.ws.seen(&seen_key, &serde_json::json!({"payment_id": pay.id}));
+            tx.ws
+                .seen(&seen_key, &serde_json::json!({"payment_id": pay.id}));
             summary.new += 1;
             Ok(IngestOutcome::New(pay.id))
         }
@@ -511,6 +598,23 @@ fn queue_review(
         true,
     );
     Ok(())
+}
+
+fn draft<'a>(
+    record: &PaymentRecord,
+    currency: Currency,
+    received_on: NaiveDate,
+    source: &'a str,
+) -> PaymentDraft<'a> {
+    PaymentDraft {
+        amount: record.amount,
+        currency,
+        received_on,
+        payer: record.counterparty_name.clone(),
+        reference: record.remittance.clone(),
+        external_id: Some(record.external_id.clone()),
+        source,
+    }
 }
 
 fn reconcile_settings(engine: &Engine) -> reconcile::Settings {

@@ -42,7 +42,12 @@ impl Engine {
     }
 
     /// Change a lead's status by hand (conversion has its own command).
-    pub async fn set_lead_status(&self, id: &str, to: LeadStatus, actor: &str) -> EngineResult<Lead> {
+    pub async fn set_lead_status(
+        &self,
+        id: &str,
+        to: LeadStatus,
+        actor: &str,
+    ) -> EngineResult<Lead> {
         self.write(|tx| {
             let mut lead: Lead = tx.get(LEAD, id)?;
             let from = lead.status;
@@ -72,7 +77,12 @@ impl Engine {
 
     /// Convert an open lead into an account, a contact and an opportunity in one atomic step, reusing an account with the
     /// same normalised company name or business email domain and a contact with the same email.
-    pub async fn convert_lead(&self, id: &str, input: ConvertInput, actor: &str) -> EngineResult<ConvertOutput> {
+    pub async fn convert_lead(
+        &self,
+        id: &str,
+        input: ConvertInput,
+        actor: &str,
+    ) -> EngineResult<ConvertOutput> {
         self.write(|tx| {
             let mut lead: Lead = tx.get(LEAD, id)?;
             if !lead.status.is_open() {
@@ -120,9 +130,15 @@ impl Engine {
 }
 
 /// Capture inside an open write set (shared by the API and connector ingestion).
-pub(crate) fn capture_in(tx: &mut Tx<'_>, input: LeadInput, actor: &str) -> EngineResult<(Lead, bool)> {
+pub(crate) fn capture_in(
+    tx: &mut Tx<'_>,
+    input: LeadInput,
+    actor: &str,
+) -> EngineResult<(Lead, bool)> {
     let existing_id = match &input.external_id {
-        Some(ext) => tx.store.index("lead-ext", &format!("{}/{}", input.source, ext))?,
+        Some(ext) => tx
+            .store
+            .index("lead-ext", &format!("{}/{}", input.source, ext))?,
         None => None,
     };
     let existing_id = match (existing_id, &input.email) {
@@ -144,7 +160,11 @@ pub(crate) fn capture_in(tx: &mut Tx<'_>, input: LeadInput, actor: &str) -> Engi
             lead::merge(&mut existing, &input, tx.now);
             lead::rescore(&mut existing, &tx.engine.config().scoring);
             if let Some(ext) = &input.external_id {
-                tx.ws.index("lead-ext", &format!("{}/{}", input.source, ext), &existing.id);
+                tx.ws.index(
+                    "lead-ext",
+                    &format!("{}/{}", input.source, ext),
+                    &existing.id,
+                );
             }
             tx.put(LEAD, &existing.id, &existing);
             tx.event(
@@ -164,7 +184,8 @@ pub(crate) fn capture_in(tx: &mut Tx<'_>, input: LeadInput, actor: &str) -> Engi
         tx.ws.index("lead-email", email, &new.id);
     }
     if let Some(ext) = &new.external_id {
-        tx.ws.index("lead-ext", &format!("{}/{}", new.source, ext), &new.id);
+        tx.ws
+            .index("lead-ext", &format!("{}/{}", new.source, ext), &new.id);
     }
     tx.put(LEAD, &new.id, &new);
     tx.event(
@@ -178,10 +199,18 @@ pub(crate) fn capture_in(tx: &mut Tx<'_>, input: LeadInput, actor: &str) -> Engi
     Ok((new, false))
 }
 
-fn find_or_create_account(tx: &mut Tx<'_>, company: &str, email: Option<&str>) -> EngineResult<(Account, bool)> {
+fn find_or_create_account(
+    tx: &mut Tx<'_>,
+    company: &str,
+    email: Option<&str>,
+) -> EngineResult<(Account, bool)> {
     let by_name = lead::normalise_company(company);
     if by_name.is_empty() {
-        return Err(DomainError::invalid("company", "the lead has no company or name to name an account after").into());
+        return Err(DomainError::invalid(
+            "company",
+            "the lead has no company or name to name an account after",
+        )
+        .into());
     }
     let mut found = tx.store.index("account-name", &by_name)?;
     if found.is_none() {
@@ -195,16 +224,28 @@ fn find_or_create_account(tx: &mut Tx<'_>, company: &str, email: Option<&str>) -
     }
     let id = tx.new_id("account", "acc")?;
     let account = party::new_account(id, company, email, tx.now);
-    tx.ws.index("account-name", &account.normalised_name, &account.id);
+    tx.ws
+        .index("account-name", &account.normalised_name, &account.id);
     if let Some(domain) = &account.domain {
         tx.ws.index("account-domain", domain, &account.id);
     }
     tx.put("account", &account.id, &account);
-    tx.event("engine", "account.created", "account", &account.id, serde_json::json!({"name": account.name}), true);
+    tx.event(
+        "engine",
+        "account.created",
+        "account",
+        &account.id,
+        serde_json::json!({"name": account.name}),
+        true,
+    );
     Ok((account, false))
 }
 
-fn find_or_create_contact(tx: &mut Tx<'_>, account: &Account, lead: &Lead) -> EngineResult<(Contact, bool)> {
+fn find_or_create_contact(
+    tx: &mut Tx<'_>,
+    account: &Account,
+    lead: &Lead,
+) -> EngineResult<(Contact, bool)> {
     if let Some(email) = &lead.email {
         if let Some(id) = tx.store.index("contact-email", email)? {
             let contact: Contact = tx.get("contact", &id)?;

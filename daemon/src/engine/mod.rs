@@ -257,7 +257,9 @@ impl Tx<'_> {
 
     /// A new id for a kind: `<prefix>_<8-digit sequence>`, so ids sort by creation.
     pub fn new_id(&mut self, kind: &str, prefix: &str) -> EngineResult<String> {
-        let n = self.store.next_counter(&mut self.ws, &format!("id/{kind}"))?;
+        let n = self
+            .store
+            .next_counter(&mut self.ws, &format!("id/{kind}"))?;
         Ok(format!("{prefix}_{n:08}"))
     }
 
@@ -280,7 +282,12 @@ impl Tx<'_> {
     }
 
     /// The next number of a series for `date`, gap-free: taken inside this write set.
-    pub fn next_number(&mut self, series: &str, pattern: &SeriesPattern, date: NaiveDate) -> EngineResult<String> {
+    pub fn next_number(
+        &mut self,
+        series: &str,
+        pattern: &SeriesPattern,
+        date: NaiveDate,
+    ) -> EngineResult<String> {
         let key = format!("series/{series}/{}", pattern.period_key(date));
         let seq = self.store.next_counter(&mut self.ws, &key)?;
         Ok(pattern.format(date, seq))

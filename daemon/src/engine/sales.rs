@@ -143,8 +143,14 @@ fn parse_discount(
             amount_field,
             format!("give either {percent_field} or {amount_field}, not both"),
         )),
-        (Some(p), None) => Ok(Some(Discount::Percent(parse_percent(percent_field, p.as_str())?))),
-        (None, Some(a)) => Ok(Some(Discount::Amount(parse_decimal(amount_field, a.as_str())?))),
+        (Some(p), None) => Ok(Some(Discount::Percent(parse_percent(
+            percent_field,
+            p.as_str(),
+        )?))),
+        (None, Some(a)) => Ok(Some(Discount::Amount(parse_decimal(
+            amount_field,
+            a.as_str(),
+        )?))),
         (None, None) => Ok(None),
     }
 }
@@ -178,7 +184,12 @@ impl Engine {
     }
 
     /// Log an activity on an opportunity.
-    pub async fn add_activity(&self, id: &str, input: ActivityCreate, actor: &str) -> EngineResult<Opportunity> {
+    pub async fn add_activity(
+        &self,
+        id: &str,
+        input: ActivityCreate,
+        actor: &str,
+    ) -> EngineResult<Opportunity> {
         self.write(|tx| {
             let mut opp: Opportunity = tx.get("opportunity", id)?;
             let activity_id = tx.new_id("activity", "act")?;
@@ -281,7 +292,12 @@ impl Engine {
     }
 
     /// Revise a quote: the old one is superseded, a new draft revision takes its place.
-    pub async fn revise_quote(&self, id: &str, input: QuoteRevise, actor: &str) -> EngineResult<Quote> {
+    pub async fn revise_quote(
+        &self,
+        id: &str,
+        input: QuoteRevise,
+        actor: &str,
+    ) -> EngineResult<Quote> {
         let lines = input.lines.as_deref().map(parse_lines).transpose()?;
         let discount = parse_discount(
             "discount_percent",
@@ -365,7 +381,9 @@ impl Engine {
             .store()
             .scan::<Quote>("quote")
             .filter_map(Result::ok)
-            .filter(|q| matches!(q.status, QuoteStatus::Sent | QuoteStatus::Draft) && q.valid_until < today)
+            .filter(|q| {
+                matches!(q.status, QuoteStatus::Sent | QuoteStatus::Draft) && q.valid_until < today
+            })
             .collect();
         if due.is_empty() {
             return Ok(0);

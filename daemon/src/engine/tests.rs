@@ -30,9 +30,15 @@ impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        let clock = Arc::new(TestClock(Mutex::new(Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap())));
+        let clock = Arc::new(TestClock(Mutex::new(
+            Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap(),
+        )));
         let engine = Engine::new(store, Config::default(), Box::new(clock.clone())).unwrap();
-        World { engine, clock, _dir: dir }
+        World {
+            engine,
+            clock,
+            _dir: dir,
+        }
     }
 
     fn advance(&self, days: i64) {
@@ -84,11 +90,20 @@ impl World {
             )
             .await
             .unwrap();
-        self.engine.quote_action(&q.id, "send", "test").await.unwrap();
-        self.engine.quote_action(&q.id, "accept", "test").await.unwrap();
+        self.engine
+            .quote_action(&q.id, "send", "test")
+            .await
+            .unwrap();
+        self.engine
+            .quote_action(&q.id, "accept", "test")
+            .await
+            .unwrap();
         let o = self
             .engine
-            .create_order(serde_json::from_value(json!({"quote_id": q.id})).unwrap(), "test")
+            .create_order(
+                serde_json::from_value(json!({"quote_id": q.id})).unwrap(),
+                "test",
+            )
             .await
             .unwrap();
         o.id
@@ -100,10 +115,16 @@ impl World {
             .await;
         let inv = self
             .engine
-            .create_invoice(serde_json::from_value(json!({"order_id": order})).unwrap(), "test")
+            .create_invoice(
+                serde_json::from_value(json!({"order_id": order})).unwrap(),
+                "test",
+            )
             .await
             .unwrap();
-        self.engine.issue_invoice(&inv.id, IssueInput::default(), "test").await.unwrap()
+        self.engine
+            .issue_invoice(&inv.id, IssueInput::default(), "test")
+            .await
+            .unwrap()
     }
 
     fn invoice(&self, id: &str) -> Value {
@@ -111,7 +132,9 @@ impl World {
     }
 
     async fn pay(&self, body: Value) -> EngineResult<(crate::domain::payment::Payment, bool)> {
-        self.engine.record_payment(serde_json::from_value(body).unwrap(), "test").await
+        self.engine
+            .record_payment(serde_json::from_value(body).unwrap(), "test")
+            .await
     }
 }
 
@@ -150,10 +173,20 @@ async fn conversion_reuses_the_account_with_the_same_company_and_the_contact_wit
         source: "web".into(),
         ..LeadInput::default()
     };
-    let opp = || serde_json::from_value::<ConvertInput>(json!({"opportunity": {"name": "d", "value": "1.00", "currency": "EUR", "expected_close": null}})).unwrap();
-    let (a, _) = w.engine.capture_lead(&mk("a@acme.example", "ACME, Inc."), "t").await.unwrap();
+    let opp = || {
+        serde_json::from_value::<ConvertInput>(json!({"opportunity": {"name": "d", "value": "1.00", "currency": "EUR", "expected_close": null}})).unwrap()
+    };
+    let (a, _) = w
+        .engine
+        .capture_lead(&mk("a@acme.example", "ACME, Inc."), "t")
+        .await
+        .unwrap();
     let ca = w.engine.convert_lead(&a.id, opp(), "t").await.unwrap();
-    let (b, _) = w.engine.capture_lead(&mk("b@acme.example", "Acme"), "t").await.unwrap();
+    let (b, _) = w
+        .engine
+        .capture_lead(&mk("b@acme.example", "Acme"), "t")
+        .await
+        .unwrap();
     let cb = w.engine.convert_lead(&b.id, opp(), "t").await.unwrap();
     assert_eq!(ca.account_id, cb.account_id);
     assert!(cb.account_reused);
@@ -161,7 +194,13 @@ async fn conversion_reuses_the_account_with_the_same_company_and_the_contact_wit
     // A converted lead is final: converting again is a conflict and changes nothing.
     let before = w.events().len();
     let err = w.engine.convert_lead(&a.id, opp(), "t").await.unwrap_err();
-    assert!(matches!(err, EngineError::Domain(crate::domain::DomainError::Transition { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            EngineError::Domain(crate::domain::DomainError::Transition { .. })
+        ),
+        "{err}"
+    );
     assert_eq!(w.events().len(), before);
     assert_eq!(w.engine.store().count("opportunity"), 2);
 }
@@ -171,7 +210,15 @@ async fn an_order_cannot_be_made_from_a_sent_but_not_accepted_quote() {
     let w = World::new();
     let (lead, _) = w
         .engine
-        .capture_lead(&LeadInput { name: "X".into(), email: Some("x@x.example".into()), source: "web".into(), ..LeadInput::default() }, "t")
+        .capture_lead(
+            &LeadInput {
+                name: "X".into(),
+                email: Some("x@x.example".into()),
+                source: "web".into(),
+                ..LeadInput::default()
+            },
+            "t",
+        )
         .await
         .unwrap();
     let conv = w
@@ -187,11 +234,18 @@ async fn an_order_cannot_be_made_from_a_sent_but_not_accepted_quote() {
         )
         .await
         .unwrap();
-    assert_eq!(q.totals.total, dec!(100.01), "3 x 33.335 rounds commercially once per line net");
+    assert_eq!(
+        q.totals.total,
+        dec!(100.01),
+        "3 x 33.335 rounds commercially once per line net"
+    );
     w.engine.quote_action(&q.id, "send", "t").await.unwrap();
     let err = w
         .engine
-        .create_order(serde_json::from_value(json!({"quote_id": q.id})).unwrap(), "t")
+        .create_order(
+            serde_json::from_value(json!({"quote_id": q.id})).unwrap(),
+            "t",
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("status sent"), "{err}");
@@ -203,8 +257,15 @@ async fn issuing_twice_is_refused_and_keeps_the_first_number() {
     let w = World::new();
     let inv = w.issued_invoice("Twice", "10.00").await;
     assert_eq!(inv.number.as_deref(), Some("INV-2026-001"));
-    assert!(inv.rf_reference.as_deref().is_some_and(crate::domain::rf::is_valid));
-    let err = w.engine.issue_invoice(&inv.id, IssueInput::default(), "t").await.unwrap_err();
+    assert!(inv
+        .rf_reference
+        .as_deref()
+        .is_some_and(crate::domain::rf::is_valid));
+    let err = w
+        .engine
+        .issue_invoice(&inv.id, IssueInput::default(), "t")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("INV-2026-001"), "{err}");
 }
 
@@ -218,7 +279,13 @@ async fn twenty_concurrent_issues_get_twenty_distinct_consecutive_numbers() {
     for _ in 0..20 {
         let inv = w
             .engine
-            .create_invoice(serde_json::from_value(json!({"order_id": order, "lines": [{"line_no": 1, "quantity": "1"}]})).unwrap(), "t")
+            .create_invoice(
+                serde_json::from_value(
+                    json!({"order_id": order, "lines": [{"line_no": 1, "quantity": "1"}]}),
+                )
+                .unwrap(),
+                "t",
+            )
             .await
             .unwrap();
         drafts.push(inv.id);
@@ -227,7 +294,11 @@ async fn twenty_concurrent_issues_get_twenty_distinct_consecutive_numbers() {
         .into_iter()
         .map(|id| {
             let e = w.engine.clone();
-            tokio::spawn(async move { e.issue_invoice(&id, IssueInput::default(), "t").await.unwrap() })
+            tokio::spawn(async move {
+                e.issue_invoice(&id, IssueInput::default(), "t")
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut numbers = Vec::new();
@@ -240,7 +311,10 @@ async fn twenty_concurrent_issues_get_twenty_distinct_consecutive_numbers() {
     // Nothing is left to invoice: a 21st invoice is refused.
     assert!(w
         .engine
-        .create_invoice(serde_json::from_value(json!({"order_id": order})).unwrap(), "t")
+        .create_invoice(
+            serde_json::from_value(json!({"order_id": order})).unwrap(),
+            "t"
+        )
         .await
         .is_err());
 }
@@ -270,7 +344,9 @@ async fn partial_payment_then_overpayment_moves_the_surplus_to_the_customer_cred
         .unwrap();
     assert!(dup);
     assert_eq!(w.engine.store().count("payment"), 2);
-    assert!(w.events().contains(&"invoice.payment_status_changed".to_string()));
+    assert!(w
+        .events()
+        .contains(&"invoice.payment_status_changed".to_string()));
 }
 
 #[tokio::test]
@@ -279,10 +355,18 @@ async fn a_payment_in_another_currency_is_refused_and_changes_nothing() {
     let inv = w.issued_invoice("Fx", "100.00").await;
     let before = w.events().len();
     let err = w
-        .pay(json!({"amount": "100.00", "currency": "USD", "allocations": [{"invoice_id": inv.id}]}))
+        .pay(
+            json!({"amount": "100.00", "currency": "USD", "allocations": [{"invoice_id": inv.id}]}),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, EngineError::Domain(crate::domain::DomainError::CurrencyMismatch { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            EngineError::Domain(crate::domain::DomainError::CurrencyMismatch { .. })
+        ),
+        "{err}"
+    );
     assert_eq!(w.events().len(), before);
     assert_eq!(status(&w.invoice(&inv.id)), "unpaid");
 }
@@ -291,9 +375,14 @@ async fn a_payment_in_another_currency_is_refused_and_changes_nothing() {
 async fn negative_non_numeric_and_over_precise_amounts_are_refused_naming_the_field() {
     let w = World::new();
     for amount in ["-5.00", "abc", "1.001", "0"] {
-        let err = w.pay(json!({"amount": amount, "currency": "EUR"})).await.unwrap_err();
+        let err = w
+            .pay(json!({"amount": amount, "currency": "EUR"}))
+            .await
+            .unwrap_err();
         match err {
-            EngineError::Domain(crate::domain::DomainError::Invalid { field, .. }) => assert_eq!(field, "amount", "{amount}"),
+            EngineError::Domain(crate::domain::DomainError::Invalid { field, .. }) => {
+                assert_eq!(field, "amount", "{amount}")
+            }
             other => panic!("{amount}: {other}"),
         }
     }
@@ -310,7 +399,13 @@ async fn paying_a_void_invoice_is_a_conflict() {
         .pay(json!({"amount": "10.00", "currency": "EUR", "allocations": [{"invoice_id": inv.id}]}))
         .await
         .unwrap_err();
-    assert!(matches!(err, EngineError::Domain(crate::domain::DomainError::Transition { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            EngineError::Domain(crate::domain::DomainError::Transition { .. })
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -325,9 +420,21 @@ async fn reversing_a_payment_reopens_the_invoice_by_a_compensating_entry() {
     w.engine.reverse_payment(&pay.id, "t").await.unwrap();
     let v = w.invoice(&inv.id);
     assert_eq!(status(&v), "unpaid");
-    let amounts: Vec<&str> = v["allocations"].as_array().unwrap().iter().map(|a| a["amount"].as_str().unwrap()).collect();
-    assert_eq!(amounts, vec!["50.00", "-50.00"], "the original allocation stays, a compensating one undoes it");
-    assert!(w.engine.reverse_payment(&pay.id, "t").await.is_err(), "a payment is reversed once");
+    let amounts: Vec<&str> = v["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["amount"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        amounts,
+        vec!["50.00", "-50.00"],
+        "the original allocation stays, a compensating one undoes it"
+    );
+    assert!(
+        w.engine.reverse_payment(&pay.id, "t").await.is_err(),
+        "a payment is reversed once"
+    );
 }
 
 #[tokio::test]
@@ -336,7 +443,15 @@ async fn quotes_expire_and_invoices_become_overdue_when_time_passes() {
     let inv = w.issued_invoice("Late", "10.00").await;
     let (lead, _) = w
         .engine
-        .capture_lead(&LeadInput { name: "Q".into(), email: Some("q@q.example".into()), source: "web".into(), ..LeadInput::default() }, "t")
+        .capture_lead(
+            &LeadInput {
+                name: "Q".into(),
+                email: Some("q@q.example".into()),
+                source: "web".into(),
+                ..LeadInput::default()
+            },
+            "t",
+        )
         .await
         .unwrap();
     let conv = w
@@ -376,10 +491,10 @@ async fn quotes_expire_and_invoices_become_overdue_when_time_passes() {
     assert_eq!(w.events().len(), events.len());
 }
 
-fn payment_record(id: &str, amount: &str, remittance: &str) -> Record {
+fn payment_record(id: &str, amount: &str, payer: &str, remittance: &str) -> Record {
     let mut r = PaymentRecord::new(id, amount.parse().unwrap(), "EUR");
     r.remittance = Some(remittance.into());
-    r.counterparty_name = Some("Someone".into());
+    r.counterparty_name = Some(payer.into());
     Record::Payment(r)
 }
 
@@ -389,16 +504,24 @@ async fn ingested_payments_match_by_invoice_number_and_a_reimport_changes_nothin
     let a = w.issued_invoice("Alpha", "120.00").await;
     let b = w.issued_invoice("Beta", "80.00").await;
     let records = vec![
-        payment_record("s1", "120.00", "payment for inv 2026/1 thanks"),
-        payment_record("s2", "30.00", "INV2026002 part one"),
+        payment_record("s1", "120.00", "Alpha", "payment for inv 2026/1 thanks"),
+        payment_record("s2", "30.00", "Beta", "INV2026002 part one"),
     ];
-    let s1 = w.engine.ingest("bank", "camt", Some("s.xml"), records.clone()).await.unwrap();
+    let s1 = w
+        .engine
+        .ingest("bank", "camt", Some("s.xml"), records.clone())
+        .await
+        .unwrap();
     assert_eq!(s1.new, 2, "{s1:?}");
     assert_eq!(s1.partially_matched, 1, "{s1:?}");
     assert_eq!(status(&w.invoice(&a.id)), "paid");
     assert_eq!(status(&w.invoice(&b.id)), "partially_paid");
     let events = w.events().len();
-    let s2 = w.engine.ingest("bank", "camt", Some("s.xml"), records).await.unwrap();
+    let s2 = w
+        .engine
+        .ingest("bank", "camt", Some("s.xml"), records)
+        .await
+        .unwrap();
     assert_eq!((s2.new, s2.duplicates), (0, 2));
     assert_eq!(w.events().len(), events);
     assert_eq!(w.invoice(&b.id)["amount_paid"], "30.00");
@@ -411,25 +534,64 @@ async fn two_open_invoices_with_the_same_amount_and_no_reference_wait_in_review(
     let order = w
         .order("Twin", json!([{"description": "more", "quantity": "1", "unit_price": "99.00", "tax_rate": "0"}]))
         .await;
-    let b = w.engine.create_invoice(serde_json::from_value(json!({"order_id": order})).unwrap(), "t").await.unwrap();
-    w.engine.issue_invoice(&b.id, IssueInput::default(), "t").await.unwrap();
+    let b = w
+        .engine
+        .create_invoice(
+            serde_json::from_value(json!({"order_id": order})).unwrap(),
+            "t",
+        )
+        .await
+        .unwrap();
+    w.engine
+        .issue_invoice(&b.id, IssueInput::default(), "t")
+        .await
+        .unwrap();
     let mut r = PaymentRecord::new("amb-1", dec!(99.00), "EUR");
     r.counterparty_name = Some("Twin".into());
-    let summary = w.engine.ingest("bank", "camt", None, vec![Record::Payment(r)]).await.unwrap();
+    let summary = w
+        .engine
+        .ingest("bank", "camt", None, vec![Record::Payment(r)])
+        .await
+        .unwrap();
     assert_eq!(summary.review, 1);
     assert_eq!(status(&w.invoice(&a.id)), "unpaid");
     assert_eq!(status(&w.invoice(&b.id)), "unpaid");
-    let queue = w.engine.list("review", &ListQuery { status: Some("open".into()), ..ListQuery::default() }).unwrap();
+    let queue = w
+        .engine
+        .list(
+            "review",
+            &ListQuery {
+                status: Some("open".into()),
+                ..ListQuery::default()
+            },
+        )
+        .unwrap();
     assert_eq!(queue.len(), 1);
     assert!(queue[0]["suggestions"].as_array().unwrap().len() >= 2);
     // A person picks one: it is paid, the item closes.
     let id = queue[0]["id"].as_str().unwrap();
     w.engine
-        .review_allocate(id, serde_json::from_value(json!({"allocations": [{"invoice_id": b.id}]})).unwrap(), "t")
+        .review_allocate(
+            id,
+            serde_json::from_value(json!({"allocations": [{"invoice_id": b.id}]})).unwrap(),
+            "t",
+        )
         .await
         .unwrap();
     assert_eq!(status(&w.invoice(&b.id)), "paid");
-    assert_eq!(w.engine.list("review", &ListQuery { status: Some("open".into()), ..ListQuery::default() }).unwrap().len(), 0);
+    assert_eq!(
+        w.engine
+            .list(
+                "review",
+                &ListQuery {
+                    status: Some("open".into()),
+                    ..ListQuery::default()
+                }
+            )
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -438,12 +600,19 @@ async fn a_refund_of_an_ingested_payment_reopens_what_it_paid() {
     let inv = w.issued_invoice("Refunded", "25.00").await;
     let mut pay = PaymentRecord::new("ch_1", dec!(25.00), "EUR");
     pay.invoice_refs = vec![inv.number.clone().unwrap()];
-    w.engine.ingest("stripe", "stripe", None, vec![Record::Payment(pay)]).await.unwrap();
+    w.engine
+        .ingest("stripe", "stripe", None, vec![Record::Payment(pay)])
+        .await
+        .unwrap();
     assert_eq!(status(&w.invoice(&inv.id)), "paid");
     let mut refund = PaymentRecord::new("re_1", dec!(-25.00), "EUR");
     refund.kind = settled_plugin_api::PaymentKind::Refund;
     refund.original_external_id = Some("ch_1".into());
-    let s = w.engine.ingest("stripe", "stripe", None, vec![Record::Payment(refund)]).await.unwrap();
+    let s = w
+        .engine
+        .ingest("stripe", "stripe", None, vec![Record::Payment(refund)])
+        .await
+        .unwrap();
     assert_eq!(s.reversed, 1);
     assert_eq!(status(&w.invoice(&inv.id)), "refunded");
 }
@@ -455,11 +624,37 @@ async fn pending_entries_never_mark_anything_paid() {
     let mut r = PaymentRecord::new("pend-1", dec!(10.00), "EUR");
     r.status = settled_plugin_api::EntryStatus::Pending;
     r.structured_reference = inv.rf_reference.clone();
-    let s = w.engine.ingest("bank", "camt", None, vec![Record::Payment(r)]).await.unwrap();
+    let s = w
+        .engine
+        .ingest("bank", "camt", None, vec![Record::Payment(r)])
+        .await
+        .unwrap();
     assert_eq!(s.ignored, 1);
     assert_eq!(status(&w.invoice(&inv.id)), "unpaid");
     assert!(matches!(
-        crate::domain::invoice::payment_status(&w.engine.get::<Invoice>("invoice", &inv.id).unwrap(), w.engine.today()),
+        crate::domain::invoice::payment_status(
+            &w.engine.get::<Invoice>("invoice", &inv.id).unwrap(),
+            w.engine.today()
+        ),
         PaymentStatus::Unpaid
     ));
+}
+
+#[tokio::test]
+async fn an_api_payment_without_allocations_is_reconciled_by_its_reference() {
+    let w = World::new();
+    let inv = w.issued_invoice("Auto", "42.00").await;
+    let (pay, dup) = w
+        .pay(json!({"amount": "42.00", "currency": "EUR", "payer": "Auto", "reference": inv.rf_reference, "external_id": "bank-77"}))
+        .await
+        .unwrap();
+    assert!(!dup);
+    assert_eq!(pay.allocations.len(), 1);
+    assert_eq!(status(&w.invoice(&inv.id)), "paid");
+    let (again, dup) = w
+        .pay(json!({"amount": "42.00", "currency": "EUR", "payer": "Auto", "reference": inv.rf_reference, "external_id": "bank-77"}))
+        .await
+        .unwrap();
+    assert!(dup);
+    assert_eq!(again.id, pay.id);
 }

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::{Engine, EngineResult};
 use crate::domain::invoice::{self, Invoice, PaymentStatus};
+use crate::domain::money::round_money;
 use crate::domain::order::{self, Order};
 use crate::domain::payment::Allocation;
 use crate::domain::quote::Quote;
@@ -70,7 +71,10 @@ impl ListQuery {
 }
 
 fn status_of(v: &Value, field: &str) -> String {
-    v.get(field).and_then(Value::as_str).unwrap_or_default().to_string()
+    v.get(field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 impl Engine {
@@ -134,7 +138,10 @@ impl Engine {
     /// An invoice with its derived payment status, balance and allocations.
     pub fn invoice_view(&self, inv: &Invoice) -> EngineResult<Value> {
         let mut allocations = Vec::new();
-        for id in self.store().index_prefix("alloc-by-invoice", &format!("{}/", inv.id))? {
+        for id in self
+            .store()
+            .index_prefix("alloc-by-invoice", &format!("{}/", inv.id))?
+        {
             if let Some(a) = self.store().get::<Allocation>("allocation", &id)? {
                 allocations.push(a);
             }
@@ -142,8 +149,12 @@ impl Engine {
         let status: PaymentStatus = invoice::payment_status(inv, self.today());
         let mut v = serde_json::to_value(inv).unwrap_or_default();
         if let Value::Object(map) = &mut v {
+            let money = |d: rust_decimal::Decimal| json!(round_money(d, &inv.currency));
             map.insert("payment_status".into(), json!(status));
-            map.insert("balance".into(), json!(invoice::balance(inv)));
+            map.insert("balance".into(), money(invoice::balance(inv)));
+            map.insert("amount_paid".into(), money(inv.amount_paid));
+            map.insert("amount_refunded".into(), money(inv.amount_refunded));
+            map.insert("amount_credited".into(), money(inv.amount_credited));
             map.insert("subtotal".into(), json!(inv.totals.subtotal));
             map.insert("tax_total".into(), json!(inv.totals.tax_total));
             map.insert("total".into(), json!(inv.totals.total));

@@ -63,6 +63,23 @@ pub(crate) fn ensure_cache_dir(cache_dir: &Path) -> std::io::Result<()> {
     fs::set_permissions(cache_dir, fs::Permissions::from_mode(0o700))
 }
 
+/// Removes cached copies left by an earlier run (`<sha256>.<ext>` and interrupted `*.tmp<pid>` files); every
+/// plugin is copied again when it loads. Other files in the folder are left alone.
+pub(crate) fn clear_stale_cache(cache_dir: &Path) {
+    let Ok(entries) = fs::read_dir(cache_dir) else {
+        return;
+    };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let (stem, _) = name.split_once('.').unwrap_or((name, ""));
+        if stem.len() == 64 && stem.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
 fn current_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
@@ -260,6 +277,26 @@ mod tests {
     }
 
     #[test]
+    fn stale_cache_clearing_removes_only_hash_named_files() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let hash = "ab".repeat(32);
+        for name in [
+            format!("{hash}.so"),
+            format!("{hash}.tmp77"),
+            "notes.txt".to_string(),
+        ] {
+            fs::write(dir.path().join(name), b"x").unwrap_or_else(|e| panic!("write: {e}"));
+        }
+        clear_stale_cache(dir.path());
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap_or_else(|e| panic!("read_dir: {e}"))
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["notes.txt".to_string()]);
+    }
+
+    #[test]
     fn metadata_check_refuses_writable_symlinked_and_foreign_files() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let file = dir.path().join("p.so");
@@ -280,12 +317,20 @@ mod tests {
             check_metadata(&meta(dir.path()), uid),
             Err("is not a regular file".to_string())
         );
-        if uid != 0 {
-            assert!(check_metadata(&meta(&file), uid + 1).is_err());
+        // A file owned by someone else than root or the daemon's user is refused.
+        let (owner, daemon) = if uid == 0 {
+            std::os::unix::fs::chown(&file, Some(4242), None)
+                .unwrap_or_else(|e| panic!("chown: {e}"));
+            (4242, 0)
         } else {
-            // Root-owned files are always accepted; only a foreign non-root owner is refused.
-            assert_eq!(check_metadata(&meta(&file), 4242), Ok(()));
-        }
+            (uid, uid + 1)
+        };
+        assert_eq!(
+            check_metadata(&meta(&file), daemon),
+            Err(format!(
+                "is owned by uid {owner}, not by root or the daemon's user (uid {daemon})"
+            ))
+        );
         fs::set_permissions(&file, fs::Permissions::from_mode(0o666))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(

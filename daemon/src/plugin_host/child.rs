@@ -34,6 +34,11 @@ const BAD: u8 = 14;
 
 /// Frames larger than this are a broken child, not a big answer.
 const MAX_FRAME: usize = MAX_OUTPUT + 64 * 1024;
+/// Starting a child and loading the library is the host's cost, not the plugin's: it gets its own bound,
+/// generous because a loaded machine can take seconds to spawn and map a large debug build.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest log target or message forwarded from a child, in bytes.
+const MAX_LOG_PART: usize = 64 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -101,22 +106,16 @@ extern "C" fn child_log(
             unsafe { std::slice::from_raw_parts(ptr, len) }
         }
     };
+    // Log lines share the pipe with replies: keep them far below the frame limit.
+    let clip = |b: &[u8]| -> usize { b.len().min(MAX_LOG_PART) };
     let target = bytes(target, target_len);
+    let target = &target[..clip(target)];
+    let message = bytes(message, message_len);
+    let message = &message[..clip(message)];
     let target_len = u32::try_from(target.len()).unwrap_or(0).to_le_bytes();
-    let target = if target.len() > u32::MAX as usize {
-        &[][..]
-    } else {
-        target
-    };
-    send(
-        LOG,
-        &[
-            &level.to_le_bytes(),
-            &target_len,
-            target,
-            bytes(message, message_len),
-        ],
-    );
+    let _ = std::panic::catch_unwind(|| {
+        send(LOG, &[&level.to_le_bytes(), &target_len, target, message]);
+    });
 }
 
 fn redirect_stdout() -> std::io::Result<std::fs::File> {
@@ -575,7 +574,7 @@ impl ProcInstance {
         settings: &[u8],
         timeout: Duration,
     ) -> Result<ChildConn, Reply> {
-        let (mut conn, _) = ChildConn::spawn(host_exe, library, plugin, timeout)
+        let (mut conn, _) = ChildConn::spawn(host_exe, library, plugin, HANDSHAKE_TIMEOUT)
             .await
             .map_err(Reply::Bad)?;
         match conn.request(CONFIGURE, settings, timeout).await {
@@ -594,13 +593,15 @@ impl ProcInstance {
     }
 
     /// Runs one operation in the child, (re)starting it first if needed.
+    ///
+    /// `timeout` bounds the wait for earlier calls on this instance and then the call itself; a restart
+    /// in between is bounded separately ([`HANDSHAKE_TIMEOUT`]).
     pub(crate) async fn call(&self, op: &str, payload: &[u8], timeout: Duration) -> ProcOutcome {
-        let deadline = Instant::now() + timeout;
         let Ok(mut state) = tokio::time::timeout(timeout, self.state.lock()).await else {
             return ProcOutcome::Failed(ChildFailure::Timeout);
         };
         if state.conn.is_none() {
-            if state.next_start > deadline {
+            if state.next_start > Instant::now() + timeout {
                 let wait = state.next_start.saturating_duration_since(Instant::now());
                 return ProcOutcome::Failed(ChildFailure::Crashed(format!(
                     "the plugin host is restarting in {} ms after {} crash(es)",
@@ -609,13 +610,12 @@ impl ProcInstance {
                 )));
             }
             tokio::time::sleep_until(state.next_start.into()).await;
-            let left = deadline.saturating_duration_since(Instant::now());
             match Self::connect(
                 &self.host_exe,
                 &self.library,
                 &self.plugin,
                 &self.settings,
-                left,
+                timeout,
             )
             .await
             {
@@ -639,8 +639,7 @@ impl ProcInstance {
         let Some(conn) = state.conn.as_mut() else {
             return ProcOutcome::Failed(ChildFailure::Crashed("no plugin host".to_string()));
         };
-        let left = deadline.saturating_duration_since(Instant::now());
-        match conn.request(CALL, &call_body(op, payload), left).await {
+        match conn.request(CALL, &call_body(op, payload), timeout).await {
             Ok((status, output)) => {
                 state.failures = 0;
                 ProcOutcome::Reply(native::decode(status, &output))

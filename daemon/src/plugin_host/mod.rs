@@ -402,6 +402,7 @@ impl PluginHost {
             path: config.cache_dir.clone(),
             source,
         })?;
+        checks::clear_stale_cache(&config.cache_dir);
         let slots = config
             .connectors
             .iter()
@@ -596,13 +597,12 @@ impl PluginHost {
                 load_errors: entry.errors.clone(),
             });
         }
-        let mut missing: Vec<&str> = self
+        let missing: std::collections::BTreeSet<&str> = self
             .slots
             .values()
             .map(|s| s.config.plugin.as_str())
             .filter(|p| !provided.contains(*p))
             .collect();
-        missing.dedup();
         for name in missing {
             out.push(PluginStatus {
                 plugin: Some(name.to_string()),
@@ -845,6 +845,10 @@ impl PluginHost {
         };
         let old = lock(&self.files).get(path).and_then(|e| e.current.clone());
         if old.as_ref().is_some_and(|o| o.sha256 == candidate.sha256) {
+            // The running version is back in place: earlier refusals no longer describe the file.
+            if let Some(entry) = lock(&self.files).get_mut(path) {
+                entry.errors.clear();
+            }
             return;
         }
         let label = path
@@ -855,7 +859,7 @@ impl PluginHost {
             &self.config.host_exe,
             &candidate.cache_path,
             &label,
-            self.config.call_timeout,
+            child::HANDSHAKE_TIMEOUT,
         )
         .await
         {
@@ -1157,6 +1161,13 @@ mod tests {
             serde_json::json!({"name": "a", "plugin": "p", "isolate": "process"}),
         );
         assert!(unknown.is_err_and(|e| e.to_string().contains("unknown field `isolate`")));
+    }
+
+    #[test]
+    fn the_host_can_be_shared_across_tasks() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<PluginHost>();
+        shareable::<CallError>();
     }
 
     #[test]

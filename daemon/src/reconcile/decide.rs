@@ -1326,6 +1326,49 @@ mod tests {
     }
 
     #[test]
+    fn a_large_accounts_exact_amount_is_found_through_the_amount_index() {
+        let mut all = invoices();
+        let count = u32::try_from(LARGE_ACCOUNT).unwrap_or(256) + 10;
+        for n in 0..count {
+            all.push(inv(
+                &format!("big{n}"),
+                &format!("INV-2025-{n}"),
+                "bigco",
+                "Big Co",
+                Decimal::new(1_000 + i64::from(n), 2),
+                1 + n % 28,
+            ));
+        }
+        check(
+            &from(dec!(12.34), "BIG CO"),
+            &all,
+            allocate(vec![(
+                "big234",
+                dec!(12.34),
+                Rule::ExactAmountSinglePayerInvoice,
+            )]),
+        );
+        // another customer's invoice of the same amount does not count for this payer
+        all.push(inv(
+            "other",
+            "INV-2025-999",
+            "acme",
+            "ACME Ltd",
+            dec!(12.34),
+            2,
+        ));
+        check(
+            &from(dec!(12.34), "BIG CO"),
+            &all,
+            allocate(vec![(
+                "big234",
+                dec!(12.34),
+                Rule::ExactAmountSinglePayerInvoice,
+            )]),
+        );
+    }
+
+    #[test]
     fn two_invoices_with_the_same_amount_and_no_reference_are_never_guessed() {
         check(
             &from(dec!(45.00), "Umbrella Corp"),
@@ -1472,6 +1515,16 @@ mod tests {
         let json = serde_json::to_value(&allocation).unwrap_or_default();
         assert_eq!(json["amount"], "1.50");
         assert_eq!(json["rule"], "exact_amount_single_payer_invoice");
+        let allocate = Decision::Allocate {
+            allocations: vec![],
+            write_off: Some(("i7".into(), dec!(0.03))),
+            surplus: dec!(1.10),
+            fee: dec!(0),
+        };
+        let json = serde_json::to_value(&allocate).unwrap_or_default();
+        assert_eq!(json["decision"], "allocate");
+        assert_eq!(json["write_off"], serde_json::json!(["i7", "0.03"]));
+        assert_eq!(json["surplus"], "1.10");
         assert_eq!(
             ReviewReason::NoMatch.to_string(),
             "No open invoice matches this payment."

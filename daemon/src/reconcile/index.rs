@@ -4,6 +4,7 @@
 //! canonical number key, by RF reference, by account (oldest first) and by (currency, balance).
 //! Nothing scans all invoices, so matching does not slow down as open invoices grow.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -33,12 +34,12 @@ pub struct MatchIndex {
     // The three maps below are keyed by a 64-bit hash of the key and every hit is checked against
     // the invoice itself: storing the strings a second time would double the index's memory.
     /// Hash of the invoice id -> invoice.
-    by_id: HashMap<u64, Handles>,
+    by_id: HashMulti,
     open_count: usize,
     /// Hash of the canonical number key -> known invoices (a paid one is still recognised).
-    by_number: HashMap<u64, Handles>,
+    by_number: HashMulti,
     /// Hash of the normalised RF reference -> known invoices.
-    by_rf: HashMap<u64, Handles>,
+    by_rf: HashMulti,
     /// Account ids, interned.
     accounts: HashMap<String, AccountNo>,
     account_ids: Vec<String>,
@@ -66,19 +67,48 @@ impl Slot {
     }
 }
 
-/// One invoice, or several when keys collide.
-#[derive(Debug)]
-enum Handles {
-    One(Handle),
-    Many(Vec<Handle>),
+/// Hash -> handles. Almost every hash has one invoice, kept in a compact map; the rare second
+/// and later ones (colliding keys, or a number reused across series) go to `more`.
+#[derive(Debug, Default)]
+struct HashMulti {
+    first: HashMap<u64, Handle>,
+    more: HashMap<u64, Vec<Handle>>,
 }
 
-impl Handles {
-    fn as_slice(&self) -> &[Handle] {
-        match self {
-            Handles::One(handle) => std::slice::from_ref(handle),
-            Handles::Many(handles) => handles,
+impl HashMulti {
+    fn insert(&mut self, hash: u64, handle: Handle) {
+        match self.first.entry(hash) {
+            Entry::Occupied(_) => self.more.entry(hash).or_default().push(handle),
+            Entry::Vacant(place) => {
+                place.insert(handle);
+            }
         }
+    }
+
+    fn remove(&mut self, hash: u64, handle: Handle) {
+        if self.first.get(&hash) == Some(&handle) {
+            match self.more.get_mut(&hash).and_then(Vec::pop) {
+                Some(next) => {
+                    self.first.insert(hash, next);
+                }
+                None => {
+                    self.first.remove(&hash);
+                }
+            }
+        } else if let Some(more) = self.more.get_mut(&hash) {
+            more.retain(|&h| h != handle);
+        }
+        if self.more.get(&hash).is_some_and(Vec::is_empty) {
+            self.more.remove(&hash);
+        }
+    }
+
+    fn get(&self, hash: u64) -> impl Iterator<Item = Handle> + '_ {
+        self.first
+            .get(&hash)
+            .into_iter()
+            .chain(self.more.get(&hash).into_iter().flatten())
+            .copied()
     }
 }
 
@@ -154,11 +184,11 @@ impl MatchIndex {
             }
         };
         if let Some(key) = number_key(&inv.number, &self.shapes) {
-            add_handle(&mut self.by_number, key_hash(&key), handle);
+            self.by_number.insert(key_hash(&key), handle);
         }
         let reference = rf::normalise(&inv.rf_reference);
         if !reference.is_empty() {
-            add_handle(&mut self.by_rf, key_hash(&reference), handle);
+            self.by_rf.insert(key_hash(&reference), handle);
         }
         let name = normalise_party_name(&inv.account_name);
         if !name.is_empty() {
@@ -187,7 +217,7 @@ impl MatchIndex {
                 .or_default()
                 .insert((slot.invoice.balance, handle));
         }
-        add_handle(&mut self.by_id, key_hash(&slot.invoice.id), handle);
+        self.by_id.insert(key_hash(&slot.invoice.id), handle);
         if let Some(place) = self.slots.get_mut(handle as usize) {
             *place = Some(slot);
         }
@@ -203,15 +233,12 @@ impl MatchIndex {
         };
         self.free.push(handle);
         let inv = &slot.invoice;
-        remove_handle(&mut self.by_id, key_hash(invoice_id), handle);
+        self.by_id.remove(key_hash(invoice_id), handle);
         if let Some(key) = number_key(&inv.number, &self.shapes) {
-            remove_handle(&mut self.by_number, key_hash(&key), handle);
+            self.by_number.remove(key_hash(&key), handle);
         }
-        remove_handle(
-            &mut self.by_rf,
-            key_hash(&rf::normalise(&inv.rf_reference)),
-            handle,
-        );
+        self.by_rf
+            .remove(key_hash(&rf::normalise(&inv.rf_reference)), handle);
         if slot.is_open() {
             self.open_count -= 1;
             if let Some(count) = self.account_open.get_mut(slot.account as usize) {
@@ -296,14 +323,11 @@ impl MatchIndex {
 
     fn find<'a>(
         &'a self,
-        map: &'a HashMap<u64, Handles>,
+        map: &'a HashMulti,
         key: &str,
         is_it: impl Fn(&OpenInvoice) -> bool + 'a,
     ) -> impl Iterator<Item = Handle> + 'a {
-        map.get(&key_hash(key))
-            .map_or(&[][..], Handles::as_slice)
-            .iter()
-            .copied()
+        map.get(key_hash(key))
             .filter(move |&h| self.invoice(h).is_some_and(&is_it))
     }
 
@@ -388,34 +412,6 @@ impl MatchIndex {
         }
         let account = (*self.account_names.get(&normalised)?)?;
         found(account, PayerVia::SameName(name))
-    }
-}
-
-fn add_handle(map: &mut HashMap<u64, Handles>, key: u64, handle: Handle) {
-    map.entry(key)
-        .and_modify(|handles| match handles {
-            Handles::One(first) => *handles = Handles::Many(vec![*first, handle]),
-            Handles::Many(all) => all.push(handle),
-        })
-        .or_insert(Handles::One(handle));
-}
-
-fn remove_handle(map: &mut HashMap<u64, Handles>, key: u64, handle: Handle) {
-    let Some(handles) = map.get_mut(&key) else {
-        return;
-    };
-    let empty = match handles {
-        Handles::One(only) => *only == handle,
-        Handles::Many(all) => {
-            all.retain(|&h| h != handle);
-            if let [only] = all.as_slice() {
-                *handles = Handles::One(*only);
-            }
-            false
-        }
-    };
-    if empty {
-        map.remove(&key);
     }
 }
 
@@ -601,6 +597,27 @@ mod tests {
         idx.upsert(invoice("i2", "INV-2026-002", "a1", dec!(5)));
         assert_eq!(ids(&idx, &idx.by_number("INV|2026|2")), ["i2"]);
         assert_eq!(open_of(&idx, "Customer a1"), ["i2"]);
+    }
+
+    #[test]
+    fn colliding_hashes_keep_every_handle_until_removed() {
+        let mut multi = HashMulti::default();
+        for handle in [1, 2, 3] {
+            multi.insert(7, handle);
+        }
+        multi.insert(8, 4);
+        assert_eq!(multi.get(7).collect::<Vec<_>>(), [1, 2, 3]);
+        multi.remove(7, 1);
+        let mut left: Vec<Handle> = multi.get(7).collect();
+        left.sort_unstable();
+        assert_eq!(left, [2, 3]);
+        multi.remove(7, 3);
+        multi.remove(7, 9);
+        assert_eq!(multi.get(7).collect::<Vec<_>>(), [2]);
+        multi.remove(7, 2);
+        assert_eq!(multi.get(7).count(), 0);
+        assert!(multi.more.is_empty());
+        assert_eq!(multi.get(8).collect::<Vec<_>>(), [4]);
     }
 
     #[test]

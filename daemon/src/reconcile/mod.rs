@@ -9,6 +9,11 @@
 //! in free text) -> allocation to referenced invoices, oldest first -> without references, an exact
 //! amount among the payer's open invoices, then small subset sums -> otherwise the review queue with
 //! ranked suggestions. Nothing is ever guessed: two equally good candidates go to review.
+//!
+//! Code map: `references.rs` finds references in a payment (hand-written scanner, canonical
+//! number keys), `index.rs` holds [`MatchIndex`], `decide.rs` runs the pipeline and ranks
+//! suggestions. Invariants: nothing here scans all invoices; an exact amount from an unknown
+//! payer is never allocated; a reference with bad RF check digits is never a match.
 
 mod decide;
 mod index;

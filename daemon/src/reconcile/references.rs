@@ -6,6 +6,9 @@
 //! line wraps are not part of the key, so `INV-2026-007`, `inv 2026/7`, `INV2026007` and
 //! `Inv-2026-0007` all give the same key. The scanner is hand-written over bytes: it runs for every
 //! payment of a million-line import and allocates only for what it finds.
+//!
+//! A series without letters before its first token (`{YYYY}-{SEQ}`) is matched only through
+//! provider metadata: in free text its numbers cannot be told from dates and amounts.
 
 use settled_plugin_api::PaymentRecord;
 
@@ -536,6 +539,56 @@ mod tests {
         assert_eq!(truncated_key("INV|2026|7", 2), None);
         assert_eq!(expected_groups("INV", &shapes()), 2);
         assert_eq!(expected_groups("ORD", &shapes()), 1);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn arbitrary_text_never_panics_and_keys_are_canonical(
+                text in "(\\PC|[\n\r -/.#:_]|INV|inv|RF[0-9]{2}|[0-9]{1,6}|é){0,40}",
+            ) {
+                let mut payment = PaymentRecord::new("p", dec!(1), "EUR");
+                payment.remittance = Some(text.clone());
+                payment.structured_reference = Some(text.clone());
+                payment.invoice_refs = vec![text.clone()];
+                for found in find_references(&payment, &shapes()) {
+                    prop_assert!(text.contains(found.raw.trim()) || found.how == Rule::ProviderMetadata);
+                    if found.how == Rule::InvoiceNumberInText {
+                        prop_assert!(found.key.starts_with("INV|") || found.key.starts_with("CN|") || found.key.starts_with("ORD|"));
+                        prop_assert!(found.key.split('|').skip(1).all(|g| g == "0" || !g.starts_with('0')));
+                    }
+                }
+                let _ = number_key(&text, &shapes());
+                let _ = rf::find_in_text(&text);
+            }
+
+            #[test]
+            fn any_written_form_of_a_number_gives_its_key(
+                seq in 0u32..100_000,
+                padding in 0usize..6,
+                upper in any::<bool>(),
+                first in prop::sample::select(vec!["", "-", " ", "/", ".", "_", " -\n", "\n"]),
+                second in prop::sample::select(vec!["", "-", " ", "/", ".", "_", " -\n", "\n", "\r\n"]),
+                before in "[a-z ]{0,10}",
+                after in "[ ,.;][a-z ]{0,10}",
+            ) {
+                let prefix = if upper { "INV" } else { "inv" };
+                let written = format!("{prefix}{first}2026{second}{seq:0padding$}");
+                let text = format!("{before} {written}{after}");
+                let mut payment = PaymentRecord::new("p", dec!(1), "EUR");
+                payment.remittance = Some(text.clone());
+                let found = find_references(&payment, &shapes());
+                let key = format!("INV|2026|{seq}");
+                prop_assert!(
+                    found.iter().any(|r| r.key == key),
+                    "{:?} not found in {:?}: {:?}", key, text, found
+                );
+                prop_assert_eq!(number_key(&written, &shapes()), Some(key));
+            }
+        }
     }
 
     #[test]

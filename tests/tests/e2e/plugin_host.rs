@@ -366,11 +366,13 @@ async fn refused_files_are_reported_with_the_reason_and_never_run() {
     );
     place(&dir, "empty.so", b"");
     place(&dir, "truncated.so", &good[..good.len() / 2]);
-    place(
-        &dir,
-        "executable.so",
-        &read(&std::env::current_exe().unwrap_or_else(|e| panic!("{e}"))),
-    );
+    // A small PIE executable; the test binary itself would do, but it is tens of megabytes.
+    let executable = ["/bin/true", "/usr/bin/true"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| std::env::current_exe().unwrap_or_else(|e| panic!("{e}")));
+    place(&dir, "executable.so", &read(&executable));
     let writable = place(&dir, "writable.so", &good);
     std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o666))
         .unwrap_or_else(|e| panic!("chmod: {e}"));
@@ -639,14 +641,19 @@ impl tracing::Subscriber for &'static Capture {
     fn exit(&self, _: &tracing::span::Id) {}
 }
 
+/// The capturing subscriber, installed as the global default of this test binary.
 fn captured_logs() -> &'static Capture {
-    static CAPTURE: OnceLock<&'static Capture> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
+    static CAPTURE: OnceLock<Option<&'static Capture>> = OnceLock::new();
+    let capture = CAPTURE.get_or_init(|| {
         let capture: &'static Capture = Box::leak(Box::new(Capture(Mutex::new(Vec::new()))));
-        // If another test installed a subscriber first, the assertion below reports it.
-        let _ = tracing::subscriber::set_global_default(capture);
-        capture
-    })
+        tracing::subscriber::set_global_default(capture)
+            .ok()
+            .map(|()| capture)
+    });
+    match capture {
+        Some(capture) => capture,
+        None => panic!("another global tracing subscriber is installed in this test binary; this test needs its own"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -340,6 +340,13 @@ fn payment_review_event_and_import_commands_build_their_requests() {
         )],
     );
     check(
+        "payments record --amount -5 --currency EUR",
+        &[post(
+            "/v1/payments",
+            json!({"amount": "-5", "currency": "EUR"}),
+        )],
+    );
+    check(
         "payments reverse p1",
         &[post("/v1/payments/p1/reverse", json!({}))],
     );
