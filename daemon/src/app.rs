@@ -399,6 +399,10 @@ fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
         .collect();
     names.sort();
     for name in names {
+        if NEEDS_SETTINGS.contains(&name.as_str()) {
+            tracing::info!(plugin = %name, "no default instance: this plugin needs settings (e.g. a signing secret); add a [[connector]] for it");
+            continue;
+        }
         out.push(ConnectorConfig {
             name: name.clone(),
             plugin: name.clone(),
@@ -410,6 +414,9 @@ fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
     }
     out
 }
+
+/// Bundled plugins that cannot work without settings of their own (a webhook signing secret).
+const NEEDS_SETTINGS: &[&str] = &["stripe"];
 
 /// Settings that make a bundled plugin usable out of the box.
 fn default_settings(plugin: &str) -> serde_json::Value {

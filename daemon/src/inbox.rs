@@ -119,15 +119,8 @@ async fn process(state: &AppState, host: &PluginHost, inbox: &Inbox, path: &Path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let content = match tokio::fs::read(path).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "cannot read inbox file");
-            return;
-        }
-    };
     let result =
-        crate::api::import_file(state, host, &name, inbox.connector.as_deref(), content).await;
+        crate::api::import_path(state, host, &name, inbox.connector.as_deref(), path).await;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
     match result {
         Ok(summary) => {

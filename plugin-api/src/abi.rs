@@ -26,7 +26,11 @@ pub const ABI_MAGIC: [u8; 8] = *b"SETTLED\0";
 /// ABI major version: a plugin built for another major is refused before any of its code runs.
 pub const ABI_MAJOR: u32 = 1;
 /// ABI minor version: additions only; the host accepts plugins with a lower minor.
-pub const ABI_MINOR: u32 = 0;
+///
+/// - 1.0: the first release.
+/// - 1.1: chunked parse sessions (`parse_begin`, `parse_feed`, `parse_end`, `parse_abort`); the function
+///   table is unchanged, the new operations travel through [`PluginVTable::call`].
+pub const ABI_MINOR: u32 = 1;
 /// Name of the exported header static, NUL-terminated for `dlsym`.
 pub const HEADER_SYMBOL: &[u8] = b"SETTLED_PLUGIN_HEADER\0";
 /// Name of the exported init function, NUL-terminated for `dlsym`.

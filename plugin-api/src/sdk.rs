@@ -5,9 +5,21 @@
 
 use crate::wire::{
     ops, FileRequest, HttpRequestSpec, IntakeOutcome, IntakeRequest, MailOutcome, MailRequest,
-    Manifest, ParseReply, PluginError, PollReply, PollResponse, PollStart, SinkInput, SinkStep,
-    SniffReply, SniffRequest,
+    Manifest, ParseReply, PluginError, PollReply, PollResponse, PollStart, Record, SinkInput,
+    SinkStep, SniffReply, SniffRequest,
 };
+
+/// `file`: an incremental parser for one file, fed in chunks (ABI 1.1 parse sessions).
+///
+/// The records of all `feed` calls followed by those of `finish` must equal what [`Plugin::parse`] returns
+/// for the whole file, whatever the chunk boundaries (a chunk may end inside a line or a multi-byte
+/// character). Any bad entry fails the file, as in `parse`; after an error the parser is dropped.
+pub trait StreamParser: Send {
+    /// The next bytes of the file; returns the records they completed.
+    fn feed(&mut self, chunk: &[u8]) -> Result<Vec<Record>, PluginError>;
+    /// End of the file: the remaining records, or the error naming the bad line or element.
+    fn finish(self: Box<Self>) -> Result<Vec<Record>, PluginError>;
+}
 
 /// A connector plugin. Implement the methods of the roles named in [`Plugin::manifest`];
 /// the others answer `unsupported`.
@@ -35,6 +47,13 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     fn parse(&self, request: FileRequest) -> Result<ParseReply, PluginError> {
         let _ = request;
         Err(PluginError::unsupported(ops::PARSE))
+    }
+
+    /// `file`: a chunked parser for the file `name`, for memory-bounded imports of big files.
+    /// `None` (the default) makes the SDK buffer the fed bytes and call [`Plugin::parse`] at the end.
+    fn stream_parser(&self, name: &str) -> Option<Box<dyn StreamParser>> {
+        let _ = name;
+        None
     }
 
     /// `mail`: a raw RFC 822 message.
@@ -78,11 +97,12 @@ pub trait Plugin: Send + Sync + Sized + 'static {
 pub mod export {
     use std::any::Any;
     use std::cell::RefCell;
+    use std::collections::BTreeMap;
     use std::ffi::c_void;
     use std::fmt::Write as _;
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
+    use std::sync::{Mutex, OnceLock, PoisonError};
 
     use serde::de::DeserializeOwned;
     use serde::Serialize;
@@ -90,12 +110,15 @@ pub mod export {
     use tracing_core::span::{Attributes, Id, Record};
     use tracing_core::{Event, Level, LevelFilter, Metadata, Subscriber};
 
-    use super::Plugin;
+    use super::{Plugin, StreamParser};
     use crate::abi::{
         level, HostCallbacks, OutBuf, PluginVTable, Status, ABI_MAJOR, STATUS_ERROR,
         STATUS_INCOMPATIBLE, STATUS_OK, STATUS_PANICKED,
     };
-    use crate::wire::{ops, Envelope, PluginError, ENVELOPE_VERSION};
+    use crate::wire::{
+        ops, Envelope, FileRequest, ParseBegin, ParseFeed, ParseReply, ParseSessionId, PluginError,
+        Record as WireRecord, ENVELOPE_VERSION,
+    };
 
     /// The host callbacks this library was initialised with. Each plugin `cdylib` has its own copy of
     /// this crate, hence its own static.
@@ -267,6 +290,146 @@ pub mod export {
         }
     }
 
+    /// Open parse sessions kept per instance; more than this drops the oldest.
+    pub const MAX_SESSIONS: usize = 64;
+
+    /// One open parse session.
+    enum Session {
+        /// The plugin's own incremental parser.
+        Native(Box<dyn StreamParser>),
+        /// The plugin has none: the bytes are kept and handed to `parse` at the end.
+        Buffered { name: String, bytes: Vec<u8> },
+    }
+
+    #[derive(Default)]
+    struct Sessions {
+        next: u64,
+        /// Ordered by id, which is the opening order: the first entry is the oldest.
+        open: BTreeMap<u64, Session>,
+    }
+
+    /// What a plugin handle points to: the plugin and its open parse sessions.
+    pub struct Instance<P> {
+        plugin: P,
+        sessions: Mutex<Sessions>,
+    }
+
+    impl<P: Plugin> Instance<P> {
+        /// Wraps a configured plugin.
+        pub fn new(plugin: P) -> Self {
+            Instance {
+                plugin,
+                sessions: Mutex::new(Sessions::default()),
+            }
+        }
+
+        /// The number of open parse sessions.
+        pub fn open_sessions(&self) -> usize {
+            self.lock().open.len()
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
+            self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        /// Runs one operation, parse sessions included.
+        pub fn dispatch(
+            &self,
+            op: &str,
+            payload: serde_json::Value,
+        ) -> Result<serde_json::Value, PluginError> {
+            match op {
+                ops::PARSE_BEGIN => {
+                    let begin: ParseBegin = request(op, payload)?;
+                    reply(ParseSessionId {
+                        session: self.begin(begin.name),
+                    })
+                }
+                ops::PARSE_FEED => {
+                    let feed: ParseFeed = request(op, payload)?;
+                    reply(ParseReply {
+                        records: self.feed(feed.session, &feed.chunk)?,
+                    })
+                }
+                ops::PARSE_END => {
+                    let end: ParseSessionId = request(op, payload)?;
+                    reply(ParseReply {
+                        records: self.end(end.session)?,
+                    })
+                }
+                ops::PARSE_ABORT => {
+                    let abort: ParseSessionId = request(op, payload)?;
+                    drop(self.lock().open.remove(&abort.session));
+                    Ok(serde_json::json!({}))
+                }
+                other => dispatch(&self.plugin, other, payload),
+            }
+        }
+
+        fn begin(&self, name: String) -> u64 {
+            // Created outside the lock: a plugin's constructor may be slow.
+            let session = match self.plugin.stream_parser(&name) {
+                Some(parser) => Session::Native(parser),
+                None => Session::Buffered {
+                    name,
+                    bytes: Vec::new(),
+                },
+            };
+            let mut sessions = self.lock();
+            while sessions.open.len() >= MAX_SESSIONS {
+                let Some((oldest, _)) = sessions.open.pop_first() else {
+                    break;
+                };
+                tracing::warn!(
+                    session = oldest,
+                    "more than {MAX_SESSIONS} open parse sessions: the oldest was dropped"
+                );
+            }
+            sessions.next += 1;
+            let id = sessions.next;
+            sessions.open.insert(id, session);
+            id
+        }
+
+        /// Takes a session out of the table for the duration of a call, so that other sessions of the
+        /// instance are not held up while this one parses.
+        fn take(&self, id: u64) -> Result<Session, PluginError> {
+            self.lock().open.remove(&id).ok_or_else(|| {
+                PluginError::bad_input(
+                    "session",
+                    format!("no open parse session {id} (never opened, ended, aborted or dropped)"),
+                )
+            })
+        }
+
+        fn feed(&self, id: u64, chunk: &[u8]) -> Result<Vec<WireRecord>, PluginError> {
+            let mut session = self.take(id)?;
+            let records = match &mut session {
+                Session::Native(parser) => parser.feed(chunk)?,
+                Session::Buffered { bytes, .. } => {
+                    bytes.extend_from_slice(chunk);
+                    Vec::new()
+                }
+            };
+            // Only a session that is still good goes back: after an error the file has failed.
+            self.lock().open.insert(id, session);
+            Ok(records)
+        }
+
+        fn end(&self, id: u64) -> Result<Vec<WireRecord>, PluginError> {
+            match self.take(id)? {
+                Session::Native(parser) => parser.finish(),
+                Session::Buffered { name, bytes } => Ok(self
+                    .plugin
+                    .parse(FileRequest {
+                        name,
+                        content: bytes,
+                    })?
+                    .records),
+            }
+        }
+    }
+
     /// [`PluginVTable::manifest`].
     ///
     /// # Safety
@@ -295,7 +458,7 @@ pub mod export {
             // SAFETY: the host passes a buffer valid for the duration of the call.
             let settings = json(unsafe { borrowed(config, config_len) }, "settings")?;
             let plugin = P::configure(settings)?;
-            let handle = Box::into_raw(Box::new(plugin)).cast::<c_void>();
+            let handle = Box::into_raw(Box::new(Instance::new(plugin))).cast::<c_void>();
             // SAFETY: checked non-null above; the host passes a writable slot.
             unsafe { instance.write(handle) };
             Ok(serde_json::Value::Null)
@@ -329,13 +492,13 @@ pub mod export {
                 return Err(PluginError::new("internal", "null instance handle"));
             }
             // SAFETY: a non-null handle is one `create` returned and `destroy` has not consumed.
-            let plugin = unsafe { &*instance.cast::<P>() };
+            let instance = unsafe { &*instance.cast::<Instance<P>>() };
             // SAFETY: the host passes buffers valid for the duration of the call.
             let op = std::str::from_utf8(unsafe { borrowed(op, op_len) })
                 .map_err(|_| PluginError::bad_input("op", "operation name is not utf-8"))?;
             // SAFETY: as above.
             let payload = json(unsafe { borrowed(payload, payload_len) }, "payload")?;
-            dispatch(plugin, op, payload)
+            instance.dispatch(op, payload)
         })
     }
 
@@ -350,7 +513,7 @@ pub mod export {
         // A panicking Drop must not unwind into the host; the instance is gone either way.
         let _ = catch_unwind(AssertUnwindSafe(|| {
             // SAFETY: the handle came from `create` and the host destroys it exactly once.
-            drop(unsafe { Box::from_raw(instance.cast::<P>()) });
+            drop(unsafe { Box::from_raw(instance.cast::<Instance<P>>()) });
         }));
     }
 
@@ -446,7 +609,7 @@ pub mod export {
     #[cfg(test)]
     mod tests {
         use super::*;
-        use crate::wire::{Manifest, Role};
+        use crate::wire::{LeadRecord, Manifest, Role};
         use serde_json::json;
 
         struct Echo {
@@ -470,6 +633,19 @@ pub mod export {
                 }
             }
 
+            fn parse(&self, request: FileRequest) -> Result<ParseReply, PluginError> {
+                let text = String::from_utf8_lossy(&request.content);
+                Ok(ParseReply {
+                    records: text.lines().map(lead).collect(),
+                })
+            }
+
+            fn stream_parser(&self, name: &str) -> Option<Box<dyn StreamParser>> {
+                let _ = name;
+                (self.prefix == "stream")
+                    .then(|| Box::new(Lines::default()) as Box<dyn StreamParser>)
+            }
+
             fn custom(
                 &self,
                 op: &str,
@@ -481,6 +657,194 @@ pub mod export {
                     _ => Err(PluginError::unsupported(op)),
                 }
             }
+        }
+
+        fn lead(name: &str) -> WireRecord {
+            WireRecord::Lead(LeadRecord {
+                name: name.to_string(),
+                ..LeadRecord::default()
+            })
+        }
+
+        /// A native streamer: one record per complete line; the line `bad` fails the file.
+        #[derive(Default)]
+        struct Lines {
+            tail: Vec<u8>,
+        }
+
+        impl Lines {
+            fn line(line: &[u8]) -> Result<WireRecord, PluginError> {
+                match String::from_utf8_lossy(line).as_ref() {
+                    "bad" => Err(PluginError::bad_input("line", "bad line")),
+                    text => Ok(lead(text)),
+                }
+            }
+        }
+
+        impl StreamParser for Lines {
+            fn feed(&mut self, chunk: &[u8]) -> Result<Vec<WireRecord>, PluginError> {
+                self.tail.extend_from_slice(chunk);
+                let Some(last) = self.tail.iter().rposition(|b| *b == b'\n') else {
+                    return Ok(Vec::new());
+                };
+                let done: Vec<u8> = self.tail.drain(..=last).collect();
+                done.split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(Lines::line)
+                    .collect()
+            }
+
+            fn finish(self: Box<Self>) -> Result<Vec<WireRecord>, PluginError> {
+                if self.tail.is_empty() {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![Lines::line(&self.tail)?])
+            }
+        }
+
+        fn names(records: &[WireRecord]) -> Vec<String> {
+            records
+                .iter()
+                .map(|r| match r {
+                    WireRecord::Lead(l) => l.name.clone(),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        }
+
+        fn instance(prefix: &str) -> Instance<Echo> {
+            match Echo::configure(json!({ "prefix": prefix })) {
+                Ok(echo) => Instance::new(echo),
+                Err(e) => panic!("{e}"),
+            }
+        }
+
+        fn begin(instance: &Instance<Echo>) -> u64 {
+            match instance.dispatch(ops::PARSE_BEGIN, json!({"name": "f.txt"})) {
+                Ok(v) => v["session"].as_u64().unwrap_or_else(|| panic!("{v}")),
+                Err(e) => panic!("{e}"),
+            }
+        }
+
+        fn feed(
+            instance: &Instance<Echo>,
+            session: u64,
+            chunk: &[u8],
+        ) -> Result<Vec<String>, PluginError> {
+            let payload = serde_json::to_value(ParseFeed {
+                session,
+                chunk: chunk.to_vec(),
+            })
+            .unwrap_or_default();
+            let reply: ParseReply =
+                serde_json::from_value(instance.dispatch(ops::PARSE_FEED, payload)?)
+                    .map_err(|e| PluginError::new("internal", e.to_string()))?;
+            Ok(names(&reply.records))
+        }
+
+        fn end(instance: &Instance<Echo>, session: u64) -> Result<Vec<String>, PluginError> {
+            let reply: ParseReply = serde_json::from_value(
+                instance.dispatch(ops::PARSE_END, json!({ "session": session }))?,
+            )
+            .map_err(|e| PluginError::new("internal", e.to_string()))?;
+            Ok(names(&reply.records))
+        }
+
+        /// Feeds `chunks` into a new session of an instance with `prefix`; checks what each feed and the
+        /// end returned.
+        fn check_session(prefix: &str, chunks: &[&str], fed: &[&[&str]], ended: &[&str]) {
+            let instance = instance(prefix);
+            let session = begin(&instance);
+            let got: Vec<Vec<String>> = chunks
+                .iter()
+                .map(|c| feed(&instance, session, c.as_bytes()).unwrap_or_else(|e| panic!("{e}")))
+                .collect();
+            let expected: Vec<Vec<String>> = fed
+                .iter()
+                .map(|f| f.iter().map(|s| s.to_string()).collect())
+                .collect();
+            assert_eq!(got, expected, "feeds");
+            assert_eq!(
+                end(&instance, session).unwrap_or_else(|e| panic!("{e}")),
+                ended.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "end"
+            );
+            assert_eq!(instance.open_sessions(), 0);
+        }
+
+        #[test]
+        fn native_stream_parser_returns_records_as_lines_complete() {
+            check_session(
+                "stream",
+                &["a\nb", "c\nd\n", "e"],
+                &[&["a"], &["bc", "d"], &[]],
+                &["e"],
+            );
+        }
+
+        #[test]
+        fn without_a_stream_parser_the_bytes_are_buffered_and_parsed_at_the_end() {
+            check_session(
+                "plain",
+                &["a\nb", "c\nd\n", "e"],
+                &[&[], &[], &[]],
+                &["a", "bc", "d", "e"],
+            );
+        }
+
+        #[test]
+        fn a_failed_feed_closes_the_session() {
+            let instance = instance("stream");
+            let session = begin(&instance);
+            let failed = feed(&instance, session, b"ok\nbad\n");
+            assert_eq!(failed.map_err(|e| e.message), Err("bad line".to_string()));
+            assert_eq!(instance.open_sessions(), 0);
+            let after = end(&instance, session).map_err(|e| e.location);
+            assert_eq!(after, Err(Some("session".to_string())));
+        }
+
+        #[test]
+        fn parse_abort_frees_the_session() {
+            let instance = instance("plain");
+            let session = begin(&instance);
+            assert!(feed(&instance, session, b"abc").is_ok());
+            assert_eq!(instance.open_sessions(), 1);
+            let aborted = instance.dispatch(ops::PARSE_ABORT, json!({ "session": session }));
+            assert_eq!(aborted.ok(), Some(json!({})));
+            assert_eq!(instance.open_sessions(), 0);
+            assert!(feed(&instance, session, b"x").is_err());
+        }
+
+        #[test]
+        fn the_oldest_session_is_dropped_beyond_the_limit() {
+            let instance = instance("plain");
+            let first = begin(&instance);
+            let second = begin(&instance);
+            for _ in 2..MAX_SESSIONS {
+                begin(&instance);
+            }
+            assert_eq!(instance.open_sessions(), MAX_SESSIONS);
+            let newest = begin(&instance);
+            assert_eq!(instance.open_sessions(), MAX_SESSIONS);
+            assert!(feed(&instance, first, b"x").is_err());
+            assert!(feed(&instance, second, b"x").is_ok());
+            assert!(feed(&instance, newest, b"x").is_ok());
+        }
+
+        #[test]
+        fn parse_ops_work_through_the_c_entry_point() {
+            check(
+                "parse_begin",
+                r#"{"name":"f"}"#,
+                STATUS_OK,
+                r#"{"v":1,"op":"ok","payload":{"session":1}}"#,
+            );
+            check(
+                "parse_end",
+                r#"{"session":9}"#,
+                STATUS_ERROR,
+                r#"{"v":1,"op":"error","payload":{"code":"bad_input","location":"session","message":"no open parse session 9 (never opened, ended, aborted or dropped)"}}"#,
+            );
         }
 
         fn take(out: OutBuf) -> Vec<u8> {

@@ -40,6 +40,18 @@ pub mod ops {
     pub const SNIFF: &str = "sniff";
     /// Host -> plugin: parse a whole file, [`FileRequest`](super::FileRequest).
     pub const PARSE: &str = "parse";
+    /// Host -> plugin: open a chunked parse session, [`ParseBegin`](super::ParseBegin) ->
+    /// [`ParseSessionId`](super::ParseSessionId). Added in ABI 1.1.
+    pub const PARSE_BEGIN: &str = "parse_begin";
+    /// Host -> plugin: the next bytes of a session's file, [`ParseFeed`](super::ParseFeed) ->
+    /// [`ParseReply`](super::ParseReply) holding the records those bytes completed. Added in ABI 1.1.
+    pub const PARSE_FEED: &str = "parse_feed";
+    /// Host -> plugin: end of the file, [`ParseSessionId`](super::ParseSessionId) ->
+    /// [`ParseReply`](super::ParseReply) with the remaining records; the session is closed. Added in ABI 1.1.
+    pub const PARSE_END: &str = "parse_end";
+    /// Host -> plugin: drop a session's state, [`ParseSessionId`](super::ParseSessionId) -> `{}`.
+    /// Added in ABI 1.1.
+    pub const PARSE_ABORT: &str = "parse_abort";
     /// Host -> plugin: a raw RFC 822 message, [`MailRequest`](super::MailRequest).
     pub const MAIL: &str = "mail";
     /// Host -> plugin: start a poll, [`PollStart`](super::PollStart).
@@ -452,6 +464,31 @@ pub struct FileRequest {
 pub struct ParseReply {
     /// Records in file order.
     pub records: Vec<Record>,
+}
+
+/// `parse_begin`: open a chunked parse session for one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParseBegin {
+    /// File name without folders (used in `source_position`).
+    pub name: String,
+}
+
+/// `parse_begin` reply, and the request of `parse_end` and `parse_abort`: names an open session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParseSessionId {
+    /// The session id the plugin handed out, unique within the instance.
+    pub session: u64,
+}
+
+/// `parse_feed`: the next bytes of the file. A chunk may end anywhere, even inside a line or a
+/// multi-byte character; the reply holds the records completed by the bytes fed so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParseFeed {
+    /// The session from `parse_begin`.
+    pub session: u64,
+    /// The bytes, in file order.
+    #[serde(with = "base64_bytes")]
+    pub chunk: Vec<u8>,
 }
 
 /// `mail`: one raw RFC 822 message.

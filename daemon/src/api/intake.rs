@@ -127,42 +127,167 @@ pub(super) struct ImportQuery {
 pub(super) async fn import(
     State(state): State<AppState>,
     Query(q): Query<ImportQuery>,
-    body: bytes::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let host = host(&state)?;
-    let summary = import_file(&state, host, &q.name, q.plugin.as_deref(), body.to_vec()).await?;
-    Ok(Json(summary).into_response())
+    // Spool the upload to disk as it arrives, so a large statement never sits in memory whole.
+    let spool_dir = state.engine.config().data_dir().join("spool");
+    tokio::fs::create_dir_all(&spool_dir)
+        .await
+        .map_err(|e| internal(format!("creating {}: {e}", spool_dir.display())))?;
+    let spool = spool_dir.join(format!(
+        "upload-{}-{}",
+        std::process::id(),
+        state.engine.now().timestamp_nanos_opt().unwrap_or_default()
+    ));
+    let result = async {
+        spool_body(body, &spool).await?;
+        import_path(&state, host, &q.name, q.plugin.as_deref(), &spool).await
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&spool).await;
+    Ok(Json(result?).into_response())
 }
 
-/// Sniff (unless `forced`), parse and ingest one file. Shared by the import endpoint and the file inbox.
-pub async fn import_file(
+/// Largest accepted upload: 4 GiB.
+const MAX_UPLOAD: u64 = 4 << 30;
+
+async fn spool_body(body: axum::body::Body, path: &std::path::Path) -> Result<(), ApiError> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| internal(format!("creating {}: {e}", path.display())))?;
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(None, format!("reading the upload: {e}")))?;
+        total += chunk.len() as u64;
+        if total > MAX_UPLOAD {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "uploads are limited to 4 GiB",
+            ));
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| internal(format!("writing {}: {e}", path.display())))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| internal(format!("writing {}: {e}", path.display())))?;
+    Ok(())
+}
+
+fn internal(message: String) -> ApiError {
+    tracing::error!(%message, "import failed");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+}
+
+/// Files up to this size are parsed in one call; larger ones stream through a parse session twice
+/// (once to validate the whole file, once to commit), so memory stays bounded and a bad file records nothing.
+const SMALL_FILE: u64 = 8 << 20;
+const CHUNK: usize = 1 << 20;
+
+/// Sniff (unless `forced`), parse and ingest one file from disk. Shared by the import endpoint and the file inbox.
+pub async fn import_path(
     state: &AppState,
     host: &PluginHost,
     name: &str,
     forced: Option<&str>,
-    content: Vec<u8>,
+    path: &std::path::Path,
 ) -> Result<crate::engine::ImportSummary, ApiError> {
-    let (instance, plugin) = choose_instance(host, name, forced, &content).await?;
-    let reply = host
-        .parse(
-            &instance,
-            FileRequest {
-                name: name.to_string(),
-                content,
-            },
-        )
-        .await
-        .map_err(plugin_error)?;
-    let n = reply.records.len() as u64;
-    let summary = state
-        .engine
-        .ingest(&instance, &plugin, Some(name), reply.records)
-        .await?;
+    use tokio::io::AsyncReadExt;
+    let io = |e: std::io::Error| internal(format!("reading {}: {e}", path.display()));
+    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+    let size = file.metadata().await.map_err(io)?.len();
+    let mut head = vec![0u8; 4096.min(size as usize)];
+    file.read_exact(&mut head).await.map_err(io)?;
+    let (instance, plugin) = choose_instance(host, name, forced, &head).await?;
+    if size <= SMALL_FILE {
+        let content = tokio::fs::read(path).await.map_err(io)?;
+        let reply = host
+            .parse(
+                &instance,
+                FileRequest {
+                    name: name.to_string(),
+                    content,
+                },
+            )
+            .await
+            .map_err(plugin_error)?;
+        let n = reply.records.len() as u64;
+        let summary = state
+            .engine
+            .ingest(&instance, &plugin, Some(name), reply.records)
+            .await?;
+        state
+            .metrics
+            .records_ingested
+            .fetch_add(n, Ordering::Relaxed);
+        return Ok(summary);
+    }
+    // Pass 1: the whole file must parse before anything is recorded.
+    let mut validated = 0u64;
+    stream_file(host, &instance, name, path, |records| {
+        validated += records.len() as u64;
+        Ok(())
+    })
+    .await?;
+    // Pass 2: commit as the records come.
+    let mut run = state.engine.begin_ingest(&instance, &plugin, Some(name));
+    stream_file(host, &instance, name, path, |records| {
+        run.add(records).map_err(ApiError::from)
+    })
+    .await?;
+    let summary = run.finish().await?;
+    if summary.records_read != validated {
+        tracing::warn!(file = %name, validated, committed = summary.records_read, "the plugin produced different records on the second pass");
+    }
     state
         .metrics
         .records_ingested
-        .fetch_add(n, Ordering::Relaxed);
+        .fetch_add(summary.records_read, Ordering::Relaxed);
     Ok(summary)
+}
+
+async fn stream_file(
+    host: &PluginHost,
+    instance: &str,
+    name: &str,
+    path: &std::path::Path,
+    mut sink: impl FnMut(Vec<settled_plugin_api::Record>) -> Result<(), ApiError>,
+) -> Result<(), ApiError> {
+    use tokio::io::AsyncReadExt;
+    let io = |e: std::io::Error| internal(format!("reading {}: {e}", path.display()));
+    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+    let mut session = host
+        .parse_begin(instance, name)
+        .await
+        .map_err(plugin_error)?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        match session.feed(&buf[..n]).await {
+            Ok(records) => {
+                if let Err(e) = sink(records) {
+                    session.abort().await;
+                    return Err(e);
+                }
+            }
+            Err(e) => {
+                session.abort().await;
+                return Err(plugin_error(e));
+            }
+        }
+    }
+    let rest = session.finish().await.map_err(plugin_error)?;
+    sink(rest)
 }
 
 /// The file-role instance that claims a file most confidently (or the forced one).

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub use errors::ApiError;
-pub use intake::{choose_instance, import_file};
+pub use intake::{choose_instance, import_path};
 pub use metrics::Metrics;
 
 use crate::domain::lead::{LeadInput, LeadStatus};

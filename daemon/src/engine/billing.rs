@@ -193,11 +193,20 @@ impl Tx<'_> {
         if open {
             self.ws.index("open-invoice", &inv.id, &inv.id);
             self.ws.index("open-due", &due_key, &inv.id);
-            let name = self
-                .store
-                .get::<Account>("account", &inv.account_id)?
-                .map(|a| a.name)
-                .unwrap_or_default();
+            // The index already knows the customer's name for invoices it has seen; the store is the fallback.
+            let known = self
+                .state
+                .index
+                .get(&inv.id)
+                .map(|o| o.account_name.clone());
+            let name = match known {
+                Some(name) => name,
+                None => self
+                    .store
+                    .get::<Account>("account", &inv.account_id)?
+                    .map(|a| a.name)
+                    .unwrap_or_default(),
+            };
             if let Some(o) = open_invoice(inv, &name) {
                 self.index_update(IndexUpdate::Upsert(o));
             }

@@ -154,31 +154,24 @@ impl Engine {
         file: Option<&str>,
         records: Vec<Record>,
     ) -> EngineResult<ImportSummary> {
-        let mut summary = ImportSummary {
-            file: file.map(str::to_string),
-            plugin: connector.to_string(),
-            records_read: records.len() as u64,
-            ..ImportSummary::default()
-        };
-        let actor = format!("connector:{connector}");
-        let mut last_ticket = None;
-        let mut records = records.into_iter().peekable();
-        while records.peek().is_some() {
-            let chunk: Vec<Record> = records.by_ref().take(CHUNK).collect();
-            let (_, ticket) = self.write_nowait(|tx| {
-                for record in chunk {
-                    ingest_one(tx, plugin, &actor, record, &mut summary)?;
-                }
-                Ok(())
-            })?;
-            if ticket.is_some() {
-                last_ticket = ticket;
-            }
+        let mut run = self.begin_ingest(connector, plugin, file);
+        run.add(records)?;
+        run.finish().await
+    }
+
+    /// Start ingesting a stream of records (a large file parsed piece by piece): add batches as they come, then finish.
+    pub fn begin_ingest(&self, connector: &str, plugin: &str, file: Option<&str>) -> IngestRun<'_> {
+        IngestRun {
+            engine: self,
+            plugin: plugin.to_string(),
+            actor: format!("connector:{connector}"),
+            summary: ImportSummary {
+                file: file.map(str::to_string),
+                plugin: connector.to_string(),
+                ..ImportSummary::default()
+            },
+            last_ticket: None,
         }
-        if let Some(ticket) = last_ticket {
-            self.durable(&ticket).await?;
-        }
-        Ok(summary)
     }
 
     /// An API payment without explicit allocations: reconciled like an ingested one.
@@ -317,6 +310,45 @@ impl Engine {
             Ok(item)
         })
         .await
+    }
+}
+
+/// An ingestion in progress; see [`Engine::begin_ingest`].
+pub struct IngestRun<'e> {
+    engine: &'e Engine,
+    plugin: String,
+    actor: String,
+    summary: ImportSummary,
+    last_ticket: Option<crate::store::CommitTicket>,
+}
+
+impl IngestRun<'_> {
+    /// Commit a batch of records, [`CHUNK`] per write set (each atomic). Durability is awaited once, in [`IngestRun::finish`].
+    pub fn add(&mut self, records: Vec<Record>) -> EngineResult<()> {
+        self.summary.records_read += records.len() as u64;
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            let chunk: Vec<Record> = records.by_ref().take(CHUNK).collect();
+            let (plugin, actor, summary) = (&self.plugin, &self.actor, &mut self.summary);
+            let (_, ticket) = self.engine.write_nowait(|tx| {
+                for record in chunk {
+                    ingest_one(tx, plugin, actor, record, summary)?;
+                }
+                Ok(())
+            })?;
+            if ticket.is_some() {
+                self.last_ticket = ticket;
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait until everything added is durable; the summary of the whole run.
+    pub async fn finish(self) -> EngineResult<ImportSummary> {
+        if let Some(ticket) = &self.last_ticket {
+            self.engine.durable(ticket).await?;
+        }
+        Ok(self.summary)
     }
 }
 

@@ -280,6 +280,8 @@ pub(crate) enum ChildFailure {
     Bad(String),
     /// The child refused to forward an output (e.g. over 64 MiB) and is still healthy.
     Refused(String),
+    /// A call pinned to one child found it restarted (see [`ProcInstance::call_in`]); nothing was sent.
+    Restarted,
 }
 
 enum Incoming {
@@ -534,6 +536,8 @@ pub(crate) struct ProcInstance {
 
 struct ProcState {
     conn: Option<ChildConn>,
+    /// Counts the children started; a parse session lives in one of them.
+    generation: u64,
     failures: u32,
     next_start: Instant,
 }
@@ -561,6 +565,7 @@ impl ProcInstance {
             settings,
             state: tokio::sync::Mutex::new(ProcState {
                 conn: Some(conn),
+                generation: 1,
                 failures: 0,
                 next_start: Instant::now(),
             }),
@@ -589,6 +594,9 @@ impl ProcInstance {
                 Err(Reply::Bad(format!("crashed in configure: {why}")))
             }
             Err(ChildFailure::Bad(why)) | Err(ChildFailure::Refused(why)) => Err(Reply::Bad(why)),
+            Err(ChildFailure::Restarted) => Err(Reply::Bad(
+                "the plugin host restarted during configure".to_string(),
+            )),
         }
     }
 
@@ -596,10 +604,38 @@ impl ProcInstance {
     ///
     /// `timeout` bounds the wait for earlier calls on this instance and then the call itself; a restart
     /// in between is bounded separately ([`HANDSHAKE_TIMEOUT`]).
-    pub(crate) async fn call(&self, op: &str, payload: &[u8], timeout: Duration) -> ProcOutcome {
+    /// Also says which child generation served the call. With `pinned`, the call
+    /// only goes to that generation: when the child it names has died or been replaced, nothing is sent
+    /// and the result is [`ChildFailure::Restarted`] (the plugin state the caller relies on is gone).
+    pub(crate) async fn call_in(
+        &self,
+        op: &str,
+        payload: &[u8],
+        timeout: Duration,
+        pinned: Option<u64>,
+    ) -> (ProcOutcome, u64) {
         let Ok(mut state) = tokio::time::timeout(timeout, self.state.lock()).await else {
-            return ProcOutcome::Failed(ChildFailure::Timeout);
+            return (ProcOutcome::Failed(ChildFailure::Timeout), 0);
         };
+        if let Some(generation) = pinned {
+            if state.conn.is_none() || state.generation != generation {
+                return (
+                    ProcOutcome::Failed(ChildFailure::Restarted),
+                    state.generation,
+                );
+            }
+        }
+        let outcome = self.call_locked(&mut state, op, payload, timeout).await;
+        (outcome, state.generation)
+    }
+
+    async fn call_locked(
+        &self,
+        state: &mut ProcState,
+        op: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> ProcOutcome {
         if state.conn.is_none() {
             if state.next_start > Instant::now() + timeout {
                 let wait = state.next_start.saturating_duration_since(Instant::now());
@@ -622,9 +658,10 @@ impl ProcInstance {
                 Ok(conn) => {
                     tracing::info!(plugin = %self.plugin, restarts = state.failures, "plugin host restarted");
                     state.conn = Some(conn);
+                    state.generation += 1;
                 }
                 Err(reply) => {
-                    Self::backoff(&mut state);
+                    Self::backoff(state);
                     let why = match reply {
                         Reply::Bad(why) | Reply::Panicked(why) => why,
                         Reply::Err(e) => e.to_string(),
@@ -647,7 +684,7 @@ impl ProcInstance {
             Err(ChildFailure::Refused(why)) => ProcOutcome::Reply(Reply::Bad(why)),
             Err(failure) => {
                 state.conn = None;
-                Self::backoff(&mut state);
+                Self::backoff(state);
                 ProcOutcome::Failed(failure)
             }
         }

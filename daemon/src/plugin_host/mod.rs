@@ -13,6 +13,7 @@ mod checks;
 mod child;
 mod native;
 mod reload;
+mod session;
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
@@ -31,6 +32,7 @@ use settled_plugin_api::{
 pub use child::child_main;
 use child::{ChildFailure, ProcInstance, ProcOutcome};
 use native::{NativeInstance, NativeLib, Reply, Workers};
+pub use session::ParseSession;
 
 /// Most recent load errors kept per plugin file.
 const MAX_LOAD_ERRORS: usize = 8;
@@ -458,67 +460,32 @@ impl PluginHost {
         op: &str,
         payload: serde_json::Value,
     ) -> Result<serde_json::Value, CallError> {
+        let target = self.target(instance)?;
+        let payload = serde_json::to_vec(&payload).unwrap_or_default();
+        target.call(op, payload, None).await.0
+    }
+
+    /// What serves `instance` now, with everything needed to call it.
+    fn target(&self, instance: &str) -> Result<Target, CallError> {
         let slot = self
             .slots
             .get(instance)
             .ok_or_else(|| CallError::UnknownInstance(instance.to_string()))?;
-        let plugin = slot.config.plugin.clone();
         let live = read(&slot.live).clone();
         let Some(live) = live else {
             return Err(CallError::NotRunning {
                 instance: instance.to_string(),
-                plugin: plugin.clone(),
+                plugin: slot.config.plugin.clone(),
                 reason: self.not_running_reason(slot),
             });
         };
-        if let Some(reason) = lock(&live.health).quarantined.clone() {
-            return Err(CallError::Quarantined {
-                instance: instance.to_string(),
-                plugin,
-                reason,
-            });
-        }
-        let payload = serde_json::to_vec(&payload).unwrap_or_default();
-        let timeout = self.timeout_of(&slot.config);
-        let started = Instant::now();
-        let result = match &live.backend {
-            Backend::Native(native) => self.call_native(native, op, payload, timeout).await,
-            Backend::Process(child) => match child.call(op, &payload, timeout).await {
-                ProcOutcome::Reply(reply) => Ok(reply),
-                ProcOutcome::Failed(failure) => Err(failure),
-            },
-        };
-        let took = started.elapsed();
-        let name = instance.to_string();
-        let outcome = match result {
-            Ok(Reply::Ok(value)) => Ok(value),
-            Ok(Reply::Err(error)) => Err(CallError::Plugin(error)),
-            Ok(Reply::Panicked(message)) => Err(CallError::Panicked {
-                instance: name,
-                plugin,
-                message,
-            }),
-            Ok(Reply::Bad(detail))
-            | Err(ChildFailure::Bad(detail))
-            | Err(ChildFailure::Refused(detail)) => Err(CallError::BadOutput {
-                instance: name,
-                plugin,
-                detail,
-            }),
-            Err(ChildFailure::Timeout) => Err(CallError::Timeout {
-                instance: name,
-                plugin,
-                after: timeout,
-            }),
-            Err(ChildFailure::Crashed(detail)) => Err(CallError::Crashed {
-                instance: name,
-                plugin,
-                detail,
-            }),
-        };
-        lock(&slot.stats).record(took, outcome.is_err());
-        self.update_health(slot, &live, &outcome);
-        outcome
+        Ok(Target {
+            slot: Arc::clone(slot),
+            live,
+            workers: Arc::clone(&self.workers),
+            timeout: self.timeout_of(&slot.config),
+            quarantine_after: self.config.quarantine_after,
+        })
     }
 
     /// `intake`: an inbound HTTP request.
@@ -706,78 +673,6 @@ impl PluginHost {
                 }
             })
             .collect()
-    }
-
-    async fn call_native(
-        &self,
-        native: &Arc<NativeInstance>,
-        op: &str,
-        payload: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<Reply, ChildFailure> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let native = Arc::clone(native);
-        let op = op.to_string();
-        self.workers.run(Box::new(move || {
-            let _ = tx.send(native.call(&op, &payload));
-        }));
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(ChildFailure::Crashed(
-                "the call thread ended without an answer".to_string(),
-            )),
-            Err(_) => Err(ChildFailure::Timeout),
-        }
-    }
-
-    fn update_health(
-        &self,
-        slot: &Slot,
-        live: &Instance,
-        outcome: &Result<serde_json::Value, CallError>,
-    ) {
-        let mut health = lock(&live.health);
-        let failure = match outcome {
-            Ok(_) | Err(CallError::Plugin(_)) => None,
-            Err(e) => Some(e),
-        };
-        let Some(failure) = failure else {
-            health.consecutive_failures = 0;
-            return;
-        };
-        health.consecutive_failures += 1;
-        tracing::warn!(
-            instance = %slot.config.name,
-            plugin = %slot.config.plugin,
-            error = %failure,
-            consecutive = health.consecutive_failures,
-            "plugin call failed"
-        );
-        let hung_in_process = slot.config.isolation == Isolation::InProcess
-            && matches!(failure, CallError::Timeout { .. });
-        let reason = if hung_in_process {
-            Some(format!(
-                "a call hung in-process ({failure}); its thread cannot be reclaimed. Drop in a fixed version or use isolation = \"process\""
-            ))
-        } else if health.consecutive_failures >= self.config.quarantine_after {
-            Some(format!(
-                "{} consecutive failed calls, the last: {failure}. Drop in a fixed version to resume",
-                health.consecutive_failures
-            ))
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            if health.quarantined.is_none() {
-                tracing::error!(
-                    instance = %slot.config.name,
-                    plugin = %slot.config.plugin,
-                    %reason,
-                    "plugin instance quarantined"
-                );
-                health.quarantined = Some(reason);
-            }
-        }
     }
 
     /// Brings the host in line with one file of the plugin folder: load, replace or remove.
@@ -983,6 +878,161 @@ impl PluginHost {
     }
 }
 
+/// One live instance and what it takes to call it, detached from the host: a parse session keeps its
+/// own, so that it stays with the version (and, in process mode, the child) it began in.
+#[derive(Clone)]
+struct Target {
+    slot: Arc<Slot>,
+    live: Arc<Instance>,
+    workers: Arc<Workers>,
+    timeout: Duration,
+    quarantine_after: u32,
+}
+
+/// The error of a session call whose child was replaced since the session began.
+const RESTARTED: &str = "plugin restarted during the parse session; the file was not imported";
+
+impl Target {
+    /// Runs one operation, recording stats and health. In process mode the second value is the child
+    /// generation that served the call; `pinned` restricts the call to that generation.
+    async fn call(
+        &self,
+        op: &str,
+        payload: Vec<u8>,
+        pinned: Option<u64>,
+    ) -> (Result<serde_json::Value, CallError>, Option<u64>) {
+        let instance = self.slot.config.name.clone();
+        let plugin = self.slot.config.plugin.clone();
+        if let Some(reason) = lock(&self.live.health).quarantined.clone() {
+            let refused = CallError::Quarantined {
+                instance,
+                plugin,
+                reason,
+            };
+            return (Err(refused), None);
+        }
+        let started = Instant::now();
+        let (result, generation) = match &self.live.backend {
+            Backend::Native(native) => (self.call_native(native, op, payload).await, None),
+            Backend::Process(child) => {
+                let (outcome, generation) = child.call_in(op, &payload, self.timeout, pinned).await;
+                let result = match outcome {
+                    ProcOutcome::Reply(reply) => Ok(reply),
+                    ProcOutcome::Failed(failure) => Err(failure),
+                };
+                (result, Some(generation))
+            }
+        };
+        let took = started.elapsed();
+        let outcome = match result {
+            Ok(Reply::Ok(value)) => Ok(value),
+            Ok(Reply::Err(error)) => Err(CallError::Plugin(error)),
+            Ok(Reply::Panicked(message)) => Err(CallError::Panicked {
+                instance,
+                plugin,
+                message,
+            }),
+            Ok(Reply::Bad(detail))
+            | Err(ChildFailure::Bad(detail))
+            | Err(ChildFailure::Refused(detail)) => Err(CallError::BadOutput {
+                instance,
+                plugin,
+                detail,
+            }),
+            Err(ChildFailure::Timeout) => Err(CallError::Timeout {
+                instance,
+                plugin,
+                after: self.timeout,
+            }),
+            Err(ChildFailure::Crashed(detail)) => Err(CallError::Crashed {
+                instance,
+                plugin,
+                detail,
+            }),
+            Err(ChildFailure::Restarted) => {
+                // Nothing reached the plugin: neither its stats nor its health change.
+                let lost = CallError::Crashed {
+                    instance,
+                    plugin,
+                    detail: RESTARTED.to_string(),
+                };
+                return (Err(lost), generation);
+            }
+        };
+        lock(&self.slot.stats).record(took, outcome.is_err());
+        self.update_health(&outcome);
+        (outcome, generation)
+    }
+
+    async fn call_native(
+        &self,
+        native: &Arc<NativeInstance>,
+        op: &str,
+        payload: Vec<u8>,
+    ) -> Result<Reply, ChildFailure> {
+        let timeout = self.timeout;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let native = Arc::clone(native);
+        let op = op.to_string();
+        self.workers.run(Box::new(move || {
+            let _ = tx.send(native.call(&op, &payload));
+        }));
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(ChildFailure::Crashed(
+                "the call thread ended without an answer".to_string(),
+            )),
+            Err(_) => Err(ChildFailure::Timeout),
+        }
+    }
+
+    fn update_health(&self, outcome: &Result<serde_json::Value, CallError>) {
+        let slot = &self.slot;
+        let mut health = lock(&self.live.health);
+        let failure = match outcome {
+            Ok(_) | Err(CallError::Plugin(_)) => None,
+            Err(e) => Some(e),
+        };
+        let Some(failure) = failure else {
+            health.consecutive_failures = 0;
+            return;
+        };
+        health.consecutive_failures += 1;
+        tracing::warn!(
+            instance = %slot.config.name,
+            plugin = %slot.config.plugin,
+            error = %failure,
+            consecutive = health.consecutive_failures,
+            "plugin call failed"
+        );
+        let hung_in_process = slot.config.isolation == Isolation::InProcess
+            && matches!(failure, CallError::Timeout { .. });
+        let reason = if hung_in_process {
+            Some(format!(
+                "a call hung in-process ({failure}); its thread cannot be reclaimed. Drop in a fixed version or use isolation = \"process\""
+            ))
+        } else if health.consecutive_failures >= self.quarantine_after {
+            Some(format!(
+                "{} consecutive failed calls, the last: {failure}. Drop in a fixed version to resume",
+                health.consecutive_failures
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            if health.quarantined.is_none() {
+                tracing::error!(
+                    instance = %slot.config.name,
+                    plugin = %slot.config.plugin,
+                    %reason,
+                    "plugin instance quarantined"
+                );
+                health.quarantined = Some(reason);
+            }
+        }
+    }
+}
+
 fn describe_configure_failure(reply: Reply) -> String {
     match reply {
         Reply::Err(e) => format!("settings rejected: {e}"),
@@ -1168,6 +1218,8 @@ mod tests {
         fn shareable<T: Send + Sync + 'static>() {}
         shareable::<PluginHost>();
         shareable::<CallError>();
+        fn sendable<T: Send + 'static>() {}
+        sendable::<ParseSession>();
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (built in or configured) into `payment@1` records.
 
 mod profile;
+mod stream;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use settled_plugin_api::chrono::format::{Item, Parsed, StrftimeItems};
 use settled_plugin_api::chrono::NaiveDate;
 use settled_plugin_api::rust_decimal::Decimal;
+use settled_plugin_api::sdk::StreamParser;
 use settled_plugin_api::{
     EntryStatus, FileRequest, Manifest, ParseReply, PaymentRecord, Plugin, PluginError, Record,
     Role, SniffReply, SniffRequest,
@@ -22,6 +24,7 @@ use sha2::{Digest, Sha256};
 pub use profile::{
     built_in, de_sepa, dotted_date, signed, Columns, DcFlag, Names, Profile, BUILT_IN,
 };
+pub use stream::CsvStream;
 
 /// Settings as written in the connector's config.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -132,6 +135,10 @@ impl Plugin for BankCsv {
         }
     }
 
+    fn stream_parser(&self, name: &str) -> Option<Box<dyn StreamParser>> {
+        Some(Box::new(CsvStream::new(name, &self.settings)))
+    }
+
     fn parse(&self, request: FileRequest) -> Result<ParseReply, PluginError> {
         let records = parse(&request.name, &request.content, &self.settings)?;
         Ok(ParseReply {
@@ -219,14 +226,16 @@ pub fn parse(
     // Sizing the outputs up front avoids rehashing and copying them as a million-row file grows.
     let rows_estimate = body.bytes().filter(|b| *b == b'\n').count() + 1;
 
+    let mut state = RowState {
+        seen: HashMap::with_capacity_and_hasher(rows_estimate, BuildHasherDefault::default()),
+        ..RowState::default()
+    };
     let mut rows = RowParser {
         file: name,
         profile,
         layout: &layout,
         date_formats: &date_formats,
-        last_date: (String::new(), None),
-        scratch: String::new(),
-        seen: HashMap::with_capacity_and_hasher(rows_estimate, BuildHasherDefault::default()),
+        state: &mut state,
     };
     let mut out = Vec::with_capacity(rows_estimate);
     loop {
@@ -422,15 +431,22 @@ impl Hasher for DigestHasher {
     }
 }
 
+/// What row parsing carries from one row to the next (and, when streaming, from one chunk to the next).
+#[derive(Default)]
+struct RowState {
+    /// Exports list many rows per day: the last date text and its parse are reused.
+    last_date: (String, Option<NaiveDate>),
+    scratch: String,
+    /// Occurrences of each content hash so far, for the ids of identical rows.
+    seen: HashMap<u64, u32, BuildHasherDefault<DigestHasher>>,
+}
+
 struct RowParser<'a> {
     file: &'a str,
     profile: &'a Profile,
     layout: &'a Layout,
     date_formats: &'a [Vec<Item<'a>>],
-    /// Exports list many rows per day: the last date text and its parse are reused.
-    last_date: (String, Option<NaiveDate>),
-    scratch: String,
-    seen: HashMap<u64, u32, BuildHasherDefault<DigestHasher>>,
+    state: &'a mut RowState,
 }
 
 impl RowParser<'_> {
@@ -595,14 +611,14 @@ impl RowParser<'_> {
         let external_id = match optional(layout.id)? {
             Some(id) => id.to_string(),
             None => {
-                self.scratch.clear();
+                self.state.scratch.clear();
                 let _ = write!(
-                    self.scratch,
+                    self.state.scratch,
                     "{booked_on}\u{1f}{}\u{1f}{amount}\u{1f}{currency}",
                     value_date.map(|d| d.to_string()).unwrap_or_default()
                 );
                 let mut hasher = Sha256::new();
-                hasher.update(self.scratch.as_bytes());
+                hasher.update(self.state.scratch.as_bytes());
                 for part in [
                     counterparty_name,
                     counterparty_account,
@@ -616,7 +632,11 @@ impl RowParser<'_> {
                 let digest = hasher.finalize();
                 let mut prefix = [0u8; 8];
                 prefix.copy_from_slice(&digest[..8]);
-                let occurrence = self.seen.entry(u64::from_be_bytes(prefix)).or_insert(0);
+                let occurrence = self
+                    .state
+                    .seen
+                    .entry(u64::from_be_bytes(prefix))
+                    .or_insert(0);
                 let id = content_id(&digest, *occurrence);
                 *occurrence += 1;
                 id
@@ -642,8 +662,8 @@ impl RowParser<'_> {
     }
 
     fn date(&mut self, text: &str) -> Result<NaiveDate, String> {
-        if self.last_date.0 == text {
-            if let Some(date) = self.last_date.1 {
+        if self.state.last_date.0 == text {
+            if let Some(date) = self.state.last_date.1 {
                 return Ok(date);
             }
         }
@@ -654,9 +674,9 @@ impl RowParser<'_> {
         });
         match parsed {
             Some(date) => {
-                self.last_date.0.clear();
-                self.last_date.0.push_str(text);
-                self.last_date.1 = Some(date);
+                self.state.last_date.0.clear();
+                self.state.last_date.0.push_str(text);
+                self.state.last_date.1 = Some(date);
                 Ok(date)
             }
             None => Err(format!(
@@ -677,7 +697,7 @@ impl RowParser<'_> {
             text,
             self.profile.decimal_mark,
             self.profile.thousands_separator,
-            &mut self.scratch,
+            &mut self.state.scratch,
         )
     }
 }
@@ -834,8 +854,34 @@ fn decode<'a>(bytes: &'a [u8], encoding: &str) -> Result<Cow<'a, str>, PluginErr
 }
 
 fn decode_auto(bytes: &[u8]) -> Cow<'_, str> {
+    match detect(bytes) {
+        Detected::Bom(encoding, bom) => encoding.decode_without_bom_handling(&bytes[bom..]).0,
+        Detected::Utf16(encoding) => encoding.decode_without_bom_handling(bytes).0,
+        Detected::Utf8OrWindows1252 => match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => {
+                encoding_rs::WINDOWS_1252
+                    .decode_without_bom_handling(bytes)
+                    .0
+            }
+        },
+    }
+}
+
+/// What automatic detection makes of a file from its first bytes.
+enum Detected {
+    /// A byte order mark of this many bytes names the encoding.
+    Bom(&'static encoding_rs::Encoding, usize),
+    /// UTF-16 without a BOM.
+    Utf16(&'static encoding_rs::Encoding),
+    /// UTF-8 if the whole file is valid UTF-8, else Windows-1252.
+    Utf8OrWindows1252,
+}
+
+/// Looks at the BOM and at most the first 128 bytes.
+fn detect(bytes: &[u8]) -> Detected {
     if let Some((encoding, bom)) = encoding_rs::Encoding::for_bom(bytes) {
-        return encoding.decode_without_bom_handling(&bytes[bom..]).0;
+        return Detected::Bom(encoding, bom);
     }
     // UTF-16 without a BOM: ASCII text has a zero in every other byte.
     if bytes.len() >= 4 {
@@ -854,20 +900,13 @@ fn decode_auto(bytes: &[u8]) -> Cow<'_, str> {
             .count();
         let pairs = (bytes.len() / 2).min(64);
         if odd_zeros * 10 >= pairs * 9 && even_zeros == 0 {
-            return encoding_rs::UTF_16LE.decode_without_bom_handling(bytes).0;
+            return Detected::Utf16(encoding_rs::UTF_16LE);
         }
         if even_zeros * 10 >= pairs * 9 && odd_zeros == 0 {
-            return encoding_rs::UTF_16BE.decode_without_bom_handling(bytes).0;
+            return Detected::Utf16(encoding_rs::UTF_16BE);
         }
     }
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Cow::Borrowed(text),
-        Err(_) => {
-            encoding_rs::WINDOWS_1252
-                .decode_without_bom_handling(bytes)
-                .0
-        }
-    }
+    Detected::Utf8OrWindows1252
 }
 
 fn is_currency_code(raw: &str) -> bool {

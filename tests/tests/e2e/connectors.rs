@@ -299,3 +299,81 @@ fn an_mt940_statement_for_invoices_settled_issued_pays_them() {
     );
     assert_eq!(after["payment_status"], "paid", "{after}\n{r}");
 }
+
+fn stripe_header(secret: &str, t: i64, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[test]
+fn a_signed_stripe_payment_pays_its_invoice_once_and_bad_or_stale_signatures_record_nothing() {
+    let d = Daemon::start(Setup {
+        plugins: vec!["stripe"],
+        config: "[[connector]]\nname = \"stripe\"\nplugin = \"stripe\"\nsettings = { secret = \"whsec_test\" }\n".into(),
+    });
+    let inv = issue_invoice(&d, "Card Buyer", one_line("15.00"));
+    let body = json!({"id": "evt_1", "type": "payment_intent.succeeded", "created": 1772000000, "data": {"object": {
+        "id": "pi_1", "object": "payment_intent", "amount": 1500, "amount_received": 1500, "currency": "eur", "status": "succeeded",
+        "created": 1772000000, "metadata": {"invoice": inv["number"]}}}})
+    .to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let post = |sig: String| {
+        d.http()
+            .post(d.url("/intake/stripe"))
+            .header("content-type", "application/json")
+            .header("stripe-signature", sig)
+            .body(body.clone())
+            .send()
+            .unwrap()
+    };
+    // Stale (an hour old) and wrong-secret signatures are refused; nothing is recorded.
+    assert_eq!(
+        post(stripe_header("whsec_test", now - 3600, &body))
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        post(stripe_header("whsec_other", now, &body))
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        d.ok("GET", "/v1/payments", None)["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    // Delivered three times: paid once.
+    for _ in 0..3 {
+        let resp = post(stripe_header("whsec_test", now, &body));
+        assert!(
+            resp.status().is_success(),
+            "{}",
+            resp.text().unwrap_or_default()
+        );
+    }
+    let after = d.ok(
+        "GET",
+        &format!("/v1/invoices/{}", inv["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(after["payment_status"], "paid", "{after}");
+    assert_eq!(
+        after["allocations"][0]["rule"], "provider_metadata",
+        "{after}"
+    );
+    assert_eq!(
+        d.ok("GET", "/v1/payments", None)["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

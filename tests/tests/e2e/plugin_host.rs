@@ -23,6 +23,7 @@ const FIXTURES: &[&str] = &[
     "segfaults",
     "bad-output",
     "abi-major",
+    "abi-minor-0",
     "wrong-magic",
     "missing-symbols",
 ];
@@ -285,7 +286,7 @@ async fn good_plugin_serves_every_role_in_both_isolation_modes_side_by_side() {
     assert_eq!(status.plugin.as_deref(), Some("good"));
     assert_eq!(
         (status.version.as_deref(), status.abi.as_deref()),
-        (Some("1.0.0"), Some("1.0"))
+        (Some("1.0.0"), Some("1.1"))
     );
     assert_eq!(status.sha256, Some(sha256_hex(&read(&fixture("good")))));
     assert_eq!(status.instances.len(), 3);
@@ -383,7 +384,7 @@ async fn refused_files_are_reported_with_the_reason_and_never_run() {
     let expected = [
         (
             "abi-major.so",
-            "built for plugin ABI 99.0, this host speaks 1.0",
+            "built for plugin ABI 99.1, this host speaks 1.1",
         ),
         ("wrong-magic.so", "wrong magic bytes"),
         ("missing-symbols.so", "has no SETTLED_PLUGIN_HEADER symbol"),
@@ -867,5 +868,229 @@ async fn fifty_hot_replacements_while_callers_keep_calling() {
     );
     let status = plugin_status(&host, "good.so").unwrap_or_else(|| panic!("no status"));
     assert_eq!((status.loads, status.load_errors.len()), (51, 0));
+    host.shutdown().await;
+}
+
+/// The lead names in `records` (panics on any other kind).
+fn lead_names(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| match r {
+            Record::Lead(lead) => lead.name.clone(),
+            other => panic!("expected a lead, got {other:?}"),
+        })
+        .collect()
+}
+
+async fn begin(host: &PluginHost, instance: &str) -> ParseSession {
+    match host.parse_begin(instance, "leads.good").await {
+        Ok(session) => session,
+        Err(e) => panic!("{instance}: parse_begin: {e}"),
+    }
+}
+
+async fn live_parsers(host: &PluginHost, instance: &str) -> Option<u64> {
+    host.call(instance, "live_parsers", Value::Null)
+        .await
+        .ok()
+        .and_then(|v| v.as_u64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parse_sessions_stream_natively_and_by_fallback_in_both_isolation_modes() {
+    let dir = test_dir();
+    install(&dir, "good");
+    let host = start(config(
+        &dir,
+        vec![
+            connector("native-proc", "good", Isolation::Process, Value::Null),
+            connector("native-inproc", "good", Isolation::InProcess, Value::Null),
+            connector(
+                "fallback-proc",
+                "good",
+                Isolation::Process,
+                json!({"stream": false}),
+            ),
+            connector(
+                "fallback-inproc",
+                "good",
+                Isolation::InProcess,
+                json!({"stream": false}),
+            ),
+        ],
+    ))
+    .await;
+    let chunks: [&[u8]; 3] = [b"Ann\nBo", b"b\r\nCy", b""];
+    for instance in [
+        "native-proc",
+        "native-inproc",
+        "fallback-proc",
+        "fallback-inproc",
+    ] {
+        let native = instance.starts_with("native");
+        let mut session = begin(&host, instance).await;
+        let mut fed = Vec::new();
+        for chunk in chunks {
+            match session.feed(chunk).await {
+                Ok(records) => fed.push(lead_names(&records)),
+                Err(e) => panic!("{instance}: feed: {e}"),
+            }
+        }
+        let expected: Vec<Vec<String>> = if native {
+            vec![vec!["Ann".into()], vec!["Bob".into()], vec![]]
+        } else {
+            vec![vec![], vec![], vec![]]
+        };
+        assert_eq!(fed, expected, "{instance}: records per feed");
+        let rest = session
+            .finish()
+            .await
+            .unwrap_or_else(|e| panic!("{instance}: finish: {e}"));
+        let rest = lead_names(&rest);
+        let all: Vec<String> = fed.into_iter().flatten().chain(rest).collect();
+        let whole = host
+            .parse(
+                instance,
+                FileRequest {
+                    name: "leads.good".into(),
+                    content: chunks.concat(),
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{instance}: parse: {e}"));
+        assert_eq!(all, lead_names(&whole.records), "{instance}: same as parse");
+        assert_eq!(all, ["Ann", "Bob", "Cy"], "{instance}");
+
+        // A bad line fails the session like `parse` fails the file: at the feed that completes it
+        // natively, at the end with the fallback.
+        let mut bad = begin(&host, instance).await;
+        let fed = bad.feed(b"ok\n\xff\n").await;
+        let failed = if native {
+            fed.map(|_| ())
+        } else {
+            assert!(fed.is_ok_and(|r| r.is_empty()), "{instance}");
+            bad.finish().await.map(|_| ())
+        };
+        assert!(
+            matches!(&failed, Err(CallError::Plugin(e)) if e.code == "bad_input"),
+            "{instance}: {failed:?}"
+        );
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parse_abort_and_dropping_a_session_free_the_plugin_state() {
+    let dir = test_dir();
+    install(&dir, "good");
+    let host = start(config(
+        &dir,
+        vec![
+            connector("proc", "good", Isolation::Process, Value::Null),
+            connector("inproc", "good", Isolation::InProcess, Value::Null),
+        ],
+    ))
+    .await;
+    for instance in ["proc", "inproc"] {
+        let mut kept = begin(&host, instance).await;
+        let aborted = begin(&host, instance).await;
+        let dropped = begin(&host, instance).await;
+        assert!(kept.feed(b"a\nb").await.is_ok(), "{instance}");
+        assert_eq!(live_parsers(&host, instance).await, Some(3), "{instance}");
+        aborted.abort().await;
+        assert_eq!(live_parsers(&host, instance).await, Some(2), "{instance}");
+        drop(dropped);
+        // The abort of a dropped session runs in the background.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while live_parsers(&host, instance).await != Some(1) {
+            assert!(
+                Instant::now() < deadline,
+                "{instance}: dropped session still open"
+            );
+            tokio::task::yield_now().await;
+        }
+        let rest = kept.finish().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(lead_names(&rest), ["b"], "{instance}");
+        assert_eq!(live_parsers(&host, instance).await, Some(0), "{instance}");
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_restart_mid_session_fails_the_session_with_a_clear_error() {
+    let dir = test_dir();
+    install(&dir, "aborts");
+    let host = start(config(
+        &dir,
+        vec![connector("proc", "aborts", Isolation::Process, Value::Null)],
+    ))
+    .await;
+    let lost = "plugin restarted during the parse session; the file was not imported";
+    let is_lost = |result: &Result<Vec<Record>, CallError>| matches!(result, Err(CallError::Crashed { detail, .. }) if detail == lost);
+
+    // The child dies between two feeds: the next feed must not go to its replacement.
+    let mut session = begin(&host, "proc").await;
+    assert!(session.feed(b"first half").await.is_ok());
+    let crashed = host.call("proc", "abort", Value::Null).await;
+    assert!(
+        matches!(crashed, Err(CallError::Crashed { .. })),
+        "{crashed:?}"
+    );
+    let fed = session.feed(b"second half").await;
+    assert!(is_lost(&fed), "{fed:?}");
+    let finished = session.finish().await;
+    assert!(is_lost(&finished), "{finished:?}");
+
+    // Same when another call has already restarted the child before the session's next call.
+    let mut session = begin(&host, "proc").await;
+    assert!(session.feed(b"first half").await.is_ok());
+    assert!(host.call("proc", "abort", Value::Null).await.is_err());
+    assert_eq!(echo(&host, "proc", json!(1)).await.ok(), Some(json!(1)));
+    let fed = session.feed(b"second half").await;
+    assert!(is_lost(&fed), "{fed:?}");
+
+    // A session begun in the new child works.
+    let mut session = begin(&host, "proc").await;
+    assert!(session.feed(b"x").await.is_ok());
+    let unsupported = session.finish().await;
+    assert!(
+        matches!(&unsupported, Err(CallError::Plugin(e)) if e.code == "unsupported"),
+        "the aborts fixture cannot parse: {unsupported:?}"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_built_for_abi_1_0_are_buffered_by_the_host_and_parsed_at_the_end() {
+    let dir = test_dir();
+    install(&dir, "abi-minor-0");
+    let host = start(config(
+        &dir,
+        vec![
+            connector("proc", "abi-minor-0", Isolation::Process, Value::Null),
+            connector("inproc", "abi-minor-0", Isolation::InProcess, Value::Null),
+        ],
+    ))
+    .await;
+    let status = plugin_status(&host, "abi-minor-0.so")
+        .unwrap_or_else(|| panic!("no status for the fixture"));
+    assert_eq!(status.abi.as_deref(), Some("1.0"));
+    for instance in ["proc", "inproc"] {
+        // The fixture refuses session operations, as a 1.0 plugin would.
+        let direct = host
+            .call(instance, "parse_begin", json!({"name": "x"}))
+            .await;
+        assert!(
+            matches!(&direct, Err(CallError::Plugin(e)) if e.code == "unsupported"),
+            "{direct:?}"
+        );
+        let mut session = begin(&host, instance).await;
+        for chunk in [&b"Ann\nBo"[..], b"b\nCy"] {
+            let fed = session.feed(chunk).await;
+            assert!(fed.is_ok_and(|r| r.is_empty()), "{instance}");
+        }
+        let records = session.finish().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(lead_names(&records), ["Ann", "Bob", "Cy"], "{instance}");
+    }
     host.shutdown().await;
 }

@@ -1,0 +1,302 @@
+//! The engine alone: issue 100,000 invoices (create + issue, each a durable write) from 64 concurrent tasks, then fill
+//! the store to 1,000,000 documents and measure a cold start (`Store::open` + `Engine::new`) and its resident memory in
+//! a fresh child process.
+//!
+//! Run: `CARGO_TARGET_DIR=/work/target-bench cargo bench -p settled --bench invoices`
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use common::{fmt_dur, fmt_int, fmt_mib, per_second, summarise, table};
+use serde_json::json;
+use settled::config::Config;
+use settled::domain::lead::LeadInput;
+use settled::engine::{Engine, IssueInput, SystemClock};
+use settled::store::{Store, StoreOptions};
+use settled_plugin_api::{LeadRecord, Record};
+
+const INVOICES: u64 = 100_000;
+const DOCUMENTS: u64 = 1_000_000;
+const TASKS: u64 = 64;
+const INGEST_BATCH: u64 = 10_000;
+const COLD_STARTS: usize = 3;
+const CHILD_ARG: &str = "cold-start";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(CHILD_ARG) {
+        let dir = args.get(2).context("cold-start needs the data dir")?;
+        return cold_start(Path::new(dir));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    println!("## invoices\n");
+    println!("machine: {}\n", common::machine());
+    let root = tempfile::tempdir().context("creating the bench temp dir")?;
+    let data = root.path().join("data");
+    let store = Store::open(&data, &StoreOptions::default()).context("opening the store")?;
+    let engine = Engine::new(store, Config::default(), Box::new(SystemClock))
+        .context("building the engine")?;
+
+    let order = order(&engine).await?;
+    let started = Instant::now();
+    let mut latencies = issue_invoices(&engine, &order).await?;
+    let issue_time = started.elapsed();
+    let issued = summarise(&mut latencies);
+
+    // Everything so far: the invoices plus the lead, account, contact, opportunity, quote and order behind them.
+    let have = INVOICES + 6;
+    let started = Instant::now();
+    let ingested = fill_with_leads(&engine, DOCUMENTS - have).await?;
+    let ingest_time = started.elapsed();
+    let leads = engine.store().count("lead") as u64;
+    let invoices = engine.store().count("invoice") as u64;
+    let open_invoices = engine.open_invoice_count();
+    engine.store().flush().context("flushing the store")?;
+    drop(engine);
+    let disk = common::dir_bytes(&data);
+
+    println!(
+        "issue: {TASKS} concurrent tasks, each invoice = create_invoice + issue_invoice (two durable writes)\n"
+    );
+    table(
+        &["what", "count", "time", "per second", "p50", "p99"],
+        &[
+            vec![
+                "issue invoices (create + issue)".into(),
+                fmt_int(issued.n as u64),
+                fmt_dur(issue_time),
+                fmt_int(per_second(issued.n as u64, issue_time)),
+                fmt_dur(issued.p50),
+                fmt_dur(issued.p99),
+            ],
+            vec![
+                format!("bulk-ingest leads (batches of {INGEST_BATCH})"),
+                fmt_int(ingested),
+                fmt_dur(ingest_time),
+                fmt_int(per_second(ingested, ingest_time)),
+                "-".into(),
+                "-".into(),
+            ],
+        ],
+    );
+    println!(
+        "\nstore: {} leads + {} invoices + 5 others = {} documents, {} open invoices, {} on disk\n",
+        fmt_int(leads),
+        fmt_int(invoices),
+        fmt_int(leads + invoices + 5),
+        fmt_int(open_invoices as u64),
+        fmt_mib(disk / 1024)
+    );
+
+    let mut rows = Vec::new();
+    let mut readies = Vec::new();
+    for run in 1..=COLD_STARTS {
+        let cold = spawn_cold_start(&data)?;
+        readies.push(cold.ready);
+        rows.push(vec![
+            run.to_string(),
+            fmt_dur(cold.ready),
+            fmt_mib(cold.rss_before_kib),
+            fmt_mib(cold.rss_kib),
+            fmt_mib(cold.hwm_kib),
+            fmt_int(cold.open_invoices),
+        ]);
+    }
+    table(
+        &[
+            "cold start",
+            "Store::open + Engine::new",
+            "VmRSS before",
+            "VmRSS after",
+            "VmHWM",
+            "open invoices loaded",
+        ],
+        &rows,
+    );
+    readies.sort_unstable();
+    println!(
+        "\nmedian ready time {} (OS page cache warm: the files were just written)",
+        fmt_dur(readies[readies.len() / 2])
+    );
+    println!("load after the run: {}", common::loadavg());
+    Ok(())
+}
+
+/// Lead -> account/opportunity -> quote (sent, accepted) -> one order line of `INVOICES` units to invoice one at a time.
+async fn order(engine: &Engine) -> anyhow::Result<(String, u32)> {
+    let (lead, _) = engine
+        .capture_lead(
+            &LeadInput {
+                name: "Bench Buyer".into(),
+                email: Some("buyer@bench-buyer.example".into()),
+                company: Some("Bench Buyer Ltd".into()),
+                source: "web".into(),
+                ..LeadInput::default()
+            },
+            "bench",
+        )
+        .await?;
+    let converted = engine
+        .convert_lead(
+            &lead.id,
+            serde_json::from_value(json!({"opportunity": {"name": "bench deal", "value": "1000000.00", "currency": "EUR", "expected_close": null}}))?,
+            "bench",
+        )
+        .await?;
+    let quote = engine
+        .create_quote(
+            serde_json::from_value(json!({
+                "opportunity_id": converted.opportunity_id,
+                "currency": "EUR",
+                "lines": [{"description": "licence", "quantity": INVOICES.to_string(), "unit_price": "10.00", "tax_rate": "20"}],
+            }))?,
+            "bench",
+        )
+        .await?;
+    engine.quote_action(&quote.id, "send", "bench").await?;
+    engine.quote_action(&quote.id, "accept", "bench").await?;
+    let order = engine
+        .create_order(
+            serde_json::from_value(json!({"quote_id": quote.id}))?,
+            "bench",
+        )
+        .await?;
+    let line = order
+        .lines
+        .first()
+        .map(|l| l.line_no)
+        .context("the bench order has no line")?;
+    Ok((order.id, line))
+}
+
+/// `TASKS` tasks take invoice numbers from a shared counter until `INVOICES` are issued; returns per-invoice latencies.
+async fn issue_invoices(engine: &Engine, order: &(String, u32)) -> anyhow::Result<Vec<Duration>> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let (engine, next, order) = (engine.clone(), next.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < INVOICES {
+                let t = Instant::now();
+                let draft = engine
+                    .create_invoice(
+                        serde_json::from_value(json!({"order_id": order.0, "lines": [{"line_no": order.1, "quantity": "1"}]}))?,
+                        "bench",
+                    )
+                    .await?;
+                engine
+                    .issue_invoice(&draft.id, IssueInput::default(), "bench")
+                    .await?;
+                latencies.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.context("invoice task")??);
+    }
+    Ok(latencies)
+}
+
+/// Ingest `count` distinct leads through the engine's bulk path (one durable wait per batch).
+async fn fill_with_leads(engine: &Engine, count: u64) -> anyhow::Result<u64> {
+    let mut done = 0;
+    while done < count {
+        let n = INGEST_BATCH.min(count - done);
+        let records = (done..done + n)
+            .map(|i| {
+                Record::Lead(LeadRecord {
+                    name: format!("Imported Lead {i}"),
+                    email: Some(format!("lead-{i}@import-{}.example", i % 5000)),
+                    company: Some(format!("Import Company {}", i % 5000)),
+                    source: "import".into(),
+                    external_id: Some(format!("bench-{i}")),
+                    message: Some("Met at the trade fair; wants a call back next week.".into()),
+                    ..LeadRecord::default()
+                })
+            })
+            .collect();
+        let mut run = engine.begin_ingest("bench-import", "bench", None);
+        run.add(records)?;
+        let summary = run.finish().await?;
+        if summary.new != n {
+            bail!(
+                "ingest batch at {done}: {} of {n} leads were new",
+                summary.new
+            );
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+struct Cold {
+    ready: Duration,
+    rss_before_kib: u64,
+    rss_kib: u64,
+    hwm_kib: u64,
+    open_invoices: u64,
+}
+
+fn spawn_cold_start(data: &Path) -> anyhow::Result<Cold> {
+    let exe: PathBuf = std::env::current_exe().context("locating the bench executable")?;
+    let out = std::process::Command::new(exe)
+        .arg(CHILD_ARG)
+        .arg(data)
+        .output()
+        .context("running the cold-start child")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "cold-start child failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let field = |name: &str| -> anyhow::Result<u64> {
+        stdout
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("cold-start child output lacks `{name}`: {stdout}"))
+    };
+    Ok(Cold {
+        ready: Duration::from_nanos(field("ready_ns")?),
+        rss_before_kib: field("rss_before_kib")?,
+        rss_kib: field("rss_kib")?,
+        hwm_kib: field("hwm_kib")?,
+        open_invoices: field("open_invoices")?,
+    })
+}
+
+/// The child: open the store and build the engine as the daemon does, then report time and memory on one line.
+fn cold_start(dir: &Path) -> anyhow::Result<()> {
+    let rss_before = common::status_kib("VmRSS").unwrap_or(0);
+    let t = Instant::now();
+    let store = Store::open(dir, &StoreOptions::default()).context("opening the store")?;
+    let engine = Engine::new(store, Config::default(), Box::new(SystemClock))
+        .context("building the engine")?;
+    let ready = t.elapsed();
+    println!(
+        "ready_ns={} rss_before_kib={rss_before} rss_kib={} hwm_kib={} open_invoices={}",
+        ready.as_nanos(),
+        common::status_kib("VmRSS").unwrap_or(0),
+        common::status_kib("VmHWM").unwrap_or(0),
+        engine.open_invoice_count()
+    );
+    Ok(())
+}

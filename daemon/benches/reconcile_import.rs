@@ -1,0 +1,493 @@
+//! Issue 4's benchmark: a generated bank CSV of 1,000,000 lines against 200,000 open invoices, imported, reconciled and
+//! committed by the real release daemon through `settled import`, side by side with what users run instead.
+//!
+//! Run: `cargo build --release --workspace && cargo bench -p settled --bench reconcile_import`
+//! (`-- --lines N --invoices M` to scale; needs `hledger` and `ledger` on PATH for the comparison rows, else they are skipped).
+//! Prints a markdown report on stdout.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use settled::config::Config;
+use settled::engine::{Engine, SystemClock};
+use settled::store::{Store, StoreOptions};
+
+const INVOICES_PER_ACCOUNT: usize = 10;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn release_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/release")
+        .to_path_buf()
+}
+
+fn rss_of(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+/// An invoice as the generator needs it.
+struct Issued {
+    number: String,
+    rf: String,
+    customer: String,
+    total: String,
+}
+
+fn main() {
+    let lines = arg("--lines", 1_000_000);
+    let invoices = arg("--invoices", 200_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    eprintln!("seeding {invoices} open invoices...");
+    let seed_start = Instant::now();
+    let issued = runtime.block_on(seed(&data, invoices));
+    let seed_secs = seed_start.elapsed().as_secs_f64();
+
+    eprintln!("generating {lines} CSV lines...");
+    let csv_path = dir.path().join("bank.csv");
+    let ledger_csv = dir.path().join("bank-ledger.csv");
+    generate(&csv_path, &ledger_csv, &issued, lines);
+    let size_mb = std::fs::metadata(&csv_path).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+
+    // (a) the floor: the csv crate merely parsing the file.
+    let t = Instant::now();
+    let mut reader = csv::ReaderBuilder::new()
+        .from_path(&csv_path)
+        .expect("open csv");
+    let mut record = csv::ByteRecord::new();
+    let mut n = 0u64;
+    while reader.read_byte_record(&mut record).expect("csv row") {
+        n += 1;
+    }
+    let floor = t.elapsed().as_secs_f64();
+    assert_eq!(n as usize, lines);
+
+    // settled: the release daemon, bank-csv in process isolation, `settled import`.
+    eprintln!("importing through settled...");
+    let (settled_secs, settled_rss, summary) = import_with_daemon(dir.path(), &data, &csv_path);
+
+    // (b) hledger and (c) ledger, when installed.
+    let rules = dir.path().join("bank.rules");
+    std::fs::write(
+        &rules,
+        "skip 1\nfields date, amount, currency, payee, description, code\ndate-format %Y-%m-%d\naccount1 assets:bank\naccount2 income:sales\n",
+    )
+    .expect("rules");
+    eprintln!("hledger...");
+    let hledger = timed(
+        Command::new("hledger")
+            .arg("-f")
+            .arg(&csv_path)
+            .arg("--rules-file")
+            .arg(&rules)
+            .arg("print"),
+    );
+    eprintln!("ledger...");
+    let ledger = timed(
+        Command::new("ledger")
+            .args(["-f", "/dev/null", "convert"])
+            .arg(&ledger_csv)
+            .args([
+                "--input-date-format",
+                "%Y-%m-%d",
+                "--account",
+                "Assets:Bank",
+            ]),
+    );
+
+    let rate = |secs: f64| format!("{:.0}", lines as f64 / secs);
+    println!("### Import and reconcile {lines} CSV lines against {invoices} open invoices\n");
+    println!("Command: `cargo build --release --workspace && cargo bench -p settled --bench reconcile_import -- --lines {lines} --invoices {invoices}`\n");
+    println!("File: {size_mb:.1} MB; seeding the {invoices} invoices through the engine took {seed_secs:.1} s (not counted).\n");
+    println!("| what | seconds | lines/s | peak RSS MiB | vs settled |");
+    println!("|---|---|---|---|---|");
+    println!("| settled import (parse + reconcile + durable commit) | {settled_secs:.1} | {} | {settled_rss} | 1.0x |", rate(settled_secs));
+    println!(
+        "| (a) csv crate, parse only (floor) | {floor:.2} | {} | - | {:.2}x |",
+        rate(floor),
+        settled_secs / floor
+    );
+    for (name, r) in [
+        ("(b) hledger print (rules file)", hledger),
+        ("(c) ledger convert", ledger),
+    ] {
+        match r {
+            Some((secs, rss)) => println!(
+                "| {name} | {secs:.1} | {} | {rss} | {:.1}x slower |",
+                rate(secs),
+                secs / settled_secs
+            ),
+            None => println!("| {name} | not installed | - | - | - |"),
+        }
+    }
+    println!("\nImport summary: {summary}\n");
+    matching_scaling(&runtime);
+}
+
+/// Accounts with INVOICES_PER_ACCOUNT issued invoices each, through the real engine commands.
+async fn seed(data: &Path, invoices: usize) -> Vec<Issued> {
+    let store = Store::open(data, &StoreOptions::default()).expect("store");
+    let engine = Engine::new(store, Config::default(), Box::new(SystemClock)).expect("engine");
+    let accounts = invoices.div_ceil(INVOICES_PER_ACCOUNT);
+    let mut tasks = Vec::new();
+    let workers = 32;
+    for w in 0..workers {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for a in (w..accounts).step_by(workers) {
+                out.extend(seed_account(&engine, a).await);
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("seed task"));
+    }
+    all.truncate(invoices);
+    engine.store().flush().expect("flush");
+    all
+}
+
+async fn seed_account(engine: &Engine, a: usize) -> Vec<Issued> {
+    let company = format!("Customer {a:06} Ltd");
+    let lead = json!({"name": "Buyer", "email": format!("ap@customer{a:06}.example"), "company": company, "source": "import"});
+    let (lead, _) = engine
+        .capture_lead(&serde_json::from_value(lead).expect("lead"), "bench")
+        .await
+        .expect("capture");
+    let conv = engine
+        .convert_lead(
+            &lead.id,
+            serde_json::from_value(
+                json!({"opportunity": {"name": "deal", "value": "1000.00", "currency": "EUR"}}),
+            )
+            .expect("opp"),
+            "bench",
+        )
+        .await
+        .expect("convert");
+    let lines: Vec<_> = (0..INVOICES_PER_ACCOUNT)
+        .map(|i| json!({"description": format!("item {i}"), "quantity": "1", "unit_price": format!("{}.{:02}", 50 + (a * 7 + i * 13) % 900, (a + i) % 100), "tax_rate": "0"}))
+        .collect();
+    let q = engine
+        .create_quote(
+            serde_json::from_value(
+                json!({"opportunity_id": conv.opportunity_id, "currency": "EUR", "lines": lines}),
+            )
+            .expect("quote"),
+            "bench",
+        )
+        .await
+        .expect("quote");
+    engine
+        .quote_action(&q.id, "send", "bench")
+        .await
+        .expect("send");
+    engine
+        .quote_action(&q.id, "accept", "bench")
+        .await
+        .expect("accept");
+    let order = engine
+        .create_order(
+            serde_json::from_value(json!({"quote_id": q.id})).expect("order"),
+            "bench",
+        )
+        .await
+        .expect("order");
+    let mut out = Vec::new();
+    for line in 1..=INVOICES_PER_ACCOUNT {
+        let draft = engine
+            .create_invoice(
+                serde_json::from_value(
+                    json!({"order_id": order.id, "lines": [{"line_no": line, "quantity": "1"}]}),
+                )
+                .expect("inv"),
+                "bench",
+            )
+            .await
+            .expect("invoice");
+        let inv = engine
+            .issue_invoice(
+                &draft.id,
+                serde_json::from_value(json!({})).expect("issue"),
+                "bench",
+            )
+            .await
+            .expect("issue");
+        out.push(Issued {
+            number: inv.number.clone().unwrap_or_default(),
+            rf: inv.rf_reference.clone().unwrap_or_default(),
+            customer: company.clone(),
+            total: inv.totals.total.to_string(),
+        });
+    }
+    out
+}
+
+/// A deterministic pseudo-random sequence (no external crate, same file every run).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// About 70% of lines reference an invoice (number in varied forms, or its RF reference), paying part of it;
+/// the rest are payments from unknown payers with no reference.
+fn generate(path: &Path, ledger_path: &Path, issued: &[Issued], lines: usize) {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("csv"));
+    let mut ledger =
+        std::io::BufWriter::new(std::fs::File::create(ledger_path).expect("ledger csv"));
+    writeln!(
+        out,
+        "Date,Amount,Currency,Counterparty,Description,Transaction Id"
+    )
+    .expect("write");
+    writeln!(ledger, "date,amount,currency,payee,note,code").expect("write");
+    let mut rng = Lcg(42);
+    for i in 0..lines {
+        let r = rng.next();
+        let (amount, payer, text) = if r % 10 < 7 {
+            let inv = &issued[(rng.next() as usize) % issued.len()];
+            let cents = 100 + rng.next() % 2000;
+            let amount = format!("{}.{:02}", cents / 100, cents % 100);
+            let seq = inv
+                .number
+                .rsplit('-')
+                .next()
+                .unwrap_or("0")
+                .trim_start_matches('0')
+                .to_string();
+            let year = inv.number.split('-').nth(1).unwrap_or("2026");
+            let text = match r % 5 {
+                0 => format!("Invoice {}", inv.number),
+                1 => format!("inv {year}/{seq} thanks"),
+                2 => format!("payment INV{year}{seq:0>3}"),
+                3 => inv.rf.clone(),
+                _ => format!("ref {} part", inv.number.to_lowercase()),
+            };
+            let _ = &inv.total;
+            (amount, inv.customer.clone(), text)
+        } else {
+            let cents = 100 + rng.next() % 500_000;
+            (
+                format!("{}.{:02}", cents / 100, cents % 100),
+                format!("Unknown Payer {}", rng.next() % 50_000),
+                "transfer".to_string(),
+            )
+        };
+        let day = 1 + (i % 28);
+        writeln!(out, "2026-03-{day:02},{amount},EUR,{payer},{text},T{i}").expect("write");
+        writeln!(ledger, "2026-03-{day:02},{amount},EUR,{payer},{text},T{i}").expect("write");
+    }
+    out.flush().expect("flush");
+    ledger.flush().expect("flush");
+}
+
+fn import_with_daemon(dir: &Path, data: &Path, csv: &Path) -> (f64, u64, String) {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins");
+    let lib = release_dir().join("libsettled_plugin_bank_csv.so");
+    std::fs::copy(&lib, plugins.join("libsettled_plugin_bank_csv.so")).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run `cargo build --release --workspace` first",
+            lib.display()
+        )
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = dir.join("settled.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n[plugins]\ndir = \"{}\"\n",
+            data.display(),
+            plugins.display()
+        ),
+    )
+    .expect("config");
+    let bin = release_dir().join("settled");
+    let log = std::fs::File::create(dir.join("daemon.log")).expect("log");
+    let mut daemon = Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("SETTLED_API_TOKEN", "bench")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start settled");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = Instant::now();
+    let out = Command::new(&bin)
+        .args(["import", "--json", "--plugin", "bank-csv", "--url", &url])
+        .arg(csv)
+        .env("SETTLED_API_TOKEN", "bench")
+        .output()
+        .expect("settled import");
+    let secs = t.elapsed().as_secs_f64();
+    let rss = rss_of(daemon.id(), "VmHWM:");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let summary = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (secs, rss, summary)
+}
+
+/// (seconds, peak RSS MiB) of an external command, or None when it is not installed.
+fn timed(cmd: &mut Command) -> Option<(f64, u64)> {
+    let program = cmd.get_program().to_string_lossy().to_string();
+    if Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        return None;
+    }
+    let mut wrapped = Command::new("/usr/bin/time");
+    wrapped
+        .arg("-v")
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdout(Stdio::null());
+    let t = Instant::now();
+    let out = wrapped.output().ok()?;
+    let secs = t.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rss = stderr
+        .lines()
+        .find(|l| l.contains("Maximum resident set size"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024;
+    if !out.status.success() {
+        eprintln!(
+            "{program} failed: {}",
+            stderr.lines().take(5).collect::<Vec<_>>().join(" | ")
+        );
+        return None;
+    }
+    Some((secs, rss))
+}
+
+/// Matching must not slow down as open invoices grow: `decide` throughput at 20k, 200k and 2M open invoices.
+fn matching_scaling(_runtime: &tokio::runtime::Runtime) {
+    use settled::reconcile::{decide, shapes_from_patterns, MatchIndex, OpenInvoice, Settings};
+    use settled_plugin_api::PaymentRecord;
+    println!("### Matching cost as open invoices grow\n");
+    println!("Same command; `decide` on 200,000 payments (70% with a reference in varied forms) against an in-memory index.\n");
+    println!("| open invoices | index build s | payments/s | µs per payment |");
+    println!("|---|---|---|---|");
+    for size in [20_000usize, 200_000, 2_000_000] {
+        let t = Instant::now();
+        let mut index = MatchIndex::new(shapes_from_patterns(&["INV-{YYYY}-{SEQ:3}"]));
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 3, 1).expect("date");
+        for i in 0..size {
+            let number = format!("INV-2026-{:03}", i + 1);
+            index.upsert(OpenInvoice {
+                id: format!("inv_{i:08}"),
+                rf_reference: settled::domain::rf::creditor_reference(&number),
+                number,
+                account_id: format!("acc_{:08}", i / 10),
+                account_name: format!("Customer {:06} Ltd", i / 10),
+                currency: "EUR".into(),
+                balance: rust_decimal::Decimal::new(10_000 + (i as i64 % 90_000), 2),
+                issue_date: date,
+                due_date: date,
+            });
+        }
+        let build = t.elapsed().as_secs_f64();
+        let mut rng = Lcg(7);
+        let payments: Vec<PaymentRecord> = (0..200_000)
+            .map(|i| {
+                let mut p = PaymentRecord::new(
+                    format!("p{i}"),
+                    rust_decimal::Decimal::new(500 + (rng.next() % 5000) as i64, 2),
+                    "EUR",
+                );
+                if rng.next() % 10 < 7 {
+                    let n = 1 + rng.next() as usize % size;
+                    p.remittance = Some(if n % 2 == 0 {
+                        format!("inv 2026/{n}")
+                    } else {
+                        format!("INV2026{n:03}")
+                    });
+                    p.counterparty_name = Some(format!("Customer {:06} Ltd", (n - 1) / 10));
+                } else {
+                    p.counterparty_name = Some(format!("Unknown {}", rng.next() % 1000));
+                }
+                p
+            })
+            .collect();
+        let settings = Settings::default();
+        let t = Instant::now();
+        let mut allocated = 0usize;
+        for p in &payments {
+            if matches!(
+                decide(p, &index, &settings),
+                settled::reconcile::Decision::Allocate { .. }
+            ) {
+                allocated += 1;
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        assert!(
+            allocated > payments.len() / 2,
+            "most referenced payments allocate ({allocated})"
+        );
+        println!(
+            "| {size} | {build:.1} | {:.0} | {:.1} |",
+            payments.len() as f64 / secs,
+            secs * 1e6 / payments.len() as f64
+        );
+    }
+    println!();
+}
