@@ -77,6 +77,9 @@ pub struct Config {
     /// Plugin loading.
     #[serde(default)]
     pub plugins: Plugins,
+    /// File imports (inbox folders and `settled import`).
+    #[serde(default)]
+    pub imports: Imports,
     /// Connector instances, `[[connector]]` tables. Without any, one instance of each bundled plugin runs with default settings.
     #[serde(default, rename = "connector")]
     pub connectors: Vec<ConnectorConfig>,
@@ -184,6 +187,23 @@ impl Default for Plugins {
     }
 }
 
+/// File import settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Imports {
+    /// Files larger than this (KiB) are parsed in a streaming session, twice (validate, then commit), so memory stays bounded
+    /// whatever the file's size; smaller files are parsed in one call. Default 8192 (8 MiB).
+    pub stream_above_kib: u64,
+}
+
+impl Default for Imports {
+    fn default() -> Self {
+        Imports {
+            stream_above_kib: 8192,
+        }
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7878))
 }
@@ -205,6 +225,7 @@ impl Default for Config {
             scoring: ScoreWeights::default(),
             reconcile: Reconcile::default(),
             plugins: Plugins::default(),
+            imports: Imports::default(),
             connectors: Vec::new(),
         }
     }

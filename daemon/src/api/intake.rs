@@ -186,9 +186,6 @@ fn internal(message: String) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
 }
 
-/// Files up to this size are parsed in one call; larger ones stream through a parse session twice
-/// (once to validate the whole file, once to commit), so memory stays bounded and a bad file records nothing.
-const SMALL_FILE: u64 = 8 << 20;
 const CHUNK: usize = 1 << 20;
 
 /// Sniff (unless `forced`), parse and ingest one file from disk. Shared by the import endpoint and the file inbox.
@@ -206,7 +203,9 @@ pub async fn import_path(
     let mut head = vec![0u8; 4096.min(size as usize)];
     file.read_exact(&mut head).await.map_err(io)?;
     let (instance, plugin) = choose_instance(host, name, forced, &head).await?;
-    if size <= SMALL_FILE {
+    // Small files are parsed in one call; larger ones stream through a parse session twice (once to validate the
+    // whole file, once to commit), so memory stays bounded and a bad file records nothing.
+    if size <= state.engine.config().imports.stream_above_kib * 1024 {
         let content = tokio::fs::read(path).await.map_err(io)?;
         let reply = host
             .parse(

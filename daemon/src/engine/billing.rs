@@ -202,8 +202,7 @@ impl Tx<'_> {
             let name = match known {
                 Some(name) => name,
                 None => self
-                    .store
-                    .get::<Account>("account", &inv.account_id)?
+                    .get_raw::<Account>(&format!("e/account/{}", inv.account_id))?
                     .map(|a| a.name)
                     .unwrap_or_default(),
             };
@@ -222,7 +221,7 @@ impl Tx<'_> {
     pub(crate) fn publish_status(&mut self, inv: &Invoice, actor: &str) -> EngineResult<()> {
         let status = invoice::payment_status(inv, self.today);
         let key = format!("p/{}", inv.id);
-        let last: Option<PaymentStatus> = self.store.get_raw(&key)?;
+        let last: Option<PaymentStatus> = self.get_raw(&key)?;
         if last == Some(status) {
             return Ok(());
         }
@@ -382,7 +381,7 @@ impl Engine {
             let mut n = 0;
             for id in &due {
                 let inv: Invoice = tx.get("invoice", id)?;
-                let before = tx.store.get_raw::<PaymentStatus>(&format!("p/{id}"))?;
+                let before = tx.get_raw::<PaymentStatus>(&format!("p/{id}"))?;
                 tx.publish_status(&inv, actor)?;
                 if before != Some(invoice::payment_status(&inv, tx.today)) {
                     n += 1;
@@ -618,7 +617,7 @@ impl Engine {
         }
         self.write(|tx| {
             if let Some(ext) = &input.external_id {
-                if let Some(existing) = tx.store.index("payment-ext", &format!("api/{ext}"))? {
+                if let Some(existing) = tx.index("payment-ext", &format!("api/{ext}"))? {
                     return Ok((tx.get("payment", &existing)?, true));
                 }
             }

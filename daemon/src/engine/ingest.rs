@@ -430,7 +430,7 @@ fn ingest_payment(
     summary: &mut ImportSummary,
 ) -> EngineResult<IngestOutcome> {
     let seen_key = format!("pay:{plugin}:{}", record.external_id);
-    if let Some(produced) = tx.store.seen(&seen_key)? {
+    if let Some(produced) = tx.seen(&seen_key)? {
         summary.duplicates += 1;
         return Ok(IngestOutcome::Duplicate(
             produced["payment_id"].as_str().map(str::to_string),
@@ -459,7 +459,7 @@ fn ingest_payment(
         record.reversal || matches!(record.kind, PaymentKind::Refund | PaymentKind::Chargeback);
     if record.amount < Decimal::ZERO && reopening {
         let original = match &record.original_external_id {
-            Some(orig) => tx.store.seen(&format!("pay:{plugin}:{orig}"))?,
+            Some(orig) => tx.seen(&format!("pay:{plugin}:{orig}"))?,
             None => None,
         };
         if let Some(payment_id) = original.as_ref().and_then(|o| o["payment_id"].as_str()) {

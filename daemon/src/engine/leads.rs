@@ -143,7 +143,7 @@ pub(crate) fn capture_in(
     };
     let existing_id = match (existing_id, &input.email) {
         (Some(id), _) => Some(id),
-        (None, Some(email)) => tx.store.index("lead-email", email)?,
+        (None, Some(email)) => tx.index("lead-email", email)?,
         (None, None) => None,
     };
     if let Some(id) = existing_id {
@@ -212,10 +212,10 @@ fn find_or_create_account(
         )
         .into());
     }
-    let mut found = tx.store.index("account-name", &by_name)?;
+    let mut found = tx.index("account-name", &by_name)?;
     if found.is_none() {
         if let Some(domain) = party::business_domain(email) {
-            found = tx.store.index("account-domain", &domain)?;
+            found = tx.index("account-domain", &domain)?;
         }
     }
     if let Some(id) = found {
@@ -247,7 +247,7 @@ fn find_or_create_contact(
     lead: &Lead,
 ) -> EngineResult<(Contact, bool)> {
     if let Some(email) = &lead.email {
-        if let Some(id) = tx.store.index("contact-email", email)? {
+        if let Some(id) = tx.index("contact-email", email)? {
             let contact: Contact = tx.get("contact", &id)?;
             return Ok((contact, true));
         }

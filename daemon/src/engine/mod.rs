@@ -250,9 +250,28 @@ impl Tx<'_> {
         }
     }
 
-    /// Read an entity or fail with NotFound.
+    /// Read an entity (as this write set leaves it) or fail with NotFound.
     pub fn get<T: DeserializeOwned>(&self, kind: &'static str, id: &str) -> EngineResult<T> {
-        self.engine.get(kind, id)
+        self.get_raw(&format!("e/{kind}/{id}"))?
+            .ok_or_else(|| EngineError::NotFound {
+                entity: kind,
+                id: id.to_string(),
+            })
+    }
+
+    /// Read any key as this write set leaves it.
+    pub fn get_raw<T: DeserializeOwned>(&self, key: &str) -> EngineResult<Option<T>> {
+        Ok(self.store.get_in(&self.ws, key)?)
+    }
+
+    /// Look an index up, seeing this write set's own index writes.
+    pub fn index(&self, index: &str, key: &str) -> EngineResult<Option<String>> {
+        self.get_raw(&format!("i/{index}/{key}"))
+    }
+
+    /// Has this idempotency key been ingested (by the store or earlier in this write set)?
+    pub fn seen(&self, key: &str) -> EngineResult<Option<serde_json::Value>> {
+        self.get_raw(&format!("s/{key}"))
     }
 
     /// A new id for a kind: `<prefix>_<8-digit sequence>`, so ids sort by creation.

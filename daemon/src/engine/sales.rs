@@ -335,7 +335,7 @@ impl Engine {
             let q: Quote = tx
                 .get("quote", &input.quote_id)
                 .map_err(|e| field_not_found(e, "quote_id"))?;
-            if let Some(existing) = tx.store.index("order-by-quote", &q.id)? {
+            if let Some(existing) = tx.index("order-by-quote", &q.id)? {
                 return Err(DomainError::transition(
                     "quote",
                     crate::domain::status_name(&q.status),

@@ -658,3 +658,32 @@ async fn an_api_payment_without_allocations_is_reconciled_by_its_reference() {
     assert!(dup);
     assert_eq!(again.id, pay.id);
 }
+
+#[tokio::test]
+async fn many_payments_to_one_invoice_in_one_chunk_all_count() {
+    let w = World::new();
+    let inv = w.issued_invoice("Chunky", "10.00").await;
+    let number = inv.number.clone().unwrap();
+    let records: Vec<Record> = (0..150)
+        .map(|i| {
+            payment_record(
+                &format!("c{i}"),
+                "0.10",
+                "Chunky",
+                &format!("{number} part {i}"),
+            )
+        })
+        .collect();
+    let s = w
+        .engine
+        .ingest("bank", "bank-csv", None, records)
+        .await
+        .unwrap();
+    assert_eq!(s.new, 150, "{s:?}");
+    let v = w.invoice(&inv.id);
+    assert_eq!(v["payment_status"], "paid", "100 x 0.10 pay it");
+    assert_eq!(v["amount_paid"], "10.00");
+    assert_eq!(w.engine.store().count("allocation"), 100);
+    // The other 50 name an invoice that is already paid: a person decides (refund, or credit).
+    assert_eq!(s.review, 50, "{s:?}");
+}

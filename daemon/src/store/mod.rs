@@ -17,6 +17,7 @@
 mod backup;
 mod commit;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -296,31 +297,38 @@ impl Store {
     /// Start a write set. Callers must hold the engine's writer lock from their reads until [`Store::apply`].
     pub fn begin(&self) -> WriteSet {
         WriteSet {
-            batch: sled::Batch::default(),
+            pending: HashMap::new(),
             events: Vec::new(),
             outbox: Vec::new(),
-            pending_counters: Vec::new(),
-            writes: 0,
+        }
+    }
+
+    /// Read a key as the write set will leave it: its own pending writes first, then the store.
+    pub fn get_in<T: DeserializeOwned>(&self, ws: &WriteSet, key: &str) -> StoreResult<Option<T>> {
+        match ws.pending.get(key) {
+            Some(Some(bytes)) => decode(key, bytes).map(Some),
+            Some(None) => Ok(None),
+            None => self.get_raw(key),
         }
     }
 
     /// Next value of a counter (`n/...`) as seen by this write set (counters are read from the store and the set).
     pub fn next_counter(&self, ws: &mut WriteSet, name: &str) -> StoreResult<u64> {
         let key = format!("n/{name}");
-        let current = match ws.pending_counters.iter().find(|(k, _)| *k == key) {
-            Some((_, v)) => *v,
-            None => self.get_raw::<u64>(&key)?.unwrap_or(0),
-        };
-        let next = current + 1;
-        ws.pending_counters.retain(|(k, _)| *k != key);
-        ws.pending_counters.push((key.clone(), next));
-        ws.batch.insert(key.as_bytes(), next.to_string().as_bytes());
+        let next = self.get_in::<u64>(ws, &key)?.unwrap_or(0) + 1;
+        ws.pending.insert(key, Some(next.to_string().into_bytes()));
         Ok(next)
     }
 
     /// Apply a write set atomically (one sled batch). Returns a commit ticket for [`Store::durable`].
     pub fn apply(&self, ws: WriteSet) -> StoreResult<CommitTicket> {
-        let mut batch = ws.batch;
+        let mut batch = sled::Batch::default();
+        for (key, value) in ws.pending {
+            match value {
+                Some(bytes) => batch.insert(key.as_bytes(), bytes),
+                None => batch.remove(key.as_bytes()),
+            }
+        }
         let mut event_ids = Vec::with_capacity(ws.events.len());
         for mut event in ws.events {
             let id = self.inner.next_event.fetch_add(1, Ordering::SeqCst);
@@ -376,54 +384,48 @@ pub struct CommitTicket {
     pub event_ids: Vec<u64>,
 }
 
-/// Everything one command writes, applied as one atomic batch.
+/// Everything one command writes, applied as one atomic batch. Reads through [`Store::get_in`] see these writes,
+/// so a command (or a bulk chunk of many records) reads its own writes.
 pub struct WriteSet {
-    batch: sled::Batch,
+    /// key -> new value (`None`: removed); the last write of a key wins.
+    pending: HashMap<String, Option<Vec<u8>>>,
     events: Vec<Event>,
     outbox: Vec<(OutboxRow, Option<usize>)>,
-    pending_counters: Vec<(String, u64)>,
-    writes: usize,
 }
 
 impl WriteSet {
     /// Write an entity.
     pub fn put<T: Serialize>(&mut self, kind: &str, id: &str, value: &T) {
-        self.writes += 1;
-        self.batch
-            .insert(entity_key(kind, id).as_bytes(), encode(value));
+        self.pending
+            .insert(entity_key(kind, id), Some(encode(value)));
     }
 
     /// Write any key (cursors, published statuses).
     pub fn put_raw<T: Serialize>(&mut self, key: &str, value: &T) {
-        self.writes += 1;
-        self.batch.insert(key.as_bytes(), encode(value));
+        self.pending.insert(key.to_string(), Some(encode(value)));
     }
 
     /// Point an index entry at an id.
     pub fn index(&mut self, index: &str, key: &str, id: &str) {
-        self.writes += 1;
-        self.batch
-            .insert(index_key(index, key).as_bytes(), encode(&id));
+        self.pending
+            .insert(index_key(index, key), Some(encode(&id)));
     }
 
     /// Remove an index entry.
     pub fn unindex(&mut self, index: &str, key: &str) {
-        self.writes += 1;
-        self.batch.remove(index_key(index, key).as_bytes());
+        self.pending.insert(index_key(index, key), None);
     }
 
     /// Record an idempotency key with what it produced.
     pub fn seen(&mut self, key: &str, produced: &serde_json::Value) {
-        self.writes += 1;
-        self.batch
-            .insert(format!("s/{key}").as_bytes(), encode(produced));
+        self.pending
+            .insert(format!("s/{key}"), Some(encode(produced)));
     }
 
     /// Commit a source's cursor with the records it covers.
     pub fn cursor(&mut self, source: &str, cursor: &serde_json::Value) {
-        self.writes += 1;
-        self.batch
-            .insert(format!("c/{source}").as_bytes(), encode(cursor));
+        self.pending
+            .insert(format!("c/{source}"), Some(encode(cursor)));
     }
 
     /// Append an audit event; with `outbox`, also queue it for sink plugins.
@@ -462,7 +464,7 @@ impl WriteSet {
 
     /// True when nothing but counters was written.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.writes == 0
+        self.events.is_empty() && self.pending.keys().all(|k| k.starts_with("n/"))
     }
 }
 

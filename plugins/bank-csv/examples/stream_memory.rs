@@ -73,7 +73,10 @@ fn main() {
         let content = base64::engine::general_purpose::STANDARD.encode(csv.as_bytes());
         drop(csv);
         let reply = instance
-            .dispatch(ops::PARSE, serde_json::json!({"name": "bench.csv", "content": content}))
+            .dispatch(
+                ops::PARSE,
+                serde_json::json!({"name": "bench.csv", "content": content}),
+            )
             .unwrap_or_else(|e| fail("parse", e));
         records += count(reply);
     } else {
@@ -82,7 +85,7 @@ fn main() {
             .unwrap_or_else(|e| fail("parse_begin", e));
         let session = begin["session"].as_u64().unwrap_or(0);
         let mut buf = String::from(HEADER);
-        let mut feed = |chunk: &[u8]| {
+        let feed = |chunk: &[u8]| {
             let payload = serde_json::json!({
                 "session": session,
                 "chunk": base64::engine::general_purpose::STANDARD.encode(chunk),

@@ -377,3 +377,61 @@ fn a_signed_stripe_payment_pays_its_invoice_once_and_bad_or_stale_signatures_rec
         1
     );
 }
+
+#[test]
+fn a_streamed_import_commits_everything_and_a_file_bad_near_its_end_records_nothing() {
+    // Every file takes the streaming path (validate pass, then commit pass).
+    let d = Daemon::start(Setup {
+        plugins: vec!["bank-csv"],
+        config: "[imports]\nstream_above_kib = 0\n".into(),
+    });
+    let inv = issue_invoice(&d, "Streamer", one_line("500.00"));
+    let number = inv["number"].as_str().unwrap();
+    let mut csv = String::from("Date,Amount,Currency,Counterparty,Description,Transaction Id\n");
+    for i in 0..3000 {
+        csv.push_str(&format!(
+            "2026-03-05,0.10,EUR,Streamer,{number} part {i},S{i}\n"
+        ));
+    }
+    let good = d.dir.path().join("big.csv");
+    std::fs::write(&good, &csv).unwrap();
+    let mut bad_text = csv.replace("S2999\n", "S2999\nnot-a-date,1.00,EUR,X,y,S3000\n");
+    bad_text = bad_text.replace("S0\n", "Z0\n");
+    let bad = d.dir.path().join("bad.csv");
+    std::fs::write(&bad, &bad_text).unwrap();
+    let import = |path: &Path| {
+        let mut cmd = settled(d.dir.path());
+        cmd.args(["import", "--json", "--url", &d.url("")])
+            .arg(path)
+            .env("SETTLED_API_TOKEN", TOKEN);
+        run(cmd)
+    };
+    // The bad file first: its last line fails, so none of its 3,000 good lines may be recorded.
+    let r = import(&bad);
+    assert!(!r.status.success(), "{r}");
+    assert!(r.stderr.contains("line 3002"), "{r}");
+    assert_eq!(
+        d.ok("GET", "/v1/payments?limit=10", None)["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let r = import(&good);
+    assert!(r.status.success(), "{r}");
+    let summary: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let summary = if summary.is_array() {
+        summary[0].clone()
+    } else {
+        summary
+    };
+    assert_eq!(summary["records_read"], 3000, "{summary}");
+    assert_eq!(summary["new"], 3000, "{summary}");
+    let after = d.ok(
+        "GET",
+        &format!("/v1/invoices/{}", inv["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(after["amount_paid"], "300.00", "{after}");
+    assert_eq!(after["payment_status"], "partially_paid");
+}
