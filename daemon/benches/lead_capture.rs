@@ -50,6 +50,7 @@ async fn run() -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
 
+    eprintln!("daemon listening on {addr}; driving {CLIENTS} clients");
     let url = format!("http://{addr}/v1/leads");
     let load = common::drive(
         CLIENTS,
@@ -68,6 +69,7 @@ async fn run() -> anyhow::Result<()> {
         },
     )
     .await;
+    eprintln!("load done; stopping the daemon");
     let _ = stop_tx.send(());
     server
         .await
@@ -76,6 +78,7 @@ async fn run() -> anyhow::Result<()> {
 
     let mut latencies = load.latencies;
     let s = summarise(&mut latencies);
+    eprintln!("daemon stopped; measuring sled");
     let naive = sled_naive(root.path()).await?;
     let group = sled_group(root.path())?;
 
@@ -172,7 +175,12 @@ async fn sled_naive(root: &std::path::Path) -> anyhow::Result<SledRun> {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
                 db.insert(format!("e/lead/lead_{n:08}"), lead_value(n))?;
-                db.flush_async().await?;
+                // Blocking flush on the blocking pool, as the daemon's group commit does: sled 0.34's `flush_async`
+                // hung here with 64 concurrent callers (all its IO threads parked in `make_stable`).
+                let flusher = db.clone();
+                tokio::task::spawn_blocking(move || flusher.flush())
+                    .await
+                    .map_err(|e| sled::Error::Io(std::io::Error::other(e.to_string())))??;
                 latencies.push(t.elapsed());
             }
             Ok::<_, sled::Error>(latencies)

@@ -440,6 +440,7 @@ mod tests {
         assert!(check_header(&magic).is_err_and(|e| e.starts_with("wrong magic bytes")));
         let major = PluginHeader {
             abi_major: ABI_MAJOR + 1,
+            abi_minor: 0,
             ..ok
         };
         assert!(check_header(&major).is_err_and(|e| e.starts_with("built for plugin ABI 2.0")));

@@ -133,6 +133,17 @@ fn bad_rows_fail_with_the_same_error_at_every_split() {
 }
 
 #[test]
+fn invalid_utf8_after_non_ascii_utf8_fails_instead_of_rereading_earlier_rows() {
+    // `parse` would read this whole file as Windows-1252 (mangling `Müller`); a stream has already
+    // returned that row as UTF-8, so it refuses the file, naming the line, rather than differ silently.
+    let mut mixed = SIGNED.as_bytes().to_vec();
+    mixed.extend_from_slice(b"2026-01-04,1.00,EUR,Caf\xe9,,x\n");
+    let failed = stream(&mixed, &signed(), &[SIGNED.len()]).map_err(|e| e.location);
+    assert_eq!(failed, Err(Some("line 8".to_string())));
+    assert!(whole(&mixed, &signed()).is_ok());
+}
+
+#[test]
 fn an_empty_stream_is_an_empty_file() {
     assert_eq!(
         stream(b"", &signed(), &[]).map_err(|e| e.message),
