@@ -108,7 +108,9 @@ async fn run() -> anyhow::Result<()> {
         rows.push(vec![
             run.to_string(),
             fmt_dur(cold.ready),
+            fmt_dur(cold.open),
             fmt_mib(cold.rss_before_kib),
+            fmt_mib(cold.rss_store_kib),
             fmt_mib(cold.rss_kib),
             fmt_mib(cold.hwm_kib),
             fmt_int(cold.open_invoices),
@@ -118,8 +120,10 @@ async fn run() -> anyhow::Result<()> {
         &[
             "cold start",
             "Store::open + Engine::new",
+            "of which Store::open",
             "VmRSS before",
-            "VmRSS after",
+            "VmRSS after Store::open",
+            "VmRSS after Engine::new",
             "VmHWM",
             "open invoices loaded",
         ],
@@ -246,7 +250,9 @@ async fn fill_with_leads(engine: &Engine, count: u64) -> anyhow::Result<u64> {
 
 struct Cold {
     ready: Duration,
+    open: Duration,
     rss_before_kib: u64,
+    rss_store_kib: u64,
     rss_kib: u64,
     hwm_kib: u64,
     open_invoices: u64,
@@ -276,7 +282,9 @@ fn spawn_cold_start(data: &Path) -> anyhow::Result<Cold> {
     };
     Ok(Cold {
         ready: Duration::from_nanos(field("ready_ns")?),
+        open: Duration::from_nanos(field("open_ns")?),
         rss_before_kib: field("rss_before_kib")?,
+        rss_store_kib: field("rss_store_kib")?,
         rss_kib: field("rss_kib")?,
         hwm_kib: field("hwm_kib")?,
         open_invoices: field("open_invoices")?,
@@ -288,12 +296,15 @@ fn cold_start(dir: &Path) -> anyhow::Result<()> {
     let rss_before = common::status_kib("VmRSS").unwrap_or(0);
     let t = Instant::now();
     let store = Store::open(dir, &StoreOptions::default()).context("opening the store")?;
+    let opened = t.elapsed();
+    let rss_store = common::status_kib("VmRSS").unwrap_or(0);
     let engine = Engine::new(store, Config::default(), Box::new(SystemClock))
         .context("building the engine")?;
     let ready = t.elapsed();
     println!(
-        "ready_ns={} rss_before_kib={rss_before} rss_kib={} hwm_kib={} open_invoices={}",
+        "ready_ns={} open_ns={} rss_before_kib={rss_before} rss_store_kib={rss_store} rss_kib={} hwm_kib={} open_invoices={}",
         ready.as_nanos(),
+        opened.as_nanos(),
         common::status_kib("VmRSS").unwrap_or(0),
         common::status_kib("VmHWM").unwrap_or(0),
         engine.open_invoice_count()

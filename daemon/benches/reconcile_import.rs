@@ -5,6 +5,8 @@
 //! (`-- --lines N --invoices M` to scale; needs `hledger` and `ledger` on PATH for the comparison rows, else they are skipped).
 //! Prints a markdown report on stdout.
 
+#![allow(clippy::float_arithmetic)] // timings and throughput rates; no money is computed here
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -347,7 +349,7 @@ fn import_with_daemon(dir: &Path, data: &Path, csv: &Path) -> (f64, u64, String)
         .args(["run", "--config"])
         .arg(&config)
         .env("SETTLED_API_TOKEN", "bench")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
@@ -370,6 +372,13 @@ fn import_with_daemon(dir: &Path, data: &Path, csv: &Path) -> (f64, u64, String)
     let rss = rss_of(daemon.id(), "VmHWM:");
     let _ = daemon.kill();
     let _ = daemon.wait();
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("file imported") || l.contains("settled ready"))
+    {
+        eprintln!("daemon: {line}");
+    }
     let summary = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(
         out.status.success(),
@@ -455,7 +464,7 @@ fn matching_scaling(_runtime: &tokio::runtime::Runtime) {
                 );
                 if rng.next() % 10 < 7 {
                     let n = 1 + rng.next() as usize % size;
-                    p.remittance = Some(if n % 2 == 0 {
+                    p.remittance = Some(if n.is_multiple_of(2) {
                         format!("inv 2026/{n}")
                     } else {
                         format!("INV2026{n:03}")

@@ -7,7 +7,9 @@
 #![deny(missing_docs)]
 
 pub mod abi;
+pub mod money;
 pub mod sdk;
+pub mod settings;
 pub mod wire;
 
 pub use sdk::Plugin;

@@ -5,8 +5,8 @@
 
 use crate::wire::{
     ops, FileRequest, HttpRequestSpec, IntakeOutcome, IntakeRequest, MailOutcome, MailRequest,
-    Manifest, ParseReply, PluginError, PollReply, PollResponse, PollStart, Record, SinkInput,
-    SinkStep, SniffReply, SniffRequest,
+    Manifest, ParseReply, PaymentRecord, PluginError, PollReply, PollResponse, PollStart, Record,
+    SinkInput, SinkStep, SniffReply, SniffRequest,
 };
 
 /// `file`: an incremental parser for one file, fed in chunks (ABI 1.1 parse sessions).
@@ -88,6 +88,13 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     ) -> Result<serde_json::Value, PluginError> {
         let _ = payload;
         Err(PluginError::unsupported(op))
+    }
+}
+
+/// `file`: the reply of a plugin whose files hold payments only, records in file order.
+pub fn payments(records: Vec<PaymentRecord>) -> ParseReply {
+    ParseReply {
+        records: records.into_iter().map(Record::Payment).collect(),
     }
 }
 
@@ -976,5 +983,28 @@ pub mod export {
                 serde_json::from_slice(&take(out)).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(env.payload["name"], "echo");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::Decimal;
+
+    #[test]
+    fn payments_become_payment_records_in_order() {
+        let reply = payments(vec![
+            PaymentRecord::new("a", Decimal::ONE, "EUR"),
+            PaymentRecord::new("b", Decimal::TWO, "EUR"),
+        ]);
+        let ids: Vec<&str> = reply
+            .records
+            .iter()
+            .map(|record| match record {
+                Record::Payment(payment) => payment.external_id.as_str(),
+                _ => "not a payment",
+            })
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
     }
 }

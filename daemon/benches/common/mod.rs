@@ -119,10 +119,10 @@ pub fn summarise(samples: &mut [Duration]) -> Summary {
     }
 }
 
-/// A duration in microseconds with two decimals (`12.34 µs`), or milliseconds with two decimals from 10 ms on.
+/// A duration in microseconds with two decimals (`12.34 µs`), or milliseconds with two decimals from 1 ms on.
 pub fn fmt_dur(d: Duration) -> String {
     let nanos = d.as_nanos();
-    if nanos >= 10_000_000 {
+    if nanos >= 1_000_000 {
         let hundredths = nanos / 10_000;
         format!("{}.{:02} ms", hundredths / 100, hundredths % 100)
     } else {
@@ -136,7 +136,7 @@ pub fn fmt_int(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

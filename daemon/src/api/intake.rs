@@ -206,6 +206,7 @@ pub async fn import_path(
     // Small files are parsed in one call; larger ones stream through a parse session twice (once to validate the
     // whole file, once to commit), so memory stays bounded and a bad file records nothing.
     if size <= state.engine.config().imports.stream_above_kib * 1024 {
+        let started = std::time::Instant::now();
         let content = tokio::fs::read(path).await.map_err(io)?;
         let reply = host
             .parse(
@@ -217,6 +218,7 @@ pub async fn import_path(
             )
             .await
             .map_err(plugin_error)?;
+        let parsed = started.elapsed();
         let n = reply.records.len() as u64;
         let summary = state
             .engine
@@ -226,6 +228,8 @@ pub async fn import_path(
             .metrics
             .records_ingested
             .fetch_add(n, Ordering::Relaxed);
+        tracing::info!(file = %name, connector = %instance, records = n, parse_ms = parsed.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64, "file imported");
         return Ok(summary);
     }
     // Pass 1: the whole file must parse before anything is recorded.

@@ -5,10 +5,13 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 use settled_plugin_api::chrono::NaiveDate;
+use settled_plugin_api::money::{minor_units, uppercase_currency_code};
 use settled_plugin_api::rust_decimal::Decimal;
+use settled_plugin_api::sdk::payments;
+use settled_plugin_api::settings::settings_from_json;
 use settled_plugin_api::{
     EntryStatus, FileRequest, Manifest, ParseReply, PaymentKind, PaymentRecord, Plugin,
-    PluginError, Record, Role, SniffReply, SniffRequest,
+    PluginError, Role, SniffReply, SniffRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -31,18 +34,8 @@ impl Default for Settings {
 impl Settings {
     /// Settings from the connector's JSON (`null` means all defaults).
     pub fn from_json(value: serde_json::Value) -> Result<Self, PluginError> {
-        if value.is_null() {
-            return Ok(Settings::default());
-        }
-        let mut settings: Settings = serde_json::from_value(value).map_err(|e| {
-            let message = e.to_string();
-            let key = match message.strip_prefix("unknown field `") {
-                Some(rest) => rest.split('`').next().unwrap_or("settings").to_string(),
-                None => "default_currency".to_string(),
-            };
-            PluginError::bad_config(key, message)
-        })?;
-        if !is_currency_code(&settings.default_currency) {
+        let mut settings: Settings = settings_from_json(value)?;
+        let Some(code) = uppercase_currency_code(&settings.default_currency) else {
             return Err(PluginError::bad_config(
                 "default_currency",
                 format!(
@@ -50,8 +43,8 @@ impl Settings {
                     settings.default_currency
                 ),
             ));
-        }
-        settings.default_currency = settings.default_currency.to_ascii_uppercase();
+        };
+        settings.default_currency = code;
         Ok(settings)
     }
 }
@@ -85,10 +78,7 @@ impl Plugin for Bai2 {
     }
 
     fn parse(&self, request: FileRequest) -> Result<ParseReply, PluginError> {
-        let records = parse(&request.name, &request.content, &self.settings)?;
-        Ok(ParseReply {
-            records: records.into_iter().map(Record::Payment).collect(),
-        })
+        parse(&request.name, &request.content, &self.settings).map(payments)
     }
 }
 
@@ -675,22 +665,9 @@ fn yymmdd(text: &str) -> Result<NaiveDate, String> {
 fn optional_currency(field: Option<&str>) -> Result<Option<String>, String> {
     match field {
         None | Some("") => Ok(None),
-        Some(c) if is_currency_code(c) => Ok(Some(c.to_ascii_uppercase())),
-        Some(c) => Err(format!("`{c}` is not an iso 4217 currency code")),
-    }
-}
-
-fn is_currency_code(raw: &str) -> bool {
-    raw.len() == 3 && raw.chars().all(|c| c.is_ascii_alphabetic())
-}
-
-/// ISO 4217 minor units (the implied decimals of BAI2 amounts); 2 unless listed.
-fn minor_units(currency: &str) -> u32 {
-    match currency {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
-        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
-        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
-        _ => 2,
+        Some(c) => uppercase_currency_code(c)
+            .map(Some)
+            .ok_or_else(|| format!("`{c}` is not an iso 4217 currency code")),
     }
 }
 

@@ -13,11 +13,13 @@ use std::str::FromStr;
 use serde::Deserialize;
 use settled_plugin_api::chrono::format::{Item, Parsed, StrftimeItems};
 use settled_plugin_api::chrono::NaiveDate;
+use settled_plugin_api::money::{minor_units, rescale_to_currency, uppercase_currency_code};
 use settled_plugin_api::rust_decimal::Decimal;
-use settled_plugin_api::sdk::StreamParser;
+use settled_plugin_api::sdk::{payments, StreamParser};
+use settled_plugin_api::settings::{settings_from_json, settings_part};
 use settled_plugin_api::{
-    EntryStatus, FileRequest, Manifest, ParseReply, PaymentRecord, Plugin, PluginError, Record,
-    Role, SniffReply, SniffRequest,
+    EntryStatus, FileRequest, Manifest, ParseReply, PaymentRecord, Plugin, PluginError, Role,
+    SniffReply, SniffRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -55,10 +57,7 @@ impl Default for Settings {
 impl Settings {
     /// Settings from the connector's JSON (`null` means all defaults).
     pub fn from_json(value: serde_json::Value) -> Result<Self, PluginError> {
-        if value.is_null() {
-            return Ok(Settings::default());
-        }
-        let raw: RawSettings = serde_json::from_value(value).map_err(|e| config_error("", &e))?;
+        let raw: RawSettings = settings_from_json(value)?;
         let mut profile = match raw.profile {
             None => Settings::default().profile,
             Some(serde_json::Value::String(name)) => built_in(&name).ok_or_else(|| {
@@ -70,9 +69,7 @@ impl Settings {
                     ),
                 )
             })?,
-            Some(object @ serde_json::Value::Object(_)) => {
-                serde_json::from_value(object).map_err(|e| config_error("profile.", &e))?
-            }
+            Some(object @ serde_json::Value::Object(_)) => settings_part(object, "profile")?,
             Some(_) => {
                 return Err(PluginError::bad_config(
                     "profile",
@@ -81,7 +78,7 @@ impl Settings {
             }
         };
         if let Some(currency) = raw.currency {
-            if !is_currency_code(&currency) {
+            if uppercase_currency_code(&currency).is_none() {
                 return Err(PluginError::bad_config(
                     "currency",
                     format!("`{currency}` is not a three-letter iso 4217 code"),
@@ -95,16 +92,6 @@ impl Settings {
         }
         Ok(Settings { profile })
     }
-}
-
-fn config_error(prefix: &str, error: &serde_json::Error) -> PluginError {
-    let message = error.to_string();
-    let key = match message.strip_prefix("unknown field `") {
-        Some(rest) => format!("{prefix}{}", rest.split('`').next().unwrap_or("")),
-        None if prefix.is_empty() => "settings".to_string(),
-        None => prefix.trim_end_matches('.').to_string(),
-    };
-    PluginError::bad_config(key, message)
 }
 
 /// The `bank-csv` plugin.
@@ -140,10 +127,7 @@ impl Plugin for BankCsv {
     }
 
     fn parse(&self, request: FileRequest) -> Result<ParseReply, PluginError> {
-        let records = parse(&request.name, &request.content, &self.settings)?;
-        Ok(ParseReply {
-            records: records.into_iter().map(Record::Payment).collect(),
-        })
+        parse(&request.name, &request.content, &self.settings).map(payments)
     }
 }
 
@@ -498,12 +482,13 @@ impl RowParser<'_> {
         };
 
         let currency = match layout.currency.map(|c| (c, field(c))) {
-            Some((_, Ok(text))) if is_currency_code(text) => text.to_ascii_uppercase(),
             Some((c, Ok(text))) if !text.is_empty() => {
-                return Err(PluginError::bad_input(
-                    at(c),
-                    format!("`{text}` is not an iso 4217 currency code"),
-                ))
+                uppercase_currency_code(text).ok_or_else(|| {
+                    PluginError::bad_input(
+                        at(c),
+                        format!("`{text}` is not an iso 4217 currency code"),
+                    )
+                })?
             }
             Some((_, Err(e))) => return Err(e),
             column => match &profile.currency {
@@ -593,15 +578,15 @@ impl RowParser<'_> {
                 }
             }
         };
-        let units = minor_units(&currency);
-        let mut amount = amount.normalize();
-        if amount.scale() > units {
+        let Some(amount) = rescale_to_currency(amount, &currency) else {
             return Err(PluginError::bad_input(
                 at(amount_column),
-                format!("amount has more decimals than {currency} allows ({units})"),
+                format!(
+                    "amount has more decimals than {currency} allows ({})",
+                    minor_units(&currency)
+                ),
             ));
-        }
-        amount.rescale(units);
+        };
 
         let counterparty_name = optional(layout.counterparty)?;
         let counterparty_account = optional(layout.account)?;
@@ -907,20 +892,6 @@ fn detect(bytes: &[u8]) -> Detected {
         }
     }
     Detected::Utf8OrWindows1252
-}
-
-fn is_currency_code(raw: &str) -> bool {
-    raw.len() == 3 && raw.chars().all(|c| c.is_ascii_alphabetic())
-}
-
-/// ISO 4217 minor units; 2 unless listed.
-fn minor_units(currency: &str) -> u32 {
-    match currency {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
-        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
-        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
-        _ => 2,
-    }
 }
 
 settled_plugin_api::export_plugin!(BankCsv);

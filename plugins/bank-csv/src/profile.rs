@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 use settled_plugin_api::chrono::format::StrftimeItems;
+use settled_plugin_api::money::uppercase_currency_code;
 use settled_plugin_api::PluginError;
 
 /// One header name, or several alternatives (the first one present in the file is used).
@@ -343,7 +344,7 @@ impl Profile {
             ));
         }
         if let Some(currency) = &self.currency {
-            if !crate::is_currency_code(currency) {
+            if uppercase_currency_code(currency).is_none() {
                 return Err(bad(
                     "currency",
                     format!("`{currency}` is not a three-letter iso 4217 code"),

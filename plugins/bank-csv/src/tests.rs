@@ -1,5 +1,5 @@
 use super::*;
-use settled_plugin_api::PaymentKind;
+use settled_plugin_api::{PaymentKind, Record};
 
 fn settings(json: serde_json::Value) -> Settings {
     match Settings::from_json(json) {

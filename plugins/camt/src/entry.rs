@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
+use settled_plugin_api::money;
 use settled_plugin_api::{EntryStatus, PaymentKind, PaymentRecord, PluginError};
 use sha2::{Digest, Sha256};
 
-use crate::money;
 use crate::tree::Element;
 
 /// Maximum length of one `Ustrd` element: a part this long was cut at the width, maybe mid-word.

@@ -23,14 +23,15 @@
 //!   file, the statement or that flag, so a duplicate gets the ids of its original and dedupes.
 
 mod entry;
-mod money;
 mod tree;
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
+use settled_plugin_api::sdk::payments;
+use settled_plugin_api::settings::settings_from_json;
 use settled_plugin_api::{
-    FileRequest, Manifest, ParseReply, Plugin, PluginError, Record, Role, SniffReply, SniffRequest,
+    FileRequest, Manifest, ParseReply, Plugin, PluginError, Role, SniffReply, SniffRequest,
 };
 
 pub use settled_plugin_api::PaymentRecord;
@@ -55,24 +56,7 @@ impl Default for Settings {
 impl Settings {
     /// Reads settings from JSON (`null` means all defaults); a bad key is an error naming it.
     pub fn from_json(value: serde_json::Value) -> Result<Self, PluginError> {
-        if value.is_null() {
-            return Ok(Settings::default());
-        }
-        let Some(object) = value.as_object() else {
-            return Err(PluginError::bad_config(
-                "settings",
-                "settings must be a table of keys",
-            ));
-        };
-        serde_json::from_value(value.clone()).map_err(|error| {
-            // Every field has a default, so a settings table holding only the culprit fails on its own.
-            let culprit = object.iter().find(|(key, item)| {
-                let single = serde_json::json!({ key.as_str(): item });
-                serde_json::from_value::<Settings>(single).is_err()
-            });
-            let key = culprit.map_or("settings", |(key, _)| key.as_str());
-            PluginError::bad_config(key, error.to_string())
-        })
+        settings_from_json(value)
     }
 }
 
@@ -105,10 +89,7 @@ impl Plugin for Camt {
     }
 
     fn parse(&self, request: FileRequest) -> Result<ParseReply, PluginError> {
-        let records = parse(&request.name, &request.content, &self.settings)?;
-        Ok(ParseReply {
-            records: records.into_iter().map(Record::Payment).collect(),
-        })
+        parse(&request.name, &request.content, &self.settings).map(payments)
     }
 }
 

@@ -19,15 +19,16 @@
 //! - Text is UTF-8 when it decodes as such, else Windows-1252 (which covers Latin-1 exports).
 
 mod details;
-mod money;
 mod statement_line;
 mod swift;
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
+use settled_plugin_api::sdk::payments;
+use settled_plugin_api::settings::settings_from_json;
 use settled_plugin_api::{
-    EntryStatus, FileRequest, Manifest, ParseReply, PaymentKind, Plugin, PluginError, Record, Role,
+    EntryStatus, FileRequest, Manifest, ParseReply, PaymentKind, Plugin, PluginError, Role,
     SniffReply, SniffRequest,
 };
 use sha2::{Digest, Sha256};
@@ -71,24 +72,7 @@ impl Default for Settings {
 impl Settings {
     /// Reads settings from JSON (`null` means all defaults); a bad key is an error naming it.
     pub fn from_json(value: serde_json::Value) -> Result<Self, PluginError> {
-        if value.is_null() {
-            return Ok(Settings::default());
-        }
-        let Some(object) = value.as_object() else {
-            return Err(PluginError::bad_config(
-                "settings",
-                "settings must be a table of keys",
-            ));
-        };
-        serde_json::from_value(value.clone()).map_err(|error| {
-            // Every field has a default, so a settings table holding only the culprit fails on its own.
-            let culprit = object.iter().find(|(key, item)| {
-                let single = serde_json::json!({ key.as_str(): item });
-                serde_json::from_value::<Settings>(single).is_err()
-            });
-            let key = culprit.map_or("settings", |(key, _)| key.as_str());
-            PluginError::bad_config(key, error.to_string())
-        })
+        settings_from_json(value)
     }
 }
 
@@ -121,10 +105,7 @@ impl Plugin for Mt940 {
     }
 
     fn parse(&self, request: FileRequest) -> Result<ParseReply, PluginError> {
-        let records = parse(&request.name, &request.content, &self.settings)?;
-        Ok(ParseReply {
-            records: records.into_iter().map(Record::Payment).collect(),
-        })
+        parse(&request.name, &request.content, &self.settings).map(payments)
     }
 }
 

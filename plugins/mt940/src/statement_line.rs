@@ -2,9 +2,9 @@
 
 use chrono::{Datelike, NaiveDate};
 use rust_decimal::Decimal;
+use settled_plugin_api::money;
 use settled_plugin_api::PluginError;
 
-use crate::money;
 use crate::swift::Field;
 
 /// The debit/credit mark of a statement line.

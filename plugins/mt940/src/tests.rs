@@ -1,5 +1,5 @@
 use settled_plugin_api::rust_decimal::Decimal;
-use settled_plugin_api::{EntryStatus, PaymentKind, PaymentRecord, PluginError};
+use settled_plugin_api::{EntryStatus, PaymentKind, PaymentRecord, PluginError, Record};
 
 use super::*;
 

@@ -7,10 +7,13 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 use settled_plugin_api::chrono::NaiveDate;
+use settled_plugin_api::money::{minor_units, rescale_to_currency, uppercase_currency_code};
 use settled_plugin_api::rust_decimal::Decimal;
+use settled_plugin_api::sdk::payments;
+use settled_plugin_api::settings::settings_from_json;
 use settled_plugin_api::{
-    FileRequest, Manifest, ParseReply, PaymentKind, PaymentRecord, Plugin, PluginError, Record,
-    Role, SniffReply, SniffRequest,
+    FileRequest, Manifest, ParseReply, PaymentKind, PaymentRecord, Plugin, PluginError, Role,
+    SniffReply, SniffRequest,
 };
 
 pub use tree::Element;
@@ -26,19 +29,9 @@ pub struct Settings {
 impl Settings {
     /// Settings from the connector's JSON (`null` means all defaults).
     pub fn from_json(value: serde_json::Value) -> Result<Self, PluginError> {
-        if value.is_null() {
-            return Ok(Settings::default());
-        }
-        let settings: Settings = serde_json::from_value(value).map_err(|e| {
-            let message = e.to_string();
-            let key = match message.strip_prefix("unknown field `") {
-                Some(rest) => rest.split('`').next().unwrap_or("settings").to_string(),
-                None => "default_currency".to_string(),
-            };
-            PluginError::bad_config(key, message)
-        })?;
+        let settings: Settings = settings_from_json(value)?;
         if let Some(c) = &settings.default_currency {
-            if !is_currency_code(c) {
+            if uppercase_currency_code(c).is_none() {
                 return Err(PluginError::bad_config(
                     "default_currency",
                     format!("`{c}` is not a three-letter iso 4217 code"),
@@ -78,10 +71,7 @@ impl Plugin for Ofx {
     }
 
     fn parse(&self, request: FileRequest) -> Result<ParseReply, PluginError> {
-        let records = parse(&request.name, &request.content, &self.settings)?;
-        Ok(ParseReply {
-            records: records.into_iter().map(Record::Payment).collect(),
-        })
+        parse(&request.name, &request.content, &self.settings).map(payments)
     }
 }
 
@@ -447,7 +437,6 @@ fn date(raw: &str) -> Result<NaiveDate, String> {
 
 /// A signed amount with at most the currency's minor units, scaled to exactly those units.
 fn amount(raw: &str, currency: &str) -> Result<Decimal, String> {
-    let units = minor_units(currency);
     // Some European producers write `-20,00`.
     let normalised = if raw.contains(',') && !raw.contains('.') {
         raw.replace(',', ".")
@@ -468,40 +457,21 @@ fn amount(raw: &str, currency: &str) -> Result<Decimal, String> {
     let Some(value) = parsed else {
         return Err(format!("`{raw}` is not an amount"));
     };
-    let value = value.normalize();
-    if value.scale() > units {
-        return Err(format!(
-            "amount `{raw}` has more decimals than {currency} allows ({units})"
-        ));
-    }
-    let mut value = value;
-    value.rescale(units);
-    Ok(value)
+    rescale_to_currency(value, currency).ok_or_else(|| {
+        format!(
+            "amount `{raw}` has more decimals than {currency} allows ({})",
+            minor_units(currency)
+        )
+    })
 }
 
 fn currency_code(raw: &str, location: &str) -> Result<String, PluginError> {
-    if is_currency_code(raw) {
-        Ok(raw.to_ascii_uppercase())
-    } else {
-        Err(PluginError::bad_input(
+    uppercase_currency_code(raw).ok_or_else(|| {
+        PluginError::bad_input(
             location,
             format!("`{raw}` is not an iso 4217 currency code"),
-        ))
-    }
-}
-
-fn is_currency_code(raw: &str) -> bool {
-    raw.len() == 3 && raw.chars().all(|c| c.is_ascii_alphabetic())
-}
-
-/// ISO 4217 minor units; 2 unless listed.
-fn minor_units(currency: &str) -> u32 {
-    match currency {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
-        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
-        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
-        _ => 2,
-    }
+        )
+    })
 }
 
 settled_plugin_api::export_plugin!(Ofx);

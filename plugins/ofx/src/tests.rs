@@ -1,4 +1,5 @@
 use super::*;
+use settled_plugin_api::Record;
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!(

@@ -7,10 +7,13 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 use settled_plugin_api::chrono::NaiveDate;
+use settled_plugin_api::money::{minor_units, rescale_to_currency, uppercase_currency_code};
 use settled_plugin_api::rust_decimal::Decimal;
+use settled_plugin_api::sdk::payments;
+use settled_plugin_api::settings::settings_from_json;
 use settled_plugin_api::{
-    FileRequest, Manifest, ParseReply, PaymentRecord, Plugin, PluginError, Record, Role,
-    SniffReply, SniffRequest,
+    FileRequest, Manifest, ParseReply, PaymentRecord, Plugin, PluginError, Role, SniffReply,
+    SniffRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -31,21 +34,34 @@ pub enum DateOrder {
 ///
 /// `currency` is required: QIF files do not say which currency they are in, and guessing USD would
 /// silently book foreign amounts as dollars. Everything else has a default.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// ISO 4217 code of the account's currency (no default).
     pub currency: String,
     /// How to read dates whose year is not written first (default `mdy`). A four-digit first part is always a year.
-    #[serde(default)]
     pub date_order: DateOrder,
     /// Decimal mark of amounts (default `.`); the other of `.`/`,` is taken as a thousands separator.
-    #[serde(default = "default_decimal_mark")]
     pub decimal_mark: char,
 }
 
-fn default_decimal_mark() -> char {
-    '.'
+/// [`Settings`] as written in the connector's config; `currency` may be left out here only so that
+/// leaving it out gets its own message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSettings {
+    currency: Option<String>,
+    date_order: DateOrder,
+    decimal_mark: char,
+}
+
+impl Default for RawSettings {
+    fn default() -> Self {
+        RawSettings {
+            currency: None,
+            date_order: DateOrder::default(),
+            decimal_mark: '.',
+        }
+    }
 }
 
 impl Settings {
@@ -60,50 +76,30 @@ impl Settings {
 
     /// Settings from the connector's JSON.
     pub fn from_json(value: serde_json::Value) -> Result<Self, PluginError> {
-        let value = if value.is_null() {
-            serde_json::json!({})
-        } else {
-            value
-        };
-        let mut settings: Settings = serde_json::from_value(value).map_err(|e| {
-            let message = e.to_string();
-            if message.starts_with("missing field `currency`") {
-                return PluginError::bad_config(
-                    "currency",
-                    "missing: qif files carry no currency, so set it (e.g. \"USD\")",
-                );
-            }
-            let key = match message
-                .strip_prefix("unknown field `")
-                .or_else(|| message.strip_prefix("unknown variant `"))
-            {
-                Some(rest) if message.starts_with("unknown field") => {
-                    rest.split('`').next().unwrap_or("settings").to_string()
-                }
-                Some(_) => "date_order".to_string(),
-                None => "settings".to_string(),
-            };
-            PluginError::bad_config(key, message)
-        })?;
-        if !(settings.currency.len() == 3
-            && settings.currency.chars().all(|c| c.is_ascii_alphabetic()))
-        {
+        let raw: RawSettings = settings_from_json(value)?;
+        let Some(written) = raw.currency else {
             return Err(PluginError::bad_config(
                 "currency",
-                format!(
-                    "`{}` is not a three-letter iso 4217 code",
-                    settings.currency
-                ),
+                "missing: qif files carry no currency, so set it (e.g. \"USD\")",
             ));
-        }
-        settings.currency = settings.currency.to_ascii_uppercase();
-        if !matches!(settings.decimal_mark, '.' | ',') {
+        };
+        let Some(currency) = uppercase_currency_code(&written) else {
+            return Err(PluginError::bad_config(
+                "currency",
+                format!("`{written}` is not a three-letter iso 4217 code"),
+            ));
+        };
+        if !matches!(raw.decimal_mark, '.' | ',') {
             return Err(PluginError::bad_config(
                 "decimal_mark",
-                format!("`{}` must be `.` or `,`", settings.decimal_mark),
+                format!("`{}` must be `.` or `,`", raw.decimal_mark),
             ));
         }
-        Ok(settings)
+        Ok(Settings {
+            currency,
+            date_order: raw.date_order,
+            decimal_mark: raw.decimal_mark,
+        })
     }
 }
 
@@ -136,10 +132,7 @@ impl Plugin for Qif {
     }
 
     fn parse(&self, request: FileRequest) -> Result<ParseReply, PluginError> {
-        let records = parse(&request.name, &request.content, &self.settings)?;
-        Ok(ParseReply {
-            records: records.into_iter().map(Record::Payment).collect(),
-        })
+        parse(&request.name, &request.content, &self.settings).map(payments)
     }
 }
 
@@ -471,25 +464,12 @@ fn parse_amount(raw: &str, decimal_mark: char, currency: &str) -> Result<Decimal
     let Some(value) = value else {
         return Err(format!("`{raw}` is not an amount"));
     };
-    let units = minor_units(currency);
-    let mut value = value.normalize();
-    if value.scale() > units {
-        return Err(format!(
-            "amount `{raw}` has more decimals than {currency} allows ({units})"
-        ));
-    }
-    value.rescale(units);
-    Ok(value)
-}
-
-/// ISO 4217 minor units; 2 unless listed.
-fn minor_units(currency: &str) -> u32 {
-    match currency {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
-        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
-        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
-        _ => 2,
-    }
+    rescale_to_currency(value, currency).ok_or_else(|| {
+        format!(
+            "amount `{raw}` has more decimals than {currency} allows ({})",
+            minor_units(currency)
+        )
+    })
 }
 
 settled_plugin_api::export_plugin!(Qif);

@@ -1,4 +1,5 @@
 use super::*;
+use settled_plugin_api::Record;
 
 fn usd() -> Settings {
     Settings::new("USD")

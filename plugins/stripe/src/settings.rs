@@ -1,6 +1,7 @@
 //! The settings of one Stripe connector instance and their validation.
 
 use serde::Deserialize;
+use settled_plugin_api::settings::settings_from_json;
 use settled_plugin_api::PluginError;
 
 /// Settings of one Stripe webhook endpoint (the `[connector.settings]` table).
@@ -60,15 +61,7 @@ impl Config {
         settings: serde_json::Value,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, PluginError> {
-        let settings = if settings.is_null() {
-            serde_json::Value::Object(serde_json::Map::new())
-        } else {
-            settings
-        };
-        let settings: Settings = serde_path_to_error::deserialize(settings).map_err(|error| {
-            let key = error.path().to_string();
-            PluginError::bad_config(key, error.into_inner().to_string())
-        })?;
+        let settings: Settings = settings_from_json(settings)?;
         let secret = match (settings.secret, settings.secret_env) {
             (Some(_), Some(_)) => {
                 return Err(PluginError::bad_config(

@@ -1,6 +1,7 @@
 //! The settings of one web-form connector instance, as the host hands them over (JSON), and their validation.
 
 use serde::Deserialize;
+use settled_plugin_api::settings::settings_from_json;
 use settled_plugin_api::PluginError;
 
 /// Settings of one web-form connector instance (the `[connector.settings]` table).
@@ -220,15 +221,7 @@ impl Config {
         settings: serde_json::Value,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, PluginError> {
-        let settings = if settings.is_null() {
-            serde_json::Value::Object(serde_json::Map::new())
-        } else {
-            settings
-        };
-        let settings: Settings = serde_path_to_error::deserialize(settings).map_err(|error| {
-            let key = error.path().to_string();
-            PluginError::bad_config(key, error.into_inner().to_string())
-        })?;
+        let settings: Settings = settings_from_json(settings)?;
         Config::from_settings(settings, env)
     }
 

@@ -1,4 +1,4 @@
-//! Amounts and currencies: decimals parsed from text, checked against the currency's minor units.
+//! Amounts and currencies for plugins: ISO 4217 minor units, currency code checks and a strict amount parser.
 
 use rust_decimal::Decimal;
 
@@ -18,6 +18,26 @@ pub fn is_currency_code(code: &str) -> bool {
     code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
 }
 
+/// The code in upper case when `raw` is three ASCII letters in any case (`eur` gives `EUR`), else `None`.
+///
+/// For formats and settings that write codes in lower case; [`is_currency_code`] is the strict check.
+pub fn uppercase_currency_code(raw: &str) -> Option<String> {
+    let upper = raw.to_ascii_uppercase();
+    is_currency_code(&upper).then_some(upper)
+}
+
+/// `amount` at exactly the currency's scale, or `None` when it has more significant decimals than the
+/// currency allows (trailing zeros do not count: `12.500` EUR is `12.50`).
+pub fn rescale_to_currency(amount: Decimal, currency: &str) -> Option<Decimal> {
+    let allowed = minor_units(currency);
+    let mut amount = amount.normalize();
+    if amount.scale() > allowed {
+        return None;
+    }
+    amount.rescale(allowed);
+    Some(amount)
+}
+
 /// Parses an unsigned amount written with `decimal_mark` (digits, at most one mark, nothing else),
 /// rejects more significant decimals than the currency allows, and returns it at the currency's scale.
 pub fn parse_amount(text: &str, decimal_mark: char, currency: &str) -> Result<Decimal, String> {
@@ -30,6 +50,7 @@ pub fn parse_amount(text: &str, decimal_mark: char, currency: &str) -> Result<De
     if int_part.is_empty() || !digits_only(int_part) || !digits_only(frac_part) {
         return Err(format!("amount `{text}` is not a decimal number"));
     }
+    // Counted on the text rather than after parsing, so digits beyond what a Decimal holds are not rounded away.
     let significant = frac_part.trim_end_matches('0');
     let allowed = minor_units(currency);
     if significant.len() > allowed as usize {
@@ -57,10 +78,10 @@ mod tests {
         let got = parse_amount(text, mark, currency);
         match expected {
             Ok(want) => assert_eq!(got.map(|d| d.to_string()), Ok(want.to_string()), "{text}"),
-            Err(fragment) => {
-                let message = got.expect_err(text);
-                assert!(message.contains(fragment), "{text}: {message}");
-            }
+            Err(fragment) => match got {
+                Ok(amount) => panic!("{text} parsed as {amount}"),
+                Err(message) => assert!(message.contains(fragment), "{text}: {message}"),
+            },
         }
     }
 
@@ -73,6 +94,7 @@ mod tests {
         check("2700", '.', "JPY", Ok("2700"));
         check("1.250", '.', "KWD", Ok("1.250"));
         check("12.500", '.', "EUR", Ok("12.50"));
+        check("0.1234", '.', "CLF", Ok("0.1234"));
     }
 
     #[test]
@@ -89,10 +111,64 @@ mod tests {
             "JPY",
             Err("more decimals than JPY allows (0)"),
         );
+        check(
+            "0.000000000000000000000000000001",
+            '.',
+            "EUR",
+            Err("more decimals than EUR allows (2)"),
+        );
         check("-5.00", '.', "EUR", Err("not a decimal number"));
         check("1e3", '.', "EUR", Err("not a decimal number"));
         check(",50", ',', "EUR", Err("not a decimal number"));
         check("1.2.3", '.', "EUR", Err("not a decimal number"));
         check("", '.', "EUR", Err("not a decimal number"));
+    }
+
+    #[test]
+    fn minor_units_follow_iso_4217() {
+        let units: Vec<u32> = [
+            "EUR", "USD", "JPY", "KRW", "KWD", "BHD", "CLF", "UYW", "XYZ",
+        ]
+        .iter()
+        .map(|c| minor_units(c))
+        .collect();
+        assert_eq!(units, [2, 2, 0, 0, 3, 3, 4, 4, 2]);
+    }
+
+    #[test]
+    fn currency_codes_are_three_letters() {
+        let strict: Vec<bool> = ["EUR", "eur", "EU", "EURO", "E1R", "ÉUR"]
+            .iter()
+            .map(|c| is_currency_code(c))
+            .collect();
+        assert_eq!(strict, [true, false, false, false, false, false]);
+        let any_case: Vec<Option<String>> = ["EUR", "eur", "Chf", "EURO", "e1r", "ÉU"]
+            .iter()
+            .map(|c| uppercase_currency_code(c))
+            .collect();
+        assert_eq!(
+            any_case,
+            [
+                Some("EUR".to_string()),
+                Some("EUR".to_string()),
+                Some("CHF".to_string()),
+                None,
+                None,
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn rescaling_keeps_allowed_decimals_and_refuses_more() {
+        let rescaled = |text: &str, currency: &str| {
+            let amount: Decimal = text.parse().unwrap_or_default();
+            rescale_to_currency(amount, currency).map(|d| d.to_string())
+        };
+        assert_eq!(rescaled("-12.5", "EUR").as_deref(), Some("-12.50"));
+        assert_eq!(rescaled("12.500", "EUR").as_deref(), Some("12.50"));
+        assert_eq!(rescaled("2700.00", "JPY").as_deref(), Some("2700"));
+        assert_eq!(rescaled("1.005", "EUR"), None);
+        assert_eq!(rescaled("0.5", "JPY"), None);
     }
 }
