@@ -132,25 +132,9 @@ pub(crate) fn load_index(store: &Store, config: &Config) -> EngineResult<MatchIn
     let shapes =
         crate::reconcile::shapes_from_patterns(&[n.invoice.as_str(), n.credit_note.as_str()]);
     let mut index = MatchIndex::new(shapes);
-    let mut names: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    for id in store.index_prefix("open-invoice", "")? {
-        let Some(inv) = store.get::<Invoice>("invoice", &id)? else {
-            continue;
-        };
-        let name = match names.get(&inv.account_id) {
-            Some(n) => n.clone(),
-            None => {
-                let name = store
-                    .get::<Account>("account", &inv.account_id)?
-                    .map(|a| a.name)
-                    .unwrap_or_default();
-                names.insert(inv.account_id.clone(), name.clone());
-                name
-            }
-        };
-        if let Some(open) = open_invoice(&inv, &name) {
-            index.upsert(open);
-        }
+    // The `open-invoice` index holds each open invoice's matching fields, so start-up is one prefix scan.
+    for open in store.index_values::<OpenInvoice>("open-invoice")? {
+        index.upsert(open);
     }
     for item in store.index_prefix("payer", "")? {
         // Values are `payer-key\taccount-id`, keeping the key readable in backups.
@@ -191,7 +175,6 @@ impl Tx<'_> {
             inv.id
         );
         if open {
-            self.ws.index("open-invoice", &inv.id, &inv.id);
             self.ws.index("open-due", &due_key, &inv.id);
             // The index already knows the customer's name for invoices it has seen; the store is the fallback.
             let known = self
@@ -207,6 +190,7 @@ impl Tx<'_> {
                     .unwrap_or_default(),
             };
             if let Some(o) = open_invoice(inv, &name) {
+                self.ws.put_raw(&format!("i/open-invoice/{}", inv.id), &o);
                 self.index_update(IndexUpdate::Upsert(o));
             }
         } else {

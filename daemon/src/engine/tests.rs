@@ -687,3 +687,37 @@ async fn many_payments_to_one_invoice_in_one_chunk_all_count() {
     // The other 50 name an invoice that is already paid: a person decides (refund, or credit).
     assert_eq!(s.review, 50, "{s:?}");
 }
+
+#[tokio::test]
+async fn a_restarted_engine_rebuilds_the_open_invoice_index_from_the_store() {
+    let w = World::new();
+    let a = w.issued_invoice("Restart A", "10.00").await;
+    let b = w.issued_invoice("Restart B", "20.00").await;
+    w.pay(json!({"amount": "20.00", "currency": "EUR", "allocations": [{"invoice_id": b.id}]}))
+        .await
+        .unwrap();
+    assert_eq!(w.engine.open_invoice_count(), 1);
+    let restarted = Engine::new(
+        w.engine.store().clone(),
+        Config::default(),
+        Box::new(w.clock.clone()),
+    )
+    .unwrap();
+    assert_eq!(restarted.open_invoice_count(), 1);
+    // And it still matches by number after the restart.
+    let summary = restarted
+        .ingest(
+            "bank",
+            "camt",
+            None,
+            vec![payment_record(
+                "r1",
+                "10.00",
+                "Restart A",
+                &a.number.clone().unwrap(),
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(summary.matched.values().sum::<u64>(), 1, "{summary:?}");
+}

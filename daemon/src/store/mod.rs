@@ -233,6 +233,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Every value under an index, decoded (for indexes whose values are records rather than ids).
+    pub fn index_values<T: DeserializeOwned>(&self, index: &str) -> StoreResult<Vec<T>> {
+        let key = index_key(index, "");
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix(key.as_bytes()) {
+            let (k, v) = item?;
+            out.push(decode(&String::from_utf8_lossy(&k), &v)?);
+        }
+        Ok(out)
+    }
+
     /// Has this idempotency key been ingested? Returns what it produced.
     pub fn seen(&self, key: &str) -> StoreResult<Option<serde_json::Value>> {
         self.get_raw(&format!("s/{key}"))
