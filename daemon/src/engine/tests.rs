@@ -55,16 +55,19 @@ impl World {
             .collect()
     }
 
-    /// Lead -> converted -> quote (sent, accepted) -> order; returns the order id.
-    async fn order(&self, company: &str, lines: Value) -> String {
-        let email = format!("buyer@{}.example", company.to_lowercase().replace(' ', "-"));
+    /// A converted lead's opportunity id.
+    async fn opportunity(&self, email: &str) -> String {
+        self.opportunity_for(email, None).await
+    }
+
+    async fn opportunity_for(&self, email: &str, company: Option<&str>) -> String {
         let (lead, _) = self
             .engine
             .capture_lead(
                 &LeadInput {
                     name: "Buyer".into(),
-                    email: Some(email),
-                    company: Some(company.into()),
+                    email: Some(email.into()),
+                    company: company.map(str::to_string),
                     source: "web".into(),
                     ..LeadInput::default()
                 },
@@ -72,20 +75,26 @@ impl World {
             )
             .await
             .unwrap();
+        let input = json!({"opportunity": {"name": "deal", "value": "100.00", "currency": "EUR", "expected_close": null}});
         let conv = self
             .engine
-            .convert_lead(
-                &lead.id,
-                serde_json::from_value(json!({"opportunity": {"name": "deal", "value": "100.00", "currency": "EUR", "expected_close": null}}))
-                    .unwrap(),
-                "test",
-            )
+            .convert_lead(&lead.id, serde_json::from_value(input).unwrap(), "test")
             .await
             .unwrap();
+        conv.opportunity_id
+    }
+
+    /// Lead -> converted -> quote (sent, accepted) -> order; returns the order id.
+    async fn order(&self, company: &str, lines: Value) -> String {
+        let email = format!("buyer@{}.example", company.to_lowercase().replace(' ', "-"));
+        let opportunity_id = self.opportunity_for(&email, Some(company)).await;
         let q = self
             .engine
             .create_quote(
-                serde_json::from_value(json!({"opportunity_id": conv.opportunity_id, "currency": "EUR", "lines": lines})).unwrap(),
+                serde_json::from_value(
+                    json!({"opportunity_id": opportunity_id, "currency": "EUR", "lines": lines}),
+                )
+                .unwrap(),
                 "test",
             )
             .await
@@ -208,28 +217,11 @@ async fn conversion_reuses_the_account_with_the_same_company_and_the_contact_wit
 #[tokio::test]
 async fn an_order_cannot_be_made_from_a_sent_but_not_accepted_quote() {
     let w = World::new();
-    let (lead, _) = w
-        .engine
-        .capture_lead(
-            &LeadInput {
-                name: "X".into(),
-                email: Some("x@x.example".into()),
-                source: "web".into(),
-                ..LeadInput::default()
-            },
-            "t",
-        )
-        .await
-        .unwrap();
-    let conv = w
-        .engine
-        .convert_lead(&lead.id, serde_json::from_value(json!({"opportunity": {"name": "d", "value": "1.00", "currency": "EUR", "expected_close": null}})).unwrap(), "t")
-        .await
-        .unwrap();
+    let opportunity_id = w.opportunity("x@x.example").await;
     let q = w
         .engine
         .create_quote(
-            serde_json::from_value(json!({"opportunity_id": conv.opportunity_id, "lines": [{"description": "a", "quantity": "3", "unit_price": "33.335", "tax_rate": "0"}]})).unwrap(),
+            serde_json::from_value(json!({"opportunity_id": opportunity_id, "lines": [{"description": "a", "quantity": "3", "unit_price": "33.335", "tax_rate": "0"}]})).unwrap(),
             "t",
         )
         .await
@@ -441,28 +433,11 @@ async fn reversing_a_payment_reopens_the_invoice_by_a_compensating_entry() {
 async fn quotes_expire_and_invoices_become_overdue_when_time_passes() {
     let w = World::new();
     let inv = w.issued_invoice("Late", "10.00").await;
-    let (lead, _) = w
-        .engine
-        .capture_lead(
-            &LeadInput {
-                name: "Q".into(),
-                email: Some("q@q.example".into()),
-                source: "web".into(),
-                ..LeadInput::default()
-            },
-            "t",
-        )
-        .await
-        .unwrap();
-    let conv = w
-        .engine
-        .convert_lead(&lead.id, serde_json::from_value(json!({"opportunity": {"name": "d", "value": "1.00", "currency": "EUR", "expected_close": null}})).unwrap(), "t")
-        .await
-        .unwrap();
+    let opportunity_id = w.opportunity("q@q.example").await;
     let q = w
         .engine
         .create_quote(
-            serde_json::from_value(json!({"opportunity_id": conv.opportunity_id, "valid_until": "2026-03-10", "lines": [{"description": "a", "quantity": "1", "unit_price": "1.00", "tax_rate": "0"}]})).unwrap(),
+            serde_json::from_value(json!({"opportunity_id": opportunity_id, "valid_until": "2026-03-10", "lines": [{"description": "a", "quantity": "1", "unit_price": "1.00", "tax_rate": "0"}]})).unwrap(),
             "t",
         )
         .await
