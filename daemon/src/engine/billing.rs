@@ -600,9 +600,14 @@ impl Engine {
             return self.ingest_api_payment(record, actor).await;
         }
         self.write(|tx| {
-            if let Some(ext) = &input.external_id {
-                if let Some(existing) = tx.index("payment-ext", &format!("api/{ext}"))? {
-                    return Ok((tx.get("payment", &existing)?, true));
+            // The same idempotency key as API payments reconciled automatically (`ingest`), so an external id
+            // is recognised whichever way the payment was first recorded.
+            let seen_key = input.external_id.as_ref().map(|ext| format!("pay:api:{ext}"));
+            if let Some(key) = &seen_key {
+                if let Some(existing) = tx.seen(key)? {
+                    if let Some(id) = existing["payment_id"].as_str() {
+                        return Ok((tx.get("payment", id)?, true));
+                    }
                 }
             }
             let mut invoices = Vec::with_capacity(requests.len());
@@ -638,8 +643,8 @@ impl Engine {
                     pay.unallocated = plan.surplus;
                 }
             }
-            if let Some(ext) = &pay.external_id {
-                tx.ws.index("payment-ext", &format!("api/{ext}"), &pay.id);
+            if let Some(key) = &seen_key {
+                tx.ws.seen(key, &serde_json::json!({"payment_id": pay.id}));
             }
             tx.put("payment", &pay.id, &pay);
             tx.event(

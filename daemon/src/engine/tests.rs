@@ -696,3 +696,21 @@ async fn a_restarted_engine_rebuilds_the_open_invoice_index_from_the_store() {
         .unwrap();
     assert_eq!(summary.matched.values().sum::<u64>(), 1, "{summary:?}");
 }
+
+#[tokio::test]
+async fn an_external_id_is_recognised_whether_the_payment_was_allocated_by_hand_or_automatically() {
+    let w = World::new();
+    let inv = w.issued_invoice("Either Way", "30.00").await;
+    let (first, dup) = w
+        .pay(json!({"amount": "30.00", "currency": "EUR", "allocations": [{"invoice_id": inv.id}], "external_id": "bank-9"}))
+        .await
+        .unwrap();
+    assert!(!dup);
+    let (again, dup) = w
+        .pay(json!({"amount": "30.00", "currency": "EUR", "payer": "Either Way", "reference": inv.number, "external_id": "bank-9"}))
+        .await
+        .unwrap();
+    assert!(dup);
+    assert_eq!(again.id, first.id);
+    assert_eq!(w.engine.store().count("payment"), 1);
+}
