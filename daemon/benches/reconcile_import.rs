@@ -2,7 +2,8 @@
 //! committed by the real release daemon through `settled import`, side by side with what users run instead.
 //!
 //! Run: `cargo build --release --workspace && cargo bench -p settled --bench reconcile_import`
-//! (`-- --lines N --invoices M` to scale; needs `hledger` and `ledger` on PATH for the comparison rows, else they are skipped).
+//! (`-- --lines N --invoices M` to scale; needs `hledger` and `ledger` on PATH for the comparison rows, else they are skipped;
+//! `SETTLED_BENCH_SEED_CACHE=DIR` keeps the seeded store in DIR for later runs).
 //! Prints a markdown report on stdout.
 
 #![allow(clippy::float_arithmetic)] // timings and throughput rates; no money is computed here
@@ -66,7 +67,7 @@ fn main() {
 
     eprintln!("seeding {invoices} open invoices...");
     let seed_start = Instant::now();
-    let issued = runtime.block_on(seed(&data, invoices));
+    let issued = seeded(&runtime, &data, invoices);
     let seed_secs = seed_start.elapsed().as_secs_f64();
 
     eprintln!("generating {lines} CSV lines...");
@@ -151,6 +152,51 @@ fn main() {
 }
 
 /// Accounts with INVOICES_PER_ACCOUNT issued invoices each, through the real engine commands.
+/// Seed the store, or copy a seeded one from `$SETTLED_BENCH_SEED_CACHE` (seeding 200k invoices through the engine takes
+/// minutes; the cache lets repeated runs skip it). The cache is filled on the first run.
+fn seeded(runtime: &tokio::runtime::Runtime, data: &Path, invoices: usize) -> Vec<Issued> {
+    let cache = std::env::var_os("SETTLED_BENCH_SEED_CACHE")
+        .map(|d| PathBuf::from(d).join(format!("seed-{invoices}")));
+    let copy = |from: &Path, to: &Path| {
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "copying {} to {}", from.display(), to.display());
+    };
+    if let Some(cache) = &cache {
+        if let Ok(text) = std::fs::read_to_string(cache.join("issued.tsv")) {
+            eprintln!("(seeded store copied from {})", cache.display());
+            copy(&cache.join("data"), data);
+            return text
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split('\t').collect();
+                    Some(Issued {
+                        number: f.first()?.to_string(),
+                        rf: f.get(1)?.to_string(),
+                        customer: f.get(2)?.to_string(),
+                        total: f.get(3)?.to_string(),
+                    })
+                })
+                .collect();
+        }
+    }
+    let issued = runtime.block_on(seed(data, invoices));
+    if let Some(cache) = &cache {
+        std::fs::create_dir_all(cache).expect("seed cache dir");
+        copy(data, &cache.join("data"));
+        let text: String = issued
+            .iter()
+            .map(|i| format!("{}\t{}\t{}\t{}\n", i.number, i.rf, i.customer, i.total))
+            .collect();
+        std::fs::write(cache.join("issued.tsv"), text).expect("seed cache list");
+    }
+    issued
+}
+
 async fn seed(data: &Path, invoices: usize) -> Vec<Issued> {
     let store = Store::open(data, &StoreOptions::default()).expect("store");
     let engine = Engine::new(store, Config::default(), Box::new(SystemClock)).expect("engine");

@@ -264,33 +264,61 @@ async fn stream_file(
     mut sink: impl FnMut(Vec<settled_plugin_api::Record>) -> Result<(), ApiError>,
 ) -> Result<(), ApiError> {
     use tokio::io::AsyncReadExt;
-    let io = |e: std::io::Error| internal(format!("reading {}: {e}", path.display()));
-    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+    let io = |path: &std::path::Path, e: std::io::Error| {
+        internal(format!("reading {}: {e}", path.display()))
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(|e| io(path, e))?;
     let mut session = host
         .parse_begin(instance, name)
         .await
         .map_err(plugin_error)?;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = file.read(&mut buf).await.map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        match session.feed(&buf[..n]).await {
-            Ok(records) => {
-                if let Err(e) = sink(records) {
+    // The plugin parses the next piece while the engine commits the last one: on two cores the parse is nearly free.
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<Vec<settled_plugin_api::Record>, ApiError>>(2);
+    let path = path.to_path_buf();
+    let producer = tokio::spawn(async move {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match file.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
                     session.abort().await;
-                    return Err(e);
+                    let _ = tx.send(Err(io(&path, e))).await;
+                    return;
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            match session.feed(&buf[..n]).await {
+                Ok(records) => {
+                    if tx.send(Ok(records)).await.is_err() {
+                        // The consumer gave up (a commit failed): nothing more to parse.
+                        session.abort().await;
+                        return;
+                    }
+                }
+                Err(e) => {
+                    session.abort().await;
+                    let _ = tx.send(Err(plugin_error(e))).await;
+                    return;
                 }
             }
-            Err(e) => {
-                session.abort().await;
-                return Err(plugin_error(e));
-            }
+        }
+        let _ = tx.send(session.finish().await.map_err(plugin_error)).await;
+    });
+    let mut outcome = Ok(());
+    while let Some(piece) = rx.recv().await {
+        if let Err(e) = piece.and_then(&mut sink) {
+            outcome = Err(e);
+            break;
         }
     }
-    let rest = session.finish().await.map_err(plugin_error)?;
-    sink(rest)
+    drop(rx);
+    if let Err(join) = producer.await {
+        outcome = outcome.and(Err(internal(format!("parsing {name}: {join}"))));
+    }
+    outcome
 }
 
 /// The file-role instance that claims a file most confidently (or the forced one).

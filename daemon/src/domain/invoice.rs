@@ -125,6 +125,10 @@ pub struct Invoice {
     /// Totals of issued credit notes against this invoice.
     #[serde(with = "rust_decimal::serde::str")]
     pub amount_credited: Decimal,
+    /// Ids of the allocations against it (payments, credit, write-offs, their reversals), oldest first. Kept in the
+    /// invoice, which every allocation rewrites anyway, instead of in an index of its own.
+    #[serde(default)]
+    pub allocations: Vec<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -279,6 +283,7 @@ pub fn draft_from_order(
         amount_paid: Decimal::ZERO,
         amount_refunded: Decimal::ZERO,
         amount_credited: Decimal::ZERO,
+        allocations: Vec::new(),
         created_at: now,
         updated_at: now,
     })
@@ -520,6 +525,7 @@ pub fn credit_note(
         amount_paid: Decimal::ZERO,
         amount_refunded: Decimal::ZERO,
         amount_credited: Decimal::ZERO,
+        allocations: Vec::new(),
         created_at: now,
         updated_at: now,
     })

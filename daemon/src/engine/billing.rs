@@ -109,6 +109,17 @@ pub(crate) struct PaymentDraft<'a> {
     pub source: &'a str,
 }
 
+/// The allocations of a payment as its `payment.recorded` event carries them: each with its rule, evidence and
+/// confidence, so the audit log explains every allocation without an event of its own.
+pub(crate) fn allocations_json(made: &[Allocation]) -> serde_json::Value {
+    made.iter()
+        .map(|a| {
+            serde_json::json!({"id": a.id, "invoice_id": a.invoice_id, "amount": a.amount, "kind": a.kind,
+                "rule": a.rule, "evidence": a.evidence, "confidence": a.confidence})
+        })
+        .collect()
+}
+
 /// A change to the in-memory reconciliation index (undone if its write set does not commit).
 pub(crate) enum IndexUpdate {
     Upsert(OpenInvoice),
@@ -175,13 +186,15 @@ impl Tx<'_> {
             inv.id
         );
         if open {
-            self.ws.index("open-due", &due_key, &inv.id);
+            let before = self.state.index.get(&inv.id);
+            // A payment that leaves the invoice open does not move it in the due-date index: no write.
+            let indexed = before
+                .is_some_and(|o| o.balance > Decimal::ZERO && Some(o.due_date) == inv.due_date);
+            if !indexed {
+                self.ws.index("open-due", &due_key, &inv.id);
+            }
             // The index already knows the customer's name for invoices it has seen; the store is the fallback.
-            let known = self
-                .state
-                .index
-                .get(&inv.id)
-                .map(|o| o.account_name.clone());
+            let known = before.map(|o| o.account_name.clone());
             let name = match known {
                 Some(name) => name,
                 None => self
@@ -230,7 +243,7 @@ impl Tx<'_> {
 
     pub(crate) fn link_payer(&mut self, key: &str, account_id: &str) {
         let key = key.trim().to_lowercase();
-        if key.is_empty() {
+        if key.is_empty() || self.state.index.payer_account(&key) == Some(account_id) {
             return;
         }
         self.ws
@@ -270,27 +283,9 @@ impl Tx<'_> {
             reversed: false,
         };
         self.put("allocation", &allocation.id, &allocation);
-        self.ws.index(
-            "alloc-by-invoice",
-            &format!("{}/{}", inv.id, allocation.id),
-            &allocation.id,
-        );
-        self.ws.index(
-            "alloc-by-payment",
-            &format!("{}/{}", payment.id, allocation.id),
-            &allocation.id,
-        );
-        self.event(
-            actor,
-            "allocation.created",
-            "invoice",
-            &inv.id,
-            serde_json::json!({
-                "allocation_id": allocation.id, "payment_id": payment.id, "amount": amount, "kind": kind,
-                "rule": rule, "evidence": evidence, "confidence": confidence,
-            }),
-            false,
-        );
+        // The payment and the invoice both list the allocation. Its audit trail (rule, evidence, confidence) is the
+        // caller's `payment.recorded` event, see [`allocations_json`].
+        inv.allocations.push(allocation.id.clone());
         self.save_invoice(inv, actor)?;
         Ok(allocation)
     }
@@ -542,11 +537,7 @@ impl Engine {
                 reversed: false,
             };
             tx.put("allocation", &allocation.id, &allocation);
-            tx.ws.index(
-                "alloc-by-invoice",
-                &format!("{}/{}", inv.id, allocation.id),
-                &allocation.id,
-            );
+            inv.allocations.push(allocation.id.clone());
             tx.event(
                 actor,
                 "invoice.credit_applied",
@@ -630,12 +621,14 @@ impl Engine {
                 source: "api",
             })?;
             pay.account_id = invoices.first().map(|i| i.account_id.clone());
+            let mut made = Vec::with_capacity(plan.parts.len());
             for (invoice_id, part) in &plan.parts {
                 let Some(inv) = invoices.iter_mut().find(|i| &i.id == invoice_id) else {
                     continue;
                 };
                 let alloc = tx.allocate(&pay, inv, *part, AllocationKind::Payment, "manual", "allocated by hand", 100, actor)?;
-                pay.allocations.push(alloc.id);
+                pay.allocations.push(alloc.id.clone());
+                made.push(alloc);
             }
             if plan.surplus > Decimal::ZERO {
                 if let Some(account) = pay.account_id.clone() {
@@ -652,7 +645,7 @@ impl Engine {
                 "payment.recorded",
                 "payment",
                 &pay.id,
-                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": pay.allocations,
+                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(&made),
                     "to_credit": pay.unallocated, "payer": pay.payer}),
                 true,
             );
@@ -753,11 +746,7 @@ pub(crate) fn reverse_in(
             reversed: false,
         };
         tx.put("allocation", &compensation.id, &compensation);
-        tx.ws.index(
-            "alloc-by-invoice",
-            &format!("{}/{}", inv.id, compensation.id),
-            &compensation.id,
-        );
+        inv.allocations.push(compensation.id.clone());
         tx.save_invoice(&inv, actor)?;
     }
     if pay.unallocated > Decimal::ZERO {

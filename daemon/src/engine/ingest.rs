@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use settled_plugin_api::{EntryStatus, LeadRecord, PaymentKind, PaymentRecord, Record};
 
-use super::billing::{AllocationJson, PaymentDraft, PaymentInput};
+use super::billing::{allocations_json, AllocationJson, PaymentDraft, PaymentInput};
 use super::{Engine, EngineResult, Tx};
 use crate::domain::invoice::{self, Invoice};
 use crate::domain::lead::LeadInput;
@@ -18,7 +18,7 @@ use crate::domain::DomainError;
 use crate::reconcile::{self, Decision, ReviewReason, Suggestion};
 
 /// Records per write set on bulk paths: bounds memory while sharing one flush across many records.
-const CHUNK: usize = 2_000;
+const CHUNK: usize = 250;
 
 /// What an import or intake did, record by record, summed up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -239,12 +239,14 @@ impl Engine {
             }
             let refs: Vec<&Invoice> = invoices.iter().collect();
             let plan = payment::plan_allocations(pay.amount, &pay.currency, &requests, &refs, tx.today)?;
+            let mut made = Vec::with_capacity(plan.parts.len());
             for (invoice_id, part) in &plan.parts {
                 let Some(inv) = invoices.iter_mut().find(|i| &i.id == invoice_id) else {
                     continue;
                 };
                 let alloc = tx.allocate(&pay, inv, *part, AllocationKind::Payment, "manual", "allocated in review", 100, actor)?;
-                pay.allocations.push(alloc.id);
+                pay.allocations.push(alloc.id.clone());
+                made.push(alloc);
             }
             pay.account_id = invoices.first().map(|i| i.account_id.clone());
             if let (Some(account), true) = (pay.account_id.clone(), plan.surplus > Decimal::ZERO) {
@@ -268,7 +270,7 @@ impl Engine {
                 "payment.recorded",
                 "payment",
                 &pay.id,
-                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": pay.allocations, "to_credit": pay.unallocated}),
+                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(&made), "to_credit": pay.unallocated}),
                 true,
             );
             Ok(item)
@@ -519,6 +521,7 @@ fn ingest_payment(
             fee,
         } => {
             let mut pay = tx.new_payment(draft(&record, currency.clone(), received_on, plugin))?;
+            let mut made = Vec::with_capacity(allocations.len() + 1);
             let mut partially = false;
             for proposed in &allocations {
                 let mut inv: Invoice = tx.get("invoice", &proposed.invoice_id)?;
@@ -532,7 +535,8 @@ fn ingest_payment(
                     proposed.confidence,
                     actor,
                 )?;
-                pay.allocations.push(alloc.id);
+                pay.allocations.push(alloc.id.clone());
+                made.push(alloc);
                 pay.account_id.get_or_insert(inv.account_id.clone());
                 *summary
                     .matched
@@ -554,7 +558,8 @@ fn ingest_payment(
                     100,
                     actor,
                 )?;
-                pay.allocations.push(alloc.id);
+                pay.allocations.push(alloc.id.clone());
+                made.push(alloc);
                 partially = invoice::balance(&inv) > Decimal::ZERO;
             }
             if surplus > Decimal::ZERO {
@@ -583,7 +588,7 @@ fn ingest_payment(
                 "payment.recorded",
                 "payment",
                 &pay.id,
-                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": pay.allocations,
+                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(&made),
                     "to_credit": pay.unallocated, "fee": fee, "external_id": record.external_id, "source": record.source_position}),
                 true,
             );

@@ -138,11 +138,8 @@ impl Engine {
     /// An invoice with its derived payment status, balance and allocations.
     pub fn invoice_view(&self, inv: &Invoice) -> EngineResult<Value> {
         let mut allocations = Vec::new();
-        for id in self
-            .store()
-            .index_prefix("alloc-by-invoice", &format!("{}/", inv.id))?
-        {
-            if let Some(a) = self.store().get::<Allocation>("allocation", &id)? {
+        for id in &inv.allocations {
+            if let Some(a) = self.store().get::<Allocation>("allocation", id)? {
                 allocations.push(a);
             }
         }

@@ -270,6 +270,16 @@ impl MatchIndex {
         }
     }
 
+    /// The account this payer key is linked to, if any (so an unchanged link is not written again).
+    pub fn payer_account(&self, payer_key: &str) -> Option<&str> {
+        let key = normalise_payer_key(payer_key);
+        self.payers
+            .get(&key)
+            .and_then(|&account| usize::try_from(account).ok())
+            .and_then(|i| self.account_ids.get(i))
+            .map(String::as_str)
+    }
+
     /// Number of open invoices (balance above zero).
     pub fn len(&self) -> usize {
         self.open_count

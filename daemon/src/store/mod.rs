@@ -3,8 +3,8 @@
 //! Key layout (all keys UTF-8, all values JSON, so a backup is a plain JSON-lines dump):
 //! - `e/<kind>/<id>`      entity records (`lead`, `account`, `contact`, `opportunity`, `quote`, `order`, `invoice`, `payment`, `allocation`, `review`)
 //! - `i/<index>/<key>`    secondary indexes, value = entity id
-//! - `v/<20-digit seq>`   the append-only audit log (`events`)
-//! - `o/<20-digit seq>`   outbox rows for sink plugins
+//! - `v/<20-digit seq>`   the append-only audit log (`events`); events flagged `outbox` are also the outbox for sink
+//!   plugins, which read it with a cursor of their own ([`Store::outbox_after`]), so a change costs one key
 //! - `s/<key>`            idempotency keys of everything ingested (`seen`)
 //! - `c/<source>`         per-source cursors
 //! - `n/<series>/<period>` number-series counters, `n/id/<kind>` id counters
@@ -101,12 +101,16 @@ pub struct Event {
     pub entity_id: String,
     /// A summary of the change (what changed, from what to what).
     pub data: serde_json::Value,
+    /// Outside systems care about it: it is in the outbox for sink plugins.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outbox: bool,
 }
 
-/// An outbox row: an event an outside system cares about, to be delivered by sink plugins.
+/// An outbox row: an event an outside system cares about, to be delivered by sink plugins. It is a view of an audit
+/// event flagged `outbox`, not a record of its own.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OutboxRow {
-    /// Monotonic id.
+    /// Position in the outbox: the event's id (increasing, with gaps where events are not for the outbox).
     pub id: u64,
     /// The audit event id it came from.
     pub event_id: u64,
@@ -130,7 +134,6 @@ struct Inner {
     tree: sled::Tree,
     path: PathBuf,
     next_event: AtomicU64,
-    next_outbox: AtomicU64,
     commit: GroupCommit,
     _lock: File,
 }
@@ -184,7 +187,6 @@ impl Store {
             }
         }
         let next_event = last_seq(&tree, "v/")? + 1;
-        let next_outbox = last_seq(&tree, "o/")? + 1;
         let commit = GroupCommit::new(db.clone());
         Ok(Store {
             inner: Arc::new(Inner {
@@ -192,7 +194,6 @@ impl Store {
                 tree,
                 path: dir.to_path_buf(),
                 next_event: AtomicU64::new(next_event),
-                next_outbox: AtomicU64::new(next_outbox),
                 commit,
                 _lock: lock,
             }),
@@ -274,9 +275,25 @@ impl Store {
         self.seq_after("v/", after, limit)
     }
 
-    /// Outbox rows with id > `after`, at most `limit`.
+    /// Outbox rows with id > `after`, at most `limit`: the audit events flagged `outbox`, in order.
     pub fn outbox_after(&self, after: u64, limit: usize) -> StoreResult<Vec<OutboxRow>> {
-        self.seq_after("o/", after, limit)
+        let mut out = Vec::new();
+        for event in self.seq_iter::<Event>("v/", after) {
+            if out.len() >= limit {
+                break;
+            }
+            let event = event?;
+            if event.outbox {
+                out.push(OutboxRow {
+                    id: event.id,
+                    event_id: event.id,
+                    kind: event.kind,
+                    at: event.at,
+                    data: serde_json::json!({"entity": event.entity, "id": event.entity_id, "data": event.data}),
+                });
+            }
+        }
+        Ok(out)
     }
 
     fn seq_after<T: DeserializeOwned>(
@@ -285,19 +302,23 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> StoreResult<Vec<T>> {
+        self.seq_iter(prefix, after).take(limit).collect()
+    }
+
+    fn seq_iter<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        after: u64,
+    ) -> impl Iterator<Item = StoreResult<T>> + '_ {
         let start = seq_key(prefix, after.saturating_add(1));
         let end = format!("{prefix}~");
-        let mut out = Vec::new();
-        for item in self
-            .inner
+        self.inner
             .tree
             .range(start.as_bytes()..end.as_bytes())
-            .take(limit)
-        {
-            let (k, v) = item?;
-            out.push(decode(&String::from_utf8_lossy(&k), &v)?);
-        }
-        Ok(out)
+            .map(|item| -> StoreResult<T> {
+                let (k, v) = item?;
+                decode(&String::from_utf8_lossy(&k), &v)
+            })
     }
 
     /// The id of the newest audit event (0 when none).
@@ -310,7 +331,6 @@ impl Store {
         WriteSet {
             pending: HashMap::new(),
             events: Vec::new(),
-            outbox: Vec::new(),
         }
     }
 
@@ -346,13 +366,6 @@ impl Store {
             event.id = id;
             event_ids.push(id);
             batch.insert(seq_key("v/", id).as_bytes(), encode(&event));
-        }
-        for (mut row, event_index) in ws.outbox {
-            row.id = self.inner.next_outbox.fetch_add(1, Ordering::SeqCst);
-            row.event_id = event_index
-                .and_then(|i| event_ids.get(i).copied())
-                .unwrap_or(0);
-            batch.insert(seq_key("o/", row.id).as_bytes(), encode(&row));
         }
         self.inner.tree.apply_batch(batch)?;
         Ok(CommitTicket {
@@ -401,7 +414,6 @@ pub struct WriteSet {
     /// key -> new value (`None`: removed); the last write of a key wins.
     pending: HashMap<String, Option<Vec<u8>>>,
     events: Vec<Event>,
-    outbox: Vec<(OutboxRow, Option<usize>)>,
 }
 
 impl WriteSet {
@@ -449,27 +461,15 @@ impl WriteSet {
         data: serde_json::Value,
         outbox: bool,
     ) {
-        let at = chrono::Utc::now();
-        if outbox {
-            self.outbox.push((
-                OutboxRow {
-                    id: 0,
-                    event_id: 0,
-                    kind: kind.to_string(),
-                    at,
-                    data: serde_json::json!({"entity": entity, "id": entity_id, "data": data.clone()}),
-                },
-                Some(self.events.len()),
-            ));
-        }
         self.events.push(Event {
             id: 0,
-            at,
+            at: chrono::Utc::now(),
             actor: actor.to_string(),
             kind: kind.to_string(),
             entity: entity.to_string(),
             entity_id: entity_id.to_string(),
             data,
+            outbox,
         });
     }
 

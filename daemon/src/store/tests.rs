@@ -177,3 +177,41 @@ fn dump(store: &Store) -> Vec<(sled::IVec, serde_json::Value)> {
         .map(|(k, v)| (k, serde_json::from_slice(&v).unwrap()))
         .collect()
 }
+
+#[tokio::test]
+async fn the_outbox_is_the_flagged_events_in_order_and_reads_from_a_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut ws = store.begin();
+    for (kind, outbox) in [
+        ("a", true),
+        ("b", false),
+        ("c", true),
+        ("d", false),
+        ("e", true),
+    ] {
+        ws.event(
+            "api",
+            kind,
+            "lead",
+            "1",
+            serde_json::json!({"k": kind}),
+            outbox,
+        );
+    }
+    let ticket = store.apply(ws).unwrap();
+    store.durable(&ticket).await.unwrap();
+    let all = store.outbox_after(0, 10).unwrap();
+    let kinds: Vec<&str> = all.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(kinds, ["a", "c", "e"]);
+    assert_eq!(
+        all.iter().map(|r| r.event_id).collect::<Vec<_>>(),
+        [1, 3, 5]
+    );
+    assert_eq!(all[1].data["data"]["k"], "c");
+    // A sink that delivered up to row 3 gets the rest; the limit counts outbox rows, not events.
+    let rest = store.outbox_after(3, 10).unwrap();
+    assert_eq!(rest.iter().map(|r| r.id).collect::<Vec<_>>(), [5]);
+    assert_eq!(store.outbox_after(0, 2).unwrap().len(), 2);
+    assert_eq!(store.events_after(0, 10).unwrap().len(), 5);
+}
