@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo build --release --workspace && cargo bench -p settled --bench reconcile_import`
 //! (`-- --lines N --invoices M` to scale; needs `hledger` and `ledger` on PATH for the comparison rows, else they are skipped;
-//! `SETTLED_BENCH_SEED_CACHE=DIR` keeps the seeded store in DIR for later runs).
+//! `SETTLED_BENCH_SEED_CACHE=DIR` keeps the seeded store in DIR for later runs; `--settled-only` skips hledger and ledger;
+//! `--cache-mib N` sets the daemon's sled cache).
 //! Prints a markdown report on stdout.
 
 #![allow(clippy::float_arithmetic)] // timings and throughput rates; no money is computed here
@@ -100,27 +101,36 @@ fn main() {
         "skip 1\nfields date, amount, currency, payee, description, code\ndate-format %Y-%m-%d\naccount1 assets:bank\naccount2 income:sales\n",
     )
     .expect("rules");
+    let others = !std::env::args().any(|a| a == "--settled-only");
     eprintln!("hledger...");
-    let hledger = timed(
-        Command::new("hledger")
-            .arg("-f")
-            .arg(&csv_path)
-            .arg("--rules-file")
-            .arg(&rules)
-            .arg("print"),
-    );
+    let hledger = others
+        .then(|| {
+            timed(
+                Command::new("hledger")
+                    .arg("-f")
+                    .arg(&csv_path)
+                    .arg("--rules-file")
+                    .arg(&rules)
+                    .arg("print"),
+            )
+        })
+        .flatten();
     eprintln!("ledger...");
-    let ledger = timed(
-        Command::new("ledger")
-            .args(["-f", "/dev/null", "convert"])
-            .arg(&ledger_csv)
-            .args([
-                "--input-date-format",
-                "%Y-%m-%d",
-                "--account",
-                "Assets:Bank",
-            ]),
-    );
+    let ledger = others
+        .then(|| {
+            timed(
+                Command::new("ledger")
+                    .args(["-f", "/dev/null", "convert"])
+                    .arg(&ledger_csv)
+                    .args([
+                        "--input-date-format",
+                        "%Y-%m-%d",
+                        "--account",
+                        "Assets:Bank",
+                    ]),
+            )
+        })
+        .flatten();
 
     let rate = |secs: f64| format!("{:.0}", lines as f64 / secs);
     println!("### Import and reconcile {lines} CSV lines against {invoices} open invoices\n");
@@ -148,6 +158,7 @@ fn main() {
         }
     }
     println!("\nImport summary: {summary}\n");
+    sled_floor(&data, lines, invoices, settled_secs);
     matching_scaling(&runtime);
 }
 
@@ -383,8 +394,12 @@ fn import_with_daemon(dir: &Path, data: &Path, csv: &Path) -> (f64, u64, String)
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n[plugins]\ndir = \"{}\"\n",
+            "data_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n{}[plugins]\ndir = \"{}\"\n",
             data.display(),
+            match arg("--cache-mib", 0) {
+                0 => String::new(),
+                mib => format!("cache_mib = {mib}\n"),
+            },
             plugins.display()
         ),
     )
@@ -545,4 +560,132 @@ fn matching_scaling(_runtime: &tokio::runtime::Runtime) {
         );
     }
     println!();
+}
+
+/// Average value size of the keys under `prefix` (at most `sample` of them, from the end: the newest).
+fn mean_value_len(tree: &sled::Tree, prefix: &str, sample: usize) -> usize {
+    let (mut n, mut bytes) = (0usize, 0usize);
+    for item in tree.scan_prefix(prefix.as_bytes()).rev().take(sample) {
+        let (_, v) = item.expect("scan");
+        n += 1;
+        bytes += v.len();
+    }
+    bytes.checked_div(n).unwrap_or(0)
+}
+
+/// The floor sled sets for this import: the keys the daemon wrote for each line, with the value sizes it wrote, applied to a
+/// fresh sled store (same cache and mode as the daemon) holding the same number of invoices, in write sets of 250 lines and
+/// with no parsing, matching or JSON at all. 70% of lines settle an invoice: payment, allocation and audit event appended, a
+/// `seen` key, the invoice and its open-invoice row rewritten, and on an invoice's first payment its published status and a
+/// status event. The other 30% go to review: payment, review item, open-review row, audit event and `seen` key.
+fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
+    let sizes = {
+        let db = sled::Config::new()
+            .path(data.join("db"))
+            .open()
+            .expect("open the daemon's store");
+        let tree = db.open_tree("settled").expect("tree");
+        let size = |prefix: &str| mean_value_len(&tree, prefix, 2_000);
+        [
+            size("e/payment/"),
+            size("e/allocation/"),
+            size("v/"),
+            size("s/pay:"),
+            size("e/invoice/"),
+            size("i/open-invoice/"),
+            size("e/review/"),
+            size("p/"),
+        ]
+    };
+    let [payment, allocation, event, seen, invoice, open_row, review, status] = sizes;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = sled::Config::new()
+        .path(dir.path().join("db"))
+        .cache_capacity(64 * 1024 * 1024)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .expect("sled");
+    let tree = db.open_tree("settled").expect("tree");
+    let value = |len: usize| vec![b'x'; len];
+    let mut batch = sled::Batch::default();
+    for i in 0..invoices {
+        batch.insert(format!("e/invoice/inv_{i:08}").as_bytes(), value(invoice));
+        batch.insert(
+            format!("i/open-invoice/inv_{i:08}").as_bytes(),
+            value(open_row),
+        );
+        if i % 250 == 249 {
+            tree.apply_batch(std::mem::take(&mut batch)).expect("seed");
+        }
+    }
+    tree.apply_batch(std::mem::take(&mut batch)).expect("seed");
+    db.flush().expect("flush");
+    let mut rng = Lcg(7);
+    let mut paid_once = vec![false; invoices];
+    let mut w = FloorWriter::default();
+    let t = Instant::now();
+    for line in 0..lines {
+        w.append("e/payment/", payment);
+        w.append("v/", event);
+        let seen_key = format!("s/pay:bank-csv:{:016x}", rng.next());
+        // The daemon looks the key up before writing it.
+        assert!(tree.get(seen_key.as_bytes()).expect("get").is_none());
+        w.put(&seen_key, seen);
+        if rng.next() % 10 < 7 {
+            let inv = (rng.next() as usize) % invoices.max(1);
+            w.append("e/allocation/", allocation);
+            w.put(&format!("e/invoice/inv_{inv:08}"), invoice);
+            w.put(&format!("i/open-invoice/inv_{inv:08}"), open_row);
+            if !std::mem::replace(&mut paid_once[inv], true) {
+                w.put(&format!("p/inv_{inv:08}"), status);
+                w.append("v/", event);
+            }
+        } else {
+            w.append("e/review/", review);
+            w.append("i/open-review/", 16);
+        }
+        if line % 250 == 249 {
+            tree.apply_batch(std::mem::take(&mut w.batch))
+                .expect("apply");
+        }
+    }
+    let keys = w.keys;
+    tree.apply_batch(w.batch).expect("apply");
+    db.flush().expect("flush");
+    let secs = t.elapsed().as_secs_f64();
+    println!("### sled floor for the same writes\n");
+    println!("Value sizes read back from the daemon's store after the import (bytes): payment {payment}, allocation {allocation}, \
+              audit event {event}, seen {seen}, invoice {invoice}, open-invoice row {open_row}, review item {review}, status {status}.\n");
+    println!("| what | seconds | lines/s | keys written | keys per line | µs per key |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| sled alone, the daemon's keys and value sizes for {lines} lines, 250 lines per batch | {secs:.1} | {:.0} | {keys} | {:.1} | {:.1} |",
+        lines as f64 / secs,
+        keys as f64 / lines as f64,
+        secs * 1e6 / keys as f64
+    );
+    println!(
+        "| settled import (above), for comparison | {settled_secs:.1} | {:.0} | - | - | - |\n",
+        lines as f64 / settled_secs
+    );
+}
+
+#[derive(Default)]
+struct FloorWriter {
+    batch: sled::Batch,
+    seq: u64,
+    keys: u64,
+}
+
+impl FloorWriter {
+    fn put(&mut self, key: &str, len: usize) {
+        self.keys += 1;
+        self.batch.insert(key.as_bytes(), vec![b'x'; len]);
+    }
+
+    fn append(&mut self, prefix: &str, len: usize) {
+        self.seq += 1;
+        let key = format!("{prefix}{:020}", self.seq);
+        self.put(&key, len);
+    }
 }
