@@ -437,6 +437,12 @@ impl Engine {
             let from = inv.state;
             invoice::void(&mut inv)?;
             inv.updated_at = tx.now;
+            // What the invoice billed can be invoiced again.
+            if let Some(order_id) = inv.order_id.clone() {
+                let mut order: Order = tx.get("order", &order_id)?;
+                invoice::release_invoiced(&mut order, &inv);
+                tx.put("order", &order.id, &order);
+            }
             tx.event(
                 actor,
                 "invoice.voided",

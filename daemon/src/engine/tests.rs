@@ -382,6 +382,29 @@ async fn negative_non_numeric_and_over_precise_amounts_are_refused_naming_the_fi
 }
 
 #[tokio::test]
+async fn voiding_an_invoice_gives_its_quantities_back_to_the_order() {
+    let w = World::new();
+    let order = w
+        .order("Reissue", json!([{"description": "work", "quantity": "3", "unit_price": "10.00", "tax_rate": "0"}]))
+        .await;
+    let create = || {
+        w.engine.create_invoice(
+            serde_json::from_value(json!({"order_id": order})).unwrap(),
+            "test",
+        )
+    };
+    let first = create().await.unwrap();
+    assert!(
+        create().await.is_err(),
+        "the whole order is billed by the first invoice"
+    );
+    w.engine.void_invoice(&first.id, "t").await.unwrap();
+    let again = create().await.unwrap();
+    assert_eq!(again.totals.total, first.totals.total);
+    assert_ne!(again.id, first.id);
+}
+
+#[tokio::test]
 async fn paying_a_void_invoice_is_a_conflict() {
     let w = World::new();
     let inv = w.issued_invoice("Voided", "10.00").await;
