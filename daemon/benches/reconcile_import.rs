@@ -673,75 +673,10 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
         keys as f64 / lines as f64,
         secs * 1e6 / keys as f64
     );
-    // What a block layout would leave for sled to do: per line only the `seen` key (looked up, then inserted) and, for a
-    // line that pays an invoice, one small payment-state record of the invoice; the payments, allocations, review items
-    // and audit events of 250 lines appended as one block value.
-    let block_line = payment + event + (allocation * 7 + review * 3) / 10;
-    let (block_secs, block_keys) = block_layout_floor(lines, invoices, invoice, 120, block_line);
-    println!(
-        "| sled alone, a block layout: `seen` + a 120-byte invoice payment state per line, one {} KB block per 250 lines | {block_secs:.1} | {:.0} | {block_keys} | {:.1} | {:.1} |",
-        block_line * 250 / 1000,
-        lines as f64 / block_secs,
-        block_keys as f64 / lines as f64,
-        block_secs * 1e6 / block_keys as f64
-    );
     println!(
         "| settled import (above), for comparison | {settled_secs:.1} | {:.0} | - | - | - |\n",
         lines as f64 / settled_secs
     );
-}
-
-/// (seconds, keys written) for the block layout described in [`sled_floor`].
-fn block_layout_floor(
-    lines: usize,
-    invoices: usize,
-    invoice: usize,
-    state: usize,
-    block_line: usize,
-) -> (f64, u64) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = sled::Config::new()
-        .path(dir.path().join("db"))
-        .cache_capacity(64 * 1024 * 1024)
-        .mode(sled::Mode::HighThroughput)
-        .open()
-        .expect("sled");
-    let tree = db.open_tree("settled").expect("tree");
-    let mut w = FloorWriter::default();
-    for i in 0..invoices {
-        w.put(&format!("e/invoice/inv_{i:08}"), invoice);
-        w.put(&format!("b/inv_{i:08}"), state);
-        if i % 250 == 249 {
-            tree.apply_batch(std::mem::take(&mut w.batch))
-                .expect("seed");
-        }
-    }
-    tree.apply_batch(std::mem::take(&mut w.batch))
-        .expect("seed");
-    db.flush().expect("flush");
-    let mut w = FloorWriter::default();
-    let mut rng = Lcg(11);
-    let t = Instant::now();
-    for line in 0..lines {
-        let seen_key = format!(
-            "s/pay:bank-csv:{:016x}",
-            (line as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        );
-        assert!(tree.get(seen_key.as_bytes()).expect("get").is_none());
-        w.put(&seen_key, 29);
-        if rng.next() % 10 < 7 {
-            let inv = (rng.next() as usize) % invoices.max(1);
-            w.put(&format!("b/inv_{inv:08}"), state);
-        }
-        if line % 250 == 249 {
-            w.append("j/", block_line * 250);
-            tree.apply_batch(std::mem::take(&mut w.batch))
-                .expect("apply");
-        }
-    }
-    tree.apply_batch(w.batch).expect("apply");
-    db.flush().expect("flush");
-    (t.elapsed().as_secs_f64(), w.keys)
 }
 
 #[derive(Default)]
