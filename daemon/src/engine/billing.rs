@@ -282,12 +282,17 @@ impl Tx<'_> {
             at: self.now,
             reversed: false,
         };
-        self.put("allocation", &allocation.id, &allocation);
         // The payment and the invoice both list the allocation. Its audit trail (rule, evidence, confidence) is the
         // caller's `payment.recorded` event, see [`allocations_json`].
-        inv.allocations.push(allocation.id.clone());
+        self.record_allocation(inv, &allocation);
         self.save_invoice(inv, actor)?;
         Ok(allocation)
+    }
+
+    /// Store an allocation and list it on its invoice (the caller saves the invoice).
+    fn record_allocation(&mut self, inv: &mut Invoice, allocation: &Allocation) {
+        self.put("allocation", &allocation.id, allocation);
+        inv.allocations.push(allocation.id.clone());
     }
 
     /// Put money on the account's credit balance.
@@ -542,8 +547,7 @@ impl Engine {
                 at: tx.now,
                 reversed: false,
             };
-            tx.put("allocation", &allocation.id, &allocation);
-            inv.allocations.push(allocation.id.clone());
+            tx.record_allocation(&mut inv, &allocation);
             tx.event(
                 actor,
                 "invoice.credit_applied",
@@ -632,10 +636,9 @@ impl Engine {
                 let Some(inv) = invoices.iter_mut().find(|i| &i.id == invoice_id) else {
                     continue;
                 };
-                let alloc = tx.allocate(&pay, inv, *part, AllocationKind::Payment, "manual", "allocated by hand", 100, actor)?;
-                pay.allocations.push(alloc.id.clone());
-                made.push(alloc);
+                made.push(tx.allocate(&pay, inv, *part, AllocationKind::Payment, "manual", "allocated by hand", 100, actor)?);
             }
+            pay.allocations.extend(made.iter().map(|a| a.id.clone()));
             if plan.surplus > Decimal::ZERO {
                 if let Some(account) = pay.account_id.clone() {
                     tx.add_credit(&account, &currency, plan.surplus, &format!("overpayment {}", pay.id), actor)?;
@@ -751,8 +754,7 @@ pub(crate) fn reverse_in(
             at: tx.now,
             reversed: false,
         };
-        tx.put("allocation", &compensation.id, &compensation);
-        inv.allocations.push(compensation.id.clone());
+        tx.record_allocation(&mut inv, &compensation);
         tx.save_invoice(&inv, actor)?;
     }
     if pay.unallocated > Decimal::ZERO {

@@ -244,10 +244,9 @@ impl Engine {
                 let Some(inv) = invoices.iter_mut().find(|i| &i.id == invoice_id) else {
                     continue;
                 };
-                let alloc = tx.allocate(&pay, inv, *part, AllocationKind::Payment, "manual", "allocated in review", 100, actor)?;
-                pay.allocations.push(alloc.id.clone());
-                made.push(alloc);
+                made.push(tx.allocate(&pay, inv, *part, AllocationKind::Payment, "manual", "allocated in review", 100, actor)?);
             }
+            pay.allocations.extend(made.iter().map(|a| a.id.clone()));
             pay.account_id = invoices.first().map(|i| i.account_id.clone());
             if let (Some(account), true) = (pay.account_id.clone(), plan.surplus > Decimal::ZERO) {
                 tx.add_credit(&account, &pay.currency.clone(), plan.surplus, &format!("overpayment {}", pay.id), actor)?;
@@ -535,7 +534,6 @@ fn ingest_payment(
                     proposed.confidence,
                     actor,
                 )?;
-                pay.allocations.push(alloc.id.clone());
                 made.push(alloc);
                 pay.account_id.get_or_insert(inv.account_id.clone());
                 *summary
@@ -558,7 +556,6 @@ fn ingest_payment(
                     100,
                     actor,
                 )?;
-                pay.allocations.push(alloc.id.clone());
                 made.push(alloc);
                 partially = invoice::balance(&inv) > Decimal::ZERO;
             }
@@ -582,6 +579,7 @@ fn ingest_payment(
             if partially {
                 summary.partially_matched += 1;
             }
+            pay.allocations.extend(made.iter().map(|a| a.id.clone()));
             tx.put("payment", &pay.id, &pay);
             tx.event(
                 actor,
