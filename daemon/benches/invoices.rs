@@ -33,16 +33,10 @@ fn main() -> anyhow::Result<()> {
         let dir = args.get(2).context("cold-start needs the data dir")?;
         return cold_start(Path::new(dir));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(run())
+    common::run_bench("invoices", run())
 }
 
 async fn run() -> anyhow::Result<()> {
-    println!("## invoices\n");
-    println!("machine: {}\n", common::machine());
     let root = tempfile::tempdir().context("creating the bench temp dir")?;
     let data = root.path().join("data");
     let store = Store::open(&data, &StoreOptions::default()).context("opening the store")?;

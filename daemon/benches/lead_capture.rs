@@ -21,16 +21,10 @@ const MEASURE: Duration = Duration::from_secs(10);
 const SLED_RUN: Duration = Duration::from_secs(5);
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(run())
+    common::run_bench("lead_capture", run())
 }
 
 async fn run() -> anyhow::Result<()> {
-    println!("## lead_capture\n");
-    println!("machine: {}\n", common::machine());
     let root = tempfile::tempdir().context("creating the bench temp dir")?;
     let plugins = root.path().join("no-plugins");
     std::fs::create_dir_all(&plugins).context("creating the empty plugin folder")?;

@@ -34,16 +34,10 @@ fn direct_json(payload: &Value) -> serde_json::Result<Value> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(run())
+    common::run_bench("plugin_call", run())
 }
 
 async fn run() -> anyhow::Result<()> {
-    println!("## plugin_call\n");
-    println!("machine: {}\n", common::machine());
     let lib = common::built_artifact(
         "libsettled_fixture_good.so",
         "cargo build --release -p settled-fixture-good",

@@ -9,6 +9,8 @@
 
 #![allow(clippy::float_arithmetic)] // timings and throughput rates; no money is computed here
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,22 +32,7 @@ fn arg(name: &str, default: usize) -> usize {
 }
 
 fn release_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/release")
-        .to_path_buf()
-}
-
-fn rss_of(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
+    common::profile_dir().expect("locating target/release")
 }
 
 /// An invoice as the generator needs it.
@@ -435,7 +422,7 @@ fn import_with_daemon(dir: &Path, data: &Path, csv: &Path) -> (f64, u64, String)
         .output()
         .expect("settled import");
     let secs = t.elapsed().as_secs_f64();
-    let rss = rss_of(daemon.id(), "VmHWM:");
+    let rss = common::proc_status_kib(daemon.id(), "VmHWM").unwrap_or(0) / 1024;
     let _ = daemon.kill();
     let _ = daemon.wait();
     let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();

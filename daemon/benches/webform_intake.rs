@@ -25,11 +25,7 @@ fn main() -> ExitCode {
     if let Some(code) = common::plugin_host_child() {
         return code;
     }
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
-        .and_then(|runtime| runtime.block_on(run()));
+    let result = common::run_bench("webform_intake", run());
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -40,8 +36,6 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    println!("## webform_intake\n");
-    println!("machine: {}\n", common::machine());
     let lib = common::built_artifact(
         "libsettled_plugin_webform.so",
         "cargo build --release -p settled-plugin-webform",

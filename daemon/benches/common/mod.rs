@@ -12,6 +12,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+/// Run a benchmark on a multi-threaded tokio runtime, after printing its markdown heading and the machine it runs on.
+pub fn run_bench(
+    name: &str,
+    bench: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    println!("## {name}\n");
+    println!("machine: {}\n", machine());
+    runtime.block_on(bench)
+}
+
 /// When this process was started as a plugin child (`BENCH plugin-host --library ...`), serve it and return the exit code.
 pub fn plugin_host_child() -> Option<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,7 +82,12 @@ pub fn loadavg() -> String {
 
 /// A field of /proc/self/status in KiB (`VmRSS`, `VmHWM`).
 pub fn status_kib(field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    proc_status_kib("self", field)
+}
+
+/// The same for another process (`pid`), e.g. a daemon the bench started.
+pub fn proc_status_kib(pid: impl std::fmt::Display, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     text.lines()
         .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
         .and_then(|l| l.split_whitespace().nth(1))
