@@ -565,11 +565,25 @@ fn mean_value_len(tree: &sled::Tree, prefix: &str, sample: usize) -> usize {
     bytes.checked_div(n).unwrap_or(0)
 }
 
+/// Average size of one record in the blocks under `prefix` (JSON arrays; at most `sample` blocks, the newest).
+fn mean_record_len(tree: &sled::Tree, prefix: &str, sample: usize) -> usize {
+    let (mut n, mut bytes) = (0usize, 0usize);
+    for item in tree.scan_prefix(prefix.as_bytes()).rev().take(sample) {
+        let (_, v) = item.expect("scan");
+        let block: Vec<serde::de::IgnoredAny> =
+            serde_json::from_slice(&v).expect("a block is a JSON array");
+        n += block.len();
+        bytes += v.len();
+    }
+    bytes.checked_div(n).unwrap_or(0)
+}
+
 /// The floor sled sets for this import: the keys the daemon wrote for each line, with the value sizes it wrote, applied to a
 /// fresh sled store (same cache and mode as the daemon) holding the same number of invoices, in write sets of 250 lines and
-/// with no parsing, matching or JSON at all. 70% of lines settle an invoice: payment, allocation and audit event appended, a
-/// `seen` key, the invoice and its open-invoice row rewritten, and on an invoice's first payment its published status and a
-/// status event. The other 30% go to review: payment, review item, open-review row, audit event and `seen` key.
+/// with no parsing, matching or JSON at all. 70% of lines settle an invoice: payment, allocation and audit event appended
+/// (to blocks of 64, as the daemon stores them), a `seen` key, the invoice and its open-invoice row rewritten, and on an
+/// invoice's first payment its published status and a status event. The other 30% go to review: payment, review item and
+/// audit event (blocks), an open-review row and a `seen` key.
 fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
     let sizes = {
         let db = sled::Config::new()
@@ -578,14 +592,15 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
             .expect("open the daemon's store");
         let tree = db.open_tree("settled").expect("tree");
         let size = |prefix: &str| mean_value_len(&tree, prefix, 2_000);
+        let record = |prefix: &str| mean_record_len(&tree, prefix, 200);
         [
-            size("e/payment/"),
-            size("e/allocation/"),
-            size("v/"),
+            record("b/payment/"),
+            record("b/allocation/"),
+            record("v/"),
             size("s/pay:"),
             size("e/invoice/"),
             size("i/open-invoice/"),
-            size("e/review/"),
+            record("b/review/"),
             size("p/"),
         ]
     };
@@ -617,8 +632,8 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
     let mut w = FloorWriter::default();
     let t = Instant::now();
     for line in 0..lines {
-        w.append("e/payment/", payment);
-        w.append("v/", event);
+        w.record("b/payment/", payment);
+        w.record("v/", event);
         // Distinct, scattered like the hashes of real external ids (an odd multiplier is a bijection on u64).
         let seen_key = format!(
             "s/pay:bank-csv:{:016x}",
@@ -629,29 +644,29 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
         w.put(&seen_key, seen);
         if rng.next() % 10 < 7 {
             let inv = (rng.next() as usize) % invoices.max(1);
-            w.append("e/allocation/", allocation);
+            w.record("b/allocation/", allocation);
             w.put(&format!("e/invoice/inv_{inv:08}"), invoice);
             w.put(&format!("i/open-invoice/inv_{inv:08}"), open_row);
             if !std::mem::replace(&mut paid_once[inv], true) {
                 w.put(&format!("p/inv_{inv:08}"), status);
-                w.append("v/", event);
+                w.record("v/", event);
             }
         } else {
-            w.append("e/review/", review);
+            w.record("b/review/", review);
             w.append("i/open-review/", 16);
         }
         if line % 250 == 249 {
-            tree.apply_batch(std::mem::take(&mut w.batch))
-                .expect("apply");
+            tree.apply_batch(w.take()).expect("apply");
         }
     }
+    tree.apply_batch(w.take()).expect("apply");
     let keys = w.keys;
-    tree.apply_batch(w.batch).expect("apply");
     db.flush().expect("flush");
     let secs = t.elapsed().as_secs_f64();
     println!("### sled floor for the same writes\n");
-    println!("Value sizes read back from the daemon's store after the import (bytes): payment {payment}, allocation {allocation}, \
-              audit event {event}, seen {seen}, invoice {invoice}, open-invoice row {open_row}, review item {review}, status {status}.\n");
+    println!("Record sizes read back from the daemon's store after the import (bytes, a block's share for blocked records): \
+              payment {payment}, allocation {allocation}, audit event {event}, seen {seen}, invoice {invoice}, open-invoice row \
+              {open_row}, review item {review}, status {status}.\n");
     println!("| what | seconds | lines/s | keys written | keys per line | µs per key |");
     println!("|---|---|---|---|---|---|");
     println!(
@@ -671,6 +686,8 @@ struct FloorWriter {
     batch: sled::Batch,
     seq: u64,
     keys: u64,
+    /// Blocked records of the current batch, per prefix: (count, bytes).
+    blocked: std::collections::BTreeMap<&'static str, (usize, usize)>,
 }
 
 impl FloorWriter {
@@ -683,5 +700,26 @@ impl FloorWriter {
         self.seq += 1;
         let key = format!("{prefix}{:020}", self.seq);
         self.put(&key, len);
+    }
+
+    /// A record the daemon stores in a block of up to 64.
+    fn record(&mut self, prefix: &'static str, len: usize) {
+        let entry = self.blocked.entry(prefix).or_default();
+        entry.0 += 1;
+        entry.1 += len;
+    }
+
+    /// The batch, with this batch's blocked records written as blocks of 64.
+    fn take(&mut self) -> sled::Batch {
+        for (prefix, (count, bytes)) in std::mem::take(&mut self.blocked) {
+            let each = bytes / count.max(1);
+            let mut left = count;
+            while left > 0 {
+                let n = left.min(64);
+                self.append(prefix, n * each);
+                left -= n;
+            }
+        }
+        std::mem::take(&mut self.batch)
     }
 }

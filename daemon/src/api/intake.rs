@@ -308,8 +308,20 @@ async fn stream_file(
         let _ = tx.send(session.finish().await.map_err(plugin_error)).await;
     });
     let mut outcome = Ok(());
+    // Committing a piece is seconds of CPU on a large file. `block_in_place` hands this worker's other tasks (the
+    // producer above, woken by our `recv`, sits in its queue) to another worker meanwhile: without it the plugin call
+    // waiting there could run into its timeout before it ever ran.
+    let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
     while let Some(piece) = rx.recv().await {
-        if let Err(e) = piece.and_then(&mut sink) {
+        let committed = piece.and_then(|records| {
+            if multi_thread {
+                tokio::task::block_in_place(|| sink(records))
+            } else {
+                sink(records)
+            }
+        });
+        if let Err(e) = committed {
             outcome = Err(e);
             break;
         }

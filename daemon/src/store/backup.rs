@@ -76,11 +76,12 @@ pub fn restore_from(store: &Store, file: &Path) -> StoreResult<u64> {
     if header["format"] != FORMAT {
         return Err(bad(1, "not a settled backup (format field missing)".into()));
     }
-    if header["schema"].as_u64() != Some(SCHEMA_VERSION) {
+    let schema = header["schema"].as_u64();
+    if schema != Some(SCHEMA_VERSION) && schema != Some(1) {
         return Err(bad(
             1,
             format!(
-                "backup has schema {}, this settled understands {SCHEMA_VERSION}",
+                "backup has schema {}, this settled understands 1 to {SCHEMA_VERSION}",
                 header["schema"]
             ),
         ));
@@ -104,6 +105,9 @@ pub fn restore_from(store: &Store, file: &Path) -> StoreResult<u64> {
         count += 1;
     }
     store.tree().apply_batch(batch)?;
+    if schema == Some(1) {
+        super::migrate::from_v1(store.tree())?;
+    }
     store.flush()?;
     Ok(count)
 }

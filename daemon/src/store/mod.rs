@@ -1,10 +1,13 @@
 //! The sled store: one tree, records under key prefixes, every write one atomic batch, durability by group commit.
 //!
 //! Key layout (all keys UTF-8, all values JSON, so a backup is a plain JSON-lines dump):
-//! - `e/<kind>/<id>`      entity records (`lead`, `account`, `contact`, `opportunity`, `quote`, `order`, `invoice`, `payment`, `allocation`, `review`)
+//! - `e/<kind>/<id>`      entity records (`lead`, `account`, `contact`, `opportunity`, `quote`, `order`, `invoice`)
+//! - `b/<kind>/<20-digit n>` blocks of up to 64 `payment`, `allocation` and `review` records, read and written as if
+//!   each were its own `e/<kind>/<id>` key (see [`blocks`])
 //! - `i/<index>/<key>`    secondary indexes, value = entity id
-//! - `v/<20-digit seq>`   the append-only audit log (`events`); events flagged `outbox` are also the outbox for sink
-//!   plugins, which read it with a cursor of their own ([`Store::outbox_after`]), so a change costs one key
+//! - `v/<20-digit seq>`   the append-only audit log (`events`), in blocks of up to 64 consecutive events keyed by the
+//!   first one's id; events flagged `outbox` are also the outbox for sink plugins, which read it with a cursor of their
+//!   own ([`Store::outbox_after`]), so a change costs no key of its own
 //! - `s/<key>`            idempotency keys of everything ingested (`seen`)
 //! - `c/<source>`         per-source cursors
 //! - `n/<series>/<period>` number-series counters, `n/id/<kind>` id counters
@@ -15,9 +18,11 @@
 //! and answers the caller only after [`Store::durable`] saw a flush that covers the write.
 
 mod backup;
+mod blocks;
 mod commit;
+mod migrate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +34,9 @@ use serde::{Deserialize, Serialize};
 pub use backup::{backup_to, restore_from};
 use commit::GroupCommit;
 
-/// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: u64 = 1;
+/// The schema version this build writes and understands (2: payments, allocations, review items and events in
+/// blocks; stores and backups of schema 1 are converted when opened or restored).
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Errors of the store, split by who is at fault.
 #[derive(Debug, thiserror::Error)]
@@ -178,15 +184,19 @@ impl Store {
             }
             Some(v) => {
                 let found = String::from_utf8_lossy(&v).to_string();
-                if found.parse::<u64>().ok() != Some(SCHEMA_VERSION) {
-                    return Err(StoreError::UnknownSchema {
-                        path: dir.to_path_buf(),
-                        found,
-                    });
+                match found.parse::<u64>().ok() {
+                    Some(SCHEMA_VERSION) => {}
+                    Some(1) => migrate::from_v1(&tree)?,
+                    _ => {
+                        return Err(StoreError::UnknownSchema {
+                            path: dir.to_path_buf(),
+                            found,
+                        })
+                    }
                 }
             }
         }
-        let next_event = last_seq(&tree, "v/")? + 1;
+        let next_event = last_event(&tree)? + 1;
         let commit = GroupCommit::new(db.clone());
         Ok(Store {
             inner: Arc::new(Inner {
@@ -210,8 +220,14 @@ impl Store {
         self.get_raw(&entity_key(kind, id))
     }
 
-    /// Read and decode any key.
+    /// Read and decode any key (a blocked record's key is read from its block).
     pub fn get_raw<T: DeserializeOwned>(&self, key: &str) -> StoreResult<Option<T>> {
+        if let Some((kind, id, n)) = blocks::blocked_key(key) {
+            return match blocks::get(&self.inner.tree, kind, id, n)? {
+                None => Ok(None),
+                Some(raw) => decode(key, raw.get().as_bytes()).map(Some),
+            };
+        }
         match self.inner.tree.get(key.as_bytes())? {
             None => Ok(None),
             Some(v) => decode(key, &v).map(Some),
@@ -247,7 +263,7 @@ impl Store {
 
     /// Has this idempotency key been ingested? Returns what it produced.
     pub fn seen(&self, key: &str) -> StoreResult<Option<serde_json::Value>> {
-        self.get_raw(&format!("s/{key}"))
+        Ok(self.get_raw(&format!("s/{key}"))?.map(expand_seen))
     }
 
     /// A source's cursor.
@@ -256,29 +272,39 @@ impl Store {
     }
 
     /// All entities of a kind, in id order (ids sort by creation).
-    pub fn scan<T: DeserializeOwned>(
+    pub fn scan<T: DeserializeOwned + 'static>(
         &self,
         kind: &str,
-    ) -> impl Iterator<Item = StoreResult<T>> + '_ {
+    ) -> Box<dyn Iterator<Item = StoreResult<T>> + '_> {
         let prefix = format!("e/{kind}/");
-        self.inner
-            .tree
-            .scan_prefix(prefix.as_bytes())
-            .map(|item| -> StoreResult<T> {
-                let (k, v) = item?;
-                decode(&String::from_utf8_lossy(&k), &v)
-            })
+        let own_keys =
+            self.inner
+                .tree
+                .scan_prefix(prefix.as_bytes())
+                .map(|item| -> StoreResult<T> {
+                    let (k, v) = item?;
+                    decode(&String::from_utf8_lossy(&k), &v)
+                });
+        if !blocks::BLOCKED.contains(&kind) {
+            return Box::new(own_keys);
+        }
+        let kind = kind.to_string();
+        let in_blocks = blocks::scan(&self.inner.tree, &kind).map(move |item| -> StoreResult<T> {
+            let (id, raw) = item?;
+            decode(&format!("e/{kind}/{id}"), raw.get().as_bytes())
+        });
+        Box::new(in_blocks.chain(own_keys))
     }
 
     /// Audit events with id > `after`, at most `limit`.
     pub fn events_after(&self, after: u64, limit: usize) -> StoreResult<Vec<Event>> {
-        self.seq_after("v/", after, limit)
+        self.events_from(after).take(limit).collect()
     }
 
     /// Outbox rows with id > `after`, at most `limit`: the audit events flagged `outbox`, in order.
     pub fn outbox_after(&self, after: u64, limit: usize) -> StoreResult<Vec<OutboxRow>> {
         let mut out = Vec::new();
-        for event in self.seq_iter::<Event>("v/", after) {
+        for event in self.events_from(after) {
             if out.len() >= limit {
                 break;
             }
@@ -296,29 +322,24 @@ impl Store {
         Ok(out)
     }
 
-    fn seq_after<T: DeserializeOwned>(
-        &self,
-        prefix: &str,
-        after: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<T>> {
-        self.seq_iter(prefix, after).take(limit).collect()
-    }
-
-    fn seq_iter<T: DeserializeOwned>(
-        &self,
-        prefix: &str,
-        after: u64,
-    ) -> impl Iterator<Item = StoreResult<T>> + '_ {
-        let start = seq_key(prefix, after.saturating_add(1));
-        let end = format!("{prefix}~");
-        self.inner
-            .tree
-            .range(start.as_bytes()..end.as_bytes())
-            .map(|item| -> StoreResult<T> {
-                let (k, v) = item?;
-                decode(&String::from_utf8_lossy(&k), &v)
-            })
+    /// Audit events with id > `after`, in order: from the block holding `after + 1` on.
+    fn events_from(&self, after: u64) -> impl Iterator<Item = StoreResult<Event>> + '_ {
+        let tree = &self.inner.tree;
+        let first = seq_key("v/", after.saturating_add(1));
+        let start = match tree.range("v/".as_bytes()..=first.as_bytes()).next_back() {
+            Some(Ok((k, _))) => k.to_vec(),
+            _ => b"v/".to_vec(),
+        };
+        tree.range(start..b"v/~".to_vec()).flat_map(move |item| {
+            let events: Vec<StoreResult<Event>> = match item {
+                Err(e) => vec![Err(e.into())],
+                Ok((k, v)) => match decode::<Vec<Event>>(&String::from_utf8_lossy(&k), &v) {
+                    Ok(block) => block.into_iter().filter(|e| e.id > after).map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                },
+            };
+            events
+        })
     }
 
     /// The id of the newest audit event (0 when none).
@@ -354,18 +375,39 @@ impl Store {
     /// Apply a write set atomically (one sled batch). Returns a commit ticket for [`Store::durable`].
     pub fn apply(&self, ws: WriteSet) -> StoreResult<CommitTicket> {
         let mut batch = sled::Batch::default();
+        let mut blocked: BTreeMap<String, Vec<blocks::Change>> = BTreeMap::new();
         for (key, value) in ws.pending {
+            if let Some((kind, id, n)) = blocks::blocked_key(&key) {
+                blocked
+                    .entry(kind.to_string())
+                    .or_default()
+                    .push((n, id.to_string(), value));
+                continue;
+            }
             match value {
                 Some(bytes) => batch.insert(key.as_bytes(), bytes),
                 None => batch.remove(key.as_bytes()),
             }
         }
+        for (kind, changes) in blocked {
+            blocks::write(&self.inner.tree, &kind, changes, &mut batch)?;
+        }
         let mut event_ids = Vec::with_capacity(ws.events.len());
+        let mut encoded = Vec::with_capacity(ws.events.len());
         for mut event in ws.events {
             let id = self.inner.next_event.fetch_add(1, Ordering::SeqCst);
             event.id = id;
             event_ids.push(id);
-            batch.insert(seq_key("v/", id).as_bytes(), encode(&event));
+            encoded.push(encode(&event));
+        }
+        for (block, ids) in encoded
+            .chunks(blocks::MAX_BLOCK)
+            .zip(event_ids.chunks(blocks::MAX_BLOCK))
+        {
+            batch.insert(
+                seq_key("v/", ids[0]).as_bytes(),
+                blocks::encode_events(block),
+            );
         }
         self.inner.tree.apply_batch(batch)?;
         Ok(CommitTicket {
@@ -385,14 +427,19 @@ impl Store {
         Ok(())
     }
 
-    /// Count the entities of a kind (a scan of keys; used by metrics and status, not on hot paths).
+    /// Count the entities of a kind (a scan; used by metrics and status, not on hot paths).
     pub fn count(&self, kind: &str) -> usize {
         let prefix = format!("e/{kind}/");
-        self.inner
+        let own_keys = self
+            .inner
             .tree
             .scan_prefix(prefix.as_bytes())
             .keys()
-            .count()
+            .count();
+        if !blocks::BLOCKED.contains(&kind) {
+            return own_keys;
+        }
+        own_keys + blocks::scan(&self.inner.tree, kind).count()
     }
 
     fn tree(&self) -> &sled::Tree {
@@ -439,10 +486,16 @@ impl WriteSet {
         self.pending.insert(index_key(index, key), None);
     }
 
-    /// Record an idempotency key with what it produced.
+    /// Record an idempotency key with what it produced. The common `{"payment_id": id}` is stored as the bare id (a
+    /// million-line import writes a million of these); [`expand_seen`] turns it back.
     pub fn seen(&mut self, key: &str, produced: &serde_json::Value) {
-        self.pending
-            .insert(format!("s/{key}"), Some(encode(produced)));
+        let value = match produced.as_object() {
+            Some(map) if map.len() == 1 && map.get("payment_id").is_some_and(|v| v.is_string()) => {
+                encode(&map["payment_id"])
+            }
+            _ => encode(produced),
+        };
+        self.pending.insert(format!("s/{key}"), Some(value));
     }
 
     /// Commit a source's cursor with the records it covers.
@@ -479,6 +532,14 @@ impl WriteSet {
     }
 }
 
+/// A stored `seen` value as written: a bare string is the id of the payment the key produced.
+pub fn expand_seen(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::String(id) => serde_json::json!({ "payment_id": id }),
+        other => other,
+    }
+}
+
 fn entity_key(kind: &str, id: &str) -> String {
     format!("e/{kind}/{id}")
 }
@@ -503,13 +564,14 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> StoreResult<T> {
     })
 }
 
-fn last_seq(tree: &sled::Tree, prefix: &str) -> StoreResult<u64> {
-    match tree.scan_prefix(prefix.as_bytes()).keys().next_back() {
+/// The id of the last audit event: the last one of the last block.
+fn last_event(tree: &sled::Tree) -> StoreResult<u64> {
+    match tree.scan_prefix(b"v/").next_back() {
         None => Ok(0),
-        Some(k) => {
-            let k = k?;
-            let text = String::from_utf8_lossy(&k[prefix.len()..]).to_string();
-            Ok(text.parse().unwrap_or(0))
+        Some(item) => {
+            let (k, v) = item?;
+            let block: Vec<Event> = decode(&String::from_utf8_lossy(&k), &v)?;
+            Ok(block.last().map_or(0, |e| e.id))
         }
     }
 }

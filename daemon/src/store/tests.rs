@@ -215,3 +215,256 @@ async fn the_outbox_is_the_flagged_events_in_order_and_reads_from_a_cursor() {
     assert_eq!(store.outbox_after(0, 2).unwrap().len(), 2);
     assert_eq!(store.events_after(0, 10).unwrap().len(), 5);
 }
+
+fn keys_under(store: &Store, prefix: &str) -> Vec<String> {
+    store
+        .tree()
+        .scan_prefix(prefix.as_bytes())
+        .keys()
+        .map(|k| String::from_utf8_lossy(&k.unwrap()).to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn payments_of_one_write_set_share_blocks_and_each_reads_changes_and_scans_as_its_own_record()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut ws = store.begin();
+    for n in 1..=150u32 {
+        ws.put(
+            "payment",
+            &format!("pay_{n:08}"),
+            &serde_json::json!({"id": format!("pay_{n:08}"), "n": n}),
+        );
+    }
+    store.apply(ws).unwrap();
+    // 150 records, 64 to a block: three keys, none of them per record.
+    assert_eq!(
+        keys_under(&store, "b/payment/"),
+        [
+            "b/payment/00000000000000000001",
+            "b/payment/00000000000000000065",
+            "b/payment/00000000000000000129"
+        ]
+    );
+    assert!(keys_under(&store, "e/payment/").is_empty());
+    for n in [1u32, 64, 65, 128, 129, 150] {
+        let p: serde_json::Value = store
+            .get("payment", &format!("pay_{n:08}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p["n"], n);
+    }
+    assert!(store
+        .get::<serde_json::Value>("payment", "pay_00000151")
+        .unwrap()
+        .is_none());
+
+    // A later write set changes an old record (its block is rewritten in place) and adds new ones (a new block).
+    let mut ws = store.begin();
+    ws.put(
+        "payment",
+        "pay_00000070",
+        &serde_json::json!({"id": "pay_00000070", "n": 70, "reversed": true}),
+    );
+    ws.put(
+        "payment",
+        "pay_00000151",
+        &serde_json::json!({"id": "pay_00000151", "n": 151}),
+    );
+    assert_eq!(
+        store
+            .get_in::<serde_json::Value>(&ws, "e/payment/pay_00000070")
+            .unwrap()
+            .unwrap()["reversed"],
+        true
+    );
+    store.apply(ws).unwrap();
+    assert_eq!(keys_under(&store, "b/payment/").len(), 4);
+    let p: serde_json::Value = store.get("payment", "pay_00000070").unwrap().unwrap();
+    assert_eq!(p["reversed"], true);
+    let p: serde_json::Value = store.get("payment", "pay_00000071").unwrap().unwrap();
+    assert_eq!(p["n"], 71);
+    assert_eq!(store.count("payment"), 151);
+    let order: Vec<u64> = store
+        .scan::<serde_json::Value>("payment")
+        .map(|p| p.unwrap()["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(order, (1..=151).collect::<Vec<_>>());
+
+    // Removing a record takes it out of its block; an id that is not the engine's `<prefix>_<digits>` keeps its own key.
+    let mut ws = store.begin();
+    ws.pending.insert("e/payment/pay_00000151".into(), None);
+    ws.put(
+        "payment",
+        "imported-x",
+        &serde_json::json!({"id": "imported-x", "n": 0}),
+    );
+    store.apply(ws).unwrap();
+    assert!(store
+        .get::<serde_json::Value>("payment", "pay_00000151")
+        .unwrap()
+        .is_none());
+    assert_eq!(keys_under(&store, "b/payment/").len(), 3);
+    assert_eq!(keys_under(&store, "e/payment/"), ["e/payment/imported-x"]);
+    assert_eq!(store.count("payment"), 151);
+}
+
+#[tokio::test]
+async fn events_are_stored_in_blocks_and_read_from_any_cursor_across_them() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let mut ws = store.begin();
+        for i in 0..100 {
+            ws.event(
+                "api",
+                "x",
+                "lead",
+                &i.to_string(),
+                serde_json::json!({"i": i}),
+                i % 2 == 0,
+            );
+        }
+        store.apply(ws).unwrap();
+        store.flush().unwrap();
+        assert_eq!(keys_under(&store, "v/").len(), 2);
+    }
+    let store = open(dir.path());
+    assert_eq!(store.last_event_id(), 100);
+    for after in [0u64, 1, 63, 64, 65, 99, 100] {
+        let ids: Vec<u64> = store
+            .events_after(after, 1000)
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(
+            ids,
+            ((after + 1)..=100).collect::<Vec<_>>(),
+            "after {after}"
+        );
+    }
+    let outbox: Vec<u64> = store
+        .outbox_after(60, 3)
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(outbox, [61, 63, 65]);
+}
+
+/// Writes a store in the schema 1 layout: a key per payment and per event.
+fn write_v1_store(dir: &Path, payments: u32, events: u64) {
+    let db = sled::Config::new().path(dir.join("db")).open().unwrap();
+    let tree = db.open_tree("settled").unwrap();
+    tree.insert(b"m/schema", b"1").unwrap();
+    for n in 1..=payments {
+        let id = format!("pay_{n:08}");
+        tree.insert(
+            format!("e/payment/{id}").as_bytes(),
+            serde_json::to_vec(&serde_json::json!({"id": id, "n": n})).unwrap(),
+        )
+        .unwrap();
+    }
+    tree.insert(b"e/lead/lead_00000001", &b"{\"name\":\"Ada\"}"[..])
+        .unwrap();
+    for id in 1..=events {
+        let event = Event {
+            id,
+            at: chrono::Utc::now(),
+            actor: "api".into(),
+            kind: "x".into(),
+            entity: "lead".into(),
+            entity_id: "1".into(),
+            data: serde_json::json!({}),
+            outbox: id % 3 == 0,
+        };
+        tree.insert(
+            seq_key("v/", id).as_bytes(),
+            serde_json::to_vec(&event).unwrap(),
+        )
+        .unwrap();
+    }
+    db.flush().unwrap();
+}
+
+#[tokio::test]
+async fn a_schema_1_store_is_converted_to_blocks_on_open_with_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    write_v1_store(dir.path(), 1500, 200);
+    let store = open(dir.path());
+    assert!(keys_under(&store, "e/payment/").is_empty());
+    assert_eq!(
+        keys_under(&store, "b/payment/").len(),
+        1500_usize.div_ceil(64)
+    );
+    assert_eq!(store.count("payment"), 1500);
+    let p: serde_json::Value = store.get("payment", "pay_00001234").unwrap().unwrap();
+    assert_eq!(p["n"], 1234);
+    let lead: serde_json::Value = store.get("lead", "lead_00000001").unwrap().unwrap();
+    assert_eq!(lead["name"], "Ada");
+    assert_eq!(keys_under(&store, "v/").len(), 200_usize.div_ceil(64));
+    let ids: Vec<u64> = store
+        .events_after(0, 1000)
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, (1..=200).collect::<Vec<_>>());
+    assert_eq!(store.outbox_after(0, 1000).unwrap().len(), 66);
+    // New events continue after the converted ones, and the store now says schema 2.
+    let mut ws = store.begin();
+    ws.event("api", "y", "lead", "1", serde_json::json!({}), false);
+    assert_eq!(store.apply(ws).unwrap().event_ids, [201]);
+    assert_eq!(
+        store.get_raw::<u64>("m/schema").unwrap(),
+        Some(SCHEMA_VERSION)
+    );
+}
+
+#[tokio::test]
+async fn a_schema_1_backup_restores_into_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("old.jsonl");
+    let mut text = String::from(
+        "{\"format\":\"settled-backup\",\"schema\":1}\n{\"k\":\"m/schema\",\"v\":1}\n",
+    );
+    for n in 1..=70u32 {
+        text.push_str(&format!(
+            "{{\"k\":\"e/allocation/alc_{n:08}\",\"v\":{{\"n\":{n}}}}}\n"
+        ));
+    }
+    std::fs::write(&file, text).unwrap();
+    let store = open(&dir.path().join("s"));
+    assert_eq!(restore_from(&store, &file).unwrap(), 71);
+    assert_eq!(keys_under(&store, "b/allocation/").len(), 2);
+    assert!(keys_under(&store, "e/allocation/").is_empty());
+    let a: serde_json::Value = store.get("allocation", "alc_00000070").unwrap().unwrap();
+    assert_eq!(a["n"], 70);
+}
+
+#[test]
+fn a_seen_payment_id_is_stored_bare_and_read_back_as_what_it_produced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut ws = store.begin();
+    ws.seen(
+        "pay:csv:1",
+        &serde_json::json!({"payment_id": "pay_00000001"}),
+    );
+    ws.seen("pay:csv:2", &serde_json::json!({"ignored": "outgoing"}));
+    store.apply(ws).unwrap();
+    let raw = store.tree().get(b"s/pay:csv:1").unwrap().unwrap();
+    assert_eq!(&raw[..], b"\"pay_00000001\"");
+    assert_eq!(
+        store.seen("pay:csv:1").unwrap(),
+        Some(serde_json::json!({"payment_id": "pay_00000001"}))
+    );
+    assert_eq!(
+        store.seen("pay:csv:2").unwrap(),
+        Some(serde_json::json!({"ignored": "outgoing"}))
+    );
+    assert_eq!(store.seen("pay:csv:3").unwrap(), None);
+}

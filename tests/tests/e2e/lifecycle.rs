@@ -66,7 +66,7 @@ fn a_store_with_an_unknown_schema_version_is_refused_with_the_restore_command() 
     let r = run(cmd);
     assert!(r.status.success(), "{r}");
     let text = std::fs::read_to_string(&backup).unwrap().replace(
-        "{\"k\":\"m/schema\",\"v\":1}",
+        "{\"k\":\"m/schema\",\"v\":2}",
         "{\"k\":\"m/schema\",\"v\":99}",
     );
     assert!(
@@ -76,7 +76,7 @@ fn a_store_with_an_unknown_schema_version_is_refused_with_the_restore_command() 
     let newer = d.dir.path().join("newer");
     std::fs::create_dir_all(&newer).unwrap();
     // Restore refuses a backup of another schema...
-    std::fs::write(&backup, text.replacen("\"schema\":1", "\"schema\":99", 1)).unwrap();
+    std::fs::write(&backup, text.replacen("\"schema\":2", "\"schema\":99", 1)).unwrap();
     let mut cmd = settled(d.dir.path());
     cmd.arg("restore")
         .arg(&backup)

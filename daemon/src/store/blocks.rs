@@ -1,0 +1,221 @@
+//! Blocks: records that are only ever appended in bulk (payments, allocations, review items, audit events) are stored
+//! many to a key instead of one key each.
+//!
+//! sled's cost is per key: a bank file of a million lines wrote about six keys a line, and every key costs the tree a
+//! delta, a page rewrite and a share of its log cleaning. Packed into blocks of up to [`MAX_BLOCK`] records, the same
+//! records cost a few keys per write set.
+//!
+//! - An entity block `b/<kind>/<20-digit n>` holds the records of ids `<prefix>_<n>` and up, as a JSON array of
+//!   `[id, record]` pairs in id order. `n` is the number of its first id, so the block of an id is the one with the
+//!   greatest start at or below the id's number: one reverse range step. Only ids of the form `<prefix>_<digits>` are
+//!   blocked (the engine's [`new_id`](crate::engine::Tx::new_id) makes no others); anything else stays a key of its own.
+//! - An event block `v/<20-digit first id>` holds consecutive audit events as a JSON array.
+//!
+//! A write set's new records go to new blocks (ids only grow, so a new id never falls inside an older block); a change
+//! to an older record rewrites its block. Every block write is part of the write set's one atomic batch.
+
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
+
+use super::{decode, StoreError, StoreResult};
+
+/// Entity kinds kept in blocks.
+pub(super) const BLOCKED: [&str; 3] = ["payment", "allocation", "review"];
+
+/// Records per block at most: large enough that a write set of a bulk import costs a handful of keys, small enough
+/// that sled keeps each block inline (its large-value handling rewrites whole nodes) and a single read stays cheap.
+pub(super) const MAX_BLOCK: usize = 64;
+
+/// A decoded entity block: `(id, record)` in id order, the records left undecoded.
+pub(super) type Block = Vec<(String, Box<RawValue>)>;
+
+/// The blocked kind and id number of an entity key, `None` for keys stored on their own.
+pub(super) fn blocked_key(key: &str) -> Option<(&str, &str, u64)> {
+    let rest = key.strip_prefix("e/")?;
+    let (kind, id) = rest.split_once('/')?;
+    if !BLOCKED.contains(&kind) {
+        return None;
+    }
+    let (_, digits) = id.rsplit_once('_')?;
+    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((kind, id, digits.parse().ok()?))
+}
+
+pub(super) fn block_key(kind: &str, n: u64) -> String {
+    format!("b/{kind}/{n:020}")
+}
+
+fn block_start(key: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(key);
+    text.rsplit('/')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The block that holds (or would hold) id number `n`: the one starting at or below it.
+pub(super) fn lookup(tree: &sled::Tree, kind: &str, n: u64) -> StoreResult<Option<(u64, Block)>> {
+    let low = format!("b/{kind}/");
+    let high = block_key(kind, n);
+    match tree.range(low.as_bytes()..=high.as_bytes()).next_back() {
+        None => Ok(None),
+        Some(item) => {
+            let (k, v) = item?;
+            let block = decode(&String::from_utf8_lossy(&k), &v)?;
+            Ok(Some((block_start(&k), block)))
+        }
+    }
+}
+
+/// Read one record of a block.
+pub(super) fn get(
+    tree: &sled::Tree,
+    kind: &str,
+    id: &str,
+    n: u64,
+) -> StoreResult<Option<Box<RawValue>>> {
+    Ok(lookup(tree, kind, n)?.and_then(|(_, block)| {
+        block
+            .into_iter()
+            .find(|(have, _)| have == id)
+            .map(|(_, record)| record)
+    }))
+}
+
+/// Every block of a kind, in id order.
+pub(super) fn scan(
+    tree: &sled::Tree,
+    kind: &str,
+) -> impl Iterator<Item = StoreResult<(String, Box<RawValue>)>> {
+    let prefix = format!("b/{kind}/");
+    tree.scan_prefix(prefix.as_bytes()).flat_map(|item| {
+        let records: Vec<StoreResult<(String, Box<RawValue>)>> = match item {
+            Err(e) => vec![Err(e.into())],
+            Ok((k, v)) => match decode::<Block>(&String::from_utf8_lossy(&k), &v) {
+                Ok(block) => block.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            },
+        };
+        records
+    })
+}
+
+/// A new block being filled: its start and `(id, encoded record)` pairs.
+type FreshBlock = (u64, Vec<(String, Vec<u8>)>);
+
+/// One record change of a write set: id number, id, new encoded value (`None`: removed).
+pub(super) type Change = (u64, String, Option<Vec<u8>>);
+
+/// Turn a write set's changes to one blocked kind into block writes on `batch`.
+pub(super) fn write(
+    tree: &sled::Tree,
+    kind: &str,
+    mut changes: Vec<Change>,
+    batch: &mut sled::Batch,
+) -> StoreResult<()> {
+    changes.sort_by_key(|c| c.0);
+    // Blocks already stored that this write set changes (or looked at), by start; `true` once changed.
+    let mut older: BTreeMap<u64, (Block, bool)> = BTreeMap::new();
+    let mut fresh: Vec<FreshBlock> = Vec::new();
+    for (n, id, value) in changes {
+        let cached = older.range(..=n).next_back().map(|(start, _)| *start);
+        let start = match cached {
+            Some(start) => Some(start),
+            None => match lookup(tree, kind, n)? {
+                Some((start, block)) => {
+                    older.insert(start, (block, false));
+                    Some(start)
+                }
+                None => None,
+            },
+        };
+        let home = start.filter(|s| older[s].0.iter().any(|(have, _)| *have == id));
+        match (home, value) {
+            (Some(start), value) => {
+                let (block, changed) = older.get_mut(&start).expect("looked up above");
+                let at = block
+                    .iter()
+                    .position(|(have, _)| *have == id)
+                    .expect("found above");
+                match value {
+                    Some(bytes) => block[at].1 = raw(kind, &id, bytes)?,
+                    None => {
+                        block.remove(at);
+                    }
+                }
+                *changed = true;
+            }
+            (None, None) => {}
+            (None, Some(bytes)) => match fresh.last_mut() {
+                Some((_, records)) if records.len() < MAX_BLOCK => records.push((id, bytes)),
+                _ => fresh.push((n, vec![(id, bytes)])),
+            },
+        }
+    }
+    for (start, (block, changed)) in older {
+        if !changed {
+            continue;
+        }
+        let key = block_key(kind, start);
+        if block.is_empty() {
+            batch.remove(key.as_bytes());
+        } else {
+            batch.insert(key.as_bytes(), super::encode(&block));
+        }
+    }
+    for (start, records) in fresh {
+        batch.insert(block_key(kind, start).as_bytes(), encode_fresh(&records));
+    }
+    Ok(())
+}
+
+fn raw(kind: &str, id: &str, bytes: Vec<u8>) -> StoreResult<Box<RawValue>> {
+    let text = String::from_utf8(bytes).map_err(|e| StoreError::Io {
+        context: format!("encoding {kind} {id}"),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })?;
+    RawValue::from_string(text).map_err(|source| StoreError::Corrupt {
+        key: format!("e/{kind}/{id}"),
+        source,
+    })
+}
+
+/// `[[id, record], ...]` from records already encoded: nothing is encoded twice.
+pub(super) fn encode_fresh(records: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let len = records
+        .iter()
+        .map(|(id, r)| id.len() + r.len() + 8)
+        .sum::<usize>()
+        + 2;
+    let mut out = Vec::with_capacity(len);
+    out.push(b'[');
+    for (i, (id, record)) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        out.extend_from_slice(&super::encode(id));
+        out.push(b',');
+        out.extend_from_slice(record);
+        out.push(b']');
+    }
+    out.push(b']');
+    out
+}
+
+/// `[event, ...]` from events already encoded.
+pub(super) fn encode_events(events: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(events.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e);
+    }
+    out.push(b']');
+    out
+}
