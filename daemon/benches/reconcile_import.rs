@@ -582,7 +582,7 @@ fn mean_record_len(tree: &sled::Tree, prefix: &str, sample: usize) -> usize {
 /// fresh sled store (same cache and mode as the daemon) holding the same number of invoices, in write sets of 250 lines and
 /// with no parsing, matching or JSON at all. 70% of lines settle an invoice: payment, allocation and audit event appended
 /// (to blocks of 64, as the daemon stores them), a `seen` key, the invoice and its open-invoice row rewritten, and on an
-/// invoice's first payment its published status and a status event. The other 30% go to review: payment, review item and
+/// invoice's first payment a status event. The other 30% go to review: payment, review item and
 /// audit event (blocks), an open-review row and a `seen` key.
 fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
     let sizes = {
@@ -601,10 +601,9 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
             size("e/invoice/"),
             size("i/open-invoice/"),
             record("b/review/"),
-            size("p/"),
         ]
     };
-    let [payment, allocation, event, seen, invoice, open_row, review, status] = sizes;
+    let [payment, allocation, event, seen, invoice, open_row, review] = sizes;
     let dir = tempfile::tempdir().expect("tempdir");
     let db = sled::Config::new()
         .path(dir.path().join("db"))
@@ -648,7 +647,6 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
             w.put(&format!("e/invoice/inv_{inv:08}"), invoice);
             w.put(&format!("i/open-invoice/inv_{inv:08}"), open_row);
             if !std::mem::replace(&mut paid_once[inv], true) {
-                w.put(&format!("p/inv_{inv:08}"), status);
                 w.record("v/", event);
             }
         } else {
@@ -666,7 +664,7 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
     println!("### sled floor for the same writes\n");
     println!("Record sizes read back from the daemon's store after the import (bytes, a block's share for blocked records): \
               payment {payment}, allocation {allocation}, audit event {event}, seen {seen}, invoice {invoice}, open-invoice row \
-              {open_row}, review item {review}, status {status}.\n");
+              {open_row}, review item {review}.\n");
     println!("| what | seconds | lines/s | keys written | keys per line | µs per key |");
     println!("|---|---|---|---|---|---|");
     println!(

@@ -129,6 +129,10 @@ pub struct Invoice {
     /// invoice, which every allocation rewrites anyway, instead of in an index of its own.
     #[serde(default)]
     pub allocations: Vec<String>,
+    /// The payment status last announced to outside systems (`invoice.payment_status_changed`), so that a change of the
+    /// derived status is announced once. Kept in the invoice, which every change rewrites anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced_status: Option<PaymentStatus>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -283,6 +287,7 @@ pub fn draft_from_order(
         amount_paid: Decimal::ZERO,
         amount_refunded: Decimal::ZERO,
         amount_credited: Decimal::ZERO,
+        announced_status: None,
         allocations: Vec::new(),
         created_at: now,
         updated_at: now,
@@ -525,6 +530,7 @@ pub fn credit_note(
         amount_paid: Decimal::ZERO,
         amount_refunded: Decimal::ZERO,
         amount_credited: Decimal::ZERO,
+        announced_status: None,
         allocations: Vec::new(),
         created_at: now,
         updated_at: now,

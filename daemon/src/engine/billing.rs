@@ -175,7 +175,8 @@ fn open_invoice(inv: &Invoice, account_name: &str) -> Option<OpenInvoice> {
 
 impl Tx<'_> {
     /// Save an invoice, keep the open-invoice indexes in step and announce a changed payment status.
-    pub(crate) fn save_invoice(&mut self, inv: &Invoice, actor: &str) -> EngineResult<()> {
+    pub(crate) fn save_invoice(&mut self, inv: &mut Invoice, actor: &str) -> EngineResult<()> {
+        self.publish_status(inv, actor);
         self.put("invoice", &inv.id, inv);
         let open = inv.state == InvoiceState::Issued
             && inv.kind == InvoiceKind::Invoice
@@ -211,20 +212,20 @@ impl Tx<'_> {
             self.ws.unindex("open-due", &due_key);
             self.index_update(IndexUpdate::Remove(inv.id.clone()));
         }
-        self.publish_status(inv, actor)
+        Ok(())
     }
 
-    /// Announce the invoice's derived payment status when it differs from the last one announced.
-    pub(crate) fn publish_status(&mut self, inv: &Invoice, actor: &str) -> EngineResult<()> {
+    /// Announce the invoice's derived payment status when it differs from the last one announced, and note it in the
+    /// invoice (the caller saves it). True when it changed.
+    pub(crate) fn publish_status(&mut self, inv: &mut Invoice, actor: &str) -> bool {
         let status = invoice::payment_status(inv, self.today);
-        let key = format!("p/{}", inv.id);
-        let last: Option<PaymentStatus> = self.get_raw(&key)?;
+        let last = inv.announced_status;
         if last == Some(status) {
-            return Ok(());
+            return false;
         }
-        self.ws.put_raw(&key, &status);
+        inv.announced_status = Some(status);
         if status == PaymentStatus::Draft {
-            return Ok(());
+            return true;
         }
         self.event(
             actor,
@@ -238,7 +239,7 @@ impl Tx<'_> {
             }),
             true,
         );
-        Ok(())
+        true
     }
 
     pub(crate) fn link_payer(&mut self, key: &str, account_id: &str) {
@@ -353,8 +354,7 @@ impl Engine {
                 // The index is ordered by due date: nothing later is overdue.
                 break;
             }
-            let published: Option<PaymentStatus> = self.store().get_raw(&format!("p/{id}"))?;
-            if published != Some(invoice::payment_status(&inv, today)) {
+            if inv.announced_status != Some(invoice::payment_status(&inv, today)) {
                 due.push(id);
             }
         }
@@ -364,10 +364,9 @@ impl Engine {
         self.write(|tx| {
             let mut n = 0;
             for id in &due {
-                let inv: Invoice = tx.get("invoice", id)?;
-                let before = tx.get_raw::<PaymentStatus>(&format!("p/{id}"))?;
-                tx.publish_status(&inv, actor)?;
-                if before != Some(invoice::payment_status(&inv, tx.today)) {
+                let mut inv: Invoice = tx.get("invoice", id)?;
+                if tx.publish_status(&mut inv, actor) {
+                    tx.put("invoice", id, &inv);
                     n += 1;
                 }
             }
@@ -456,7 +455,7 @@ impl Engine {
                 serde_json::json!({"number": inv.number, "from": from}),
                 true,
             );
-            tx.save_invoice(&inv, actor)?;
+            tx.save_invoice(&mut inv, actor)?;
             Ok(inv)
         })
         .await
@@ -498,7 +497,7 @@ impl Engine {
                 serde_json::json!({"credit_note_id": cn.id, "credit_note": cn.number, "amount": credited}),
                 true,
             );
-            tx.save_invoice(&inv, actor)?;
+            tx.save_invoice(&mut inv, actor)?;
             Ok(cn)
         })
         .await
@@ -557,7 +556,7 @@ impl Engine {
                     "credit_balance": party::credit(&account, &inv.currency)}),
                 true,
             );
-            tx.save_invoice(&inv, actor)?;
+            tx.save_invoice(&mut inv, actor)?;
             Ok(inv)
         })
         .await
@@ -714,7 +713,7 @@ pub(crate) fn issue_in(
             "currency": inv.currency, "issue_date": inv.issue_date, "due_date": inv.due_date, "account_id": inv.account_id}),
         true,
     );
-    tx.save_invoice(&inv, actor)?;
+    tx.save_invoice(&mut inv, actor)?;
     Ok(inv)
 }
 
@@ -755,7 +754,7 @@ pub(crate) fn reverse_in(
             reversed: false,
         };
         tx.record_allocation(&mut inv, &compensation);
-        tx.save_invoice(&inv, actor)?;
+        tx.save_invoice(&mut inv, actor)?;
     }
     if pay.unallocated > Decimal::ZERO {
         if let Some(account_id) = &pay.account_id {

@@ -1,4 +1,5 @@
-//! Schema 1 -> 2: payments, allocations, review items and audit events move from a key each into blocks.
+//! Schema 1 -> 2: payments, allocations, review items and audit events move from a key each into blocks, and each
+//! invoice's last announced payment status from a `p/` key of its own into the invoice.
 //!
 //! Each group of records moves in one atomic batch (old keys removed, block written), and the schema version is raised
 //! last, so a migration cut short by a crash simply continues with the records still in the old layout on next start.
@@ -82,6 +83,30 @@ pub(super) fn from_v1(tree: &sled::Tree) -> StoreResult<()> {
         }
     }
     flush(&mut legacy)?;
+    // The last announced payment status moves from `p/<invoice id>` into the invoice (`announced_status`).
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in tree.scan_prefix(b"p/").take(PER_BATCH) {
+            let (k, status) = item?;
+            let id = String::from_utf8_lossy(&k[2..]).to_string();
+            let key = format!("e/invoice/{id}");
+            if let Some(v) = tree.get(key.as_bytes())? {
+                let mut invoice: serde_json::Value = super::decode(&key, &v)?;
+                let status: serde_json::Value =
+                    super::decode(&String::from_utf8_lossy(&k), &status)?;
+                invoice["announced_status"] = status;
+                batch.insert(key.as_bytes(), super::encode(&invoice));
+            }
+            batch.remove(k);
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        moved += n;
+        tree.apply_batch(batch)?;
+    }
     tree.insert(b"m/schema", SCHEMA_VERSION.to_string().as_bytes())?;
     tree.flush()?;
     tracing::info!(

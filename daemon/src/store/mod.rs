@@ -11,7 +11,6 @@
 //! - `s/<key>`            idempotency keys of everything ingested (`seen`)
 //! - `c/<source>`         per-source cursors
 //! - `n/<series>/<period>` number-series counters, `n/id/<kind>` id counters
-//! - `p/<invoice id>`     last published payment status (so a derived change is announced once)
 //! - `m/schema`           schema version
 //!
 //! Only the engine writes. It holds one writer lock, reads, then applies one [`WriteSet`] as a sled `Batch` (atomic within the tree),
@@ -167,15 +166,29 @@ impl Store {
             source,
         })?;
         let lock = lock_dir(dir)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(options.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            .mode(sled::Mode::HighThroughput);
+        // Our LOCK file is held, so no other settled has the directory. sled's own file lock can still be held for a
+        // moment by the background threads of a handle this process just dropped (a restore, a test): wait for them.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if attempts < 100 && e.to_string().contains("could not acquire lock") =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => {
+                    break other.map_err(|source| StoreError::Open {
+                        path: dir.to_path_buf(),
+                        source,
+                    })?
+                }
+            }
+        };
         let tree = db.open_tree("settled")?;
         match tree.get(b"m/schema")? {
             None => {

@@ -355,10 +355,10 @@ async fn events_are_stored_in_blocks_and_read_from_any_cursor_across_them() {
     assert_eq!(outbox, [61, 63, 65]);
 }
 
-/// Writes a store in the schema 1 layout: a key per payment and per event.
+/// Writes a store in the schema 1 layout: a key per payment and per event, the announced status in `p/`.
 fn write_v1_store(dir: &Path, payments: u32, events: u64) {
-    let db = sled::Config::new().path(dir.join("db")).open().unwrap();
-    let tree = db.open_tree("settled").unwrap();
+    let store = open(dir);
+    let tree = store.tree();
     tree.insert(b"m/schema", b"1").unwrap();
     for n in 1..=payments {
         let id = format!("pay_{n:08}");
@@ -369,6 +369,10 @@ fn write_v1_store(dir: &Path, payments: u32, events: u64) {
         .unwrap();
     }
     tree.insert(b"e/lead/lead_00000001", &b"{\"name\":\"Ada\"}"[..])
+        .unwrap();
+    tree.insert(b"e/invoice/inv_00000001", &b"{\"id\":\"inv_00000001\"}"[..])
+        .unwrap();
+    tree.insert(b"p/inv_00000001", &b"\"partially_paid\""[..])
         .unwrap();
     for id in 1..=events {
         let event = Event {
@@ -387,7 +391,7 @@ fn write_v1_store(dir: &Path, payments: u32, events: u64) {
         )
         .unwrap();
     }
-    db.flush().unwrap();
+    store.flush().unwrap();
 }
 
 #[tokio::test]
@@ -422,6 +426,10 @@ async fn a_schema_1_store_is_converted_to_blocks_on_open_with_nothing_lost() {
         store.get_raw::<u64>("m/schema").unwrap(),
         Some(SCHEMA_VERSION)
     );
+    // The last announced payment status moved into the invoice.
+    let invoice: serde_json::Value = store.get("invoice", "inv_00000001").unwrap().unwrap();
+    assert_eq!(invoice["announced_status"], "partially_paid");
+    assert!(keys_under(&store, "p/").is_empty());
 }
 
 #[tokio::test]
