@@ -140,11 +140,17 @@ fn main() {
         ("(c) ledger convert", ledger),
     ] {
         match r {
-            Some((secs, rss)) => println!(
+            Some((secs, rss)) if secs >= settled_secs => println!(
                 "| {name} | {secs:.1} | {} | {rss} | {:.1}x slower |",
                 rate(secs),
                 secs / settled_secs
             ),
+            Some((secs, rss)) => println!(
+                "| {name} | {secs:.1} | {} | {rss} | {:.1}x faster |",
+                rate(secs),
+                settled_secs / secs
+            ),
+            None if !others => println!("| {name} | skipped (--settled-only) | - | - | - |"),
             None => println!("| {name} | not installed | - | - | - |"),
         }
     }
