@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use super::{decode, StoreError, StoreResult};
@@ -91,16 +92,20 @@ pub(super) fn scan(
     kind: &str,
 ) -> impl Iterator<Item = StoreResult<(String, Box<RawValue>)>> {
     let prefix = format!("b/{kind}/");
-    tree.scan_prefix(prefix.as_bytes()).flat_map(|item| {
-        let records: Vec<StoreResult<(String, Box<RawValue>)>> = match item {
-            Err(e) => vec![Err(e.into())],
-            Ok((k, v)) => match decode::<Block>(&String::from_utf8_lossy(&k), &v) {
-                Ok(block) => block.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            },
-        };
-        records
-    })
+    tree.scan_prefix(prefix.as_bytes()).flat_map(records)
+}
+
+/// The records of one stored block, for an iterator over blocks to flatten (a block that does not decode is one error).
+pub(super) fn records<T: DeserializeOwned>(
+    item: sled::Result<(sled::IVec, sled::IVec)>,
+) -> Vec<StoreResult<T>> {
+    match item {
+        Err(e) => vec![Err(e.into())],
+        Ok((k, v)) => match decode::<Vec<T>>(&String::from_utf8_lossy(&k), &v) {
+            Ok(block) => block.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        },
+    }
 }
 
 /// A new block being filled: its start and `(id, encoded record)` pairs.
@@ -132,14 +137,13 @@ pub(super) fn write(
                 None => None,
             },
         };
-        let home = start.filter(|s| older[s].0.iter().any(|(have, _)| *have == id));
+        let home = start.and_then(|start| {
+            let at = older[&start].0.iter().position(|(have, _)| *have == id)?;
+            Some((start, at))
+        });
         match (home, value) {
-            (Some(start), value) => {
+            (Some((start, at)), value) => {
                 let (block, changed) = older.get_mut(&start).expect("looked up above");
-                let at = block
-                    .iter()
-                    .position(|(have, _)| *have == id)
-                    .expect("found above");
                 match value {
                     Some(bytes) => block[at].1 = raw(kind, &id, bytes)?,
                     None => {
@@ -167,7 +171,8 @@ pub(super) fn write(
         }
     }
     for (start, records) in fresh {
-        batch.insert(block_key(kind, start).as_bytes(), encode_fresh(&records));
+        let block = encode_fresh(records.iter().map(|(id, r)| (id.as_str(), r.as_slice())));
+        batch.insert(block_key(kind, start).as_bytes(), block);
     }
     Ok(())
 }
@@ -184,37 +189,32 @@ fn raw(kind: &str, id: &str, bytes: Vec<u8>) -> StoreResult<Box<RawValue>> {
 }
 
 /// `[[id, record], ...]` from records already encoded: nothing is encoded twice.
-pub(super) fn encode_fresh(records: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let len = records
-        .iter()
-        .map(|(id, r)| id.len() + r.len() + 8)
-        .sum::<usize>()
-        + 2;
-    let mut out = Vec::with_capacity(len);
-    out.push(b'[');
-    for (i, (id, record)) in records.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
+pub(super) fn encode_fresh<'a>(records: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+    json_array(records, |out, (id, record)| {
         out.push(b'[');
         out.extend_from_slice(&super::encode(id));
         out.push(b',');
         out.extend_from_slice(record);
         out.push(b']');
-    }
-    out.push(b']');
-    out
+    })
 }
 
 /// `[event, ...]` from events already encoded.
-pub(super) fn encode_events(events: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(events.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
-    out.push(b'[');
-    for (i, e) in events.iter().enumerate() {
+pub(super) fn encode_events<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    json_array(events, |out, event| out.extend_from_slice(event))
+}
+
+/// A JSON array of `items`, each written by `write`.
+fn json_array<T>(
+    items: impl IntoIterator<Item = T>,
+    mut write: impl FnMut(&mut Vec<u8>, T),
+) -> Vec<u8> {
+    let mut out = vec![b'['];
+    for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(e);
+        write(&mut out, item);
     }
     out.push(b']');
     out

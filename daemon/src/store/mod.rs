@@ -343,16 +343,9 @@ impl Store {
             Some(Ok((k, _))) => k.to_vec(),
             _ => b"v/".to_vec(),
         };
-        tree.range(start..b"v/~".to_vec()).flat_map(move |item| {
-            let events: Vec<StoreResult<Event>> = match item {
-                Err(e) => vec![Err(e.into())],
-                Ok((k, v)) => match decode::<Vec<Event>>(&String::from_utf8_lossy(&k), &v) {
-                    Ok(block) => block.into_iter().filter(|e| e.id > after).map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                },
-            };
-            events
-        })
+        tree.range(start..b"v/~".to_vec())
+            .flat_map(blocks::records::<Event>)
+            .filter(move |event| !matches!(event, Ok(e) if e.id <= after))
     }
 
     /// The id of the newest audit event (0 when none).
@@ -419,7 +412,7 @@ impl Store {
         {
             batch.insert(
                 seq_key("v/", ids[0]).as_bytes(),
-                blocks::encode_events(block),
+                blocks::encode_events(block.iter().map(Vec::as_slice)),
             );
         }
         self.inner.tree.apply_batch(batch)?;

@@ -355,7 +355,8 @@ async fn events_are_stored_in_blocks_and_read_from_any_cursor_across_them() {
     assert_eq!(outbox, [61, 63, 65]);
 }
 
-/// Writes a store in the schema 1 layout: a key per payment and per event, the announced status in `p/`.
+/// Writes a store in the schema 1 layouts: a key per payment and per event, the announced status in `p/`, and from the
+/// first release an `o/` outbox row (for event 1) and the `alloc-by-invoice` / `alloc-by-payment` indexes.
 fn write_v1_store(dir: &Path, payments: u32, events: u64) {
     let store = open(dir);
     let tree = store.tree();
@@ -374,6 +375,30 @@ fn write_v1_store(dir: &Path, payments: u32, events: u64) {
         .unwrap();
     tree.insert(b"p/inv_00000001", &b"\"partially_paid\""[..])
         .unwrap();
+    tree.insert(
+        b"e/invoice/inv_00000002",
+        &b"{\"id\":\"inv_00000002\",\"allocations\":[\"alc_00000005\"]}"[..],
+    )
+    .unwrap();
+    for (invoice, allocation) in [(1, 1), (2, 3), (2, 2)] {
+        let (invoice, allocation) = (format!("inv_{invoice:08}"), format!("alc_{allocation:08}"));
+        tree.insert(
+            format!("i/alloc-by-invoice/{invoice}/{allocation}").as_bytes(),
+            serde_json::to_vec(&allocation).unwrap(),
+        )
+        .unwrap();
+        tree.insert(
+            format!("i/alloc-by-payment/pay_00000001/{allocation}").as_bytes(),
+            serde_json::to_vec(&allocation).unwrap(),
+        )
+        .unwrap();
+    }
+    tree.insert(
+        b"o/00000000000000000001",
+        serde_json::to_vec(&serde_json::json!({"id": 1, "event_id": 1, "type": "x", "at": chrono::Utc::now(), "data": {}}))
+            .unwrap(),
+    )
+    .unwrap();
     for id in 1..=events {
         let event = Event {
             id,
@@ -417,7 +442,11 @@ async fn a_schema_1_store_is_converted_to_blocks_on_open_with_nothing_lost() {
         .map(|e| e.id)
         .collect();
     assert_eq!(ids, (1..=200).collect::<Vec<_>>());
-    assert_eq!(store.outbox_after(0, 1000).unwrap().len(), 66);
+    // Events 3, 6, ... were flagged already; event 1 had an old `o/` row, which became its flag.
+    let outbox = store.outbox_after(0, 1000).unwrap();
+    assert_eq!(outbox.len(), 67);
+    assert_eq!(outbox[0].event_id, 1);
+    assert!(keys_under(&store, "o/").is_empty());
     // New events continue after the converted ones, and the store now says schema 2.
     let mut ws = store.begin();
     ws.event("api", "y", "lead", "1", serde_json::json!({}), false);
@@ -430,6 +459,14 @@ async fn a_schema_1_store_is_converted_to_blocks_on_open_with_nothing_lost() {
     let invoice: serde_json::Value = store.get("invoice", "inv_00000001").unwrap().unwrap();
     assert_eq!(invoice["announced_status"], "partially_paid");
     assert!(keys_under(&store, "p/").is_empty());
+    // The allocation indexes became the invoices' lists, oldest first, merged with what a list already held.
+    assert_eq!(invoice["allocations"], serde_json::json!(["alc_00000001"]));
+    let invoice: serde_json::Value = store.get("invoice", "inv_00000002").unwrap().unwrap();
+    assert_eq!(
+        invoice["allocations"],
+        serde_json::json!(["alc_00000002", "alc_00000003", "alc_00000005"])
+    );
+    assert!(keys_under(&store, "i/alloc-by-").is_empty());
 }
 
 #[tokio::test]
