@@ -560,28 +560,28 @@ fn matching_scaling(_runtime: &tokio::runtime::Runtime) {
     println!();
 }
 
-/// Average value size of the keys under `prefix` (at most `sample` of them, from the end: the newest).
-fn mean_value_len(tree: &sled::Tree, prefix: &str, sample: usize) -> usize {
+/// Average size of one record under `prefix` (at most `sample` keys, from the end: the newest), where a value holds
+/// `records(value)` records.
+fn mean_record_len(
+    tree: &sled::Tree,
+    prefix: &str,
+    sample: usize,
+    records: impl Fn(&[u8]) -> usize,
+) -> usize {
     let (mut n, mut bytes) = (0usize, 0usize);
     for item in tree.scan_prefix(prefix.as_bytes()).rev().take(sample) {
         let (_, v) = item.expect("scan");
-        n += 1;
+        n += records(&v);
         bytes += v.len();
     }
     bytes.checked_div(n).unwrap_or(0)
 }
 
-/// Average size of one record in the blocks under `prefix` (JSON arrays; at most `sample` blocks, the newest).
-fn mean_record_len(tree: &sled::Tree, prefix: &str, sample: usize) -> usize {
-    let (mut n, mut bytes) = (0usize, 0usize);
-    for item in tree.scan_prefix(prefix.as_bytes()).rev().take(sample) {
-        let (_, v) = item.expect("scan");
-        let block: Vec<serde::de::IgnoredAny> =
-            serde_json::from_slice(&v).expect("a block is a JSON array");
-        n += block.len();
-        bytes += v.len();
-    }
-    bytes.checked_div(n).unwrap_or(0)
+/// Records in a block (a JSON array).
+fn block_len(value: &[u8]) -> usize {
+    let block: Vec<serde::de::IgnoredAny> =
+        serde_json::from_slice(value).expect("a block is a JSON array");
+    block.len()
 }
 
 /// The floor sled sets for this import: the keys the daemon wrote for each line, with the value sizes it wrote, applied to a
@@ -597,8 +597,8 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
             .open()
             .expect("open the daemon's store");
         let tree = db.open_tree("settled").expect("tree");
-        let size = |prefix: &str| mean_value_len(&tree, prefix, 2_000);
-        let record = |prefix: &str| mean_record_len(&tree, prefix, 200);
+        let size = |prefix: &str| mean_record_len(&tree, prefix, 2_000, |_| 1);
+        let record = |prefix: &str| mean_record_len(&tree, prefix, 200, block_len);
         [
             record("b/payment/"),
             record("b/allocation/"),
