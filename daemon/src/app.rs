@@ -277,6 +277,10 @@ impl Daemon {
             self.state.engine.clone(),
             cancel.clone(),
         ));
+        tasks.spawn(reopen_closed_store(
+            self.state.engine.clone(),
+            cancel.clone(),
+        ));
         if let Some(host) = self.state.host.clone() {
             let inboxes = crate::inbox::inboxes(&self.config, &host);
             tasks.spawn(crate::inbox::run(
@@ -308,6 +312,35 @@ impl Daemon {
         self.state.engine.store().flush()?;
         tracing::info!("settled stopped cleanly");
         Ok(())
+    }
+}
+
+/// How often a store closed by a failed write (a full disk) is tried again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// While the store is closed after a failed write, try to reopen it every [`STORE_RETRY`]: it reopens from disk once
+/// the disk takes writes again, and `/healthz` says ok again.
+async fn reopen_closed_store(engine: Engine, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(STORE_RETRY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if engine.store().failure().is_none() {
+            continue;
+        }
+        let attempt = engine.clone();
+        match tokio::task::spawn_blocking(move || attempt.recover_store()).await {
+            Ok(Ok(true)) => tracing::info!(
+                data_dir = %engine.store().path().display(),
+                "the store can write again: reopened it from disk"
+            ),
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "the store cannot be reopened yet"),
+            Err(error) => tracing::error!(%error, "reopening the store panicked"),
+        }
     }
 }
 

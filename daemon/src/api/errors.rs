@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::domain::DomainError;
 use crate::engine::EngineError;
+use crate::store::StoreError;
 
 /// An error answer: `{"error": {"code", "message", "field"?}}`.
 #[derive(Debug)]
@@ -60,6 +61,13 @@ impl From<EngineError> for ApiError {
             e @ EngineError::NotFound { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
+            EngineError::Store(
+                s @ (StoreError::WriteFailed { .. } | StoreError::Unavailable { .. }),
+            ) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                s.to_string(),
+            ),
             EngineError::Store(s) => {
                 tracing::error!(error = %s, "store error while serving a request");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", s.to_string())

@@ -135,8 +135,22 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-async fn healthz(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"status": "ok", "last_event_id": state.engine.store().last_event_id()}))
+/// 200 while the store can write; 503 with the reason while it is closed after a failed write (a full disk).
+async fn healthz(State(state): State<AppState>) -> Response {
+    let store = state.engine.store();
+    match store.failure() {
+        None => Json(json!({"status": "ok", "last_event_id": store.last_event_id()})).into_response(),
+        Some(failure) => {
+            let message = format!("the store cannot write: {}", failure.describe());
+            let body = json!({
+                "status": "unavailable",
+                "reason": failure.describe(),
+                "since": failure.since,
+                "error": {"code": "store_unavailable", "message": message},
+            });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
 }
 
 /// Parse a JSON body, naming the field at fault.

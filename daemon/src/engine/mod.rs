@@ -153,7 +153,7 @@ impl Engine {
     ) -> EngineResult<T> {
         let (out, ticket) = self.write_nowait(f)?;
         if let Some(ticket) = ticket {
-            self.inner.store.durable(&ticket).await?;
+            self.durable(&ticket).await?;
         }
         Ok(out)
     }
@@ -163,6 +163,13 @@ impl Engine {
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> EngineResult<T>,
     ) -> EngineResult<(T, Option<CommitTicket>)> {
+        // While the store is closed, answer at once instead of queueing behind a reopening attempt.
+        if let Some(failure) = self.inner.store.failure() {
+            return Err(StoreError::Unavailable {
+                reason: failure.describe(),
+            }
+            .into());
+        }
         let mut state = self.lock_state();
         let now = self.now();
         let mut tx = Tx {
@@ -173,13 +180,19 @@ impl Engine {
             today: now.date_naive(),
             state: &mut state,
             index_undo: Vec::new(),
+            index_reload: false,
         };
         let result = f(&mut tx);
-        let Tx { ws, index_undo, .. } = tx;
+        let Tx {
+            ws,
+            index_undo,
+            index_reload,
+            ..
+        } = tx;
         let out = match result {
             Ok(out) => out,
             Err(e) => {
-                undo_index(&mut state, index_undo);
+                self.forget(&mut state, index_undo, index_reload);
                 return Err(e);
             }
         };
@@ -189,15 +202,51 @@ impl Engine {
         match self.inner.store.apply(ws) {
             Ok(ticket) => Ok((out, Some(ticket))),
             Err(e) => {
-                undo_index(&mut state, index_undo);
+                self.forget(&mut state, index_undo, index_reload);
                 Err(e.into())
             }
         }
     }
 
-    /// Wait until a ticket from [`Engine::write_nowait`] is durable.
+    /// Wait until a ticket from [`Engine::write_nowait`] is durable. If it never will be (the store closed), the
+    /// in-memory index forgets every change since the last flush: it is emptied now and rebuilt from disk by
+    /// [`Engine::recover_store`].
     pub(crate) async fn durable(&self, ticket: &CommitTicket) -> EngineResult<()> {
-        Ok(self.inner.store.durable(ticket).await?)
+        let result = self.inner.store.durable(ticket).await;
+        if result.is_err() {
+            let mut state = self.lock_state();
+            if self.inner.store.failure().is_some() {
+                state.index = empty_index(&self.inner.config);
+            }
+        }
+        Ok(result?)
+    }
+
+    /// Reopen a store that closed after a failed write, and rebuild the in-memory index from what is on disk.
+    /// Returns `false` when the store was open.
+    pub fn recover_store(&self) -> EngineResult<bool> {
+        let mut state = self.lock_state();
+        if !self.inner.store.reopen()? {
+            return Ok(false);
+        }
+        state.index = billing::load_index(&self.inner.store, &self.inner.config)?;
+        Ok(true)
+    }
+
+    /// Take back the in-memory effects of a write set that was not applied (or whose store closed).
+    fn forget(&self, state: &mut State, undo: Vec<billing::IndexUpdate>, reload: bool) {
+        for update in undo.into_iter().rev() {
+            update.apply(&mut state.index);
+        }
+        if self.inner.store.failure().is_some() {
+            state.index = empty_index(&self.inner.config);
+        } else if reload {
+            state.index = billing::load_index(&self.inner.store, &self.inner.config)
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "cannot reload the reconciliation index after a failed write");
+                    empty_index(&self.inner.config)
+                });
+        }
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
@@ -223,12 +272,17 @@ pub(crate) struct Tx<'a> {
     pub today: NaiveDate,
     pub state: &'a mut State,
     index_undo: Vec<billing::IndexUpdate>,
+    /// A change was made that has no undo step (a new payer link): rebuild the index if the write set fails.
+    index_reload: bool,
 }
 
-fn undo_index(state: &mut State, undo: Vec<billing::IndexUpdate>) {
-    for update in undo.into_iter().rev() {
-        update.apply(&mut state.index);
-    }
+/// An index with no invoices, for while the store is closed.
+fn empty_index(config: &Config) -> MatchIndex {
+    let n = &config.numbering;
+    MatchIndex::new(crate::reconcile::shapes_from_patterns(&[
+        n.invoice.as_str(),
+        n.credit_note.as_str(),
+    ]))
 }
 
 impl Tx<'_> {
@@ -242,7 +296,13 @@ impl Tx<'_> {
                 None => Remove(o.id.clone()),
             }),
             Remove(id) => self.state.index.get(id).cloned().map(Upsert),
-            LinkPayer(..) => None,
+            LinkPayer(key, _) => match self.state.index.payer_account(key) {
+                Some(previous) => Some(LinkPayer(key.clone(), previous.to_string())),
+                None => {
+                    self.index_reload = true;
+                    None
+                }
+            },
         };
         update.apply(&mut self.state.index);
         if let Some(undo) = undo {

@@ -21,7 +21,7 @@ pub fn backup_to(store: &Store, file: &Path) -> StoreResult<u64> {
     let header = serde_json::json!({"format": FORMAT, "schema": SCHEMA_VERSION, "created_at": chrono::Utc::now()});
     writeln!(out, "{header}").map_err(io)?;
     let mut count = 0u64;
-    for item in store.tree().iter() {
+    for item in store.tree()?.iter() {
         let (k, v) = item?;
         let key = String::from_utf8_lossy(&k).to_string();
         let value: serde_json::Value = super::decode(&key, &v)?;
@@ -46,8 +46,8 @@ pub fn restore_from(store: &Store, file: &Path) -> StoreResult<u64> {
         context: format!("opening backup {}", file.display()),
         source,
     })?;
-    let non_meta = store
-        .tree()
+    let tree = store.tree()?;
+    let non_meta = tree
         .iter()
         .keys()
         .filter_map(Result::ok)
@@ -104,9 +104,9 @@ pub fn restore_from(store: &Store, file: &Path) -> StoreResult<u64> {
         batch.insert(key.as_bytes(), value);
         count += 1;
     }
-    store.tree().apply_batch(batch)?;
+    tree.apply_batch(batch)?;
     if schema == Some(1) {
-        super::migrate::from_v1(store.tree())?;
+        super::migrate::from_v1(&tree)?;
     }
     store.flush()?;
     Ok(count)

@@ -15,6 +15,11 @@
 //!
 //! Only the engine writes. It holds one writer lock, reads, then applies one [`WriteSet`] as a sled `Batch` (atomic within the tree),
 //! and answers the caller only after [`Store::durable`] saw a flush that covers the write.
+//!
+//! A write that fails (a full disk) closes the store: sled keeps a batch whose flush failed in its page cache, where readers
+//! would see what is not on disk, and refuses every later write until it is reopened. While closed, every read and write
+//! fails with [`StoreError::Unavailable`] and [`Store::failure`] says why; [`Store::reopen`] reads the store back from
+//! disk, so only what was flushed remains.
 
 mod backup;
 mod blocks;
@@ -25,7 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -75,6 +80,20 @@ pub enum StoreError {
     /// sled failed during operation.
     #[error("store error: {0}")]
     Sled(#[from] sled::Error),
+    /// The environment: writing to the disk failed (a full disk); the store closed itself, see [`Store::failure`].
+    #[error("cannot write to the store at {path}: {source}; the change is not confirmed and the store is closed until it can write again (see /healthz)")]
+    WriteFailed {
+        /// The data directory.
+        path: PathBuf,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// The store closed itself after a failed write and is not yet reopened.
+    #[error("the store is closed after a failed write ({reason}); it reopens once it can write again (see /healthz)")]
+    Unavailable {
+        /// Why it closed, and the last reopening attempt's error.
+        reason: String,
+    },
     /// A stored record does not decode: corruption or a bug. Please report.
     #[error("stored record {key} does not decode ({source}); this is a bug or corruption, please report it")]
     Corrupt {
@@ -135,12 +154,50 @@ pub struct Store {
 }
 
 struct Inner {
+    path: PathBuf,
+    options: StoreOptions,
+    handle: RwLock<Handle>,
+    _lock: File,
+}
+
+/// The sled database while it can be used, or why it was closed.
+enum Handle {
+    Open(Arc<Open>),
+    Closed(Failure),
+}
+
+/// One opening of the sled database. Dropping the last clone releases sled's files, so it can be opened again.
+struct Open {
     db: sled::Db,
     tree: sled::Tree,
-    path: PathBuf,
     next_event: AtomicU64,
     commit: GroupCommit,
-    _lock: File,
+    /// Which opening this is (1 for the first): a commit ticket only counts for the opening that applied it.
+    generation: u64,
+}
+
+/// Why the store is closed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// The write error that closed it.
+    pub reason: String,
+    /// When it closed.
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// The error of the last attempt to reopen it, if any.
+    pub reopen_error: Option<String>,
+    /// The opening that failed.
+    #[serde(skip)]
+    generation: u64,
+}
+
+impl Failure {
+    /// The reason, with the last reopening attempt's error.
+    pub fn describe(&self) -> String {
+        match &self.reopen_error {
+            None => self.reason.clone(),
+            Some(e) => format!("{}; reopening failed: {e}", self.reason),
+        }
+    }
 }
 
 /// Options for opening a store.
@@ -166,61 +223,92 @@ impl Store {
             source,
         })?;
         let lock = lock_dir(dir)?;
-        let config = sled::Config::new()
-            .path(dir.join("db"))
-            .cache_capacity(options.cache_bytes)
-            .mode(sled::Mode::HighThroughput);
-        // Our LOCK file is held, so no other settled has the directory. sled's own file lock can still be held for a
-        // moment by the background threads of a handle this process just dropped (a restore, a test): wait for them.
-        let mut attempts = 0;
-        let db = loop {
-            match config.open() {
-                Err(sled::Error::Io(e))
-                    if attempts < 100 && e.to_string().contains("could not acquire lock") =>
-                {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => {
-                    break other.map_err(|source| StoreError::Open {
-                        path: dir.to_path_buf(),
-                        source,
-                    })?
-                }
-            }
-        };
-        let tree = db.open_tree("settled")?;
-        match tree.get(b"m/schema")? {
-            None => {
-                tree.insert(b"m/schema", SCHEMA_VERSION.to_string().as_bytes())?;
-                db.flush()?;
-            }
-            Some(v) => {
-                let found = String::from_utf8_lossy(&v).to_string();
-                match found.parse::<u64>().ok() {
-                    Some(SCHEMA_VERSION) => {}
-                    Some(1) => migrate::from_v1(&tree)?,
-                    _ => {
-                        return Err(StoreError::UnknownSchema {
-                            path: dir.to_path_buf(),
-                            found,
-                        })
-                    }
-                }
-            }
-        }
-        let next_event = last_event(&tree)? + 1;
-        let commit = GroupCommit::new(db.clone());
+        let open = open_sled(dir, options, 1)?;
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
-                tree,
                 path: dir.to_path_buf(),
-                next_event: AtomicU64::new(next_event),
-                commit,
+                options: options.clone(),
+                handle: RwLock::new(Handle::Open(Arc::new(open))),
                 _lock: lock,
             }),
         })
+    }
+
+    /// Why the store is closed, or `None` while it is open.
+    pub fn failure(&self) -> Option<Failure> {
+        match &*self.read_handle() {
+            Handle::Open(_) => None,
+            Handle::Closed(failure) => Some(failure.clone()),
+        }
+    }
+
+    /// Reopen a store closed by a failed write: sled reads it back from disk (so nothing unflushed remains), and a probe
+    /// write must reach the disk. Returns `false` when the store was open. The caller holds the engine's writer lock.
+    pub fn reopen(&self) -> StoreResult<bool> {
+        let generation = match &*self.read_handle() {
+            Handle::Open(_) => return Ok(false),
+            Handle::Closed(failure) => failure.generation,
+        };
+        match open_sled(&self.inner.path, &self.inner.options, generation + 1)
+            .and_then(|open| probe_write(&open).map(|()| open))
+        {
+            Ok(open) => {
+                *self.write_handle() = Handle::Open(Arc::new(open));
+                Ok(true)
+            }
+            Err(e) => {
+                if let Handle::Closed(failure) = &mut *self.write_handle() {
+                    failure.reopen_error = Some(e.to_string());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Close the store after the opening `generation` failed to write (a later opening is left alone).
+    fn close(&self, generation: u64, error: &sled::Error) {
+        let mut handle = self.write_handle();
+        if let Handle::Open(open) = &*handle {
+            if open.generation != generation {
+                return;
+            }
+            tracing::error!(
+                data_dir = %self.inner.path.display(),
+                %error,
+                "the store cannot write; closing it until it can (reads and writes answer 503, /healthz says why)"
+            );
+            *handle = Handle::Closed(Failure {
+                reason: format!("writing to {}: {error}", self.inner.path.display()),
+                since: chrono::Utc::now(),
+                reopen_error: None,
+                generation,
+            });
+        }
+    }
+
+    /// The open database, or [`StoreError::Unavailable`] while closed.
+    fn open_handle(&self) -> StoreResult<Arc<Open>> {
+        match &*self.read_handle() {
+            Handle::Open(open) => Ok(open.clone()),
+            Handle::Closed(failure) => Err(StoreError::Unavailable {
+                reason: failure.describe(),
+            }),
+        }
+    }
+
+    fn read_handle(&self) -> std::sync::RwLockReadGuard<'_, Handle> {
+        // The handle is replaced whole, never left half-written, so a poisoned lock is safe to take over.
+        self.inner
+            .handle
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_handle(&self) -> std::sync::RwLockWriteGuard<'_, Handle> {
+        self.inner
+            .handle
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The data directory.
@@ -235,13 +323,14 @@ impl Store {
 
     /// Read and decode any key (a blocked record's key is read from its block).
     pub fn get_raw<T: DeserializeOwned>(&self, key: &str) -> StoreResult<Option<T>> {
+        let open = self.open_handle()?;
         if let Some((kind, id, n)) = blocks::blocked_key(key) {
-            return match blocks::get(&self.inner.tree, kind, id, n)? {
+            return match blocks::get(&open.tree, kind, id, n)? {
                 None => Ok(None),
                 Some(raw) => decode(key, raw.get().as_bytes()).map(Some),
             };
         }
-        match self.inner.tree.get(key.as_bytes())? {
+        match open.tree.get(key.as_bytes())? {
             None => Ok(None),
             Some(v) => decode(key, &v).map(Some),
         }
@@ -256,7 +345,7 @@ impl Store {
     pub fn index_prefix(&self, index: &str, prefix: &str) -> StoreResult<Vec<String>> {
         let key = index_key(index, prefix);
         let mut out = Vec::new();
-        for item in self.inner.tree.scan_prefix(key.as_bytes()) {
+        for item in self.tree()?.scan_prefix(key.as_bytes()) {
             let (k, v) = item?;
             out.push(decode(&String::from_utf8_lossy(&k), &v)?);
         }
@@ -267,7 +356,7 @@ impl Store {
     pub fn index_values<T: DeserializeOwned>(&self, index: &str) -> StoreResult<Vec<T>> {
         let key = index_key(index, "");
         let mut out = Vec::new();
-        for item in self.inner.tree.scan_prefix(key.as_bytes()) {
+        for item in self.tree()?.scan_prefix(key.as_bytes()) {
             let (k, v) = item?;
             out.push(decode(&String::from_utf8_lossy(&k), &v)?);
         }
@@ -289,20 +378,22 @@ impl Store {
         &self,
         kind: &str,
     ) -> Box<dyn Iterator<Item = StoreResult<T>> + '_> {
+        let tree = match self.tree() {
+            Ok(tree) => tree,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
         let prefix = format!("e/{kind}/");
-        let own_keys =
-            self.inner
-                .tree
-                .scan_prefix(prefix.as_bytes())
-                .map(|item| -> StoreResult<T> {
-                    let (k, v) = item?;
-                    decode(&String::from_utf8_lossy(&k), &v)
-                });
+        let own_keys = tree
+            .scan_prefix(prefix.as_bytes())
+            .map(|item| -> StoreResult<T> {
+                let (k, v) = item?;
+                decode(&String::from_utf8_lossy(&k), &v)
+            });
         if !blocks::BLOCKED.contains(&kind) {
             return Box::new(own_keys);
         }
         let kind = kind.to_string();
-        let in_blocks = blocks::scan(&self.inner.tree, &kind).map(move |item| -> StoreResult<T> {
+        let in_blocks = blocks::scan(&tree, &kind).map(move |item| -> StoreResult<T> {
             let (id, raw) = item?;
             decode(&format!("e/{kind}/{id}"), raw.get().as_bytes())
         });
@@ -311,13 +402,13 @@ impl Store {
 
     /// Audit events with id > `after`, at most `limit`.
     pub fn events_after(&self, after: u64, limit: usize) -> StoreResult<Vec<Event>> {
-        self.events_from(after).take(limit).collect()
+        self.events_from(after)?.take(limit).collect()
     }
 
     /// Outbox rows with id > `after`, at most `limit`: the audit events flagged `outbox`, in order.
     pub fn outbox_after(&self, after: u64, limit: usize) -> StoreResult<Vec<OutboxRow>> {
         let mut out = Vec::new();
-        for event in self.events_from(after) {
+        for event in self.events_from(after)? {
             if out.len() >= limit {
                 break;
             }
@@ -336,21 +427,23 @@ impl Store {
     }
 
     /// Audit events with id > `after`, in order: from the block holding `after + 1` on.
-    fn events_from(&self, after: u64) -> impl Iterator<Item = StoreResult<Event>> + '_ {
-        let tree = &self.inner.tree;
+    fn events_from(&self, after: u64) -> StoreResult<impl Iterator<Item = StoreResult<Event>>> {
+        let tree = self.tree()?;
         let first = seq_key("v/", after.saturating_add(1));
         let start = match tree.range("v/".as_bytes()..=first.as_bytes()).next_back() {
             Some(Ok((k, _))) => k.to_vec(),
             _ => b"v/".to_vec(),
         };
-        tree.range(start..b"v/~".to_vec())
+        Ok(tree
+            .range(start..b"v/~".to_vec())
             .flat_map(blocks::records::<Event>)
-            .filter(move |event| !matches!(event, Ok(e) if e.id <= after))
+            .filter(move |event| !matches!(event, Ok(e) if e.id <= after)))
     }
 
-    /// The id of the newest audit event (0 when none).
+    /// The id of the newest audit event (0 when none, and while the store is closed).
     pub fn last_event_id(&self) -> u64 {
-        self.inner.next_event.load(Ordering::SeqCst) - 1
+        self.open_handle()
+            .map_or(0, |open| open.next_event.load(Ordering::SeqCst) - 1)
     }
 
     /// Start a write set. Callers must hold the engine's writer lock from their reads until [`Store::apply`].
@@ -379,7 +472,9 @@ impl Store {
     }
 
     /// Apply a write set atomically (one sled batch). Returns a commit ticket for [`Store::durable`].
+    /// Callers hold the engine's writer lock, so event ids are taken without a race.
     pub fn apply(&self, ws: WriteSet) -> StoreResult<CommitTicket> {
+        let open = self.open_handle()?;
         let mut batch = sled::Batch::default();
         let mut blocked: BTreeMap<String, Vec<blocks::Change>> = BTreeMap::new();
         for (key, value) in ws.pending {
@@ -396,12 +491,12 @@ impl Store {
             }
         }
         for (kind, changes) in blocked {
-            blocks::write(&self.inner.tree, &kind, changes, &mut batch)?;
+            blocks::write(&open.tree, &kind, changes, &mut batch)?;
         }
+        let first_event = open.next_event.load(Ordering::SeqCst);
         let mut event_ids = Vec::with_capacity(ws.events.len());
         let mut encoded = Vec::with_capacity(ws.events.len());
-        for mut event in ws.events {
-            let id = self.inner.next_event.fetch_add(1, Ordering::SeqCst);
+        for (id, mut event) in (first_event..).zip(ws.events) {
             event.id = id;
             event_ids.push(id);
             encoded.push(encode(&event));
@@ -415,48 +510,145 @@ impl Store {
                 blocks::encode_events(block.iter().map(Vec::as_slice)),
             );
         }
-        self.inner.tree.apply_batch(batch)?;
+        if let Err(source) = open.tree.apply_batch(batch) {
+            // sled may hold part of the batch in its page cache: only reopening drops it.
+            self.close(open.generation, &source);
+            return Err(StoreError::WriteFailed {
+                path: self.inner.path.clone(),
+                source,
+            });
+        }
+        open.next_event
+            .store(first_event + event_ids.len() as u64, Ordering::SeqCst);
         Ok(CommitTicket {
-            seq: self.inner.commit.written(),
+            seq: open.commit.written(),
+            generation: open.generation,
             event_ids,
         })
     }
 
     /// Wait until everything up to `ticket` is flushed to disk (group commit: one flush serves many writers).
+    /// A failed flush closes the store; a ticket of an opening that was closed is never durable.
     pub async fn durable(&self, ticket: &CommitTicket) -> StoreResult<()> {
-        self.inner.commit.wait(ticket.seq).await
+        let open = self.open_handle()?;
+        if open.generation != ticket.generation {
+            return Err(StoreError::Unavailable {
+                reason: "the store was closed after a failed write and reopened from disk since this change was applied".into(),
+            });
+        }
+        match open.commit.wait(ticket.seq).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Sled(source)) => {
+                self.close(open.generation, &source);
+                Err(StoreError::WriteFailed {
+                    path: self.inner.path.clone(),
+                    source,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// Flush now (blocking).
+    /// Flush now (blocking). A closed store has nothing to flush: every write it confirmed was flushed.
     pub fn flush(&self) -> StoreResult<()> {
-        self.inner.db.flush()?;
-        Ok(())
+        match self.open_handle() {
+            Ok(open) => {
+                open.db.flush()?;
+                Ok(())
+            }
+            Err(StoreError::Unavailable { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Count the entities of a kind (a scan; used by metrics and status, not on hot paths).
+    /// Count the entities of a kind (a scan; used by metrics and status, not on hot paths; 0 while closed).
     pub fn count(&self, kind: &str) -> usize {
+        let Ok(tree) = self.tree() else {
+            return 0;
+        };
         let prefix = format!("e/{kind}/");
-        let own_keys = self
-            .inner
-            .tree
-            .scan_prefix(prefix.as_bytes())
-            .keys()
-            .count();
+        let own_keys = tree.scan_prefix(prefix.as_bytes()).keys().count();
         if !blocks::BLOCKED.contains(&kind) {
             return own_keys;
         }
-        own_keys + blocks::scan(&self.inner.tree, kind).count()
+        own_keys + blocks::scan(&tree, kind).count()
     }
 
-    fn tree(&self) -> &sled::Tree {
-        &self.inner.tree
+    fn tree(&self) -> StoreResult<sled::Tree> {
+        Ok(self.open_handle()?.tree.clone())
     }
+}
+
+/// Open sled in `dir` (waiting for a just-dropped handle of this process to let go of its files), check the schema,
+/// migrate an older one, and find the last event id.
+fn open_sled(dir: &Path, options: &StoreOptions, generation: u64) -> StoreResult<Open> {
+    let config = sled::Config::new()
+        .path(dir.join("db"))
+        .cache_capacity(options.cache_bytes)
+        .mode(sled::Mode::HighThroughput);
+    // Our LOCK file is held, so no other settled has the directory. sled's own file lock can still be held for a
+    // moment by the background threads of a handle this process just dropped (a restore, a test, a closed opening).
+    let mut attempts = 0;
+    let db = loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if attempts < 100 && e.to_string().contains("could not acquire lock") =>
+            {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => {
+                break other.map_err(|source| StoreError::Open {
+                    path: dir.to_path_buf(),
+                    source,
+                })?
+            }
+        }
+    };
+    let tree = db.open_tree("settled")?;
+    match tree.get(b"m/schema")? {
+        None => {
+            tree.insert(b"m/schema", SCHEMA_VERSION.to_string().as_bytes())?;
+            db.flush()?;
+        }
+        Some(v) => {
+            let found = String::from_utf8_lossy(&v).to_string();
+            match found.parse::<u64>().ok() {
+                Some(SCHEMA_VERSION) => {}
+                Some(1) => migrate::from_v1(&tree)?,
+                _ => {
+                    return Err(StoreError::UnknownSchema {
+                        path: dir.to_path_buf(),
+                        found,
+                    })
+                }
+            }
+        }
+    }
+    let next_event = last_event(&tree)? + 1;
+    let commit = GroupCommit::new(db.clone());
+    Ok(Open {
+        db,
+        tree,
+        next_event: AtomicU64::new(next_event),
+        commit,
+        generation,
+    })
+}
+
+/// Check that the disk takes writes again: write a key, remove it, flush both.
+fn probe_write(open: &Open) -> StoreResult<()> {
+    open.tree.insert(b"m/probe", b"1".as_slice())?;
+    open.tree.remove(b"m/probe")?;
+    open.db.flush()?;
+    Ok(())
 }
 
 /// Proof that a write set was applied; pass it to [`Store::durable`].
 #[derive(Debug, Clone)]
 pub struct CommitTicket {
     seq: u64,
+    generation: u64,
     /// Ids of the audit events the write appended, in order.
     pub event_ids: Vec<u64>,
 }

@@ -74,7 +74,7 @@ fn a_store_with_an_unknown_schema_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        store.tree().insert(b"m/schema", b"99").unwrap();
+        store.tree().unwrap().insert(b"m/schema", b"99").unwrap();
         store.flush().unwrap();
     }
     match Store::open(dir.path(), &StoreOptions::default()) {
@@ -172,6 +172,7 @@ async fn concurrent_writers_share_flushes_and_all_become_durable() {
 fn dump(store: &Store) -> Vec<(sled::IVec, serde_json::Value)> {
     store
         .tree()
+        .unwrap()
         .iter()
         .map(Result::unwrap)
         .map(|(k, v)| (k, serde_json::from_slice(&v).unwrap()))
@@ -219,6 +220,7 @@ async fn the_outbox_is_the_flagged_events_in_order_and_reads_from_a_cursor() {
 fn keys_under(store: &Store, prefix: &str) -> Vec<String> {
     store
         .tree()
+        .unwrap()
         .scan_prefix(prefix.as_bytes())
         .keys()
         .map(|k| String::from_utf8_lossy(&k.unwrap()).to_string())
@@ -359,7 +361,7 @@ async fn events_are_stored_in_blocks_and_read_from_any_cursor_across_them() {
 /// first release an `o/` outbox row (for event 1) and the `alloc-by-invoice` / `alloc-by-payment` indexes.
 fn write_v1_store(dir: &Path, payments: u32, events: u64) {
     let store = open(dir);
-    let tree = store.tree();
+    let tree = store.tree().unwrap();
     tree.insert(b"m/schema", b"1").unwrap();
     for n in 1..=payments {
         let id = format!("pay_{n:08}");
@@ -501,7 +503,7 @@ fn a_seen_payment_id_is_stored_bare_and_read_back_as_what_it_produced() {
     );
     ws.seen("pay:csv:2", &serde_json::json!({"ignored": "outgoing"}));
     store.apply(ws).unwrap();
-    let raw = store.tree().get(b"s/pay:csv:1").unwrap().unwrap();
+    let raw = store.tree().unwrap().get(b"s/pay:csv:1").unwrap().unwrap();
     assert_eq!(&raw[..], b"\"pay_00000001\"");
     assert_eq!(
         store.seen("pay:csv:1").unwrap(),
