@@ -139,7 +139,9 @@ async fn not_found() -> ApiError {
 async fn healthz(State(state): State<AppState>) -> Response {
     let store = state.engine.store();
     match store.failure() {
-        None => Json(json!({"status": "ok", "last_event_id": store.last_event_id()})).into_response(),
+        None => {
+            Json(json!({"status": "ok", "last_event_id": store.last_event_id()})).into_response()
+        }
         Some(failure) => {
             let message = format!("the store cannot write: {}", failure.describe());
             let body = json!({

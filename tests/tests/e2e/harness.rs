@@ -124,7 +124,11 @@ impl Default for Setup {
 
 impl Daemon {
     pub fn start(setup: Setup) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Daemon::start_in(tempfile::tempdir().expect("tempdir"), setup)
+    }
+
+    /// Like [`Daemon::start`] in a temp dir the test prepared (e.g. with a small filesystem mounted at `data`).
+    pub fn start_in(dir: tempfile::TempDir, setup: Setup) -> Daemon {
         let plugins = dir.path().join("plugins");
         std::fs::create_dir_all(&plugins).expect("plugin dir");
         for p in &setup.plugins {

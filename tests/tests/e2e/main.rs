@@ -3,6 +3,7 @@
 
 mod api;
 mod connectors;
+mod disk_full;
 mod harness;
 mod lifecycle;
 mod plugin_host;
