@@ -29,7 +29,13 @@ struct World {
 impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let data = dir.path().to_path_buf();
+        World::open(dir, &data)
+    }
+
+    /// A world whose store is at `data` (inside `dir`, which the world keeps).
+    fn open(dir: tempfile::TempDir, data: &std::path::Path) -> World {
+        let store = Store::open(data, &StoreOptions::default()).unwrap();
         let clock = Arc::new(TestClock(Mutex::new(
             Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap(),
         )));
@@ -736,4 +742,234 @@ async fn an_external_id_is_recognised_whether_the_payment_was_allocated_by_hand_
     assert!(dup);
     assert_eq!(again.id, first.id);
     assert_eq!(w.engine.store().count("payment"), 1);
+}
+
+#[tokio::test]
+async fn a_write_set_that_fails_after_linking_a_new_payer_leaves_no_payer_link_in_memory() {
+    let w = World::new();
+    let failed: EngineResult<()> = w
+        .engine
+        .write(|tx| {
+            tx.link_payer("Fresh Payer GmbH", "acc_00000009");
+            Err(EngineError::NotFound {
+                entity: "invoice",
+                id: "inv_00000099".into(),
+            })
+        })
+        .await;
+    assert!(failed.is_err());
+    let linked = w
+        .engine
+        .lock_state()
+        .index
+        .payer_account("fresh payer gmbh")
+        .map(str::to_string);
+    assert_eq!(linked, None);
+}
+
+#[tokio::test]
+async fn a_write_set_that_fails_after_relinking_a_payer_keeps_the_previous_link() {
+    let w = World::new();
+    w.engine
+        .write(|tx| {
+            tx.link_payer("Old Payer", "acc_00000001");
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let failed: EngineResult<()> = w
+        .engine
+        .write(|tx| {
+            tx.link_payer("Old Payer", "acc_00000002");
+            Err(EngineError::NotFound {
+                entity: "invoice",
+                id: "inv_00000099".into(),
+            })
+        })
+        .await;
+    assert!(failed.is_err());
+    let linked = w
+        .engine
+        .lock_state()
+        .index
+        .payer_account("old payer")
+        .map(str::to_string);
+    assert_eq!(linked.as_deref(), Some("acc_00000001"));
+}
+
+/// A tmpfs mounted for one test, unmounted on drop (also when the test fails). Mounting needs root.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` when not root (mounting is impossible); as root a failing mount fails the test.
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let euid = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2));
+        if euid != Some("0") {
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs at {} failed although running as root: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let umount = |lazy: bool| {
+            let mut cmd = std::process::Command::new("umount");
+            if lazy {
+                cmd.arg("-l");
+            }
+            cmd.arg(&self.0).status().is_ok_and(|s| s.success())
+        };
+        if !umount(false) {
+            umount(true);
+        }
+        let _ = std::fs::remove_dir(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Write a ballast file until the filesystem is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    for chunk in [1 << 20, 4096, 1] {
+        let bytes = vec![0x5a_u8; chunk];
+        while file.write_all(&bytes).and_then(|()| file.flush()).is_ok() {}
+    }
+}
+
+#[tokio::test]
+async fn a_flush_that_fails_on_a_full_disk_leaves_no_trace_in_the_store_index_counters_or_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let Some(mount) = Tmpfs::mount(&data, "8m") else {
+        eprintln!("skipping the full-disk engine test: mounting a small filesystem needs root");
+        return;
+    };
+    let w = World::open(dir, &data);
+    let first = w.issued_invoice("Full A", "10.00").await;
+    assert_eq!(first.number.as_deref(), Some("INV-2026-001"));
+    let mut drafts = Vec::new();
+    for n in 0..40 {
+        let order = w
+            .order(&format!("Full {n}"), json!([{"description": "work", "quantity": "1", "unit_price": "5.00", "tax_rate": "0"}]))
+            .await;
+        let inv = w
+            .engine
+            .create_invoice(
+                serde_json::from_value(json!({"order_id": order})).unwrap(),
+                "test",
+            )
+            .await
+            .unwrap();
+        drafts.push(inv.id);
+    }
+
+    // sled may put the first writes into file pages it already holds: issue until one fails.
+    fill(&data.join("ballast"));
+    let mut issued = 0;
+    let failed_id = loop {
+        let id = &drafts[issued];
+        match w
+            .engine
+            .issue_invoice(id, IssueInput::default(), "test")
+            .await
+        {
+            Ok(_) => issued += 1,
+            Err(e) => {
+                assert!(
+                    matches!(e, EngineError::Store(StoreError::WriteFailed { .. })),
+                    "{e}"
+                );
+                break id.clone();
+            }
+        }
+        assert!(
+            issued < drafts.len(),
+            "every issue succeeded on a full disk"
+        );
+    };
+    let failure = w.engine.store().failure().expect("the store closed itself");
+    assert!(
+        failure.reason.contains("No space left on device"),
+        "{failure:?}"
+    );
+    assert!(
+        w.engine.lock_state().index.get(&failed_id).is_none(),
+        "the failed issue is not in the reconciliation index"
+    );
+    assert!(matches!(
+        w.engine.show("invoice", &failed_id),
+        Err(EngineError::Store(StoreError::Unavailable { .. }))
+    ));
+    let refused = w
+        .engine
+        .capture_lead(
+            &LeadInput {
+                name: "Late".into(),
+                email: Some("late@full.example".into()),
+                source: "web".into(),
+                ..LeadInput::default()
+            },
+            "test",
+        )
+        .await;
+    assert!(matches!(
+        refused,
+        Err(EngineError::Store(StoreError::Unavailable { .. }))
+    ));
+    std::fs::remove_file(data.join("ballast")).unwrap();
+    if w.engine.store().failure().is_some() {
+        assert!(
+            w.engine.recover_store().unwrap(),
+            "reopened once space returned"
+        );
+    }
+    assert!(w.engine.store().failure().is_none());
+    assert_eq!(w.invoice(&failed_id)["state"], "draft");
+    assert_eq!(w.engine.open_invoice_count(), 1 + issued);
+    assert!(w.engine.lock_state().index.get(&failed_id).is_none());
+    let issue_events = w
+        .events()
+        .iter()
+        .filter(|kind| kind.as_str() == "invoice.issued")
+        .count();
+    assert_eq!(issue_events, 1 + issued, "no event of the failed issue");
+    let numbered = w
+        .engine
+        .issue_invoice(&failed_id, IssueInput::default(), "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        numbered.number,
+        Some(format!("INV-2026-{:03}", 2 + issued)),
+        "the failed issue took no number"
+    );
+    assert_eq!(w.engine.open_invoice_count(), 2 + issued);
+    let last_event = w.engine.store().last_event_id();
+    assert_eq!(
+        w.engine.store().events_after(0, 100_000).unwrap().len() as u64,
+        last_event,
+        "event ids have no gap"
+    );
+    drop(w);
+    drop(mount);
 }
