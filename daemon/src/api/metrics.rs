@@ -79,6 +79,16 @@ pub(super) async fn render(State(state): State<AppState>) -> Response {
         "settled_open_invoices {}",
         state.engine.open_invoice_count()
     );
+    let _ = writeln!(
+        out,
+        "# HELP settled_store_writable 1 while the store takes writes, 0 while it is closed after a failed write (see /healthz)."
+    );
+    let _ = writeln!(out, "# TYPE settled_store_writable gauge");
+    let _ = writeln!(
+        out,
+        "settled_store_writable {}",
+        u8::from(state.engine.store().failure().is_none())
+    );
     if let Some(host) = &state.host {
         let _ = writeln!(
             out,

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 use crate::harness::{one_line, Daemon, Setup};
 
-/// A tmpfs mounted for one test, unmounted on drop (also when the test fails).
+/// A tmpfs mounted for one test inside the test's temp dir, unmounted on drop (also when the test fails), which then
+/// removes that temp dir.
 struct Tmpfs {
     dir: PathBuf,
 }
@@ -52,9 +53,9 @@ impl Drop for Tmpfs {
             // Still busy (a process that did not die yet): detach it now, the kernel frees it when released.
             let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         }
-        let _ = std::fs::remove_dir(&self.dir);
+        // The daemon's temp dir could not remove the mount point while it was mounted: finish its cleanup.
         if let Some(parent) = self.dir.parent() {
-            let _ = std::fs::remove_dir(parent);
+            let _ = std::fs::remove_dir_all(parent);
         }
     }
 }
@@ -125,17 +126,19 @@ fn all_events(d: &Daemon) -> Vec<Value> {
     list["items"].as_array().cloned().unwrap_or_default()
 }
 
-fn open_invoices_metric(d: &Daemon) -> String {
+fn metric(d: &Daemon, name: &str) -> String {
     let (status, metrics) = d.call("GET", "/metrics", None);
     assert_eq!(status, 200, "{metrics}");
+    let prefix = format!("{name} ");
     metrics
         .as_str()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("settled_open_invoices "))
-        })
+        .and_then(|text| text.lines().find_map(|l| l.strip_prefix(prefix.as_str())))
         .unwrap_or_default()
         .to_string()
+}
+
+fn open_invoices_metric(d: &Daemon) -> String {
+    metric(d, "settled_open_invoices")
 }
 
 /// While the disk is full, a read must not show anything that was not confirmed: either it answers 503 (the store is
@@ -253,10 +256,12 @@ fn a_write_that_fails_on_a_full_disk_leaves_no_trace_and_the_daemon_recovers_whe
     assert_eq!(failed["error"]["code"], "store_unavailable", "{failed}");
     let (status, refused) = d.call("POST", "/v1/leads", Some(lead(500)));
     assert_eq!(status, 503, "a write while the store is closed: {refused}");
+    assert_eq!(metric(&d, "settled_store_writable"), "0");
 
     std::fs::remove_file(&ballast).expect("removing the ballast");
     let health = health_becomes(&d, 200);
     assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(metric(&d, "settled_store_writable"), "1");
     let listed = ids(&d.ok("GET", "/v1/leads?limit=1000", None));
     assert_eq!(
         listed, leads,
