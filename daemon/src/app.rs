@@ -443,6 +443,7 @@ fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
             settings: default_settings(&name),
             timeout_ms: None,
             inbox: None,
+            allow_partial: false,
         });
     }
     out

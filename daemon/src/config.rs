@@ -81,6 +81,9 @@ pub struct Config {
     #[serde(default)]
     pub imports: Imports,
     /// Connector instances, `[[connector]]` tables. Without any, one instance of each bundled plugin runs with default settings.
+    /// `allow_partial` (default `false`): when the engine refuses some records of a file (unknown currency, invalid email),
+    /// `false` sends the whole file to `failed/` with nothing recorded; `true` keeps the good records and lists the refused
+    /// ones in the import summary.
     #[serde(default, rename = "connector")]
     pub connectors: Vec<ConnectorConfig>,
 }

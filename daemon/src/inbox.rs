@@ -3,8 +3,9 @@
 //! A file is taken once it is complete (size and modification time unchanged between two looks a second apart;
 //! names starting with `.` or ending in `.part`/`.tmp` are still being written). It is sniffed (or routed to the
 //! connector that owns the folder), parsed and ingested; only after the records are durable is it moved to `done/`
-//! (with a `.summary.json` beside it) — or to `failed/` with a `.error` file saying why. A crash before the move
-//! leaves the file in place, and re-processing it is harmless: every record dedupes.
+//! (with a `.summary.json` beside it) — or to `failed/` with a `.error` file saying why (and a `.summary.json` listing
+//! the records the engine refused, when that is why). A crash before the move leaves the file in place, and
+//! re-processing it is harmless: every record dedupes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -133,6 +134,14 @@ async fn process(state: &AppState, host: &PluginHost, inbox: &Inbox, path: &Path
             let target = inbox.dir.join("failed").join(format!("{stamp}-{name}"));
             let why = e.message().to_string();
             tracing::warn!(file = %name, error = %why, "inbox file failed");
+            if let Some(summary) = e.summary() {
+                // Refused records: the summary lists each with its position.
+                let note = PathBuf::from(format!("{}.summary.json", target.display()));
+                let text = serde_json::to_string_pretty(summary).unwrap_or_default();
+                if let Err(e) = std::fs::write(&note, text) {
+                    tracing::warn!(file = %note.display(), error = %e, "cannot write inbox note");
+                }
+            }
             move_with_note(path, &target, "error", &format!("{why}\n"));
         }
     }

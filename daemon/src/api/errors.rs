@@ -9,13 +9,14 @@ use crate::domain::DomainError;
 use crate::engine::EngineError;
 use crate::store::StoreError;
 
-/// An error answer: `{"error": {"code", "message", "field"?}}`.
+/// An error answer: `{"error": {"code", "message", "field"?, "summary"?}}`.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
     field: Option<String>,
+    summary: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -26,7 +27,25 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            summary: None,
         }
+    }
+
+    /// The same error naming the field at fault.
+    pub fn with_field(mut self, field: Option<String>) -> Self {
+        self.field = field;
+        self
+    }
+
+    /// The same error carrying the import summary of a refused file (its refused records, with positions).
+    pub fn with_summary(mut self, summary: serde_json::Value) -> Self {
+        self.summary = Some(summary);
+        self
+    }
+
+    /// The import summary, for a file refused because of its records.
+    pub fn summary(&self) -> Option<&serde_json::Value> {
+        self.summary.as_ref()
     }
 
     /// The message.
@@ -41,6 +60,7 @@ impl ApiError {
             code: "bad_request",
             message: message.into(),
             field,
+            summary: None,
         }
     }
 }
@@ -81,6 +101,9 @@ impl IntoResponse for ApiError {
         let mut error = json!({"code": self.code, "message": self.message});
         if let Some(field) = self.field {
             error["field"] = json!(field);
+        }
+        if let Some(summary) = self.summary {
+            error["summary"] = summary;
         }
         (self.status, Json(json!({ "error": error }))).into_response()
     }

@@ -1,7 +1,8 @@
 //! Connector intake over HTTP (`/intake/{instance}`) and file imports (`POST /v1/imports`).
 //!
 //! The raw request goes to the instance's plugin; its records are committed through the engine; only then does the
-//! sender get its 2xx. A rejection records nothing.
+//! sender get its 2xx. A rejection records nothing, and neither does a record the engine refuses: the sender gets a 422
+//! naming the record and field (and a file goes to `failed/`), unless the instance allows partial files.
 
 use std::sync::atomic::Ordering;
 
@@ -14,6 +15,7 @@ use serde_json::json;
 use settled_plugin_api::{FileRequest, IntakeOutcome, IntakeRequest, Role, SniffRequest};
 
 use super::{ApiError, AppState, MAX_BODY};
+use crate::engine::{refusal, Failure, ImportSummary};
 use crate::plugin_host::{CallError, PluginHost};
 
 pub(super) async fn intake(
@@ -80,6 +82,23 @@ pub(super) async fn intake(
             Err(ApiError::new(status, "rejected", reason))
         }
         IntakeOutcome::Accept { records, reply } => {
+            let refused = refusals(1, &records);
+            if let Some(first) = refused.first() {
+                report_refused(host, &instance, &info.plugin, None, &refused);
+                let message = match records.len() {
+                    1 => format!("connector `{instance}`: the record was refused, nothing was recorded: {}", first.reason),
+                    n => format!(
+                        "connector `{instance}`: {} of {n} records refused, nothing was recorded; the first, record {}: {}",
+                        refused.len(),
+                        first.record,
+                        first.reason
+                    ),
+                };
+                return Err(
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", message)
+                        .with_field(first.field.clone()),
+                );
+            }
             let n = records.len() as u64;
             let summary = state
                 .engine
@@ -203,6 +222,10 @@ pub async fn import_path(
     let mut head = vec![0u8; 4096.min(size as usize)];
     file.read_exact(&mut head).await.map_err(io)?;
     let (instance, plugin) = choose_instance(host, name, forced, &head).await?;
+    let allow_partial = host
+        .instances()
+        .iter()
+        .any(|i| i.name == instance && i.allow_partial);
     // Small files are parsed in one call; larger ones stream through a parse session twice (once to validate the
     // whole file, once to commit), so memory stays bounded and a bad file records nothing.
     if size <= state.engine.config().imports.stream_above_kib * 1024 {
@@ -220,6 +243,13 @@ pub async fn import_path(
             .map_err(plugin_error)?;
         let parsed = started.elapsed();
         let n = reply.records.len() as u64;
+        let refused = refusals(1, &reply.records);
+        if !refused.is_empty() {
+            report_refused(host, &instance, &plugin, Some(name), &refused);
+            if !allow_partial {
+                return Err(refused_file(name, &instance, n, refused));
+            }
+        }
         let summary = state
             .engine
             .ingest(&instance, &plugin, Some(name), reply.records)
@@ -227,18 +257,26 @@ pub async fn import_path(
         state
             .metrics
             .records_ingested
-            .fetch_add(n, Ordering::Relaxed);
+            .fetch_add(n - summary.failed.len() as u64, Ordering::Relaxed);
         tracing::info!(file = %name, connector = %instance, records = n, parse_ms = parsed.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64, "file imported");
         return Ok(summary);
     }
-    // Pass 1: the whole file must parse before anything is recorded.
+    // Pass 1: the whole file must parse, and the engine accept each record, before anything is recorded.
     let mut validated = 0u64;
+    let mut refused = Vec::new();
     stream_file(host, &instance, name, path, |records| {
+        refused.extend(refusals(validated + 1, &records));
         validated += records.len() as u64;
         Ok(())
     })
     .await?;
+    if !refused.is_empty() {
+        report_refused(host, &instance, &plugin, Some(name), &refused);
+        if !allow_partial {
+            return Err(refused_file(name, &instance, validated, refused));
+        }
+    }
     // Pass 2: commit as the records come.
     let mut run = state.engine.begin_ingest(&instance, &plugin, Some(name));
     stream_file(host, &instance, name, path, |records| {
@@ -249,11 +287,75 @@ pub async fn import_path(
     if summary.records_read != validated {
         tracing::warn!(file = %name, validated, committed = summary.records_read, "the plugin produced different records on the second pass");
     }
-    state
-        .metrics
-        .records_ingested
-        .fetch_add(summary.records_read, Ordering::Relaxed);
+    state.metrics.records_ingested.fetch_add(
+        summary.records_read - summary.failed.len() as u64,
+        Ordering::Relaxed,
+    );
     Ok(summary)
+}
+
+/// The records the engine refuses, numbered from `first`.
+fn refusals(first: u64, records: &[settled_plugin_api::Record]) -> Vec<Failure> {
+    (first..)
+        .zip(records)
+        .filter_map(|(index, record)| refusal(index, record))
+        .collect()
+}
+
+/// Refused records listed one by one in the log and in a file's error; the rest are summed up.
+const LISTED: usize = 20;
+
+/// Counts refused records against their instance and logs them.
+fn report_refused(
+    host: &PluginHost,
+    instance: &str,
+    plugin: &str,
+    file: Option<&str>,
+    refused: &[Failure],
+) {
+    host.count_refused(instance, refused.len() as u64);
+    for f in refused.iter().take(LISTED) {
+        tracing::warn!(connector = %instance, %plugin, file = file.unwrap_or("-"), record = f.record,
+            location = f.location.as_deref().unwrap_or("-"), field = f.field.as_deref().unwrap_or("-"),
+            reason = %f.reason, "record refused");
+    }
+    if refused.len() > LISTED {
+        tracing::warn!(connector = %instance, %plugin, file = file.unwrap_or("-"),
+            more = refused.len() - LISTED, "more records refused");
+    }
+}
+
+/// A file not imported because the engine refuses some of its records; the summary lists each of them.
+fn refused_file(name: &str, instance: &str, records_read: u64, refused: Vec<Failure>) -> ApiError {
+    let mut message = format!(
+        "{} of {records_read} records refused, nothing was imported (allow_partial is off for connector `{instance}`)",
+        refused.len()
+    );
+    for f in refused.iter().take(LISTED) {
+        message.push_str(&format!("\n  {}", describe(f)));
+    }
+    if refused.len() > LISTED {
+        message.push_str(&format!(
+            "\n  and {} more, listed in the summary",
+            refused.len() - LISTED
+        ));
+    }
+    let summary = ImportSummary {
+        file: Some(name.to_string()),
+        plugin: instance.to_string(),
+        records_read,
+        failed: refused,
+        ..ImportSummary::default()
+    };
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused_records", message)
+        .with_summary(serde_json::to_value(summary).unwrap_or_default())
+}
+
+fn describe(f: &Failure) -> String {
+    match &f.location {
+        Some(location) => format!("record {} ({location}): {}", f.record, f.reason),
+        None => format!("record {}: {}", f.record, f.reason),
+    }
 }
 
 async fn stream_file(

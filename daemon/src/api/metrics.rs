@@ -111,6 +111,21 @@ pub(super) async fn render(State(state): State<AppState>) -> Response {
                 );
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP settled_records_refused_total Records the engine refused, per connector instance."
+        );
+        let _ = writeln!(out, "# TYPE settled_records_refused_total counter");
+        for plugin in status.as_array().into_iter().flatten() {
+            for inst in plugin["instances"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "settled_records_refused_total{{instance=\"{}\"}} {}",
+                    inst["name"].as_str().unwrap_or_default(),
+                    inst["refused"].as_u64().unwrap_or(0)
+                );
+            }
+        }
     }
     (
         [(

@@ -54,10 +54,51 @@ pub struct ImportSummary {
 /// A refused record.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Failure {
-    /// Where in the source.
-    pub location: String,
+    /// Its position among the records the plugin produced, from 1 (0 for a payment entered through the API).
+    #[serde(default)]
+    pub record: u64,
+    /// Where in the source, as the plugin gave it (`statement.csv#line 3`), else the sender's id for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// The record field at fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
     /// Why.
     pub reason: String,
+}
+
+impl Failure {
+    fn new(record: u64, location: Option<String>, error: DomainError) -> Failure {
+        let field = match &error {
+            DomainError::Invalid { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        Failure {
+            record,
+            location,
+            field,
+            reason: error.to_string(),
+        }
+    }
+}
+
+/// Why the engine refuses `record`, the `index`-th (from 1) a plugin produced, if it does. Reads nothing: transports
+/// check a whole file or request with it before anything is committed, and [`IngestRun::add`] skips exactly these.
+pub fn refusal(index: u64, record: &Record) -> Option<Failure> {
+    match record {
+        Record::Lead(lead) => {
+            let error = crate::domain::lead::validate(&lead_input(lead.clone())).err()?;
+            Some(Failure::new(index, lead.external_id.clone(), error))
+        }
+        Record::Payment(payment) => {
+            let error = Currency::parse(&payment.currency).err()?;
+            let location = payment
+                .source_position
+                .clone()
+                .or_else(|| Some(payment.external_id.clone()).filter(|id| !id.is_empty()));
+            Some(Failure::new(index, location, error))
+        }
+    }
 }
 
 /// What happened to one ingested record.
@@ -326,13 +367,18 @@ pub struct IngestRun<'e> {
 impl IngestRun<'_> {
     /// Commit a batch of records, [`CHUNK`] per write set (each atomic). Durability is awaited once, in [`IngestRun::finish`].
     pub fn add(&mut self, records: Vec<Record>) -> EngineResult<()> {
+        let first = self.summary.records_read + 1;
         self.summary.records_read += records.len() as u64;
-        let mut records = records.into_iter().peekable();
+        let mut records = (first..).zip(records).peekable();
         while records.peek().is_some() {
-            let chunk: Vec<Record> = records.by_ref().take(CHUNK).collect();
+            let chunk: Vec<(u64, Record)> = records.by_ref().take(CHUNK).collect();
             let (plugin, actor, summary) = (&self.plugin, &self.actor, &mut self.summary);
             let (_, ticket) = self.engine.write_nowait(|tx| {
-                for record in chunk {
+                for (index, record) in chunk {
+                    if let Some(failure) = refusal(index, &record) {
+                        summary.failed.push(failure);
+                        continue;
+                    }
                     ingest_one(tx, plugin, actor, record, summary)?;
                 }
                 Ok(())
@@ -362,17 +408,8 @@ fn ingest_one(
 ) -> EngineResult<()> {
     match record {
         Record::Lead(lead) => {
-            let input = lead_input(lead);
-            let input = match crate::domain::lead::validate(&input) {
-                Ok(i) => i,
-                Err(e) => {
-                    summary.failed.push(Failure {
-                        location: input.external_id.clone().unwrap_or_else(|| "lead".into()),
-                        reason: e.to_string(),
-                    });
-                    return Ok(());
-                }
-            };
+            // Refused leads never get here (see `refusal`).
+            let input = crate::domain::lead::validate(&lead_input(lead))?;
             let (lead, duplicate) = super::leads::capture_in(tx, input, actor)?;
             if duplicate {
                 summary.duplicates += 1;
@@ -445,13 +482,9 @@ fn ingest_payment(
     let currency = match Currency::parse(&record.currency) {
         Ok(c) => c,
         Err(e) => {
-            summary.failed.push(Failure {
-                location: record
-                    .source_position
-                    .clone()
-                    .unwrap_or_else(|| record.external_id.clone()),
-                reason: e.to_string(),
-            });
+            summary
+                .failed
+                .push(Failure::new(0, record.source_position.clone(), e));
             return Ok(IngestOutcome::Ignored);
         }
     };

@@ -23,7 +23,7 @@ use crate::reconcile::MatchIndex;
 use crate::store::{CommitTicket, Store, StoreError, WriteSet};
 
 pub use billing::{IssueInput, PaymentInput};
-pub use ingest::{ImportSummary, IngestOutcome, ReviewItem, ReviewStatus};
+pub use ingest::{refusal, Failure, ImportSummary, IngestOutcome, ReviewItem, ReviewStatus};
 pub use leads::{ConvertInput, ConvertOutput};
 pub use sales::{OrderCreate, QuoteCreate};
 pub use views::*;

@@ -972,4 +972,57 @@ async fn a_flush_that_fails_on_a_full_disk_leaves_no_trace_in_the_store_index_co
     );
     drop(w);
     drop(mount);
+async fn refused_records_are_skipped_and_listed_with_their_position_across_batches() {
+    let w = World::new();
+    let mut bad_currency = PaymentRecord::new("p2", dec!(5.00), "XYZ");
+    bad_currency.source_position = Some("s.csv#line 3".into());
+    let lead = |email: &str| {
+        Record::Lead(settled_plugin_api::LeadRecord {
+            name: "Ada".into(),
+            email: Some(email.into()),
+            phone: None,
+            company: None,
+            source: "web".into(),
+            external_id: None,
+            message: None,
+            assigned_to: None,
+            extra: Default::default(),
+        })
+    };
+    let first = vec![
+        payment_record("p1", "5.00", "Someone", "ref"),
+        Record::Payment(bad_currency),
+    ];
+    let second = vec![lead("a@b"), lead("ada@example.com")];
+    let all: Vec<Record> = first.iter().chain(&second).cloned().collect();
+    let checked: Vec<u64> = (1..)
+        .zip(&all)
+        .filter_map(|(i, r)| refusal(i, r))
+        .map(|f| f.record)
+        .collect();
+    let mut run = w.engine.begin_ingest("bank", "bank-csv", Some("s.csv"));
+    run.add(first).unwrap();
+    run.add(second).unwrap();
+    let summary = run.finish().await.unwrap();
+    let failed: Vec<(u64, Option<&str>, Option<&str>)> = summary
+        .failed
+        .iter()
+        .map(|f| (f.record, f.location.as_deref(), f.field.as_deref()))
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            (2, Some("s.csv#line 3"), Some("currency")),
+            (3, None, Some("email"))
+        ],
+        "{summary:?}"
+    );
+    assert_eq!(
+        checked,
+        [2, 3],
+        "the pre-check refuses exactly what ingestion skips"
+    );
+    assert_eq!((summary.records_read, summary.new), (4, 2), "{summary:?}");
+    assert_eq!(w.engine.store().count("payment"), 1);
+    assert_eq!(w.engine.store().count("lead"), 1);
 }

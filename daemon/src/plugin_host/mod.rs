@@ -59,6 +59,10 @@ pub struct ConnectorConfig {
     /// File inbox folder of this instance (used by the file transport).
     #[serde(default)]
     pub inbox: Option<PathBuf>,
+    /// Import a file even when the engine refuses some of its records: the good ones are kept and the refused ones listed
+    /// in the import summary. Off by default: one refused record sends the whole file to `failed/`, recording nothing.
+    #[serde(default)]
+    pub allow_partial: bool,
 }
 
 /// Where an instance's plugin code runs.
@@ -218,6 +222,8 @@ pub struct InstanceInfo {
     pub isolation: Isolation,
     /// File inbox folder, if configured.
     pub inbox: Option<PathBuf>,
+    /// Whether a file may be imported without the records the engine refuses.
+    pub allow_partial: bool,
     /// Whether calls can currently be made.
     pub running: bool,
 }
@@ -249,6 +255,8 @@ pub struct InstanceStatus {
     pub calls: u64,
     /// Calls that failed, including the plugin's own errors.
     pub errors: u64,
+    /// Records from this instance the engine refused (invalid email, unknown currency, ...).
+    pub refused: u64,
     /// Median call latency over the last 1024 calls, microseconds.
     pub p50_us: Option<u64>,
     /// 99th percentile call latency over the last 1024 calls, microseconds.
@@ -308,6 +316,7 @@ struct Health {
 struct Stats {
     calls: u64,
     errors: u64,
+    refused: u64,
     latencies_us: Vec<u64>,
     next: usize,
 }
@@ -532,10 +541,18 @@ impl PluginHost {
                         .unwrap_or_default(),
                     isolation: slot.config.isolation,
                     inbox: slot.config.inbox.clone(),
+                    allow_partial: slot.config.allow_partial,
                     running: live.is_some(),
                 }
             })
             .collect()
+    }
+
+    /// Counts `n` records of `instance` the engine refused (shown in [`PluginHost::status`]).
+    pub fn count_refused(&self, instance: &str, n: u64) {
+        if let Some(slot) = self.slots.get(instance) {
+            lock(&slot.stats).refused += n;
+        }
     }
 
     /// Each plugin file with its running version and instances, then configured plugins no file provides.
@@ -668,6 +685,7 @@ impl PluginHost {
                     reason,
                     calls: stats.calls,
                     errors: stats.errors,
+                    refused: stats.refused,
                     p50_us,
                     p99_us,
                 }
@@ -1164,6 +1182,7 @@ mod tests {
             settings: serde_json::Value::Null,
             timeout_ms: None,
             inbox: None,
+            allow_partial: false,
         }
     }
 

@@ -7,3 +7,4 @@ mod disk_full;
 mod harness;
 mod lifecycle;
 mod plugin_host;
+mod refused;

@@ -520,6 +520,7 @@ pub(super) fn plugins(value: &Value, width: Option<usize>) -> String {
         ("STATE", Align::Left),
         ("CALLS", Align::Right),
         ("ERRORS", Align::Right),
+        ("REFUSED", Align::Right),
         ("P50/P99", Align::Right),
     ]);
     let mut refusals = String::new();
@@ -554,6 +555,7 @@ pub(super) fn plugins(value: &Value, width: Option<usize>) -> String {
                 dash(),
                 dash(),
                 dash(),
+                dash(),
             ]);
             continue;
         }
@@ -577,6 +579,7 @@ pub(super) fn plugins(value: &Value, width: Option<usize>) -> String {
                 state,
                 text_or_dash(inst, "calls"),
                 text_or_dash(inst, "errors"),
+                text_or_dash(inst, "refused"),
                 latency,
             ]);
         }
@@ -669,13 +672,16 @@ pub(super) fn import_summary(file: &str, value: &Value) -> String {
         out.push_str(&format!("  {label:<width$}  {value}\n"));
     }
     for failure in failures {
-        let location = first(failure, &["location"])
-            .map(scalar)
-            .unwrap_or_else(|| "-".into());
+        let record = get(failure, "record").map(|r| format!("record {}", scalar(r)));
+        let location = get(failure, "location").map(scalar);
+        let position = match (record, location) {
+            (Some(record), Some(location)) => format!("{record} ({location})"),
+            (record, location) => record.or(location).unwrap_or_else(|| "-".into()),
+        };
         let reason = first(failure, &["reason"])
             .map(scalar)
             .unwrap_or_else(|| "-".into());
-        out.push_str(&format!("    {location}: {reason}\n"));
+        out.push_str(&format!("    {position}: {reason}\n"));
     }
     out
 }
@@ -920,19 +926,19 @@ mod tests {
             {"plugin": "camt", "file": "/p/libcamt.so", "version": "0.1.0", "abi": "1.0", "loads": 1, "load_errors": [],
              "instances": [
                 {"name": "bank", "isolation": "process", "state": "running", "reason": null,
-                 "calls": 12, "errors": 0, "p50_us": 850, "p99_us": 12400},
+                 "calls": 12, "errors": 0, "refused": 3, "p50_us": 850, "p99_us": 12400},
                 {"name": "bank2", "isolation": "in-process", "state": "quarantined", "reason": "5 failures",
-                 "calls": 5, "errors": 5, "p50_us": null, "p99_us": 3200000}
+                 "calls": 5, "errors": 5, "refused": 0, "p50_us": null, "p99_us": 3200000}
             ]},
             {"plugin": null, "file": "/p/libbroken.so", "version": null, "abi": null, "loads": 0, "instances": [],
              "load_errors": ["abi major 2, host speaks 1"]}
         ]});
         check(
             plugins(&value, None),
-            "PLUGIN        VERSION  ABI  INSTANCE  ISOLATION   STATE                    CALLS  ERRORS       P50/P99\n\
-             camt          0.1.0    1.0  bank      process     running                     12       0  850µs/12.4ms\n\
-             camt          0.1.0    1.0  bank2     in-process  quarantined: 5 failures      5       5        -/3.2s\n\
-             libbroken.so  -        -    -         -           failed to load               -       -             -\n\
+            "PLUGIN        VERSION  ABI  INSTANCE  ISOLATION   STATE                    CALLS  ERRORS  REFUSED       P50/P99\n\
+             camt          0.1.0    1.0  bank      process     running                     12       0        3  850µs/12.4ms\n\
+             camt          0.1.0    1.0  bank2     in-process  quarantined: 5 failures      5       5        0        -/3.2s\n\
+             libbroken.so  -        -    -         -           failed to load               -       -        -             -\n\
              \n\
              refused plugin files:\n\
              \x20 libbroken.so: abi major 2, host speaks 1\n",
@@ -946,7 +952,8 @@ mod tests {
             "file": "march.xml", "plugin": "camt", "records_read": 120, "new": 100, "duplicates": 20,
             "matched": {"structured_reference": 50, "invoice_number_in_text": 30},
             "partially_matched": 5, "review": 10, "ignored": 5, "reversed": 1,
-            "failed": [{"location": "line 14", "reason": "amount has too many decimals"}]
+            "failed": [{"record": 13, "location": "line 14", "field": "amount", "reason": "amount has too many decimals"},
+                {"record": 20, "reason": "invalid email: \"a@b\" does not have a valid domain"}]
         });
         check(
             import_summary("/tmp/march.xml", &value),
@@ -959,8 +966,9 @@ mod tests {
              \x20 sent to review     10\n\
              \x20 ignored            5\n\
              \x20 reversed           1\n\
-             \x20 failed             1\n\
-             \x20   line 14: amount has too many decimals\n",
+             \x20 failed             2\n\
+             \x20   record 13 (line 14): amount has too many decimals\n\
+             \x20   record 20: invalid email: \"a@b\" does not have a valid domain\n",
         );
     }
 
