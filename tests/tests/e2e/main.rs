@@ -6,3 +6,4 @@ mod connectors;
 mod harness;
 mod lifecycle;
 mod plugin_host;
+mod returns;
