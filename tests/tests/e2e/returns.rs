@@ -90,15 +90,24 @@ fn mt940(line: &str, details: &str) -> String {
 }
 
 #[test]
-fn a_camt_payment_returned_in_an_mt940_file_of_the_same_account_reopens_its_invoice_without_review(
-) {
+fn a_camt_payment_returned_in_an_mt940_file_of_the_same_account_reopens_its_invoice_without_review()
+{
     let d = Daemon::start(Setup::default());
     let inv = issue_invoice(&d, "Rueck GmbH", one_line("360.00"));
     let rf = inv["rf_reference"].as_str().unwrap();
     let paid = import(
         &d,
         "paid.xml",
-        &camt(&camt_entry("360.00", "CRDT", "", "CAMT-REF-1", "E2E-RET-1", rf, "Rueck GmbH", "")),
+        &camt(&camt_entry(
+            "360.00",
+            "CRDT",
+            "",
+            "CAMT-REF-1",
+            "E2E-RET-1",
+            rf,
+            "Rueck GmbH",
+            "",
+        )),
     );
     assert_eq!(paid["new"], 1, "{paid}");
     assert_eq!(invoice(&d, &inv)["payment_status"], "paid");
@@ -135,7 +144,16 @@ fn a_camt_reversal_entry_reopens_the_invoice_its_original_paid() {
     import(
         &d,
         "paid.xml",
-        &camt(&camt_entry("120.00", "CRDT", "", "CAMT-P-7", "E2E-STORNO-7", rf, "Storno AG", "")),
+        &camt(&camt_entry(
+            "120.00",
+            "CRDT",
+            "",
+            "CAMT-P-7",
+            "E2E-STORNO-7",
+            rf,
+            "Storno AG",
+            "",
+        )),
     );
     assert_eq!(invoice(&d, &inv)["payment_status"], "paid");
     let reversal = camt_entry(
@@ -160,7 +178,8 @@ fn a_negative_bank_csv_line_with_the_originals_reference_reopens_the_invoice() {
     let d = Daemon::start(Setup::default());
     let inv = issue_invoice(&d, "Csv Kunde", one_line("80.00"));
     let rf = inv["rf_reference"].as_str().unwrap();
-    let header = "Date,Amount,Currency,Counterparty,Counterparty Account,Reference,Transaction Id\n";
+    let header =
+        "Date,Amount,Currency,Counterparty,Counterparty Account,Reference,Transaction Id\n";
     import(
         &d,
         "paid.csv",
@@ -186,7 +205,16 @@ fn a_partial_return_of_100_on_a_360_payment_reopens_exactly_100() {
     import(
         &d,
         "paid.xml",
-        &camt(&camt_entry("360.00", "CRDT", "", "CAMT-P-9", "E2E-PART-9", rf, "Teil GmbH", "")),
+        &camt(&camt_entry(
+            "360.00",
+            "CRDT",
+            "",
+            "CAMT-P-9",
+            "E2E-PART-9",
+            rf,
+            "Teil GmbH",
+            "",
+        )),
     );
     let partial = camt_entry(
         "100.00",
@@ -256,8 +284,26 @@ fn a_return_matching_two_payments_equally_waits_in_review_with_both_suggested() 
     // Two instalments of 360.00 with the same reference from the same payer.
     let entries = format!(
         "{}{}",
-        camt_entry("360.00", "CRDT", "", "CAMT-I-1", "NOTPROVIDED", rf, "Raten KG", ""),
-        camt_entry("360.00", "CRDT", "", "CAMT-I-2", "NOTPROVIDED", rf, "Raten KG", "")
+        camt_entry(
+            "360.00",
+            "CRDT",
+            "",
+            "CAMT-I-1",
+            "NOTPROVIDED",
+            rf,
+            "Raten KG",
+            ""
+        ),
+        camt_entry(
+            "360.00",
+            "CRDT",
+            "",
+            "CAMT-I-2",
+            "NOTPROVIDED",
+            rf,
+            "Raten KG",
+            ""
+        )
     );
     import(&d, "instalments.xml", &camt(&entries));
     assert_eq!(invoice(&d, &inv)["payment_status"], "paid");
