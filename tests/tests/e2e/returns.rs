@@ -134,6 +134,24 @@ fn a_camt_payment_returned_in_an_mt940_file_of_the_same_account_reopens_its_invo
         .map(|a| a["amount"].as_str().unwrap())
         .collect();
     assert_eq!(amounts, ["360.00", "-360.00"], "{after}");
+    // The same return file again undoes nothing twice.
+    let again = import(
+        &d,
+        "return.sta",
+        &mt940(
+            "2603100310RC360,00NRTINONREF//RET-1",
+            "159?00RUECKUEBERWEISUNG?20EREF+E2E-RET-1?21SVWZ+Konto erloschen?32Rueck GmbH",
+        ),
+    );
+    assert_eq!(
+        (again["duplicates"].as_u64(), again["reversed"].as_u64()),
+        (Some(1), Some(0)),
+        "{again}"
+    );
+    assert_eq!(
+        invoice(&d, &inv)["allocations"].as_array().map(Vec::len),
+        Some(2)
+    );
 }
 
 #[test]
@@ -328,4 +346,59 @@ fn a_return_matching_two_payments_equally_waits_in_review_with_both_suggested() 
         .collect();
     assert_eq!(suggested.len(), 2, "{}", review[0]);
     assert_ne!(suggested[0], suggested[1], "{}", review[0]);
+}
+
+fn stripe_header(secret: &str, body: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[test]
+fn a_stripe_refund_of_100_on_a_360_payment_reopens_exactly_100() {
+    let d = Daemon::start(Setup {
+        plugins: vec!["stripe"],
+        config: "[[connector]]\nname = \"stripe\"\nplugin = \"stripe\"\nsettings = { secret = \"whsec_test\" }\n".into(),
+    });
+    let inv = issue_invoice(&d, "Card Buyer", one_line("360.00"));
+    let post = |body: Value| {
+        let body = body.to_string();
+        let resp = d
+            .http()
+            .post(d.url("/intake/stripe"))
+            .header("content-type", "application/json")
+            .header("stripe-signature", stripe_header("whsec_test", &body))
+            .body(body)
+            .send()
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "{}",
+            resp.text().unwrap_or_default()
+        );
+    };
+    post(
+        json!({"id": "evt_pay", "type": "payment_intent.succeeded", "created": 1772000000, "data": {"object": {
+        "id": "pi_360", "object": "payment_intent", "amount": 36000, "amount_received": 36000, "currency": "eur",
+        "status": "succeeded", "created": 1772000000, "metadata": {"invoice": inv["number"]}}}}),
+    );
+    assert_eq!(invoice(&d, &inv)["payment_status"], "paid");
+    post(
+        json!({"id": "evt_refund", "type": "charge.refunded", "created": 1772100000, "data": {
+        "object": {"id": "ch_360", "object": "charge", "payment_intent": "pi_360", "amount": 36000,
+            "amount_captured": 36000, "amount_refunded": 10000, "currency": "eur", "created": 1772000000,
+            "refunds": {"data": [{"id": "re_100", "amount": 10000, "currency": "eur", "status": "succeeded",
+                "created": 1772100000}]}},
+        "previous_attributes": {"amount_refunded": 0}}}),
+    );
+    let after = invoice(&d, &inv);
+    assert_eq!(after["balance"], "100.00", "{after}");
+    assert_eq!(after["amount_paid"], "260.00", "{after}");
+    assert_eq!(after["amount_refunded"], "100.00", "{after}");
+    assert_eq!(after["payment_status"], "partially_paid", "{after}");
 }
