@@ -261,6 +261,10 @@ pub struct PaymentRecord {
     /// The other party's account (IBAN or number).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counterparty_account: Option<String>,
+    /// The account the entry was booked on, when the source names it (camt `Acct/Id`, MT940 `:25:`): a return is
+    /// matched to payments of the same account, whichever connector brought them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_account: Option<String>,
     /// Unstructured remittance text, lines joined as they were split (no separator inside a wrapped word).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remittance: Option<String>,
@@ -273,7 +277,8 @@ pub struct PaymentRecord {
     /// Invoice numbers or ids the provider's metadata names (Stripe `metadata.invoice`, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invoice_refs: Vec<String>,
-    /// For a refund, reversal or chargeback: the external id of the original payment, when known.
+    /// For a refund, reversal or chargeback: the external id of the original payment, when known. The host looks it
+    /// up among the payments of every connector, not only this plugin's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_external_id: Option<String>,
     /// Gross amount before provider fees, when known.
@@ -308,6 +313,7 @@ impl PaymentRecord {
             kind: PaymentKind::Transfer,
             counterparty_name: None,
             counterparty_account: None,
+            own_account: None,
             remittance: None,
             structured_reference: None,
             end_to_end_id: None,

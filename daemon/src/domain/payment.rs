@@ -56,6 +56,9 @@ pub struct Allocation {
     pub at: DateTime<Utc>,
     /// Set when the payment was reversed.
     pub reversed: bool,
+    /// For a compensating entry (negative amount): the allocation it undoes, in part or in full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensates: Option<String>,
 }
 
 /// Money received from a customer.
@@ -89,6 +92,15 @@ pub struct Payment {
     pub account_id: Option<String>,
     /// Recording time.
     pub created_at: DateTime<Utc>,
+    /// Our bank account it was booked on, when the source named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_account: Option<String>,
+    /// The payer's bank account (IBAN or number), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer_account: Option<String>,
+    /// Of `unallocated`, what returns and refunds took back from the customer's credit balance.
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub credit_reversed: Decimal,
 }
 
 /// One requested allocation; without an amount it takes what the invoice still owes.
@@ -422,6 +434,9 @@ mod tests {
             unallocated: dec!(0),
             account_id: None,
             created_at: now(),
+            bank_account: None,
+            payer_account: None,
+            credit_reversed: dec!(0),
         };
         assert_eq!(reverse(&mut payment), Ok(()));
         assert_eq!(payment.state, PaymentState::Reversed);

@@ -107,6 +107,8 @@ pub(crate) struct PaymentDraft<'a> {
     pub reference: Option<String>,
     pub external_id: Option<String>,
     pub source: &'a str,
+    pub bank_account: Option<String>,
+    pub payer_account: Option<String>,
 }
 
 /// The allocations of a payment as its `payment.recorded` event carries them: each with its rule, evidence and
@@ -282,6 +284,7 @@ impl Tx<'_> {
             confidence,
             at: self.now,
             reversed: false,
+            compensates: None,
         };
         // The payment and the invoice both list the allocation. Its audit trail (rule, evidence, confidence) is the
         // caller's `payment.recorded` event, see [`allocations_json`].
@@ -291,7 +294,7 @@ impl Tx<'_> {
     }
 
     /// Store an allocation and list it on its invoice (the caller saves the invoice).
-    fn record_allocation(&mut self, inv: &mut Invoice, allocation: &Allocation) {
+    pub(crate) fn record_allocation(&mut self, inv: &mut Invoice, allocation: &Allocation) {
         self.put("allocation", &allocation.id, allocation);
         inv.allocations.push(allocation.id.clone());
     }
@@ -337,6 +340,9 @@ impl Tx<'_> {
             unallocated: Decimal::ZERO,
             account_id: None,
             created_at: self.now,
+            bank_account: draft.bank_account,
+            payer_account: draft.payer_account,
+            credit_reversed: Decimal::ZERO,
         })
     }
 }
@@ -545,6 +551,7 @@ impl Engine {
                 confidence: 100,
                 at: tx.now,
                 reversed: false,
+                compensates: None,
             };
             tx.record_allocation(&mut inv, &allocation);
             tx.event(
@@ -562,43 +569,37 @@ impl Engine {
         .await
     }
 
-    /// Record a payment. With explicit allocations they are applied as given (rule `manual`); without, the payment is
-    /// reconciled like any ingested one. A repeated `external_id` returns the first payment unchanged.
-    pub async fn record_payment(
+    /// Record a payment with explicit allocations, applied as given (rule `manual`). A repeated `external_id`
+    /// returns the first payment unchanged. Without allocations, see [`Engine::record_payment`].
+    pub(crate) async fn record_allocated_payment(
         &self,
         input: PaymentInput,
+        currency: Currency,
+        amount: Decimal,
         actor: &str,
     ) -> EngineResult<(Payment, bool)> {
-        let currency = Currency::parse(&input.currency)
-            .map_err(|e| super::sales::rename_field(e, "currency"))?;
-        let amount = parse_positive_amount("amount", input.amount.as_str(), &currency)?;
-        let requests: Vec<AllocationRequest> = match &input.allocations {
-            None => Vec::new(),
-            Some(list) => list
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    Ok(AllocationRequest {
-                        invoice_id: a.invoice_id.clone(),
-                        amount: a
-                            .amount
-                            .as_ref()
-                            .map(|x| {
-                                parse_positive_amount(
-                                    &format!("allocations[{i}].amount"),
-                                    x.as_str(),
-                                    &currency,
-                                )
-                            })
-                            .transpose()?,
-                    })
+        let requests: Vec<AllocationRequest> = input
+            .allocations
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, a)| {
+                Ok(AllocationRequest {
+                    invoice_id: a.invoice_id.clone(),
+                    amount: a
+                        .amount
+                        .as_ref()
+                        .map(|x| {
+                            parse_positive_amount(
+                                &format!("allocations[{i}].amount"),
+                                x.as_str(),
+                                &currency,
+                            )
+                        })
+                        .transpose()?,
                 })
-                .collect::<Result<_, DomainError>>()?,
-        };
-        if input.allocations.is_none() {
-            let record = super::ingest::record_from_api(&input, amount, &currency, self.today());
-            return self.ingest_api_payment(record, actor).await;
-        }
+            })
+            .collect::<Result<_, DomainError>>()?;
         self.write(|tx| {
             // The same idempotency key as API payments reconciled automatically (`ingest`), so an external id
             // is recognised whichever way the payment was first recorded.
@@ -628,6 +629,8 @@ impl Engine {
                 reference: input.reference.clone(),
                 external_id: input.external_id.clone(),
                 source: "api",
+                bank_account: None,
+                payer_account: None,
             })?;
             pay.account_id = invoices.first().map(|i| i.account_id.clone());
             let mut made = Vec::with_capacity(plan.parts.len());
@@ -647,6 +650,9 @@ impl Engine {
             if let Some(key) = &seen_key {
                 tx.ws.seen(key, &serde_json::json!({"payment_id": pay.id}));
             }
+            if !made.is_empty() {
+                index_paid(tx, &pay.id, input.external_id.as_deref(), None);
+            }
             tx.put("payment", &pay.id, &pay);
             tx.event(
                 actor,
@@ -660,12 +666,6 @@ impl Engine {
             Ok((pay, false))
         })
         .await
-    }
-
-    /// Reverse a payment: every allocation is undone by a compensating entry, credit it created is taken back.
-    pub async fn reverse_payment(&self, id: &str, actor: &str) -> EngineResult<Payment> {
-        self.write(|tx| reverse_in(tx, id, false, "reversed by hand", actor))
-            .await
     }
 }
 
@@ -704,6 +704,7 @@ pub(crate) fn issue_in(
     )?;
     inv.updated_at = tx.now;
     tx.ws.index("invoice-number", &number, &inv.id);
+    index_invoice_refs(tx, &inv);
     tx.event(
         actor,
         "invoice.issued",
@@ -717,65 +718,68 @@ pub(crate) fn issue_in(
     Ok(inv)
 }
 
-/// Undo a payment's allocations by compensating entries. `refund` marks the money as returned to the payer.
-pub(crate) fn reverse_in(
+/// Note a payment that pays something under its bank reference and end-to-end id (`i/paid-by/<key>/<payment id>`),
+/// so that a return arriving through any connector finds it (see `reversal`). Content-hash ids (sources without a
+/// reference) are left out: no other file repeats them.
+pub(crate) fn index_paid(
     tx: &mut Tx<'_>,
-    id: &str,
-    refund: bool,
-    why: &str,
-    actor: &str,
-) -> EngineResult<Payment> {
-    let mut pay: Payment = tx.get("payment", id)?;
-    if pay.state == PaymentState::Reversed {
-        return Err(DomainError::transition(
-            "payment",
-            "reversed",
-            "reverse",
-            "it was reversed already",
-        )
-        .into());
+    payment_id: &str,
+    external_id: Option<&str>,
+    end_to_end_id: Option<&str>,
+) {
+    if let Some(reference) = external_id.filter(|r| !is_content_hash(r)) {
+        tx.ws.index(
+            "paid-by",
+            &paid_by_key("ref", reference, payment_id),
+            payment_id,
+        );
     }
-    for alloc_id in pay.allocations.clone() {
-        let alloc: Allocation = tx.get("allocation", &alloc_id)?;
-        let mut inv: Invoice = tx.get("invoice", &alloc.invoice_id)?;
-        invoice::reverse_payment(&mut inv, alloc.amount, refund)?;
-        inv.updated_at = tx.now;
-        let comp_id = tx.new_id("allocation", "alc")?;
-        let compensation = Allocation {
-            id: comp_id,
-            payment_id: Some(pay.id.clone()),
-            invoice_id: inv.id.clone(),
-            amount: -alloc.amount,
-            kind: alloc.kind,
-            rule: "reversal".into(),
-            evidence: format!("{why}; compensates {}", alloc.id),
-            confidence: 100,
-            at: tx.now,
-            reversed: false,
-        };
-        tx.record_allocation(&mut inv, &compensation);
-        tx.save_invoice(&mut inv, actor)?;
+    if let Some(id) = end_to_end_id.filter(|id| !id.trim().is_empty()) {
+        tx.ws
+            .index("paid-by", &paid_by_key("e2e", id, payment_id), payment_id);
     }
-    if pay.unallocated > Decimal::ZERO {
-        if let Some(account_id) = &pay.account_id {
-            let mut account: Account = tx.get("account", account_id)?;
-            let available = party::credit(&account, &pay.currency);
-            let take = pay.unallocated.min(available);
-            if take > Decimal::ZERO {
-                party::use_credit(&mut account, &pay.currency, take)?;
-                tx.put("account", &account.id, &account);
-            }
-        }
+}
+
+/// The `paid-by` index prefix of one reference: `<kind>:<reference, lower case, escaped>/`.
+pub(crate) fn paid_by_prefix(kind: &str, reference: &str) -> String {
+    format!("{kind}:{}/", escape_key(&reference.trim().to_lowercase()))
+}
+
+fn paid_by_key(kind: &str, reference: &str, payment_id: &str) -> String {
+    format!("{}{payment_id}", paid_by_prefix(kind, reference))
+}
+
+/// Note an issued invoice under its RF reference and number key (`i/invoice-ref/<key>`), so a return naming it finds
+/// the payments that paid it after it left the open-invoice index.
+fn index_invoice_refs(tx: &mut Tx<'_>, inv: &Invoice) {
+    if let Some(reference) = &inv.rf_reference {
+        tx.ws.index(
+            "invoice-ref",
+            &invoice_ref_key(&rf::normalise(reference)),
+            &inv.id,
+        );
     }
-    pay.state = PaymentState::Reversed;
-    tx.put("payment", &pay.id, &pay);
-    tx.event(
-        actor,
-        "payment.reversed",
-        "payment",
-        &pay.id,
-        serde_json::json!({"amount": pay.amount, "currency": pay.currency, "why": why, "refund": refund}),
-        true,
-    );
-    Ok(pay)
+    if let Some(key) = inv
+        .number
+        .as_deref()
+        .and_then(|n| crate::reconcile::number_key(n, &tx.state.index.shapes))
+    {
+        tx.ws.index("invoice-ref", &invoice_ref_key(&key), &inv.id);
+    }
+}
+
+/// The `invoice-ref` index key of a reference key as `reconcile::find_references` reports it.
+pub(crate) fn invoice_ref_key(key: &str) -> String {
+    escape_key(key)
+}
+
+/// `sha256 hex:occurrence`, the id plugins give entries without a bank reference.
+pub(crate) fn is_content_hash(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() > 65 && b[64] == b':' && b[..64].iter().all(u8::is_ascii_hexdigit)
+}
+
+/// Index keys hold references as written; `/` separates a reference from what follows it, so it is escaped.
+fn escape_key(text: &str) -> String {
+    text.replace('%', "%25").replace('/', "%2F")
 }

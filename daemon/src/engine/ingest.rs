@@ -8,7 +8,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use settled_plugin_api::{EntryStatus, LeadRecord, PaymentKind, PaymentRecord, Record};
 
-use super::billing::{allocations_json, AllocationJson, PaymentDraft, PaymentInput};
+use super::billing::{allocations_json, index_paid, AllocationJson, PaymentDraft, PaymentInput};
+use super::reversal::{self, Original};
 use super::{Engine, EngineResult, Tx};
 use crate::domain::invoice::{self, Invoice};
 use crate::domain::lead::LeadInput;
@@ -168,7 +169,7 @@ pub struct ReviewDismiss {
     pub reason: Option<String>,
 }
 
-pub(crate) fn record_from_api(
+fn record_from_api(
     input: &PaymentInput,
     amount: Decimal,
     currency: &Currency,
@@ -186,6 +187,25 @@ pub(crate) fn record_from_api(
 }
 
 impl Engine {
+    /// Record a payment. With explicit allocations they are applied as given (rule `manual`); without, the payment is
+    /// reconciled like any ingested one. A repeated `external_id` returns the first payment unchanged.
+    pub async fn record_payment(
+        &self,
+        input: PaymentInput,
+        actor: &str,
+    ) -> EngineResult<(Payment, bool)> {
+        let currency = Currency::parse(&input.currency)
+            .map_err(|e| super::sales::rename_field(e, "currency"))?;
+        let amount = parse_positive_amount("amount", input.amount.as_str(), &currency)?;
+        if input.allocations.is_some() {
+            return self
+                .record_allocated_payment(input, currency, amount, actor)
+                .await;
+        }
+        let record = record_from_api(&input, amount, &currency, self.today());
+        self.ingest_api_payment(record, actor).await
+    }
+
     /// Ingest the records one connector produced (from intake, a file or a mailbox), in chunks that each commit atomically;
     /// returns once everything is durable.
     pub async fn ingest(
@@ -216,7 +236,7 @@ impl Engine {
     }
 
     /// An API payment without explicit allocations: reconciled like an ingested one.
-    pub(crate) async fn ingest_api_payment(
+    async fn ingest_api_payment(
         &self,
         record: PaymentRecord,
         actor: &str,
@@ -297,6 +317,9 @@ impl Engine {
                 for key in payer_keys(&item.record) {
                     tx.link_payer(&key, &account);
                 }
+            }
+            if !made.is_empty() {
+                index_paid(tx, &pay.id, Some(&item.record.external_id), item.record.end_to_end_id.as_deref());
             }
             tx.put("payment", &pay.id, &pay);
             item.status = ReviewStatus::Allocated;
@@ -489,40 +512,12 @@ fn ingest_payment(
         }
     };
     let received_on = record.booked_on.or(record.value_date).unwrap_or(tx.today);
-    let reopening =
-        record.reversal || matches!(record.kind, PaymentKind::Refund | PaymentKind::Chargeback);
-    if record.amount < Decimal::ZERO && reopening {
-        let original = match &record.original_external_id {
-            Some(orig) => tx.seen(&format!("pay:{plugin}:{orig}"))?,
-            None => None,
-        };
-        if let Some(payment_id) = original.as_ref().and_then(|o| o["payment_id"].as_str()) {
-            let why = format!("{:?} {} {}", record.kind, record.amount, record.external_id)
-                .to_lowercase();
-            let refund = record.kind != PaymentKind::Transfer;
-            super::billing::reverse_in(tx, payment_id, refund, &why, actor)?;
-            tx.ws
-                .seen(&seen_key, &serde_json::json!({"reversed": payment_id}));
-            summary.reversed += 1;
-            summary.new += 1;
-            return Ok(IngestOutcome::New(payment_id.to_string()));
+    if record.amount < Decimal::ZERO && record.kind != PaymentKind::Fee {
+        if let Some(outcome) =
+            ingest_return(tx, plugin, actor, &record, &currency, received_on, summary)?
+        {
+            return Ok(outcome);
         }
-        // A reversal whose original we never saw: a person decides.
-        let pay = tx.new_payment(draft(&record, currency, received_on, plugin))?;
-        queue_review(
-            tx,
-            &pay,
-            record,
-            ReviewReason::NoMatch,
-            "a reversal, refund or chargeback whose original payment is unknown".into(),
-            Vec::new(),
-            actor,
-        )?;
-        tx.ws
-            .seen(&seen_key, &serde_json::json!({"payment_id": pay.id}));
-        summary.review += 1;
-        summary.new += 1;
-        return Ok(IngestOutcome::New(pay.id));
     }
     let settings = reconcile_settings(tx.engine);
     let decision = reconcile::decide(&record, &tx.state.index, &settings);
@@ -613,6 +608,14 @@ fn ingest_payment(
                 summary.partially_matched += 1;
             }
             pay.allocations.extend(made.iter().map(|a| a.id.clone()));
+            if !made.is_empty() {
+                index_paid(
+                    tx,
+                    &pay.id,
+                    Some(&record.external_id),
+                    record.end_to_end_id.as_deref(),
+                );
+            }
             tx.put("payment", &pay.id, &pay);
             tx.event(
                 actor,
@@ -629,6 +632,103 @@ fn ingest_payment(
             Ok(IngestOutcome::New(pay.id))
         }
     }
+}
+
+/// A negative record that may undo an earlier payment: one the source marks as a return, reversal, refund or
+/// chargeback, or a plain outgoing transfer whose references lead to a payment of the same payer. The original is
+/// looked for across connectors ([`reversal::find_original`]); exactly the amount returned is undone. `None` when it
+/// is a plain outgoing transfer after all, for the usual reconciliation to ignore.
+#[allow(clippy::too_many_arguments)] // one record, where it came from, and the summary it adds to
+fn ingest_return(
+    tx: &mut Tx<'_>,
+    plugin: &str,
+    actor: &str,
+    record: &PaymentRecord,
+    currency: &Currency,
+    received_on: NaiveDate,
+    summary: &mut ImportSummary,
+) -> EngineResult<Option<IngestOutcome>> {
+    let seen_key = format!("pay:{plugin}:{}", record.external_id);
+    let marked = reversal::is_marked_return(record);
+    let (explanation, suggestions, reason) = match reversal::find_original(tx, plugin, record, marked)? {
+        Original::Found {
+            payment_id,
+            evidence,
+        } => {
+            let returned = record.amount.abs();
+            let why = format!(
+                "{} {} {} {} ({})",
+                crate::domain::status_name(&record.kind),
+                returned,
+                record.currency,
+                record.external_id,
+                evidence
+            );
+            // A bank reversal undoes the credit: the invoice is owed again. A refund or chargeback gave the money
+            // back to the payer: the amount counts as refunded.
+            let refund = record.kind != PaymentKind::Transfer && !record.reversal;
+            let done = reversal::reverse(tx, &payment_id, Some(returned), refund, &why, actor)?;
+            summary.reversed += 1;
+            summary.new += 1;
+            if done.excess <= Decimal::ZERO {
+                tx.ws
+                    .seen(&seen_key, &serde_json::json!({"reversed": payment_id}));
+                return Ok(Some(IngestOutcome::New(payment_id)));
+            }
+            // More came back than was left of the payment: the rest is money out nothing explains yet.
+            let mut rest = record.clone();
+            rest.amount = -done.excess;
+            let mut pay = tx.new_payment(draft(&rest, currency.clone(), received_on, plugin))?;
+            pay.account_id = done.payment.account_id.clone();
+            let explanation = format!(
+                "{why}: {} of it undid what was left of payment {}; the remaining {} {} matches nothing",
+                done.reversed, payment_id, done.excess, record.currency
+            );
+            let suggestion = Suggestion {
+                invoice_id: String::new(),
+                number: String::new(),
+                amount: done.excess,
+                score: 0,
+                why: format!("the original payment {payment_id}, already fully undone"),
+                payment_id: Some(payment_id.clone()),
+            };
+            queue_review(tx, &pay, rest, ReviewReason::NoMatch, explanation, vec![suggestion], actor)?;
+            tx.ws.seen(
+                &seen_key,
+                &serde_json::json!({"reversed": payment_id, "payment_id": pay.id}),
+            );
+            summary.review += 1;
+            return Ok(Some(IngestOutcome::New(pay.id)));
+        }
+        Original::Ambiguous(suggestions) => (
+            "a return, reversal or refund that several earlier payments match equally well, so none was undone"
+                .to_string(),
+            suggestions,
+            ReviewReason::Ambiguous,
+        ),
+        Original::Unknown if marked => (
+            "a reversal, refund or chargeback whose original payment is unknown".to_string(),
+            Vec::new(),
+            ReviewReason::NoMatch,
+        ),
+        Original::Unknown => return Ok(None),
+    };
+    // A person decides.
+    let pay = tx.new_payment(draft(record, currency.clone(), received_on, plugin))?;
+    queue_review(
+        tx,
+        &pay,
+        record.clone(),
+        reason,
+        explanation,
+        suggestions,
+        actor,
+    )?;
+    tx.ws
+        .seen(&seen_key, &serde_json::json!({"payment_id": pay.id}));
+    summary.review += 1;
+    summary.new += 1;
+    Ok(Some(IngestOutcome::New(pay.id)))
 }
 
 #[allow(clippy::too_many_arguments)] // the review item is made of all of these
@@ -682,6 +782,8 @@ fn draft<'a>(
         reference: record.remittance.clone(),
         external_id: Some(record.external_id.clone()),
         source,
+        bank_account: record.own_account.clone(),
+        payer_account: record.counterparty_account.clone(),
     }
 }
 

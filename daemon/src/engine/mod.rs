@@ -7,6 +7,7 @@
 mod billing;
 mod ingest;
 mod leads;
+mod reversal;
 mod sales;
 mod views;
 
@@ -327,6 +328,11 @@ impl Tx<'_> {
     /// Look an index up, seeing this write set's own index writes.
     pub fn index(&self, index: &str, key: &str) -> EngineResult<Option<String>> {
         self.get_raw(&format!("i/{index}/{key}"))
+    }
+
+    /// Every id under an index prefix, seeing this write set's own index writes.
+    pub fn index_prefix(&self, index: &str, prefix: &str) -> EngineResult<Vec<String>> {
+        Ok(self.store.index_prefix_in(&self.ws, index, prefix)?)
     }
 
     /// Has this idempotency key been ingested (by the store or earlier in this write set)?

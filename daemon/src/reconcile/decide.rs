@@ -327,6 +327,7 @@ impl Context<'_> {
                         amount: a.amount,
                         score: a.confidence,
                         why: a.evidence,
+                        payment_id: None,
                     })
                 })
                 .collect();
@@ -624,6 +625,7 @@ impl Context<'_> {
             amount,
             score,
             why,
+            payment_id: None,
         }
     }
 }

@@ -157,6 +157,9 @@ pub struct Suggestion {
     pub score: u8,
     /// Why it is suggested, in plain words.
     pub why: String,
+    /// For a return whose original is unclear: the candidate original payment (the invoice is the newest one it paid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
 }
 
 /// What to do with a payment.

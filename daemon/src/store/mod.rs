@@ -454,6 +454,35 @@ impl Store {
         }
     }
 
+    /// Every id under an index prefix as the write set will leave it (its own index writes and removals included),
+    /// in key order. For rare look-ups: it goes through all of the write set's pending keys.
+    pub fn index_prefix_in(
+        &self,
+        ws: &WriteSet,
+        index: &str,
+        prefix: &str,
+    ) -> StoreResult<Vec<String>> {
+        let start = index_key(index, prefix);
+        let mut rows: BTreeMap<String, String> = BTreeMap::new();
+        for item in self.inner.tree.scan_prefix(start.as_bytes()) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let id = decode(&key, &v)?;
+            rows.insert(key, id);
+        }
+        for (key, value) in ws.pending.iter().filter(|(k, _)| k.starts_with(&start)) {
+            match value {
+                Some(bytes) => {
+                    rows.insert(key.clone(), decode(key, bytes)?);
+                }
+                None => {
+                    rows.remove(key);
+                }
+            }
+        }
+        Ok(rows.into_values().collect())
+    }
+
     /// Read a key as the write set will leave it: its own pending writes first, then the store.
     pub fn get_in<T: DeserializeOwned>(&self, ws: &WriteSet, key: &str) -> StoreResult<Option<T>> {
         match ws.pending.get(key) {

@@ -18,8 +18,8 @@ use settled_plugin_api::rust_decimal::Decimal;
 use settled_plugin_api::sdk::{payments, StreamParser};
 use settled_plugin_api::settings::{settings_from_json, settings_part};
 use settled_plugin_api::{
-    EntryStatus, FileRequest, Manifest, ParseReply, PaymentRecord, Plugin, PluginError, Role,
-    SniffReply, SniffRequest,
+    EntryStatus, FileRequest, Manifest, ParseReply, PaymentKind, PaymentRecord, Plugin,
+    PluginError, Role, SniffReply, SniffRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -269,6 +269,7 @@ struct Layout {
     reference: Option<usize>,
     end_to_end_id: Option<usize>,
     id: Option<usize>,
+    original_id: Option<usize>,
     /// The status column and its values meaning pending.
     status: Option<(usize, Vec<String>)>,
 }
@@ -386,6 +387,7 @@ impl Layout {
             reference: find_opt(&c.reference),
             end_to_end_id: find_opt(&c.end_to_end_id),
             id: find_opt(&c.id),
+            original_id: find_opt(&c.original_id),
             status: c.status.as_ref().and_then(|st| {
                 find(&st.column)
                     .map(|i| (i, st.pending.iter().map(|v| v.trim().to_string()).collect()))
@@ -636,6 +638,10 @@ impl RowParser<'_> {
         out.remittance = remittance.map(str::to_string);
         out.structured_reference = reference.map(str::to_string);
         out.end_to_end_id = end_to_end_id.map(str::to_string);
+        if let Some(original) = optional(layout.original_id)?.filter(|_| amount < Decimal::ZERO) {
+            out.kind = PaymentKind::Refund;
+            out.original_external_id = Some(original.to_string());
+        }
         if let Some((column, pending)) = &layout.status {
             let value = field(*column)?;
             if pending.iter().any(|p| p.eq_ignore_ascii_case(value)) {

@@ -93,6 +93,10 @@ pub struct Columns {
     /// The bank's transaction id; the dedupe key when present.
     #[serde(default)]
     pub id: Option<Names>,
+    /// On a return or refund line: the transaction id of the payment it returns. A negative line with a value here
+    /// becomes a `refund` naming that payment as its original.
+    #[serde(default)]
+    pub original_id: Option<Names>,
     /// Booked vs pending.
     #[serde(default)]
     pub status: Option<StatusColumn>,
@@ -171,6 +175,7 @@ fn no_columns() -> Columns {
         reference: None,
         end_to_end_id: None,
         id: None,
+        original_id: None,
         status: None,
     }
 }
@@ -204,6 +209,7 @@ pub fn signed() -> Profile {
             reference: Some(names(&["Reference"])),
             end_to_end_id: Some(names(&["End To End Id", "EndToEndId"])),
             id: Some(names(&["Transaction Id", "Id"])),
+            original_id: Some(names(&["Original Transaction Id", "Original Id"])),
             ..no_columns()
         },
         ..base()

@@ -444,3 +444,24 @@ fn row_currency_must_be_a_code_or_fall_back_to_the_fixed_one() {
     let records = parse_ok(b"Date,Amount,Currency\n2024-01-02,1,\n", &with_fixed);
     assert_eq!(records[0].currency, "GBP");
 }
+
+#[test]
+fn a_negative_line_naming_an_original_transaction_is_a_refund_of_it() {
+    let csv = b"Date,Amount,Currency,Original Transaction Id,Transaction Id\n\
+        2026-03-09,-100.00,EUR,BANK-77,BANK-78\n\
+        2026-03-09,100.00,EUR,BANK-77,BANK-79\n\
+        2026-03-09,-20.00,EUR,,BANK-80\n";
+    let records = parse_ok(csv, &Settings::default());
+    let kinds: Vec<(PaymentKind, Option<&str>)> = records
+        .iter()
+        .map(|r| (r.kind, r.original_external_id.as_deref()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (PaymentKind::Refund, Some("BANK-77")),
+            (PaymentKind::Transfer, None),
+            (PaymentKind::Transfer, None)
+        ]
+    );
+}

@@ -77,6 +77,7 @@ pub fn read_entry(
             None => content_id(statement.account, &record, occurrences),
         };
         record.source_position = Some(format!("{file_name}#{position}"));
+        record.own_account = Some(statement.account.to_string()).filter(|a| !a.is_empty());
         out.push(record);
     }
     Ok(())
@@ -366,11 +367,16 @@ fn build(
         return Ok(record);
     };
     if let Some(parties) = tx.child("RltdPties") {
-        let (party, ultimate, account) = if amount.credit {
-            ("Dbtr", "UltmtDbtr", "DbtrAcct")
-        } else {
-            ("Cdtr", "UltmtCdtr", "CdtrAcct")
-        };
+        // A reversal or return names the parties of the payment it undoes: the debtor of a returned credit is the
+        // payer it goes back to.
+        let undoes_credit =
+            !amount.credit && (record.reversal || record.kind == PaymentKind::Refund);
+        let (party, ultimate, account) =
+            if amount.credit || (undoes_credit && parties.child("Dbtr").is_some()) {
+                ("Dbtr", "UltmtDbtr", "DbtrAcct")
+            } else {
+                ("Cdtr", "UltmtCdtr", "CdtrAcct")
+            };
         record.counterparty_name = party_name(parties, party)
             .or_else(|| party_name(parties, ultimate))
             .map(str::to_string);

@@ -523,3 +523,29 @@ fn additional_information_is_the_remittance_when_there_is_no_other() {
     let with_details = parse_ok(&statement(&entry("1.00", "CRDT", info, tx)));
     assert_eq!(with_details[0].remittance.as_deref(), Some("Rechnung 12"));
 }
+
+#[test]
+fn a_returned_credit_names_the_original_payer_and_every_record_its_account() {
+    let tx = r#"<TxDtls><Refs><EndToEndId>E2E-9</EndToEndId></Refs>
+        <RltdPties><Dbtr><Pty><Nm>Payer GmbH</Nm></Pty></Dbtr><DbtrAcct><Id><IBAN>DE89370400440532013000</IBAN></Id></DbtrAcct></RltdPties>
+        <RtrInf><Rsn><Cd>AC04</Cd></Rsn></RtrInf></TxDtls>"#;
+    let records = parse_ok(&statement(&format!(
+        "{}{}",
+        entry("100.00", "DBIT", "<AcctSvcrRef>R1</AcctSvcrRef>", tx),
+        entry("5.00", "DBIT", "<AcctSvcrRef>R2</AcctSvcrRef>", "")
+    )));
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].kind, PaymentKind::Refund);
+    assert_eq!(records[0].counterparty_name.as_deref(), Some("Payer GmbH"));
+    assert_eq!(
+        records[0].counterparty_account.as_deref(),
+        Some("DE89370400440532013000")
+    );
+    assert_eq!(records[0].end_to_end_id.as_deref(), Some("E2E-9"));
+    for record in &records {
+        assert_eq!(
+            record.own_account.as_deref(),
+            Some("DE02100100100006820101")
+        );
+    }
+}

@@ -237,6 +237,7 @@ fn read_message(
             None => content_id(&account, status, field, info, occurrences),
         };
         record.source_position = Some(format!("{file_name}#line {}", field.line));
+        record.own_account = Some(account.clone());
         out.push(record);
     }
     Ok(())

@@ -296,3 +296,18 @@ fn returns_and_charges_set_the_kind_and_statement_level_details_are_not_attached
         Some("return reason MD06 INV-4")
     );
 }
+
+#[test]
+fn every_record_names_the_statement_account_it_was_booked_on() {
+    let records = parse_ok(&statement(
+        ":61:2603020302RC80,00NRTINONREF//RET-1\n:86:159?00RUECKUEBERWEISUNG?20EREF+E-77?32ACME GMBH\n",
+    ));
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        records[0].own_account.as_deref(),
+        Some("DE02100100100006820101")
+    );
+    assert_eq!(records[0].end_to_end_id.as_deref(), Some("E-77"));
+    assert!(records[0].reversal);
+    assert_eq!(records[0].amount, amount("-80.00"));
+}

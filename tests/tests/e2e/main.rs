@@ -8,3 +8,4 @@ mod harness;
 mod lifecycle;
 mod plugin_host;
 mod refused;
+mod returns;
