@@ -3,6 +3,7 @@
 
 mod api;
 mod connectors;
+mod cut_references;
 mod harness;
 mod lifecycle;
 mod plugin_host;
