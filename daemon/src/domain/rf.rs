@@ -73,69 +73,109 @@ pub fn find_in_text(text: &str) -> Vec<String> {
 /// The valid readings of a reference starting at byte `start` of `text`, shortest first, as
 /// `(end byte, normalised reference)`. Returns the end of the longest reading (or `start`).
 ///
-/// Used by reconciliation, which tries every reading against the invoices it knows.
+/// A reading is a run of chunks (alphanumerics) separated by short whitespace: print groups of four
+/// (`RF18 5390 0754 7034`), with at most one line break, and at most one cut joining two chunks
+/// (a fixed-width line cut, joined by a line break or a space): `RF1` + newline + `8539...` or
+/// `RF18 5390 07` + newline + `54 7034`. Used by reconciliation, which tries every reading against
+/// the invoices it knows.
 pub(crate) fn readings_at(text: &str, start: usize, out: &mut Vec<(usize, String)>) -> usize {
     let bytes = text.as_bytes();
-    let starts_reference = bytes.len() >= start + 4
-        && bytes[start].eq_ignore_ascii_case(&b'R')
-        && bytes[start + 1].eq_ignore_ascii_case(&b'F')
-        && bytes[start + 2].is_ascii_digit()
-        && bytes[start + 3].is_ascii_digit()
-        && !word_char_before(text, start);
-    if !starts_reference {
+    if !bytes
+        .get(start)
+        .is_some_and(|b| b.eq_ignore_ascii_case(&b'R'))
+        || !bytes
+            .get(start + 1)
+            .is_some_and(|b| b.eq_ignore_ascii_case(&b'F') || b.is_ascii_whitespace())
+        || word_char_before(text, start)
+    {
         return start;
     }
+    let chunks = chunks_at(text, start);
     let mut buf: Vec<u8> = Vec::with_capacity(MAX_REF_LEN);
-    let mut j = start;
-    let mut all_groups_of_four = true;
-    let mut crossed_newline = false;
-    let mut after_space = false;
     let mut longest_end = start;
+    for (k, chunk) in chunks.iter().enumerate() {
+        buf.extend(
+            bytes[chunk.start..chunk.end]
+                .iter()
+                .map(u8::to_ascii_uppercase),
+        );
+        if buf.len() > MAX_REF_LEN {
+            break;
+        }
+        if printed_form(&chunks[..=k]) && is_valid_normalised(&buf) {
+            out.push((chunk.end, String::from_utf8_lossy(&buf).into_owned()));
+            longest_end = chunk.end;
+        }
+    }
+    longest_end
+}
+
+/// A run of alphanumerics in a printed reference, and whether the whitespace before it held a line break.
+struct Chunk {
+    start: usize,
+    end: usize,
+    after_newline: bool,
+}
+
+/// The chunks from `start`: alphanumeric runs separated by at most three whitespace characters,
+/// up to whatever else follows (a chunk glued to a non-ASCII letter ends the run before it).
+fn chunks_at(text: &str, start: usize) -> Vec<Chunk> {
+    let bytes = text.as_bytes();
+    let mut chunks = Vec::new();
+    let mut j = start;
+    let mut after_newline = false;
+    let mut total = 0;
     loop {
         let chunk_start = j;
         while j < bytes.len() && bytes[j].is_ascii_alphanumeric() {
-            if buf.len() == MAX_REF_LEN {
-                return longest_end;
-            }
-            buf.push(bytes[j].to_ascii_uppercase());
             j += 1;
         }
-        let chunk_len = j - chunk_start;
-        if word_char_after(text, j) {
-            // a non-ASCII letter glued to the chunk: part of a longer word
-            return longest_end;
+        if j == chunk_start || word_char_after(text, j) {
+            return chunks;
         }
-        if after_space && chunk_len > 4 {
-            // after a space only print groups (at most four characters) continue a reference
-            return longest_end;
+        total += j - chunk_start;
+        chunks.push(Chunk {
+            start: chunk_start,
+            end: j,
+            after_newline,
+        });
+        if total > MAX_REF_LEN {
+            return chunks;
         }
-        if is_valid_normalised(&buf) {
-            out.push((j, String::from_utf8_lossy(&buf).into_owned()));
-            longest_end = j;
-        }
-        all_groups_of_four &= chunk_len == 4;
         let mut k = j;
-        let mut newline = false;
+        after_newline = false;
         while k < bytes.len() && matches!(bytes[k], b' ' | b'\t' | b'\r' | b'\n') && k - j < 4 {
-            newline |= bytes[k] == b'\n';
+            after_newline |= bytes[k] == b'\n';
             k += 1;
         }
-        if k == j || k >= bytes.len() || !bytes[k].is_ascii_alphanumeric() {
-            return longest_end;
+        if k == j {
+            return chunks;
         }
-        // a line wrap may split the reference anywhere, once; spaces only between groups of four
-        let continues = if newline {
-            !crossed_newline
-        } else {
-            all_groups_of_four
-        };
-        if !continues {
-            return longest_end;
-        }
-        crossed_newline |= newline;
-        after_space = !newline;
         j = k;
     }
+}
+
+/// Whether chunks read as one reference: at most one line break between them, and print groups of
+/// four (every group but the last exactly four long) once at most one cut has joined two neighbours.
+fn printed_form(chunks: &[Chunk]) -> bool {
+    if chunks.iter().filter(|c| c.after_newline).count() > 1 {
+        return false;
+    }
+    let lengths: Vec<usize> = chunks.iter().map(|c| c.end - c.start).collect();
+    let grouped = |lengths: &[usize]| {
+        lengths
+            .split_last()
+            .is_some_and(|(_, init)| init.iter().all(|&l| l == 4))
+    };
+    if grouped(&lengths) {
+        return true;
+    }
+    (1..lengths.len()).any(|cut| {
+        let mut joined = lengths.clone();
+        let right = joined.remove(cut);
+        joined[cut - 1] += right;
+        grouped(&joined)
+    })
 }
 
 fn is_valid_normalised(reference: &[u8]) -> bool {
@@ -264,6 +304,7 @@ mod tests {
         check_find("RF1853900754\n7034 thank you", &["RF18539007547034"]);
         check_find("RF18 5390 0754\r\n7034", &["RF18539007547034"]);
         check_find("RF18 5390\n0754 7034 ok", &["RF18539007547034"]);
+        check_find("ref RF18 5390 07\n54 7034 ok", &["RF18539007547034"]);
         check_find(
             "RF712348231, RF18539007547034",
             &["RF712348231", "RF18539007547034"],
@@ -285,6 +326,24 @@ mod tests {
         // "THANKS" is longer than a print group, so it never continues the reference
         check_find("RF18 5390 0754 7034 THANKS", &["RF18539007547034"]);
         check_find("RF712348231 and more", &["RF712348231"]);
+    }
+
+    #[test]
+    fn a_reference_cut_at_any_position_by_a_space_or_line_break_is_found() {
+        for written in ["RF18539007547034", "RF18 5390 0754 7034"] {
+            for at in 1..written.len() {
+                for cut in [" ", "\n", "\r\n"] {
+                    let (head, tail) = written.split_at(at);
+                    let text = format!("Zahlung {head}{cut}{tail} danke");
+                    let mut readings = Vec::new();
+                    readings_at(&text, "Zahlung ".len(), &mut readings);
+                    assert!(
+                        readings.iter().any(|(_, r)| r == "RF18539007547034"),
+                        "{text:?}: {readings:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -113,36 +113,56 @@ impl Resolved<'_> {
 
 fn resolve<'a>(references: &'a [FoundReference], index: &'a MatchIndex) -> Resolved<'a> {
     let mut resolved = Resolved::default();
-    for mut reference in references {
-        let mut handles = lookup(reference, index);
-        if handles.is_empty() {
-            if let Some(wrapped) = reference.wrapped.as_deref() {
-                handles = lookup(wrapped, index);
-                reference = wrapped;
-            }
+    for reference in references {
+        let mut named = named_invoices(reference, index);
+        if named.len() > 1 {
+            // several invoices under one number, or the text reads as one number with a break and
+            // as another without it: never a guess
+            resolved.ambiguous.append(&mut named);
+            continue;
         }
-        let mut invoices = handles.iter().filter_map(|&h| index.invoice(h));
-        match (invoices.next(), invoices.next()) {
-            (Some(invoice), None) => {
-                if resolved.contains(&invoice.id) {
-                    continue;
-                }
-                let hit = Hit { invoice, reference };
-                if invoice.balance > Decimal::ZERO {
-                    resolved.open.push(hit);
-                } else {
-                    resolved.closed.push(hit);
-                }
-            }
-            (Some(first), Some(second)) => {
-                for invoice in [first, second].into_iter().chain(invoices) {
-                    resolved.ambiguous.push(Hit { invoice, reference });
-                }
-            }
-            (None, _) => {}
+        let Some(hit) = named.pop() else {
+            continue;
+        };
+        if resolved.contains(&hit.invoice.id) {
+            continue;
+        }
+        if hit.invoice.balance > Decimal::ZERO {
+            resolved.open.push(hit);
+        } else {
+            resolved.closed.push(hit);
         }
     }
     resolved
+}
+
+/// The invoices a reference names, each with the reading that names it: its own reading, and any
+/// reading across a cut that names an invoice exactly.
+fn named_invoices<'a>(reference: &'a FoundReference, index: &'a MatchIndex) -> Vec<Hit<'a>> {
+    let mut named: Vec<Hit<'a>> = Vec::new();
+    let own = if reference.across_cut {
+        index.by_number(&reference.key)
+    } else {
+        lookup(reference, index)
+    };
+    let joined = reference.joined.iter().flat_map(|reading| {
+        index
+            .by_number(&reading.key)
+            .into_iter()
+            .map(move |h| (h, reading))
+    });
+    for (handle, reading) in own.into_iter().map(|h| (h, reference)).chain(joined) {
+        let Some(invoice) = index.invoice(handle) else {
+            continue;
+        };
+        if named.iter().all(|hit| hit.invoice.id != invoice.id) {
+            named.push(Hit {
+                invoice,
+                reference: reading,
+            });
+        }
+    }
+    named
 }
 
 fn lookup(reference: &FoundReference, index: &MatchIndex) -> Vec<Handle> {
@@ -1087,6 +1107,59 @@ mod tests {
             &remit(dec!(80.00), "XINV-2026-0071"),
             &all,
             Expect::Review(ReviewReason::LowConfidence, vec!["i71"]),
+        );
+    }
+
+    #[test]
+    fn a_number_cut_in_two_pays_only_an_invoice_its_joined_reading_names_exactly() {
+        let all = invoices();
+        let mut odd = all.clone();
+        odd.push(inv("odd", "INV-20-2671", "odd", "Odd Ltd", dec!(5.00), 2));
+        let i71 = || allocate(vec![("i71", dec!(80.00), Rule::InvoiceNumberInText)]);
+        let cases: Vec<(&str, &[OpenInvoice], Expect)> = vec![
+            // the plain reading names nothing, the joined one names an invoice
+            ("INV-2026-0\n71 danke", &all, i71()),
+            ("INV-2026-0 71", &all, i71()),
+            ("INV-20\r\n26-071", &all, i71()),
+            ("IN\nV-2026-071", &all, i71()),
+            // the joined reading names no invoice: nothing is invented (only the amount hints at 71)
+            (
+                "INV-2026-0\n99 danke",
+                &all,
+                Expect::Review(ReviewReason::LowConfidence, vec!["i71"]),
+            ),
+            // both readings name an invoice (7 and 71): ambiguous
+            (
+                "INV-2026-07\n1 danke",
+                &all,
+                Expect::Review(ReviewReason::Ambiguous, vec!["i7", "i71"]),
+            ),
+            // two joined readings name different invoices: ambiguous
+            (
+                "INV-20 26 71",
+                &odd,
+                Expect::Review(ReviewReason::Ambiguous, vec!["i71", "odd"]),
+            ),
+        ];
+        for (text, invoices, expected) in cases {
+            check(&remit(dec!(80.00), text), invoices, expected);
+        }
+    }
+
+    #[test]
+    fn evidence_of_a_joined_number_quotes_it_with_its_cut() {
+        let index = build_index(&invoices());
+        let decision = decide(
+            &remit(dec!(80.00), "Zahlung INV-2026-0\n71"),
+            &index,
+            &Settings::default(),
+        );
+        let Decision::Allocate { allocations, .. } = decision else {
+            panic!("expected an allocation, got {decision:?}");
+        };
+        assert_eq!(
+            allocations[0].evidence,
+            "remittance contains 'INV-2026-0 71'"
         );
     }
 

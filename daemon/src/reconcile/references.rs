@@ -9,6 +9,12 @@
 //!
 //! A series without letters before its first token (`{YYYY}-{SEQ}`) is matched only through
 //! provider metadata: in free text its numbers cannot be told from dates and amounts.
+//!
+//! Statement formats cut remittance text at fixed widths (camt `Ustrd` at 140 characters, MT940
+//! `:86:` lines at 65) and join the parts with a space or a line break, so a number may arrive as
+//! `INV-20` + `26-017` or `INV-2026-01` + `7`. Every number therefore also yields its readings with
+//! one such break removed ([`FoundReference::joined`]); reconciliation accepts one only where it
+//! names an invoice exactly.
 
 use settled_plugin_api::PaymentRecord;
 
@@ -36,9 +42,13 @@ pub struct FoundReference {
     pub how: Rule,
     /// The payment field it was found in (`structured_reference`, `remittance`, `end_to_end_id`, `invoice_refs`).
     pub field: &'static str,
-    /// Another reading of the same text, for a line break inside the last group of digits
-    /// (`INV-2026-0` + newline + `07`); it counts only when `key` names no invoice.
-    pub wrapped: Option<Box<FoundReference>>,
+    /// Whether this reading removed a break (a space or line break) from the text, as a fixed-width
+    /// cut would have put it there (`IN` + newline + `V-2026-7`): it counts only where `key` names an
+    /// invoice exactly.
+    pub across_cut: bool,
+    /// Other readings of the same number with one break inside or right after it removed
+    /// (`INV-2026-01` + newline + `7`), each [`across_cut`](Self::across_cut), keys distinct.
+    pub joined: Vec<FoundReference>,
 }
 
 /// Shapes of the number series from their patterns (`INV-{YYYY}-{SEQ:3}`), one per distinct prefix.
@@ -101,7 +111,8 @@ pub fn find_references(payment: &PaymentRecord, shapes: &[NumberShape]) -> Vec<F
                 raw: reference.to_owned(),
                 how: Rule::StructuredReference,
                 field: "structured_reference",
-                wrapped: None,
+                across_cut: false,
+                joined: Vec::new(),
             },
         );
     }
@@ -131,7 +142,8 @@ pub fn find_references(payment: &PaymentRecord, shapes: &[NumberShape]) -> Vec<F
                 raw: raw.to_owned(),
                 how: Rule::ProviderMetadata,
                 field: "invoice_refs",
-                wrapped: None,
+                across_cut: false,
+                joined: Vec::new(),
             },
         );
     }
@@ -184,8 +196,6 @@ enum Joining {
 struct Groups {
     ranges: [(usize, usize); MAX_GROUPS],
     len: usize,
-    /// Digits after a bare line break where the number stopped: maybe the rest of the last group.
-    wrapped: Option<(usize, usize)>,
 }
 
 impl Groups {
@@ -222,7 +232,6 @@ fn read_groups(bytes: &[u8], start: usize, has_year: bool, joining: Joining) -> 
     let mut groups = Groups {
         ranges: [(0, 0); MAX_GROUPS],
         len: 0,
-        wrapped: None,
     };
     let mut j = start;
     loop {
@@ -257,13 +266,6 @@ fn read_groups(bytes: &[u8], start: usize, has_year: bool, joining: Joining) -> 
             }
         };
         if !joins {
-            if matches!(&bytes[j..k], b"\n" | b"\r\n") {
-                let mut end = k;
-                while end < bytes.len() && bytes[end].is_ascii_digit() {
-                    end += 1;
-                }
-                groups.wrapped = Some((k, end));
-            }
             return groups;
         }
         j = k;
@@ -322,7 +324,8 @@ fn rf_in_text(text: &str, field: &'static str, found: &mut Vec<FoundReference>) 
                     raw,
                     how: Rule::StructuredReference,
                     field,
-                    wrapped: None,
+                    across_cut: false,
+                    joined: Vec::new(),
                 },
             );
         }
@@ -343,15 +346,25 @@ fn numbers_in_text(
             i += 1;
             continue;
         }
-        let mut next = i + 1;
-        for shape in shapes {
-            if let Some((end, reference)) = number_at(text, i, shape, field) {
-                push_unique(found, reference);
-                next = end;
-                break;
+        let whole = shapes
+            .iter()
+            .find_map(|shape| number_at(text, i, shape, field).map(|found| (shape, found)));
+        let reading = match whole {
+            Some((shape, (end, mut reference))) => {
+                reference.joined = joined_readings(text, i, end, shape, &reference);
+                Some((end, reference))
             }
+            None => shapes
+                .iter()
+                .find_map(|shape| number_across_prefix_cut(text, i, shape, field)),
+        };
+        match reading {
+            Some((end, reference)) => {
+                push_unique(found, reference);
+                i = end.max(i + 1);
+            }
+            None => i += 1,
         }
-        i = next;
     }
 }
 
@@ -384,40 +397,123 @@ fn number_at(
     if rf::word_char_after(text, end) {
         return None;
     }
-    let raw = text.get(i..end)?.to_owned();
-    let key = build_key(&shape.prefix, bytes, &groups);
-    let wrapped = groups
-        .wrapped
-        .filter(|&(_, wrapped_end)| !rf::word_char_after(text, wrapped_end))
-        .and_then(|(start, wrapped_end)| {
-            let mut digits: Vec<u8> = Vec::with_capacity(16);
-            let last = groups.ranges.get(groups.len.checked_sub(1)?)?;
-            digits.extend_from_slice(&bytes[last.0..last.1]);
-            digits.extend_from_slice(&bytes[start..wrapped_end]);
-            let significant = digits
-                .iter()
-                .position(|&d| d != b'0')
-                .unwrap_or(digits.len().saturating_sub(1));
-            let cut = key.rfind('|')?;
-            let mut wrapped_key = String::with_capacity(key.len() + 8);
-            wrapped_key.push_str(&key[..=cut]);
-            wrapped_key.extend(digits[significant..].iter().map(|&d| char::from(d)));
-            Some(Box::new(FoundReference {
-                key: wrapped_key,
-                raw: text.get(i..wrapped_end)?.to_owned(),
-                how: Rule::InvoiceNumberInText,
-                field,
-                wrapped: None,
-            }))
-        });
     Some((
         end,
         FoundReference {
-            key,
-            raw,
+            key: build_key(&shape.prefix, bytes, &groups),
+            raw: text.get(i..end)?.to_owned(),
             how: Rule::InvoiceNumberInText,
             field,
-            wrapped,
+            across_cut: false,
+            joined: Vec::new(),
+        },
+    ))
+}
+
+/// Bytes of text read past a cut to finish a number (more only while a word goes on).
+const CUT_LOOKAHEAD: usize = 48;
+
+/// The length of a break a fixed-width cut leaves at byte `at` (a space, or a line break), if any.
+fn cut_at(bytes: &[u8], at: usize) -> Option<usize> {
+    match bytes.get(at..)? {
+        [b'\r', b'\n', ..] => Some(2),
+        [b' ' | b'\n' | b'\r', ..] => Some(1),
+        _ => None,
+    }
+}
+
+/// The readings of the number at `i..end` with one break after its prefix (up to and including one
+/// right after `end`) removed, whose keys differ from the number's own and from each other.
+fn joined_readings(
+    text: &str,
+    i: usize,
+    end: usize,
+    shape: &NumberShape,
+    number: &FoundReference,
+) -> Vec<FoundReference> {
+    let bytes = text.as_bytes();
+    let mut readings: Vec<FoundReference> = Vec::new();
+    let mut at = i + shape.prefix.len();
+    while at <= end {
+        let Some(len) = cut_at(bytes, at) else {
+            at += 1;
+            continue;
+        };
+        if let Some((_, reading)) = reading_across(text, i, at, len, shape, number.field) {
+            if reading.key != number.key && readings.iter().all(|r| r.key != reading.key) {
+                readings.push(reading);
+            }
+        }
+        at += len;
+    }
+    readings
+}
+
+/// A number starting at `i` whose prefix a break cuts in two (`IN` + newline + `V-2026-017`).
+fn number_across_prefix_cut(
+    text: &str,
+    i: usize,
+    shape: &NumberShape,
+    field: &'static str,
+) -> Option<(usize, FoundReference)> {
+    let bytes = text.as_bytes();
+    let prefix = shape.prefix.as_bytes();
+    if prefix.len() < 2 || rf::word_char_before(text, i) {
+        return None;
+    }
+    for head in 1..prefix.len() {
+        if !bytes
+            .get(i..i + head)?
+            .eq_ignore_ascii_case(&prefix[..head])
+        {
+            return None;
+        }
+        let Some(len) = cut_at(bytes, i + head) else {
+            continue;
+        };
+        let rest = i + head + len;
+        let rest_matches = bytes
+            .get(rest..rest + prefix.len() - head)
+            .is_some_and(|r| r.eq_ignore_ascii_case(&prefix[head..]));
+        if rest_matches {
+            return reading_across(text, i, i + head, len, shape, field);
+        }
+    }
+    None
+}
+
+/// The number of `shape` at `i` read with the `len`-byte break at `cut` removed, if that reading
+/// goes past the cut; with its end in `text`.
+fn reading_across(
+    text: &str,
+    i: usize,
+    cut: usize,
+    len: usize,
+    shape: &NumberShape,
+    field: &'static str,
+) -> Option<(usize, FoundReference)> {
+    let bytes = text.as_bytes();
+    let after = cut + len;
+    let mut limit = (after + CUT_LOOKAHEAD).min(bytes.len());
+    while limit < bytes.len()
+        && (bytes[limit].is_ascii_alphanumeric() || !text.is_char_boundary(limit))
+    {
+        limit += 1;
+    }
+    let mut joined = String::with_capacity(limit - i);
+    joined.push_str(text.get(i..cut)?);
+    joined.push_str(text.get(after..limit)?);
+    let (joined_end, reading) = number_at(&joined, 0, shape, field)?;
+    if joined_end <= cut - i {
+        return None;
+    }
+    let end = i + joined_end + len;
+    Some((
+        end,
+        FoundReference {
+            raw: text.get(i..end)?.to_owned(),
+            across_cut: true,
+            ..reading
         },
     ))
 }
@@ -515,21 +611,87 @@ mod tests {
         check_text("orders ORD-00042 ORD 43", &["ORD|42", "ORD|43"]);
     }
 
-    #[test]
-    fn a_line_break_inside_the_last_group_gives_a_second_reading() {
+    /// Every reading of a remittance text: (key, raw, whether it removed a break).
+    fn readings(text: &str) -> Vec<(String, String, bool)> {
         let mut payment = PaymentRecord::new("p", dec!(1), "EUR");
-        payment.remittance = Some("INV-2026-0\n07 thanks".into());
-        let found = find_references(&payment, &shapes());
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].key, "INV|2026|0");
-        let wrapped = found[0].wrapped.as_deref();
-        assert_eq!(
-            wrapped.map(|w| (w.key.as_str(), w.raw.as_str())),
-            Some(("INV|2026|7", "INV-2026-0\n07"))
+        payment.remittance = Some(text.to_owned());
+        find_references(&payment, &shapes())
+            .into_iter()
+            .flat_map(|r| {
+                let joined = r.joined.clone();
+                std::iter::once(r).chain(joined)
+            })
+            .map(|r| (r.key, r.raw, r.across_cut))
+            .collect()
+    }
+
+    /// `written` cut after `at` bytes by `cut` inside a sentence: some reading removes the cut and
+    /// gives `key`, quoting the text with the cut.
+    fn check(written: &str, at: usize, cut: &str, key: &str) {
+        let (head, tail) = written.split_at(at);
+        let text = format!("Zahlung {head}{cut}{tail} danke");
+        let found = readings(&text);
+        let quoted = format!("{head}{cut}{tail}");
+        let plain = (key.to_owned(), quoted.clone(), false);
+        let joined = (key.to_owned(), quoted, true);
+        assert!(
+            found.contains(&plain) || found.contains(&joined),
+            "{key} not read from {text:?}: {found:?}"
         );
-        // a following line that starts a word is no continuation
-        payment.remittance = Some("INV-2026-007\n2026x".into());
-        assert_eq!(find_references(&payment, &shapes())[0].wrapped, None);
+    }
+
+    #[test]
+    fn a_number_cut_at_any_position_by_a_space_or_line_break_is_read_whole() {
+        for (written, key) in [
+            ("INV-2026-017", "INV|2026|17"),
+            ("INV2026017", "INV|2026|17"),
+            ("inv 2026/17", "INV|2026|17"),
+            ("CN-2026-5", "CN|2026|5"),
+            ("ORD-00042", "ORD|42"),
+        ] {
+            for at in 1..written.len() {
+                for cut in [" ", "\n", "\r\n"] {
+                    check(written, at, cut, key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn readings_across_a_cut_are_marked_and_distinct_from_the_plain_one() {
+        let read = |text: &str| -> Vec<(String, bool)> {
+            readings(text)
+                .into_iter()
+                .map(|(k, _, cut)| (k, cut))
+                .collect()
+        };
+        let reading = |key: &str, cut: bool| (key.to_owned(), cut);
+        // inside the digits: the plain reading first, then the joined one
+        assert_eq!(
+            read("INV-2026-01\n7 thanks"),
+            [reading("INV|2026|1", false), reading("INV|2026|17", true)]
+        );
+        // inside the prefix: only the joined reading exists
+        assert_eq!(read("I\nNV-2026-017"), [reading("INV|2026|17", true)]);
+        // inside the year
+        assert_eq!(
+            read("INV-20 26-017"),
+            [reading("INV|20|26|17", false), reading("INV|2026|17", true)]
+        );
+        // two breaks give two different joined readings
+        assert_eq!(
+            read("INV-20 26 17"),
+            [
+                reading("INV|20|26", false),
+                reading("INV|2026|17", true),
+                reading("INV|20|2617", true)
+            ]
+        );
+        // a word after the break never continues a number
+        assert_eq!(read("INV-2026-017\nDanke"), [reading("INV|2026|17", false)]);
+        assert_eq!(read("INV-2026-017 2026x"), [reading("INV|2026|17", false)]);
+        // a longer word that merely starts like a prefix is no number
+        assert_eq!(read("IN VOICE 2026-017"), []);
     }
 
     #[test]

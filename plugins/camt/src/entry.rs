@@ -517,12 +517,14 @@ fn return_reason(info: &Element) -> String {
 }
 
 /// Joins parts with a space, except after a part that fills the whole `width`: that one was cut at the
-/// width, possibly mid-word, so the next part continues it directly.
+/// width, possibly mid-word or mid-number, so a line break keeps the cut visible to the matcher, which
+/// reads a number across it only where the joined number names an invoice.
 fn join_fixed_width(parts: &[&str], width: usize) -> String {
     let mut out = String::new();
     let mut continues = false;
     for part in parts {
         if continues {
+            out.push('\n');
             out.push_str(part);
         } else {
             let trimmed_len = out.trim_end().len();
@@ -582,10 +584,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fixed_width_parts_join_without_space_others_with_one() {
+    fn fixed_width_parts_join_with_a_line_break_others_with_a_space() {
         let full = "x".repeat(139) + "a";
         let joined = join_fixed_width(&[&full, "bc de", "fg"], 140);
-        assert_eq!(joined, format!("{}abc de fg", "x".repeat(139)));
+        assert_eq!(joined, format!("{}a\nbc de fg", "x".repeat(139)));
         assert_eq!(join_fixed_width(&[" a ", " b"], 140), "a b");
         assert_eq!(join_fixed_width(&[], 140), "");
     }

@@ -103,7 +103,7 @@ fn the_ultimate_debtor_names_the_payer_when_the_debtor_is_missing() {
 
 #[test]
 fn remittance_references_and_end_to_end_id_are_taken_from_the_transaction() {
-    // The first part fills all 140 characters, cut inside "Invoice".
+    // The first part fills all 140 characters, cut inside "Invoice": the cut stays visible as a line break.
     let padding = "x".repeat(136);
     let tx = format!(
         r#"<TxDtls><Refs><EndToEndId>E2E-7</EndToEndId></Refs><RmtInf>
@@ -115,7 +115,7 @@ fn remittance_references_and_end_to_end_id_are_taken_from_the_transaction() {
     let record = &records[0];
     assert_eq!(
         record.remittance.as_deref(),
-        Some(format!("{padding}Invoice 2026-007 thanks").as_str())
+        Some(format!("{padding}Invo\nice 2026-007 thanks").as_str())
     );
     assert_eq!(
         record.structured_reference.as_deref(),

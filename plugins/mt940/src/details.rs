@@ -82,12 +82,15 @@ pub fn parse_details(field: &Field) -> Details {
     }
 }
 
-/// Joins free-text lines with a space, except after a line that fills the width (counting the `:86:` tag).
+/// Joins free-text lines with a space, except after a line that fills the width (counting the `:86:` tag):
+/// that one was cut at the width, maybe inside a word or a number, so a line break keeps the cut visible to
+/// the matcher, which reads a number across it only where the joined number names an invoice.
 fn join_free_text(lines: &[String]) -> String {
     let mut out = String::new();
     let mut continues = false;
     for (i, line) in lines.iter().enumerate() {
         if continues {
+            out.push('\n');
             out.push_str(line);
         } else {
             let kept = out.trim_end().len();
@@ -467,12 +470,12 @@ mod tests {
     }
 
     #[test]
-    fn free_text_joins_full_width_lines_without_a_space() {
+    fn free_text_joins_full_width_lines_with_a_line_break_others_with_a_space() {
         let full = format!("{}Rech", "a".repeat(57));
         let got = details(&[&full, "nung 12", "second line"]);
         assert_eq!(
             got.remittance.as_deref(),
-            Some(format!("{}Rechnung 12 second line", "a".repeat(57)).as_str())
+            Some(format!("{}Rech\nnung 12 second line", "a".repeat(57)).as_str())
         );
     }
 }

@@ -48,11 +48,11 @@ fn sparkasse_export_has_three_debits_with_free_text_and_umlauts() {
         records[0].remittance.as_deref(),
         Some("basically some information here lots of information then some")
     );
-    // Full 65-character lines continue without a space: `takimat` + `a sanctus`.
+    // Full 65-character lines were cut at the width: the cut stays a line break (`takimat` + `a sanctus`).
     assert!(records[1]
         .remittance
         .as_deref()
-        .is_some_and(|r| r.contains("no sea takimata sanctus est")));
+        .is_some_and(|r| r.contains("no sea takimat\na sanctus est")));
     assert!(records[2]
         .remittance
         .as_deref()

@@ -4,6 +4,7 @@
 mod api;
 mod connectors;
 mod disk_full;
+mod cut_references;
 mod harness;
 mod lifecycle;
 mod plugin_host;
