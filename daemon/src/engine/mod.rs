@@ -7,6 +7,7 @@
 mod billing;
 mod ingest;
 mod leads;
+mod outbox;
 mod sales;
 mod views;
 
@@ -85,6 +86,9 @@ struct Inner {
     series: Series,
     clock: Box<dyn Clock>,
     state: Mutex<State>,
+    /// The id of the newest audit event known to be durable; receivers are woken when a durable write carried an
+    /// outbox event (the outbox dispatcher delivers nothing above it).
+    durable_events: tokio::sync::watch::Sender<u64>,
 }
 
 /// In-memory state guarded by the writer lock.
@@ -104,6 +108,7 @@ impl Engine {
             credit_note: parse(&config.numbering.credit_note)?,
         };
         let index = billing::load_index(&store, &config)?;
+        let (durable_events, _) = tokio::sync::watch::channel(store.last_event_id());
         Ok(Engine {
             inner: Arc::new(Inner {
                 store,
@@ -111,6 +116,7 @@ impl Engine {
                 series,
                 clock,
                 state: Mutex::new(State { index }),
+                durable_events,
             }),
         })
     }
@@ -153,9 +159,15 @@ impl Engine {
     ) -> EngineResult<T> {
         let (out, ticket) = self.write_nowait(f)?;
         if let Some(ticket) = ticket {
-            self.inner.store.durable(&ticket).await?;
+            self.durable(&ticket).await?;
         }
         Ok(out)
+    }
+
+    /// Follow the durable end of the audit log: the receiver's value is the newest durable event id, and it is
+    /// marked changed when a durable write carried an outbox event (the outbox dispatcher's wake-up).
+    pub fn watch_durable_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.durable_events.subscribe()
     }
 
     /// Like [`Engine::write`] but without waiting for durability (bulk paths wait once at the end).
@@ -197,7 +209,16 @@ impl Engine {
 
     /// Wait until a ticket from [`Engine::write_nowait`] is durable.
     pub(crate) async fn durable(&self, ticket: &CommitTicket) -> EngineResult<()> {
-        Ok(self.inner.store.durable(ticket).await?)
+        self.inner.store.durable(ticket).await?;
+        // A flush covers everything applied before it, and event ids are taken in apply order, so every event up to
+        // this write's last one is durable now.
+        if let Some(&last) = ticket.event_ids.last() {
+            self.inner.durable_events.send_if_modified(|newest| {
+                *newest = (*newest).max(last);
+                ticket.outbox
+            });
+        }
+        Ok(())
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {

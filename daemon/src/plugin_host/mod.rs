@@ -59,6 +59,10 @@ pub struct ConnectorConfig {
     /// File inbox folder of this instance (used by the file transport).
     #[serde(default)]
     pub inbox: Option<PathBuf>,
+    /// For a sink plugin: the outbox event types this instance delivers (`invoice.issued`,
+    /// `invoice.payment_status_changed`, `payment.recorded`, ...); every outbox event when absent.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
 }
 
 /// Where an instance's plugin code runs.
@@ -1164,6 +1168,7 @@ mod tests {
             settings: serde_json::Value::Null,
             timeout_ms: None,
             inbox: None,
+            events: None,
         }
     }
 

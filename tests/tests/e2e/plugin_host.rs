@@ -124,6 +124,7 @@ fn connector(name: &str, plugin: &str, isolation: Isolation, settings: Value) ->
         settings,
         timeout_ms: None,
         inbox: None,
+        events: None,
     }
 }
 
