@@ -5,4 +5,6 @@ mod api;
 mod connectors;
 mod harness;
 mod lifecycle;
+mod outbox;
 mod plugin_host;
+mod receiver;
