@@ -30,6 +30,9 @@ pub(super) async fn count(State(state): State<AppState>, req: Request, next: Nex
     response
 }
 
+/// Reads one metric's value off a sink's status.
+type SinkValue = fn(&crate::outbox::SinkStatus) -> i64;
+
 pub(super) async fn render(State(state): State<AppState>) -> Response {
     let m = &state.metrics;
     let mut out = String::new();
@@ -80,7 +83,7 @@ pub(super) async fn render(State(state): State<AppState>) -> Response {
         state.engine.open_invoice_count()
     );
     if let Some(Ok(sinks)) = state.outbox.as_ref().map(|o| o.status()) {
-        let families: [(&str, &str, &str, fn(&crate::outbox::SinkStatus) -> i64); 5] = [
+        let families: [(&str, &str, &str, SinkValue); 5] = [
             (
                 "settled_outbox_delivered_total",
                 "counter",

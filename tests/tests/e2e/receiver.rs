@@ -189,7 +189,10 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
     }
 }
 
-fn read_request(stream: &mut TcpStream) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+/// Header name/value pairs, names lower case.
+type Headers = Vec<(String, String)>;
+
+fn read_request(stream: &mut TcpStream) -> Option<(Headers, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -203,7 +206,7 @@ fn read_request(stream: &mut TcpStream) -> Option<(Vec<(String, String)>, Vec<u8
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let headers: Vec<(String, String)> = head
+    let headers: Headers = head
         .lines()
         .skip(1)
         .filter_map(|l| l.split_once(':'))
