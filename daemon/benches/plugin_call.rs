@@ -57,6 +57,7 @@ async fn run() -> anyhow::Result<()> {
         timeout_ms: None,
         inbox: None,
         allow_partial: false,
+        events: None,
     };
     let host = PluginHost::start(HostConfig {
         plugin_dir: plugins,

@@ -53,6 +53,7 @@ async fn run() -> anyhow::Result<()> {
         timeout_ms: None,
         inbox: None,
         allow_partial: false,
+        events: None,
     };
     let mut config = Config {
         data_dir: Some(root.path().join("data")),

@@ -241,11 +241,19 @@ impl Daemon {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let outbox = match &host {
+            Some(host) => Some(Arc::new(crate::outbox::Dispatcher::new(
+                engine.clone(),
+                Arc::clone(host),
+            )?)),
+            None => None,
+        };
         let state = AppState {
             engine,
             token: Arc::new(token),
             host,
             metrics: Arc::new(Metrics::default()),
+            outbox,
         };
         tracing::info!(
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -289,6 +297,9 @@ impl Daemon {
                 inboxes,
                 cancel.clone(),
             ));
+        }
+        if let Some(outbox) = &self.state.outbox {
+            outbox.spawn(&tasks, &cancel);
         }
         let app =
             api::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -444,13 +455,14 @@ fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
             timeout_ms: None,
             inbox: None,
             allow_partial: false,
+            events: None,
         });
     }
     out
 }
 
-/// Bundled plugins that cannot work without settings of their own (a webhook signing secret).
-const NEEDS_SETTINGS: &[&str] = &["stripe"];
+/// Bundled plugins that cannot work without settings of their own (a webhook signing secret, a receiver URL).
+const NEEDS_SETTINGS: &[&str] = &["stripe", "webhook"];
 
 /// Settings that make a bundled plugin usable out of the box.
 fn default_settings(plugin: &str) -> serde_json::Value {

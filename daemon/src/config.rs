@@ -80,6 +80,9 @@ pub struct Config {
     /// File imports (inbox folders and `settled import`).
     #[serde(default)]
     pub imports: Imports,
+    /// Delivery of outbox events to sink connectors (retries, timeouts).
+    #[serde(default)]
+    pub outbox: Outbox,
     /// Connector instances, `[[connector]]` tables. Without any, one instance of each bundled plugin runs with default settings.
     /// `allow_partial` (default `false`): when the engine refuses some records of a file (unknown currency, invalid email),
     /// `false` sends the whole file to `failed/` with nothing recorded; `true` keeps the good records and lists the refused
@@ -207,6 +210,29 @@ impl Default for Imports {
     }
 }
 
+/// Outbox delivery settings, shared by every sink connector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Outbox {
+    /// Waits in milliseconds before each retry of a failed delivery; after the last one the event becomes a dead letter.
+    /// Each wait gets up to 10% jitter either way; a `Retry-After` the receiver sent (429, 503) replaces it. Default: the
+    /// Standard Webhooks schedule 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (eight attempts over about 27 hours).
+    pub retry_schedule_ms: Vec<u64>,
+    /// Timeout of one outbound HTTP request of a sink, connect to last byte, in milliseconds (default 10000).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox {
+            retry_schedule_ms: vec![
+                5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,
+            ],
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7878))
 }
@@ -229,6 +255,7 @@ impl Default for Config {
             reconcile: Reconcile::default(),
             plugins: Plugins::default(),
             imports: Imports::default(),
+            outbox: Outbox::default(),
             connectors: Vec::new(),
         }
     }
@@ -284,6 +311,12 @@ impl Config {
         if self.plugins.call_timeout_ms == 0 {
             return Err(invalid(
                 "plugins.call_timeout_ms",
+                "must be more than 0".into(),
+            ));
+        }
+        if self.outbox.request_timeout_ms == 0 {
+            return Err(invalid(
+                "outbox.request_timeout_ms",
                 "must be more than 0".into(),
             ));
         }

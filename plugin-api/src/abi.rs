@@ -30,7 +30,9 @@ pub const ABI_MAJOR: u32 = 1;
 /// - 1.0: the first release.
 /// - 1.1: chunked parse sessions (`parse_begin`, `parse_feed`, `parse_end`, `parse_abort`); the function
 ///   table is unchanged, the new operations travel through [`PluginVTable::call`].
-pub const ABI_MINOR: u32 = 1;
+/// - 1.2: the host runs the `sink` role (outbox delivery); [`SinkInput`](crate::SinkInput) gains `attempt` and `now`.
+///   The table is unchanged.
+pub const ABI_MINOR: u32 = 2;
 /// Name of the exported header static, NUL-terminated for `dlsym`.
 pub const HEADER_SYMBOL: &[u8] = b"SETTLED_PLUGIN_HEADER\0";
 /// Name of the exported init function, NUL-terminated for `dlsym`.

@@ -579,13 +579,24 @@ pub struct PollReply {
 
 /// `sink`: one step of a conversation that delivers a domain event.
 ///
-/// The host starts with `response: None`; after each [`SinkStep::Request`] it performs the request and calls
-/// again with the response and the `state` the plugin returned. Conversation state lives here, so the plugin
-/// itself may stay stateless.
+/// The host starts with `response: None`; after each [`SinkStep::Request`] it performs the request (with its own
+/// timeout) and calls again with the response and the `state` the plugin returned. Conversation state lives here,
+/// so the plugin itself may stay stateless. A request that gets no response (connection refused, timeout) ends the
+/// attempt on the host's side: it is retried later without asking the plugin.
+///
+/// Delivery is at least once: an event may come again after a crash between the peer's answer and the host
+/// recording it, so the plugin sends the event id as an idempotency key (or reads before it writes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinkInput {
-    /// The outbox event being delivered: `{"id", "type", "at", "data": {...}}`.
+    /// The outbox event being delivered: `{"id": 42, "type": "invoice.issued", "at": "<RFC 3339>",
+    /// "entity": "invoice", "entity_id": "inv_00000001", "data": {...}}`. `id` never changes between attempts.
     pub event: serde_json::Value,
+    /// Which attempt at delivering this event this conversation is, from 1. Added in ABI 1.2.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Unix time in seconds when the host made this call (for signature timestamps). Added in ABI 1.2.
+    #[serde(default)]
+    pub now: i64,
     /// Opaque state returned by the previous step.
     #[serde(default)]
     pub state: serde_json::Value,
@@ -610,12 +621,13 @@ pub enum SinkStep {
     Done,
     /// Not delivered now; try the whole conversation again later.
     RetryLater {
-        /// Seconds to wait at least.
+        /// Seconds to wait at least (a `Retry-After` the peer sent); 0 follows the host's retry schedule.
         after_secs: u64,
         /// Why.
         reason: String,
     },
-    /// Cannot be delivered; park the event for a person to look at.
+    /// Cannot be delivered (the peer refused it for good, e.g. 400 or 401); park the event as a dead letter
+    /// for a person to look at.
     Failed {
         /// Why.
         reason: String,

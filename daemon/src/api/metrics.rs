@@ -30,6 +30,9 @@ pub(super) async fn count(State(state): State<AppState>, req: Request, next: Nex
     response
 }
 
+/// Reads one metric's value off a sink's status.
+type SinkValue = fn(&crate::outbox::SinkStatus) -> i64;
+
 pub(super) async fn render(State(state): State<AppState>) -> Response {
     let m = &state.metrics;
     let mut out = String::new();
@@ -89,6 +92,47 @@ pub(super) async fn render(State(state): State<AppState>) -> Response {
         "settled_store_writable {}",
         u8::from(state.engine.store().failure().is_none())
     );
+    if let Some(Ok(sinks)) = state.outbox.as_ref().map(|o| o.status()) {
+        let families: [(&str, &str, &str, SinkValue); 5] = [
+            (
+                "settled_outbox_delivered_total",
+                "counter",
+                "Outbox events delivered per sink since start.",
+                |s| s.delivered_total as i64,
+            ),
+            (
+                "settled_outbox_failed_attempts_total",
+                "counter",
+                "Failed outbox delivery attempts per sink since start.",
+                |s| s.failed_attempts_total as i64,
+            ),
+            (
+                "settled_outbox_pending",
+                "gauge",
+                "Outbox events not yet delivered per sink.",
+                |s| s.pending as i64,
+            ),
+            (
+                "settled_outbox_lag_seconds",
+                "gauge",
+                "Age of the oldest undelivered outbox event per sink.",
+                |s| s.lag_seconds,
+            ),
+            (
+                "settled_outbox_dead_letters",
+                "gauge",
+                "Outbox events given up on per sink.",
+                |s| s.dead_letters.len() as i64,
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for sink in &sinks {
+                let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", sink.name, value(sink));
+            }
+        }
+    }
     if let Some(host) = &state.host {
         let _ = writeln!(
             out,

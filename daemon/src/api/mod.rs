@@ -6,6 +6,7 @@
 mod errors;
 mod intake;
 mod metrics;
+mod outbox;
 
 use std::sync::Arc;
 
@@ -40,6 +41,8 @@ pub struct AppState {
     pub host: Option<Arc<PluginHost>>,
     /// Request counters.
     pub metrics: Arc<Metrics>,
+    /// Outbox delivery to sink connectors, if plugins are enabled.
+    pub outbox: Option<Arc<crate::outbox::Dispatcher>>,
 }
 
 /// Largest accepted request body (a bank statement upload), 256 MiB.
@@ -80,6 +83,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/imports", post(intake::import))
         .route("/v1/plugins", get(plugins))
+        .route("/v1/outbox", get(outbox::status))
+        .route("/v1/outbox/:sink/:action", post(outbox::action))
+        .route("/v1/outbox/:sink/retry/:event", post(outbox::retry))
         .route("/metrics", get(metrics::render))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -121,8 +121,52 @@ pub enum ApiCommand {
     Import(ImportArgs),
     /// Show loaded plugins and their instances: state, calls, errors, latency
     Plugins,
+    /// Outbox delivery to sink connectors: lag, retries, dead letters; pause, resume, replay, retry
+    Outbox(OutboxArgs),
     /// Check that the daemon is up and show what needs attention
     Status,
+}
+
+/// `settled outbox`: shows every sink when no subcommand is given.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:
+  settled outbox
+  settled outbox pause erp-webhook
+  settled outbox retry erp-webhook 1042
+  settled outbox replay erp-webhook --from 1000")]
+pub struct OutboxArgs {
+    #[command(subcommand)]
+    pub command: Option<OutboxCommand>,
+}
+
+/// `settled outbox ...`
+#[derive(Debug, Clone, Subcommand)]
+pub enum OutboxCommand {
+    /// Stop delivering to a sink; events keep queueing and go out on `resume`
+    Pause {
+        /// Sink connector name
+        sink: String,
+    },
+    /// Deliver to a paused sink again, from where it stood
+    Resume {
+        /// Sink connector name
+        sink: String,
+    },
+    /// Send a dead letter again now, with a fresh retry schedule
+    Retry {
+        /// Sink connector name
+        sink: String,
+        /// The dead letter's event id
+        event: u64,
+    },
+    /// Deliver every event from EVENT on to the sink again (receivers deduplicate by webhook-id)
+    Replay {
+        /// Sink connector name
+        sink: String,
+        /// First event id to deliver again
+        #[arg(long, value_name = "EVENT")]
+        from: u64,
+    },
 }
 
 /// `settled leads`: lists leads when no subcommand is given.
@@ -814,6 +858,7 @@ pub fn request_for(cmd: &ApiCommand) -> Vec<ApiRequest> {
             })
             .collect(),
         ApiCommand::Plugins => vec![ApiRequest::get("/v1/plugins".into())],
+        ApiCommand::Outbox(args) => vec![outbox_request(args)],
         ApiCommand::Status => {
             let count_page = PageArgs {
                 after: None,
@@ -879,6 +924,7 @@ fn list_page(cmd: &ApiCommand) -> Option<&PageArgs> {
         ApiCommand::Events(_)
         | ApiCommand::Import(_)
         | ApiCommand::Plugins
+        | ApiCommand::Outbox(_)
         | ApiCommand::Status => None,
     }
 }
@@ -907,6 +953,21 @@ fn show_path(collection: &str, id: &str) -> String {
 
 fn action_path(collection: &str, id: &str, action: &str) -> String {
     format!("/v1/{collection}/{}/{action}", encode(id))
+}
+
+fn outbox_request(args: &OutboxArgs) -> ApiRequest {
+    let action = |sink: &str, action: &str| format!("/v1/outbox/{}/{action}", encode(sink));
+    match &args.command {
+        None => ApiRequest::get("/v1/outbox".into()),
+        Some(OutboxCommand::Pause { sink }) => ApiRequest::post(action(sink, "pause"), json!({})),
+        Some(OutboxCommand::Resume { sink }) => ApiRequest::post(action(sink, "resume"), json!({})),
+        Some(OutboxCommand::Retry { sink, event }) => {
+            ApiRequest::post(action(sink, &format!("retry/{event}")), json!({}))
+        }
+        Some(OutboxCommand::Replay { sink, from }) => {
+            ApiRequest::post(action(sink, "replay"), json!({ "from": from }))
+        }
+    }
 }
 
 fn leads_request(args: &LeadsArgs) -> ApiRequest {
@@ -1622,6 +1683,7 @@ enum View {
     /// A captured lead, which may have been merged into an existing one.
     LeadCapture,
     Plugins,
+    Outbox,
 }
 
 fn view_for(cmd: &ApiCommand) -> View {
@@ -1632,6 +1694,8 @@ fn view_for(cmd: &ApiCommand) -> View {
             ..
         }) => return View::LeadCapture,
         ApiCommand::Plugins => return View::Plugins,
+        ApiCommand::Outbox(OutboxArgs { command: None }) => return View::Outbox,
+        ApiCommand::Outbox(_) => return View::Detail,
         ApiCommand::Events(_) => return View::List(Kind::Event),
         ApiCommand::Leads(_) => Kind::Lead,
         ApiCommand::Accounts(_) => Kind::Account,
@@ -1690,6 +1754,7 @@ async fn run(cmd: &ApiCommand, opts: &ClientOpts, output: Output<'_>) -> anyhow:
                     View::Detail => render::detail(&answer.value, width),
                     View::LeadCapture => render::lead_capture(&answer.value, width),
                     View::Plugins => render::plugins(&answer.value, width),
+                    View::Outbox => render::outbox(&answer.value, width),
                 };
                 write_out(out, &text)?;
                 if let Some(hint) = list_page(cmd).and_then(|page| more_hint(page, &answer.value)) {

@@ -238,6 +238,7 @@ impl Tx<'_> {
                 "number": inv.number, "from": last, "to": status,
                 "total": inv.totals.total, "amount_paid": inv.amount_paid,
                 "balance": invoice::balance(inv), "currency": inv.currency,
+                "issue_date": inv.issue_date, "due_date": inv.due_date,
             }),
             true,
         );

@@ -7,6 +7,7 @@
 mod billing;
 mod ingest;
 mod leads;
+mod outbox;
 mod reversal;
 mod sales;
 mod views;
@@ -86,6 +87,9 @@ struct Inner {
     series: Series,
     clock: Box<dyn Clock>,
     state: Mutex<State>,
+    /// The id of the newest audit event known to be durable; receivers are woken when a durable write carried an
+    /// outbox event (the outbox dispatcher delivers nothing above it).
+    durable_events: tokio::sync::watch::Sender<u64>,
 }
 
 /// In-memory state guarded by the writer lock.
@@ -105,6 +109,7 @@ impl Engine {
             credit_note: parse(&config.numbering.credit_note)?,
         };
         let index = billing::load_index(&store, &config)?;
+        let (durable_events, _) = tokio::sync::watch::channel(store.last_event_id());
         Ok(Engine {
             inner: Arc::new(Inner {
                 store,
@@ -112,6 +117,7 @@ impl Engine {
                 series,
                 clock,
                 state: Mutex::new(State { index }),
+                durable_events,
             }),
         })
     }
@@ -157,6 +163,12 @@ impl Engine {
             self.durable(&ticket).await?;
         }
         Ok(out)
+    }
+
+    /// Follow the durable end of the audit log: the receiver's value is the newest durable event id, and it is
+    /// marked changed when a durable write carried an outbox event (the outbox dispatcher's wake-up).
+    pub fn watch_durable_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.durable_events.subscribe()
     }
 
     /// Like [`Engine::write`] but without waiting for durability (bulk paths wait once at the end).
@@ -220,7 +232,16 @@ impl Engine {
                 state.index = empty_index(&self.inner.config);
             }
         }
-        Ok(result?)
+        result?;
+        // A flush covers everything applied before it, and event ids are taken in apply order, so every event up to
+        // this write's last one is durable now.
+        if let Some(&last) = ticket.event_ids.last() {
+            self.inner.durable_events.send_if_modified(|newest| {
+                *newest = (*newest).max(last);
+                ticket.outbox
+            });
+        }
+        Ok(())
     }
 
     /// Reopen a store that closed after a failed write, and rebuild the in-memory index from what is on disk.

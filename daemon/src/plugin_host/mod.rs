@@ -63,6 +63,10 @@ pub struct ConnectorConfig {
     /// in the import summary. Off by default: one refused record sends the whole file to `failed/`, recording nothing.
     #[serde(default)]
     pub allow_partial: bool,
+    /// For a sink plugin: the outbox event types this instance delivers (`invoice.issued`,
+    /// `invoice.payment_status_changed`, `payment.recorded`, ...); every outbox event when absent.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
 }
 
 /// Where an instance's plugin code runs.
@@ -1183,6 +1187,7 @@ mod tests {
             timeout_ms: None,
             inbox: None,
             allow_partial: false,
+            events: None,
         }
     }
 

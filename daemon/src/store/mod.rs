@@ -10,6 +10,8 @@
 //!   own ([`Store::outbox_after`]), so a change costs no key of its own
 //! - `s/<key>`            idempotency keys of everything ingested (`seen`)
 //! - `c/<source>`         per-source cursors
+//! - `o/<sink>/...`       outbox delivery state per sink instance (cursor, done above it, retries, dead letters, pause;
+//!   see `outbox`)
 //! - `n/<series>/<period>` number-series counters, `n/id/<kind>` id counters
 //! - `m/schema`           schema version
 //!
@@ -368,6 +370,18 @@ impl Store {
         Ok(self.get_raw(&format!("s/{key}"))?.map(expand_seen))
     }
 
+    /// Every `(key, value)` under a raw key prefix, in key order (the outbox's `o/<sink>/` rows).
+    pub fn scan_raw<T: DeserializeOwned>(&self, prefix: &str) -> StoreResult<Vec<(String, T)>> {
+        let mut out = Vec::new();
+        for item in self.inner.tree.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k).to_string();
+            let value = decode(&key, &v)?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
     /// A source's cursor.
     pub fn cursor(&self, source: &str) -> StoreResult<Option<serde_json::Value>> {
         self.get_raw(&format!("c/{source}"))
@@ -504,6 +518,7 @@ impl Store {
     /// Callers hold the engine's writer lock, so event ids are taken without a race.
     pub fn apply(&self, ws: WriteSet) -> StoreResult<CommitTicket> {
         let open = self.open_handle()?;
+        let outbox = ws.has_outbox();
         let mut batch = sled::Batch::default();
         let mut blocked: BTreeMap<String, Vec<blocks::Change>> = BTreeMap::new();
         for (key, value) in ws.pending {
@@ -553,6 +568,7 @@ impl Store {
             seq: open.commit.written(),
             generation: open.generation,
             event_ids,
+            outbox,
         })
     }
 
@@ -680,6 +696,8 @@ pub struct CommitTicket {
     generation: u64,
     /// Ids of the audit events the write appended, in order.
     pub event_ids: Vec<u64>,
+    /// Whether one of them is flagged for the outbox.
+    pub outbox: bool,
 }
 
 /// Everything one command writes, applied as one atomic batch. Reads through [`Store::get_in`] see these writes,
@@ -700,6 +718,16 @@ impl WriteSet {
     /// Write any key (cursors, published statuses).
     pub fn put_raw<T: Serialize>(&mut self, key: &str, value: &T) {
         self.pending.insert(key.to_string(), Some(encode(value)));
+    }
+
+    /// Remove any key (outbox delivery rows).
+    pub fn remove_raw(&mut self, key: &str) {
+        self.pending.insert(key.to_string(), None);
+    }
+
+    /// True when an event of this set is flagged for the outbox.
+    pub fn has_outbox(&self) -> bool {
+        self.events.iter().any(|e| e.outbox)
     }
 
     /// Point an index entry at an id.

@@ -7,6 +7,8 @@ mod disk_full;
 mod cut_references;
 mod harness;
 mod lifecycle;
+mod outbox;
 mod plugin_host;
 mod refused;
 mod returns;
+mod receiver;

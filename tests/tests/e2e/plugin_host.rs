@@ -125,6 +125,7 @@ fn connector(name: &str, plugin: &str, isolation: Isolation, settings: Value) ->
         timeout_ms: None,
         inbox: None,
         allow_partial: false,
+        events: None,
     }
 }
 

@@ -509,6 +509,84 @@ pub(super) fn lead_capture(value: &Value, width: Option<usize>) -> String {
 }
 
 /// `GET /v1/plugins` as one row per plugin instance, then why plugin files were refused.
+/// `settled outbox`: one row per sink, then each retrying event and dead letter with its last error.
+pub(super) fn outbox(value: &Value, width: Option<usize>) -> String {
+    let sinks: &[Value] = match get(value, "items") {
+        Some(Value::Array(list)) => list,
+        _ => &[],
+    };
+    if sinks.is_empty() {
+        return "no sink connectors (add a [[connector]] with a sink plugin such as `webhook`)\n"
+            .into();
+    }
+    let mut table = Table::new(&[
+        ("SINK", Align::Left),
+        ("PLUGIN", Align::Left),
+        ("STATE", Align::Left),
+        ("PENDING", Align::Right),
+        ("LAG", Align::Right),
+        ("RETRYING", Align::Right),
+        ("DEAD", Align::Right),
+        ("DELIVERED", Align::Right),
+        ("LAST ERROR", Align::Left),
+    ]);
+    let count = |sink: &Value, key: &str| match get(sink, key) {
+        Some(Value::Array(list)) => list.len().to_string(),
+        _ => "0".into(),
+    };
+    let mut details = String::new();
+    for sink in sinks {
+        let name = text_or_dash(sink, "name");
+        table.push(vec![
+            name.clone(),
+            text_or_dash(sink, "plugin"),
+            text_or_dash(sink, "state"),
+            text_or_dash(sink, "pending"),
+            format!("{}s", text_or_dash(sink, "lag_seconds")),
+            count(sink, "retrying"),
+            count(sink, "dead_letters"),
+            text_or_dash(sink, "delivered_total"),
+            text_or_dash(sink, "last_error"),
+        ]);
+        for retry in get(sink, "retrying")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            details.push_str(&format!(
+                "{name}: event {} ({}) retrying, {} attempts, next at {}: {}\n",
+                text_or_dash(retry, "event_id"),
+                text_or_dash(retry, "type"),
+                text_or_dash(retry, "attempts"),
+                text_or_dash(retry, "next_attempt_at"),
+                text_or_dash(retry, "last_error"),
+            ));
+        }
+        for dead in get(sink, "dead_letters")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let attempts = get(dead, "attempts").and_then(Value::as_array);
+            let last = attempts.and_then(|a| a.last());
+            details.push_str(&format!(
+                "{name}: event {} ({}) dead after {} attempts: {}; `settled outbox retry {name} {}` sends it again\n",
+                text_or_dash(dead, "event_id"),
+                text_or_dash(dead, "type"),
+                attempts.map_or(0, Vec::len),
+                last.map_or_else(|| "-".into(), |a| text_or_dash(a, "error")),
+                text_or_dash(dead, "event_id"),
+            ));
+        }
+    }
+    let mut out = table.render(width);
+    if !details.is_empty() {
+        out.push('\n');
+        out.push_str(&details);
+    }
+    out
+}
+
 pub(super) fn plugins(value: &Value, width: Option<usize>) -> String {
     let plugins = plugin_list(value);
     let mut table = Table::new(&[

@@ -1,0 +1,157 @@
+//! One delivery attempt: the `sink` conversation between a plugin and the host, which performs the plugin's HTTP
+//! requests (the plugin never touches a socket).
+
+use std::time::Duration;
+
+use settled_plugin_api::{HttpRequestSpec, HttpResponseSpec, SinkInput, SinkStep};
+
+use crate::plugin_host::PluginHost;
+
+/// Requests one conversation may make before it is cut off as a plugin bug.
+const MAX_STEPS: usize = 16;
+/// Bytes of a response body handed to the plugin; the rest is dropped.
+const MAX_RESPONSE_BODY: usize = 1024 * 1024;
+
+/// How an attempt ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Delivered (or the plugin does not want this event).
+    Done,
+    /// Try again later; `after` is the peer's `Retry-After` as the plugin read it.
+    Retry {
+        error: String,
+        after: Option<Duration>,
+    },
+    /// The peer refused it for good: a dead letter.
+    Failed { error: String },
+}
+
+/// An attempt's outcome with the last HTTP status seen.
+#[derive(Debug)]
+pub struct Attempted {
+    pub outcome: Outcome,
+    pub status: Option<u16>,
+}
+
+/// Run the conversation for one event on `instance`.
+pub async fn attempt(
+    host: &PluginHost,
+    http: &reqwest::Client,
+    instance: &str,
+    event: serde_json::Value,
+    attempt: u32,
+) -> Attempted {
+    let mut state = serde_json::Value::Null;
+    let mut response = None;
+    let mut status = None;
+    for _ in 0..MAX_STEPS {
+        let input = SinkInput {
+            event: event.clone(),
+            attempt,
+            now: chrono::Utc::now().timestamp(),
+            state,
+            response: response.take(),
+        };
+        let step = match host.sink_step(instance, input).await {
+            Ok(step) => step,
+            Err(e) => {
+                return Attempted {
+                    outcome: Outcome::Retry {
+                        error: e.to_string(),
+                        after: None,
+                    },
+                    status,
+                }
+            }
+        };
+        let outcome = match step {
+            SinkStep::Done | SinkStep::Ignored => Outcome::Done,
+            SinkStep::RetryLater { after_secs, reason } => Outcome::Retry {
+                error: reason,
+                after: (after_secs > 0).then(|| Duration::from_secs(after_secs)),
+            },
+            SinkStep::Failed { reason } => Outcome::Failed { error: reason },
+            SinkStep::Request {
+                request,
+                state: next,
+            } => match perform(http, &request).await {
+                Ok(answer) => {
+                    status = Some(answer.status);
+                    response = Some(answer);
+                    state = next;
+                    continue;
+                }
+                Err(error) => Outcome::Retry { error, after: None },
+            },
+        };
+        return Attempted { outcome, status };
+    }
+    Attempted {
+        outcome: Outcome::Failed {
+            error: format!(
+                "plugin of `{instance}` asked for more than {MAX_STEPS} requests for one event"
+            ),
+        },
+        status,
+    }
+}
+
+/// Perform one request for a plugin; the error says why no response came.
+async fn perform(
+    http: &reqwest::Client,
+    spec: &HttpRequestSpec,
+) -> Result<HttpResponseSpec, String> {
+    let url = reqwest::Url::parse(&spec.url)
+        .map_err(|e| format!("plugin asked for a bad url `{}`: {e}", spec.url))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("plugin asked for a non-http url `{}`", spec.url));
+    }
+    let method = reqwest::Method::from_bytes(spec.method.as_bytes())
+        .map_err(|_| format!("plugin asked for a bad http method `{}`", spec.method))?;
+    let mut req = http.request(method, url.clone());
+    for (name, value) in &spec.headers {
+        req = req.header(name.as_str(), value.as_str());
+    }
+    let mut resp = req
+        .body(spec.body.clone())
+        .send()
+        .await
+        .map_err(|e| describe(&e, &url))?;
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).to_string(),
+            )
+        })
+        .collect();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e, &url))? {
+        let room = MAX_RESPONSE_BODY.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    Ok(HttpResponseSpec {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn describe(err: &reqwest::Error, url: &reqwest::Url) -> String {
+    let mut cause = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    if err.is_timeout() {
+        format!("no answer from {url} in time ({cause})")
+    } else if err.is_connect() {
+        format!("cannot connect to {url}: {cause}")
+    } else {
+        format!("request to {url} failed: {cause}")
+    }
+}
