@@ -28,6 +28,11 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// The message.
     pub fn message(&self) -> &str {
         &self.message

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use settled_plugin_api::{EntryStatus, LeadRecord, PaymentKind, PaymentRecord, Record};
 
 use super::billing::{allocations_json, AllocationJson, PaymentDraft, PaymentInput};
-use super::{Engine, EngineResult, Tx};
+use super::{Engine, EngineResult, ImportJournal, Tx};
 use crate::domain::invoice::{self, Invoice};
 use crate::domain::lead::LeadInput;
 use crate::domain::money::{parse_positive_amount, Currency};
@@ -171,6 +171,7 @@ impl Engine {
                 ..ImportSummary::default()
             },
             last_ticket: None,
+            journal: None,
         }
     }
 
@@ -321,19 +322,44 @@ pub struct IngestRun<'e> {
     actor: String,
     summary: ImportSummary,
     last_ticket: Option<crate::store::CommitTicket>,
+    journal: Option<ImportJournal>,
 }
 
 impl IngestRun<'_> {
+    /// Keep an import's record in step: each chunk's write set also rewrites it with the counts so far. Records an
+    /// earlier attempt of the import committed are ingested again (they dedupe) without being counted twice.
+    pub fn with_journal(mut self, journal: ImportJournal) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
     /// Commit a batch of records, [`CHUNK`] per write set (each atomic). Durability is awaited once, in [`IngestRun::finish`].
     pub fn add(&mut self, records: Vec<Record>) -> EngineResult<()> {
-        self.summary.records_read += records.len() as u64;
         let mut records = records.into_iter().peekable();
         while records.peek().is_some() {
             let chunk: Vec<Record> = records.by_ref().take(CHUNK).collect();
-            let (plugin, actor, summary) = (&self.plugin, &self.actor, &mut self.summary);
+            let replayed = self
+                .journal
+                .as_mut()
+                .map_or(0, |j| j.take_replay(chunk.len()));
+            self.summary.records_read += (chunk.len() - replayed) as u64;
+            let (plugin, actor, summary, journal) = (
+                &self.plugin,
+                &self.actor,
+                &mut self.summary,
+                &mut self.journal,
+            );
             let (_, ticket) = self.engine.write_nowait(|tx| {
-                for record in chunk {
-                    ingest_one(tx, plugin, actor, record, summary)?;
+                let mut counted_before = ImportSummary::default();
+                for (i, record) in chunk.into_iter().enumerate() {
+                    let into = match i < replayed {
+                        true => &mut counted_before,
+                        false => &mut *summary,
+                    };
+                    ingest_one(tx, plugin, actor, record, into)?;
+                }
+                if let Some(journal) = journal {
+                    journal.record(tx, summary);
                 }
                 Ok(())
             })?;

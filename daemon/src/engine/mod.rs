@@ -5,6 +5,7 @@
 //! so throughput is bounded by CPU, not by fsyncs.
 
 mod billing;
+mod imports;
 mod ingest;
 mod leads;
 mod sales;
@@ -23,6 +24,7 @@ use crate::reconcile::MatchIndex;
 use crate::store::{CommitTicket, Store, StoreError, WriteSet};
 
 pub use billing::{IssueInput, PaymentInput};
+pub use imports::{Import, ImportCounts, ImportJournal, ImportStatus};
 pub use ingest::{ImportSummary, IngestOutcome, ReviewItem, ReviewStatus};
 pub use leads::{ConvertInput, ConvertOutput};
 pub use sales::{OrderCreate, QuoteCreate};

@@ -4,5 +4,7 @@
 mod api;
 mod connectors;
 mod harness;
+mod imports;
+mod inbox;
 mod lifecycle;
 mod plugin_host;
