@@ -289,6 +289,15 @@ impl Daemon {
             self.state.engine.clone(),
             cancel.clone(),
         ));
+        if self.state.host.is_some() {
+            // Before the listener serves uploads, whose spool files must not be taken for leftovers.
+            let unfinished = api::unfinished_imports(&self.state);
+            tasks.spawn(api::resume_imports(
+                self.state.clone(),
+                unfinished,
+                cancel.clone(),
+            ));
+        }
         if let Some(host) = self.state.host.clone() {
             let inboxes = crate::inbox::inboxes(&self.config, &host);
             tasks.spawn(crate::inbox::run(

@@ -200,12 +200,18 @@ pub struct Imports {
     /// Files larger than this (KiB) are parsed in a streaming session, twice (validate, then commit), so memory stays bounded
     /// whatever the file's size; smaller files are parsed in one call. Default 8192 (8 MiB).
     pub stream_above_kib: u64,
+    /// How long (milliseconds) an inbox file must stay unchanged (size, modification time, inode) before it is imported,
+    /// once no local process has it open for writing. Default 2000. Writers the daemon cannot watch (network file systems)
+    /// are only covered by this wait, so writers should follow the inbox file protocol: write under a temporary name,
+    /// then rename (see the README).
+    pub inbox_settle_ms: u64,
 }
 
 impl Default for Imports {
     fn default() -> Self {
         Imports {
             stream_above_kib: 8192,
+            inbox_settle_ms: 2000,
         }
     }
 }

@@ -1,16 +1,24 @@
 //! The file inbox: folders where users (or their bank's SFTP job) drop statements and exports.
 //!
-//! A file is taken once it is complete (size and modification time unchanged between two looks a second apart;
-//! names starting with `.` or ending in `.part`/`.tmp` are still being written). It is sniffed (or routed to the
-//! connector that owns the folder), parsed and ingested; only after the records are durable is it moved to `done/`
-//! (with a `.summary.json` beside it) — or to `failed/` with a `.error` file saying why (and a `.summary.json` listing
-//! the records the engine refused, when that is why). A crash before the move leaves the file in place, and
-//! re-processing it is harmless: every record dedupes.
+//! The inbox file protocol (README.md): a file is taken once no local process has it open for writing (inotify
+//! close-write; a file renamed into the folder counts as closed) and its size, modification time and inode have not
+//! changed for `[imports] inbox_settle_ms`. Temporary names ([`is_temporary`]: dot-files, `*.part`, `*.tmp`,
+//! `*.filepart`, `*.crdownload`, `*~`, ...) and empty files are left alone, so a writer that writes under such a name
+//! and renames when done is never read early. A taken file is sniffed (or routed to the connector that owns the
+//! folder), parsed and ingested; only after the records are durable is it moved to `done/` (with a `.summary.json`
+//! beside it) — or to `failed/` with a `.error` file saying why (and a `.summary.json` listing the records the engine
+//! refused, when that is why). A file that changed while it was read is not moved:
+//! it is read again once it is still, and re-processing is harmless because every record dedupes. A crash before the
+//! move leaves the file in place, for the same reason.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +53,42 @@ pub fn inboxes(config: &Config, host: &PluginHost) -> Vec<Inbox> {
 }
 
 const POLL: Duration = Duration::from_millis(500);
-const SETTLE: Duration = Duration::from_millis(1000);
+
+/// Name endings of files still being written, by the conventions of common upload and download tools (curl and
+/// browsers, WinSCP, Chrome, Safari, editors, temp files). Compared without regard to case.
+const TEMPORARY_SUFFIXES: &[&str] = &[
+    ".part",
+    ".partial",
+    ".filepart",
+    ".crdownload",
+    ".download",
+    ".tmp",
+    ".temp",
+    ".swp",
+    "~",
+];
+
+/// Whether a file name is a temporary name the inbox leaves alone: a dot-file, an office lock file (`~$...`) or a
+/// name ending in one of [`TEMPORARY_SUFFIXES`].
+pub fn is_temporary(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with('.')
+        || lower.starts_with("~$")
+        || TEMPORARY_SUFFIXES.iter().any(|s| lower.ends_with(s))
+}
+
+/// What identifies one version of a file: size, modification time, inode and device.
+type Stamp = (u64, SystemTime, u64, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((
+        meta.len(),
+        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        meta.ino(),
+        meta.dev(),
+    ))
+}
 
 /// Watch the inboxes until cancelled.
 pub async fn run(
@@ -62,27 +105,41 @@ pub async fn run(
         }
         tracing::info!(dir = %inbox.dir.display(), connector = inbox.connector.as_deref().unwrap_or("any"), "watching inbox");
     }
-    let mut seen: HashMap<PathBuf, (u64, SystemTime, std::time::Instant)> = HashMap::new();
+    let settle = Duration::from_millis(state.engine.config().imports.inbox_settle_ms);
+    let mut writers = Writers::watch(&inboxes);
+    let mut seen: HashMap<PathBuf, (Stamp, Instant)> = HashMap::new();
     loop {
+        writers.update();
         for inbox in &inboxes {
             for path in candidates(&inbox.dir) {
-                let Ok(meta) = std::fs::metadata(&path) else {
+                let Some(now_stamp) = stamp(&path) else {
                     continue;
                 };
-                let stamp = (
-                    meta.len(),
-                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                );
-                let now = std::time::Instant::now();
-                match seen.get(&path) {
-                    Some((len, mtime, since)) if (*len, *mtime) == stamp => {
-                        if now.duration_since(*since) >= SETTLE {
-                            seen.remove(&path);
-                            process(&state, &host, inbox, &path).await;
-                        }
+                let now = Instant::now();
+                let writing = writers.is_writing(&path);
+                let unchanged_since = match seen.get(&path) {
+                    Some((before, since)) if *before == now_stamp => Some(*since),
+                    _ => None,
+                };
+                // Empty files have nothing to import and are usually about to be written.
+                let ready = !writing
+                    && now_stamp.0 > 0
+                    && unchanged_since.is_some_and(|since| now.duration_since(since) >= settle);
+                if !ready {
+                    if writing || unchanged_since.is_none() {
+                        seen.insert(path, (now_stamp, now));
                     }
-                    _ => {
-                        seen.insert(path, (stamp.0, stamp.1, now));
+                    continue;
+                }
+                match process(&state, &host, inbox, &path, now_stamp).await {
+                    Processed::Moved => {
+                        seen.remove(&path);
+                    }
+                    Processed::Changed => {
+                        // Read again once it is still: the records already committed dedupe.
+                        if let Some(changed) = stamp(&path) {
+                            seen.insert(path, (changed, Instant::now()));
+                        }
                     }
                 }
             }
@@ -95,6 +152,82 @@ pub async fn run(
     }
 }
 
+/// Files some local process is writing, from inotify: a write marks a file, closing it (or renaming it into the
+/// folder) clears the mark. Without a watcher (or after the kernel dropped events) only the settle time applies.
+struct Writers {
+    events: std::sync::mpsc::Receiver<WriterEvent>,
+    writing: HashSet<PathBuf>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+enum WriterEvent {
+    Writing(PathBuf),
+    Done(PathBuf),
+    Forget,
+}
+
+impl Writers {
+    fn watch(inboxes: &[Inbox]) -> Writers {
+        let (tx, events) = std::sync::mpsc::channel();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else {
+                let _ = tx.send(WriterEvent::Forget);
+                return;
+            };
+            if event.need_rescan() {
+                let _ = tx.send(WriterEvent::Forget);
+            }
+            let make: fn(PathBuf) -> WriterEvent = match event.kind {
+                EventKind::Modify(ModifyKind::Data(_)) => WriterEvent::Writing,
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::From))
+                | EventKind::Remove(_) => WriterEvent::Done,
+                _ => return,
+            };
+            for path in event.paths {
+                let _ = tx.send(make(path));
+            }
+        });
+        let watcher = match watcher {
+            Ok(mut watcher) => {
+                for inbox in inboxes {
+                    if let Err(e) = watcher.watch(&inbox.dir, RecursiveMode::NonRecursive) {
+                        tracing::warn!(dir = %inbox.dir.display(), error = %e, "cannot watch the inbox for writers; only the settle time protects files being written");
+                    }
+                }
+                Some(watcher)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the inboxes for writers; only the settle time protects files being written");
+                None
+            }
+        };
+        Writers {
+            events,
+            writing: HashSet::new(),
+            _watcher: watcher,
+        }
+    }
+
+    fn update(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            match event {
+                WriterEvent::Writing(path) => {
+                    self.writing.insert(path);
+                }
+                WriterEvent::Done(path) => {
+                    self.writing.remove(&path);
+                }
+                WriterEvent::Forget => self.writing.clear(),
+            }
+        }
+    }
+
+    fn is_writing(&self, path: &Path) -> bool {
+        self.writing.contains(path)
+    }
+}
+
 fn candidates(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -102,26 +235,38 @@ fn candidates(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = entries
         .flatten()
         .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+        .filter(|e| !is_temporary(&e.file_name().to_string_lossy()))
         .map(|e| e.path())
-        .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            !name.starts_with('.') && !name.ends_with(".part") && !name.ends_with(".tmp")
-        })
         .collect();
     out.sort();
     out
 }
 
-async fn process(state: &AppState, host: &PluginHost, inbox: &Inbox, path: &Path) {
+/// What became of a file taken from the inbox.
+enum Processed {
+    /// Moved to `done/` or `failed/`.
+    Moved,
+    /// It changed while it was read: left in place to be read again.
+    Changed,
+}
+
+async fn process(
+    state: &AppState,
+    host: &PluginHost,
+    inbox: &Inbox,
+    path: &Path,
+    taken: Stamp,
+) -> Processed {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let result =
         crate::api::import_path(state, host, &name, inbox.connector.as_deref(), path).await;
+    if stamp(path) != Some(taken) {
+        tracing::info!(file = %name, "inbox file changed while it was imported; importing it again once it is still");
+        return Processed::Changed;
+    }
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
     match result {
         Ok(summary) => {
@@ -145,6 +290,7 @@ async fn process(state: &AppState, host: &PluginHost, inbox: &Inbox, path: &Path
             move_with_note(path, &target, "error", &format!("{why}\n"));
         }
     }
+    Processed::Moved
 }
 
 fn move_with_note(from: &Path, to: &Path, suffix: &str, note: &str) {

@@ -48,6 +48,11 @@ impl ApiError {
         self.summary.as_ref()
     }
 
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// The message.
     pub fn message(&self) -> &str {
         &self.message

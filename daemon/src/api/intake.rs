@@ -15,7 +15,7 @@ use serde_json::json;
 use settled_plugin_api::{FileRequest, IntakeOutcome, IntakeRequest, Role, SniffRequest};
 
 use super::{ApiError, AppState, MAX_BODY};
-use crate::engine::{refusal, Failure, ImportSummary};
+use crate::engine::{refusal, Failure, Import, ImportCounts, ImportJournal, ImportSummary};
 use crate::plugin_host::{CallError, PluginHost};
 
 pub(super) async fn intake(
@@ -148,24 +148,165 @@ pub(super) async fn import(
     Query(q): Query<ImportQuery>,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let host = host(&state)?;
-    // Spool the upload to disk as it arrives, so a large statement never sits in memory whole.
-    let spool_dir = state.engine.config().data_dir().join("spool");
+    host(&state)?;
+    // Spool the upload to disk as it arrives, so a large statement never sits in memory whole. Once whole and on disk
+    // it is the import's journal: recorded before any record is committed, removed only after the last commit is durable.
+    let spool_dir = spool_dir(&state);
     tokio::fs::create_dir_all(&spool_dir)
         .await
         .map_err(|e| internal(format!("creating {}: {e}", spool_dir.display())))?;
-    let spool = spool_dir.join(format!(
+    let spool_name = format!(
         "upload-{}-{}",
         std::process::id(),
         state.engine.now().timestamp_nanos_opt().unwrap_or_default()
-    ));
-    let result = async {
+    );
+    let spool = spool_dir.join(&spool_name);
+    let recorded = async {
         spool_body(body, &spool).await?;
-        import_path(&state, host, &q.name, q.plugin.as_deref(), &spool).await
+        let import = state
+            .engine
+            .import_started(&q.name, q.plugin.as_deref(), &spool_name)
+            .await?;
+        Ok::<_, ApiError>(import)
     }
     .await;
-    let _ = tokio::fs::remove_file(&spool).await;
-    Ok(Json(result?).into_response())
+    let import = match recorded {
+        Ok(import) => import,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&spool).await;
+            return Err(e);
+        }
+    };
+    // The import runs on its own task, so a client that hangs up does not cut it short.
+    let task = tokio::spawn({
+        let state = state.clone();
+        async move { run_import(&state, &import, false).await }
+    });
+    let summary = task
+        .await
+        .map_err(|e| internal(format!("importing {}: {e}", q.name)))??;
+    Ok(Json(summary).into_response())
+}
+
+/// Where uploads are spooled: `<data_dir>/spool`.
+fn spool_dir(state: &AppState) -> std::path::PathBuf {
+    state.engine.config().data_dir().join("spool")
+}
+
+/// Import a recorded upload from its spool file, record how it ended and remove the spool file once that is durable.
+/// A resumed import that fails for a reason of ours or of the environment (a 5xx: a plugin unavailable, the store)
+/// keeps its spool file and its state, to be tried again at the next start.
+async fn run_import(
+    state: &AppState,
+    import: &Import,
+    resuming: bool,
+) -> Result<ImportSummary, ApiError> {
+    let host = host(state)?;
+    let spool_name = import.spool.as_deref().ok_or_else(|| {
+        internal(format!(
+            "import {} names no spooled upload; this is a bug, please report it",
+            import.id
+        ))
+    })?;
+    let path = spool_dir(state).join(spool_name);
+    let result = import_file(
+        state,
+        host,
+        &import.file,
+        import.connector.as_deref(),
+        &path,
+        Some(import),
+    )
+    .await;
+    let recorded = match &result {
+        Ok(summary) => {
+            let counts = import.counts + ImportCounts::from(summary);
+            state.engine.import_finished(&import.id, counts).await
+        }
+        Err(e) if resuming && e.status().is_server_error() => {
+            tracing::warn!(import = %import.id, file = %import.file, error = %e.message(), "resumed import failed; it is tried again at the next start");
+            return result;
+        }
+        Err(e) => state.engine.import_failed(&import.id, e.message()).await,
+    };
+    if let Err(e) = recorded {
+        tracing::error!(import = %import.id, error = %e, "cannot record how an import ended; it is resumed at the next start");
+        return Err(e.into());
+    }
+    if let Err(e) = tokio::fs::remove_file(&path).await {
+        tracing::warn!(file = %path.display(), error = %e, "cannot remove a finished import's spool file");
+    }
+    result
+}
+
+/// At start-up, before uploads are accepted: the imports a stop interrupted, and the spool files none of them names
+/// (uploads cut off before they were recorded, or finished imports whose spool file was not removed yet) removed.
+pub fn unfinished_imports(state: &AppState) -> Vec<Import> {
+    let imports = match state.engine.unfinished_imports() {
+        Ok(imports) => imports,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list unfinished imports; spool files are kept");
+            return Vec::new();
+        }
+    };
+    let named: std::collections::HashSet<&str> =
+        imports.iter().filter_map(|i| i.spool.as_deref()).collect();
+    let dir = spool_dir(state);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if named.contains(name.as_str()) {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed an upload that was cut off before it was recorded")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stale spool file")
+                }
+            }
+        }
+    }
+    imports
+}
+
+/// Finish the imports a stop interrupted, from their spool files (records committed before the stop dedupe).
+pub async fn resume_imports(
+    state: AppState,
+    imports: Vec<Import>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    for import in imports {
+        let spooled = import
+            .spool
+            .as_deref()
+            .map(|name| spool_dir(&state).join(name))
+            .filter(|path| path.exists());
+        if spooled.is_none() {
+            let why =
+                "interrupted by a stop, and its spooled upload is gone; upload the file again";
+            if let Err(e) = state.engine.import_failed(&import.id, why).await {
+                tracing::error!(import = %import.id, error = %e, "cannot record a lost import");
+            }
+            continue;
+        }
+        let import = match state.engine.import_resumed(&import.id).await {
+            Ok(import) => import,
+            Err(e) => {
+                tracing::error!(import = %import.id, error = %e, "cannot resume an import");
+                continue;
+            }
+        };
+        tracing::info!(import = %import.id, file = %import.file, committed_before = import.counts.records_read, "resuming an import a stop interrupted");
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            result = run_import(&state, &import, true) => match result {
+                Ok(summary) => tracing::info!(import = %import.id, file = %import.file, new = summary.new, "resumed import finished"),
+                Err(e) => tracing::warn!(import = %import.id, file = %import.file, error = %e.message(), "resumed import did not finish"),
+            },
+        }
+    }
 }
 
 /// Largest accepted upload: 4 GiB.
@@ -197,6 +338,9 @@ async fn spool_body(body: axum::body::Body, path: &std::path::Path) -> Result<()
     file.flush()
         .await
         .map_err(|e| internal(format!("writing {}: {e}", path.display())))?;
+    file.sync_all()
+        .await
+        .map_err(|e| internal(format!("syncing {}: {e}", path.display())))?;
     Ok(())
 }
 
@@ -214,7 +358,19 @@ pub async fn import_path(
     name: &str,
     forced: Option<&str>,
     path: &std::path::Path,
-) -> Result<crate::engine::ImportSummary, ApiError> {
+) -> Result<ImportSummary, ApiError> {
+    import_file(state, host, name, forced, path, None).await
+}
+
+/// [`import_path`], keeping `import`'s record in step with every committed chunk when given.
+async fn import_file(
+    state: &AppState,
+    host: &PluginHost,
+    name: &str,
+    forced: Option<&str>,
+    path: &std::path::Path,
+    import: Option<&Import>,
+) -> Result<ImportSummary, ApiError> {
     use tokio::io::AsyncReadExt;
     let io = |e: std::io::Error| internal(format!("reading {}: {e}", path.display()));
     let mut file = tokio::fs::File::open(path).await.map_err(io)?;
@@ -226,6 +382,7 @@ pub async fn import_path(
         .instances()
         .iter()
         .any(|i| i.name == instance && i.allow_partial);
+    let journal = import.map(|i| ImportJournal::new(i, &instance));
     // Small files are parsed in one call; larger ones stream through a parse session twice (once to validate the
     // whole file, once to commit), so memory stays bounded and a bad file records nothing.
     if size <= state.engine.config().imports.stream_above_kib * 1024 {
@@ -250,10 +407,12 @@ pub async fn import_path(
                 return Err(refused_file(name, &instance, n, refused));
             }
         }
-        let summary = state
-            .engine
-            .ingest(&instance, &plugin, Some(name), reply.records)
-            .await?;
+        let mut run = state.engine.begin_ingest(&instance, &plugin, Some(name));
+        if let Some(journal) = journal {
+            run = run.with_journal(journal);
+        }
+        run.add(reply.records)?;
+        let summary = run.finish().await?;
         state
             .metrics
             .records_ingested
@@ -279,6 +438,9 @@ pub async fn import_path(
     }
     // Pass 2: commit as the records come.
     let mut run = state.engine.begin_ingest(&instance, &plugin, Some(name));
+    if let Some(journal) = journal {
+        run = run.with_journal(journal);
+    }
     stream_file(host, &instance, name, path, |records| {
         run.add(records).map_err(ApiError::from)
     })

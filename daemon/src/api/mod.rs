@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub use errors::ApiError;
-pub use intake::{choose_instance, import_path};
+pub use intake::{choose_instance, import_path, resume_imports, unfinished_imports};
 pub use metrics::Metrics;
 
 use crate::domain::lead::{LeadInput, LeadStatus};
@@ -81,7 +81,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/review/:id", get(show::<REVIEW>))
         .route("/v1/review/:id/:action", post(review_action))
         .route("/v1/events", get(events))
-        .route("/v1/imports", post(intake::import))
+        .route("/v1/imports", post(intake::import).get(list::<IMPORTS>))
+        .route("/v1/imports/:id", get(show::<IMPORTS>))
         .route("/v1/plugins", get(plugins))
         .route("/v1/outbox", get(outbox::status))
         .route("/v1/outbox/:sink/:action", post(outbox::action))
@@ -182,6 +183,7 @@ const ORDERS: u8 = 5;
 const INVOICES: u8 = 6;
 const PAYMENTS: u8 = 7;
 const REVIEW: u8 = 8;
+const IMPORTS: u8 = 9;
 
 fn kind(k: u8) -> &'static str {
     match k {
@@ -193,6 +195,7 @@ fn kind(k: u8) -> &'static str {
         ORDERS => "order",
         INVOICES => "invoice",
         PAYMENTS => "payment",
+        IMPORTS => "import",
         _ => "review",
     }
 }

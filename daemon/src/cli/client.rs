@@ -119,6 +119,8 @@ pub enum ApiCommand {
     Review(ReviewArgs),
     /// Upload bank statements, exports or payment notices to the daemon and reconcile them
     Import(ImportArgs),
+    /// Uploads and where they are: running, resumed (after a restart), finished or failed, with their counts
+    Imports(ReadArgs),
     /// Show loaded plugins and their instances: state, calls, errors, latency
     Plugins,
     /// Outbox delivery to sink connectors: lag, retries, dead letters; pause, resume, replay, retry
@@ -857,6 +859,7 @@ pub fn request_for(cmd: &ApiCommand) -> Vec<ApiRequest> {
                 body: RequestBody::Upload(file.clone()),
             })
             .collect(),
+        ApiCommand::Imports(args) => vec![read_request("imports", args)],
         ApiCommand::Plugins => vec![ApiRequest::get("/v1/plugins".into())],
         ApiCommand::Outbox(args) => vec![outbox_request(args)],
         ApiCommand::Status => {
@@ -886,11 +889,13 @@ fn list_page(cmd: &ApiCommand) -> Option<&PageArgs> {
             Some(LeadsCommand::List(l)) => Some(&l.page),
             Some(_) => None,
         },
-        ApiCommand::Accounts(a) | ApiCommand::Contacts(a) => match &a.command {
-            None => Some(&a.page),
-            Some(ReadCommand::List(p)) => Some(p),
-            Some(_) => None,
-        },
+        ApiCommand::Accounts(a) | ApiCommand::Contacts(a) | ApiCommand::Imports(a) => {
+            match &a.command {
+                None => Some(&a.page),
+                Some(ReadCommand::List(p)) => Some(p),
+                Some(_) => None,
+            }
+        }
         ApiCommand::Opportunities(a) => match &a.command {
             None => Some(&a.page),
             Some(OpportunitiesCommand::List(p)) => Some(p),
@@ -1706,6 +1711,7 @@ fn view_for(cmd: &ApiCommand) -> View {
         ApiCommand::Invoices(_) => Kind::Invoice,
         ApiCommand::Payments(_) => Kind::Payment,
         ApiCommand::Review(_) => Kind::Review,
+        ApiCommand::Imports(_) => Kind::Import,
         ApiCommand::Import(_) | ApiCommand::Status => return View::Detail,
     };
     match list_page(cmd) {

@@ -10,7 +10,7 @@ use settled_plugin_api::{EntryStatus, LeadRecord, PaymentKind, PaymentRecord, Re
 
 use super::billing::{allocations_json, index_paid, AllocationJson, PaymentDraft, PaymentInput};
 use super::reversal::{self, Original};
-use super::{Engine, EngineResult, Tx};
+use super::{Engine, EngineResult, ImportJournal, Tx};
 use crate::domain::invoice::{self, Invoice};
 use crate::domain::lead::LeadInput;
 use crate::domain::money::{parse_positive_amount, Currency};
@@ -232,6 +232,8 @@ impl Engine {
                 ..ImportSummary::default()
             },
             last_ticket: None,
+            journal: None,
+            position: 0,
         }
     }
 
@@ -385,24 +387,52 @@ pub struct IngestRun<'e> {
     actor: String,
     summary: ImportSummary,
     last_ticket: Option<crate::store::CommitTicket>,
+    journal: Option<ImportJournal>,
+    /// Records handed to [`IngestRun::add`] so far (a record's position is its 1-based index in the file).
+    position: u64,
 }
 
 impl IngestRun<'_> {
+    /// Keep an import's record in step: each chunk's write set also rewrites it with the counts so far. Records an
+    /// earlier attempt of the import committed are ingested again (they dedupe) without being counted twice.
+    pub fn with_journal(mut self, journal: ImportJournal) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
     /// Commit a batch of records, [`CHUNK`] per write set (each atomic). Durability is awaited once, in [`IngestRun::finish`].
     pub fn add(&mut self, records: Vec<Record>) -> EngineResult<()> {
-        let first = self.summary.records_read + 1;
-        self.summary.records_read += records.len() as u64;
-        let mut records = (first..).zip(records).peekable();
+        let mut records = records.into_iter().peekable();
         while records.peek().is_some() {
-            let chunk: Vec<(u64, Record)> = records.by_ref().take(CHUNK).collect();
-            let (plugin, actor, summary) = (&self.plugin, &self.actor, &mut self.summary);
+            let chunk: Vec<Record> = records.by_ref().take(CHUNK).collect();
+            let first = self.position + 1;
+            self.position += chunk.len() as u64;
+            let replayed = self
+                .journal
+                .as_mut()
+                .map_or(0, |j| j.take_replay(chunk.len()));
+            self.summary.records_read += (chunk.len() - replayed) as u64;
+            let (plugin, actor, summary, journal) = (
+                &self.plugin,
+                &self.actor,
+                &mut self.summary,
+                &mut self.journal,
+            );
             let (_, ticket) = self.engine.write_nowait(|tx| {
-                for (index, record) in chunk {
+                let mut counted_before = ImportSummary::default();
+                for (i, (index, record)) in (first..).zip(chunk).enumerate() {
+                    let into = match i < replayed {
+                        true => &mut counted_before,
+                        false => &mut *summary,
+                    };
                     if let Some(failure) = refusal(index, &record) {
-                        summary.failed.push(failure);
+                        into.failed.push(failure);
                         continue;
                     }
-                    ingest_one(tx, plugin, actor, record, summary)?;
+                    ingest_one(tx, plugin, actor, record, into)?;
+                }
+                if let Some(journal) = journal {
+                    journal.record(tx, summary);
                 }
                 Ok(())
             })?;

@@ -5,6 +5,7 @@
 //! so throughput is bounded by CPU, not by fsyncs.
 
 mod billing;
+mod imports;
 mod ingest;
 mod leads;
 mod outbox;
@@ -25,6 +26,7 @@ use crate::reconcile::MatchIndex;
 use crate::store::{CommitTicket, Store, StoreError, WriteSet};
 
 pub use billing::{IssueInput, PaymentInput};
+pub use imports::{Import, ImportCounts, ImportJournal, ImportStatus};
 pub use ingest::{refusal, Failure, ImportSummary, IngestOutcome, ReviewItem, ReviewStatus};
 pub use leads::{ConvertInput, ConvertOutput};
 pub use sales::{OrderCreate, QuoteCreate};

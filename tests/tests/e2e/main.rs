@@ -6,6 +6,8 @@ mod connectors;
 mod disk_full;
 mod cut_references;
 mod harness;
+mod imports;
+mod inbox;
 mod lifecycle;
 mod outbox;
 mod plugin_host;

@@ -22,6 +22,7 @@ pub(super) enum Kind {
     Payment,
     Event,
     Review,
+    Import,
 }
 
 impl Kind {
@@ -37,6 +38,7 @@ impl Kind {
             Kind::Payment => "payments",
             Kind::Event => "events",
             Kind::Review => "payments waiting for review",
+            Kind::Import => "imports",
         }
     }
 }
@@ -201,6 +203,20 @@ fn columns(kind: Kind) -> Vec<Column> {
                 align: Align::Left,
                 cell: Cell::With(best_suggestion),
             },
+        ],
+        Kind::Import => vec![
+            text("ID", &["id"]),
+            text("STATUS", &["status"]),
+            text("FILE", &["file"]),
+            text("CONNECTOR", &["connector"]),
+            number("RECORDS", &["counts.records_read"]),
+            number("NEW", &["counts.new"]),
+            number("DUPLICATES", &["counts.duplicates"]),
+            number("REVIEW", &["counts.review"]),
+            number("REFUSED", &["counts.failed"]),
+            number("RESUMED", &["resumed"]),
+            text("STARTED", &["created_at"]),
+            text("ERROR", &["error"]),
         ],
     }
 }

@@ -1,0 +1,147 @@
+//! The file inbox protocol through the real daemon: files still being written (an open writer, a temporary name) are
+//! left alone, and a file is imported whole once its writer is done.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::harness::{Daemon, Setup};
+
+const HEADER: &str = "Date,Amount,Currency,Counterparty,Description,Transaction Id\n";
+
+fn csv_lines(prefix: &str, range: std::ops::Range<usize>) -> String {
+    range
+        .map(|i| {
+            format!("2026-03-05,{i}.25,EUR,Payer {prefix}{i},transfer {prefix}{i},{prefix}{i}\n")
+        })
+        .collect()
+}
+
+fn start() -> (Daemon, PathBuf) {
+    let d = Daemon::start(Setup {
+        plugins: vec!["bank-csv"],
+        config: String::new(),
+    });
+    let inbox = d.data_dir().join("inbox");
+    d.eventually("the inbox folders", || {
+        (inbox.join("done").is_dir() && inbox.join("failed").is_dir()).then_some(())
+    });
+    (d, inbox)
+}
+
+/// The path of the file in `folder` whose name ends with `name` (done/ and failed/ prefix a time stamp).
+fn find(folder: &Path, name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(folder)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(&format!("-{name}")))
+        })
+}
+
+fn wait_done(d: &Daemon, inbox: &Path, name: &str) -> Value {
+    let done = d.eventually(&format!("{name} in done/"), || {
+        find(&inbox.join("done"), name)
+    });
+    let text = std::fs::read_to_string(format!("{}.summary.json", done.display()))
+        .unwrap_or_else(|e| panic!("summary of {}: {e}", done.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("summary {text}: {e}"))
+}
+
+/// Drops a small file and waits until it is imported. Every file that was already in the inbox and still has been
+/// still for at least as long, so when the daemon would take such a file it has taken it by then (candidates are
+/// taken in name order and the marker's name sorts last).
+fn drop_marker_and_wait(d: &Daemon, inbox: &Path, tag: &str) {
+    let name = format!("zz-marker-{tag}.csv");
+    std::fs::write(
+        inbox.join(&name),
+        format!("{HEADER}{}", csv_lines(tag, 0..1)),
+    )
+    .unwrap();
+    let summary = wait_done(d, inbox, &name);
+    assert_eq!(summary["new"], 1, "{summary}");
+}
+
+fn external_ids(d: &Daemon) -> Vec<String> {
+    d.ok("GET", "/v1/payments?limit=1000", None)["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["external_id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_file_written_in_two_parts_with_a_pause_longer_than_the_settle_time_is_imported_whole() {
+    let (d, inbox) = start();
+    let mut writer = std::fs::File::create(inbox.join("a-statement.csv")).unwrap();
+    writer
+        .write_all(format!("{HEADER}{}", csv_lines("P", 0..3)).as_bytes())
+        .unwrap();
+    writer.flush().unwrap();
+    // The writer stalls, file open, until a file dropped after the first part has been imported: the first part has
+    // then been still for longer than the settle time.
+    drop_marker_and_wait(&d, &inbox, "m");
+    assert!(
+        inbox.join("a-statement.csv").exists(),
+        "a file still open for writing was taken from the inbox\n{}",
+        d.log_text()
+    );
+    writer.write_all(csv_lines("P", 3..6).as_bytes()).unwrap();
+    drop(writer);
+    let summary = wait_done(&d, &inbox, "a-statement.csv");
+    assert_eq!(
+        (summary["records_read"].as_u64(), summary["new"].as_u64()),
+        (Some(6), Some(6)),
+        "both parts are imported in one go: {summary}"
+    );
+    let ids = external_ids(&d);
+    for i in 0..6 {
+        assert!(
+            ids.iter().any(|id| id.ends_with(&format!("P{i}"))),
+            "record P{i} is missing: {ids:?}"
+        );
+    }
+    assert_eq!(ids.len(), 7, "six lines and the marker, each once: {ids:?}");
+}
+
+#[test]
+fn files_under_temporary_names_are_imported_only_after_they_are_renamed_into_place() {
+    let (d, inbox) = start();
+    let temporary = [
+        "statement-1.csv.part",
+        ".statement-2.csv",
+        "statement-3.csv.filepart",
+        "statement-4.csv.crdownload",
+        "statement-5.csv~",
+        "STATEMENT-6.CSV.PART",
+        "statement-7.csv.tmp",
+    ];
+    for (n, name) in temporary.iter().enumerate() {
+        std::fs::write(
+            inbox.join(name),
+            format!("{HEADER}{}", csv_lines(&format!("T{n}x"), 0..2)),
+        )
+        .unwrap();
+    }
+    drop_marker_and_wait(&d, &inbox, "t");
+    for name in temporary {
+        assert!(
+            inbox.join(name).exists(),
+            "{name} was taken before it was renamed\n{}",
+            d.log_text()
+        );
+    }
+    assert_eq!(external_ids(&d).len(), 1, "only the marker is imported");
+    for (n, name) in temporary.iter().enumerate() {
+        std::fs::rename(inbox.join(name), inbox.join(format!("renamed-{n}.csv"))).unwrap();
+    }
+    for n in 0..temporary.len() {
+        let summary = wait_done(&d, &inbox, &format!("renamed-{n}.csv"));
+        assert_eq!(summary["new"], 2, "renamed-{n}.csv: {summary}");
+    }
+    assert_eq!(external_ids(&d).len(), 1 + 2 * temporary.len());
+}
