@@ -118,7 +118,7 @@ pub(crate) fn find_original(
         }
     }
     for found in reconcile::find_references(record, &tx.state.index.shapes) {
-        let keys = std::iter::once(found.key).chain(found.wrapped.map(|w| w.key));
+        let keys = std::iter::once(found.key).chain(found.joined.into_iter().map(|j| j.key));
         for key in keys {
             let Some(invoice_id) = tx.index("invoice-ref", &invoice_ref_key(&key))? else {
                 continue;

@@ -373,7 +373,7 @@ impl Store {
     /// Every `(key, value)` under a raw key prefix, in key order (the outbox's `o/<sink>/` rows).
     pub fn scan_raw<T: DeserializeOwned>(&self, prefix: &str) -> StoreResult<Vec<(String, T)>> {
         let mut out = Vec::new();
-        for item in self.inner.tree.scan_prefix(prefix.as_bytes()) {
+        for item in self.tree()?.scan_prefix(prefix.as_bytes()) {
             let (k, v) = item?;
             let key = String::from_utf8_lossy(&k).to_string();
             let value = decode(&key, &v)?;
@@ -478,7 +478,7 @@ impl Store {
     ) -> StoreResult<Vec<String>> {
         let start = index_key(index, prefix);
         let mut rows: BTreeMap<String, String> = BTreeMap::new();
-        for item in self.inner.tree.scan_prefix(start.as_bytes()) {
+        for item in self.tree()?.scan_prefix(start.as_bytes()) {
             let (k, v) = item?;
             let key = String::from_utf8_lossy(&k).into_owned();
             let id = decode(&key, &v)?;

@@ -3,14 +3,14 @@
 
 mod api;
 mod connectors;
-mod disk_full;
 mod cut_references;
+mod disk_full;
 mod harness;
 mod imports;
 mod inbox;
 mod lifecycle;
 mod outbox;
 mod plugin_host;
+mod receiver;
 mod refused;
 mod returns;
-mod receiver;
