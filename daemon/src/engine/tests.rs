@@ -797,70 +797,11 @@ async fn a_write_set_that_fails_after_relinking_a_payer_keeps_the_previous_link(
     assert_eq!(linked.as_deref(), Some("acc_00000001"));
 }
 
-/// A tmpfs mounted for one test, unmounted on drop (also when the test fails). Mounting needs root.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    /// `None` when not root (mounting is impossible); as root a failing mount fails the test.
-    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let euid = status
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2));
-        if euid != Some("0") {
-            return None;
-        }
-        std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs at {} failed although running as root: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let umount = |lazy: bool| {
-            let mut cmd = std::process::Command::new("umount");
-            if lazy {
-                cmd.arg("-l");
-            }
-            cmd.arg(&self.0).status().is_ok_and(|s| s.success())
-        };
-        if !umount(false) {
-            umount(true);
-        }
-        let _ = std::fs::remove_dir(&self.0);
-        if let Some(parent) = self.0.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
-}
-
-/// Write a ballast file until the filesystem is full.
-fn fill(path: &std::path::Path) {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path).unwrap();
-    for chunk in [1 << 20, 4096, 1] {
-        let bytes = vec![0x5a_u8; chunk];
-        while file.write_all(&bytes).and_then(|()| file.flush()).is_ok() {}
-    }
-}
-
 #[tokio::test]
 async fn a_flush_that_fails_on_a_full_disk_leaves_no_trace_in_the_store_index_counters_or_series() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let Some(mount) = Tmpfs::mount(&data, "8m") else {
+    let Some(mount) = crate::store::full_disk::Tmpfs::mount(&data, "8m") else {
         eprintln!("skipping the full-disk engine test: mounting a small filesystem needs root");
         return;
     };
@@ -884,7 +825,7 @@ async fn a_flush_that_fails_on_a_full_disk_leaves_no_trace_in_the_store_index_co
     }
 
     // sled may put the first writes into file pages it already holds: issue until one fails.
-    fill(&data.join("ballast"));
+    crate::store::full_disk::fill(&data.join("ballast"));
     let mut issued = 0;
     let failed_id = loop {
         let id = &drafts[issued];

@@ -806,4 +806,6 @@ fn lock_dir(dir: &Path) -> StoreResult<File> {
 }
 
 #[cfg(test)]
+pub(crate) mod full_disk;
+#[cfg(test)]
 mod tests;
