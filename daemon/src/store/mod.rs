@@ -642,6 +642,16 @@ fn open_sled(dir: &Path, options: &StoreOptions, generation: u64) -> StoreResult
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
+            // A full disk is not damage: do not send the user to `settled restore` for it.
+            Err(sled::Error::Io(source)) if source.kind() == std::io::ErrorKind::StorageFull => {
+                return Err(StoreError::Io {
+                    context: format!(
+                        "opening the store at {} (the disk is full: free space on it)",
+                        dir.display()
+                    ),
+                    source,
+                })
+            }
             other => {
                 break other.map_err(|source| StoreError::Open {
                     path: dir.to_path_buf(),
@@ -862,5 +872,7 @@ fn lock_dir(dir: &Path) -> StoreResult<File> {
     Ok(file)
 }
 
+#[cfg(test)]
+pub(crate) mod full_disk;
 #[cfg(test)]
 mod tests;

@@ -515,3 +515,109 @@ fn a_seen_payment_id_is_stored_bare_and_read_back_as_what_it_produced() {
     );
     assert_eq!(store.seen("pay:csv:3").unwrap(), None);
 }
+
+#[tokio::test]
+async fn a_change_applied_before_a_failed_flush_is_never_durable_even_after_the_store_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let Some(_mount) = super::full_disk::Tmpfs::mount(&data, "8m") else {
+        eprintln!("skipping the full-disk store test: mounting a small filesystem needs root");
+        return;
+    };
+    let store = open(&data);
+    let mut ws = store.begin();
+    ws.put(
+        "lead",
+        "lead_00000001",
+        &serde_json::json!({"id": "lead_00000001"}),
+    );
+    ws.event(
+        "test",
+        "lead.captured",
+        "lead",
+        "lead_00000001",
+        serde_json::json!({}),
+        false,
+    );
+    let kept = store.apply(ws).unwrap();
+    store.durable(&kept).await.unwrap();
+
+    super::full_disk::fill(&data.join("ballast"));
+    // sled may put the first changes into file pages it already holds: write until a flush fails.
+    let mut lost = None;
+    for n in 2..2000 {
+        let id = format!("lead_{n:08}");
+        let mut ws = store.begin();
+        ws.put(
+            "lead",
+            &id,
+            &serde_json::json!({"id": id, "pad": "x".repeat(2000)}),
+        );
+        ws.event(
+            "test",
+            "lead.captured",
+            "lead",
+            &id,
+            serde_json::json!({}),
+            false,
+        );
+        let ticket = store.apply(ws).unwrap();
+        if let Err(e) = store.durable(&ticket).await {
+            assert!(matches!(e, StoreError::WriteFailed { .. }), "{e}");
+            lost = Some((id, ticket));
+            break;
+        }
+    }
+    let (lost_id, lost_ticket) = lost.expect("a flush failed on the full disk");
+    let failure = store.failure().expect("the store closed itself");
+    assert!(
+        failure.reason.contains("No space left on device"),
+        "{failure:?}"
+    );
+    assert!(matches!(
+        store.get::<serde_json::Value>("lead", &lost_id),
+        Err(StoreError::Unavailable { .. })
+    ));
+    assert_eq!(
+        store.last_event_id(),
+        0,
+        "no event id is shown while closed"
+    );
+
+    std::fs::remove_file(data.join("ballast")).unwrap();
+    assert!(store.reopen().unwrap());
+    assert!(!store.reopen().unwrap(), "an open store is left alone");
+    assert!(store.failure().is_none());
+    assert_eq!(
+        store.get::<serde_json::Value>("lead", &lost_id).unwrap(),
+        None
+    );
+    let confirmed = store.last_event_id();
+    assert_eq!(
+        store.events_after(0, 10_000).unwrap().len() as u64,
+        confirmed
+    );
+    assert!(
+        matches!(
+            store.durable(&lost_ticket).await,
+            Err(StoreError::Unavailable { .. })
+        ),
+        "a ticket of the closed opening is not made durable by the new one"
+    );
+    let mut ws = store.begin();
+    ws.event(
+        "test",
+        "lead.captured",
+        "lead",
+        "lead_99999999",
+        serde_json::json!({}),
+        false,
+    );
+    let next = store.apply(ws).unwrap();
+    store.durable(&next).await.unwrap();
+    assert_eq!(
+        next.event_ids,
+        vec![confirmed + 1],
+        "the failed write took no event id"
+    );
+}
