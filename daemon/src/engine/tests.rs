@@ -737,3 +737,55 @@ async fn an_external_id_is_recognised_whether_the_payment_was_allocated_by_hand_
     assert_eq!(again.id, first.id);
     assert_eq!(w.engine.store().count("payment"), 1);
 }
+
+#[tokio::test]
+async fn a_partial_reversal_takes_back_the_credit_first_then_the_newest_allocation() {
+    let w = World::new();
+    let inv = w.issued_invoice("Overpaid", "360.00").await;
+    let (pay, _) = w
+        .pay(
+            json!({"amount": "400.00", "currency": "EUR", "allocations": [{"invoice_id": inv.id}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pay.unallocated, dec!(40.00));
+    let credit = |w: &World| {
+        w.engine.show("account", &inv.account_id).unwrap()["credit_balance"]["EUR"].clone()
+    };
+    assert_eq!(credit(&w), "40.00");
+    let first = w
+        .engine
+        .write(|tx| super::reversal::reverse(tx, &pay.id, Some(dec!(100.00)), true, "refund", "t"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.reversed, first.excess, first.payment.credit_reversed),
+        (dec!(100.00), dec!(0), dec!(40.00))
+    );
+    let v = w.invoice(&inv.id);
+    assert_eq!(
+        (v["balance"].as_str(), v["amount_refunded"].as_str()),
+        (Some("60.00"), Some("60.00"))
+    );
+    assert_eq!(
+        credit(&w),
+        Value::Null,
+        "the overpayment left the credit balance first (emptied, it is dropped)"
+    );
+    // More than is left: the rest (300.00) is undone, 700.00 is reported as excess, the payment is reversed.
+    let second = w
+        .engine
+        .write(|tx| super::reversal::reverse(tx, &pay.id, Some(dec!(1000.00)), true, "refund", "t"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.reversed, second.excess),
+        (dec!(300.00), dec!(700.00))
+    );
+    assert_eq!(
+        second.payment.state,
+        crate::domain::payment::PaymentState::Reversed
+    );
+    assert_eq!(w.invoice(&inv.id)["balance"], "360.00");
+    assert!(w.engine.reverse_payment(&pay.id, "t").await.is_err());
+}
