@@ -668,7 +668,6 @@ fn ingest_payment(
 /// chargeback, or a plain outgoing transfer whose references lead to a payment of the same payer. The original is
 /// looked for across connectors ([`reversal::find_original`]); exactly the amount returned is undone. `None` when it
 /// is a plain outgoing transfer after all, for the usual reconciliation to ignore.
-#[allow(clippy::too_many_arguments)] // one record, where it came from, and the summary it adds to
 fn ingest_return(
     tx: &mut Tx<'_>,
     plugin: &str,

@@ -180,7 +180,7 @@ pub(crate) fn find_original(
         }
         scored.push((score, pay, left, why));
     }
-    scored.sort_by(|a, b| b.0.cmp(&a.0));
+    scored.sort_by_key(|s| std::cmp::Reverse(s.0));
     let Some(best) = scored.first().map(|s| s.0) else {
         return Ok(Original::Unknown);
     };
@@ -373,7 +373,7 @@ fn newest_invoice_paid(tx: &Tx<'_>, pay: &Payment) -> EngineResult<Option<Invoic
     for alloc_id in pay.allocations.iter().rev() {
         let alloc: Allocation = tx.get("allocation", alloc_id)?;
         if alloc.amount > Decimal::ZERO {
-            return Ok(tx.get_raw(&format!("e/invoice/{}", alloc.invoice_id))?);
+            return tx.get_raw(&format!("e/invoice/{}", alloc.invoice_id));
         }
     }
     Ok(None)

@@ -619,5 +619,24 @@ async fn a_change_applied_before_a_failed_flush_is_never_durable_even_after_the_
         next.event_ids,
         vec![confirmed + 1],
         "the failed write took no event id"
+#[test]
+fn an_index_prefix_read_through_a_write_set_sees_its_own_writes_and_removals() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut ws = store.begin();
+    ws.index("paid-by", "e2e:x/pay_1", "pay_1");
+    ws.index("paid-by", "e2e:x/pay_2", "pay_2");
+    ws.index("paid-by", "e2e:xy/pay_9", "pay_9");
+    store.apply(ws).unwrap();
+    let mut ws = store.begin();
+    ws.index("paid-by", "e2e:x/pay_3", "pay_3");
+    ws.unindex("paid-by", "e2e:x/pay_1");
+    assert_eq!(
+        store.index_prefix_in(&ws, "paid-by", "e2e:x/").unwrap(),
+        ["pay_2", "pay_3"]
+    );
+    assert_eq!(
+        store.index_prefix("paid-by", "e2e:x/").unwrap(),
+        ["pay_1", "pay_2"]
     );
 }

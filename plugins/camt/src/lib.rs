@@ -8,7 +8,8 @@
 //!   currency, which is what was booked on the account; a batch entry with several `TxDtls` takes each
 //!   transaction's `Amt` (else `AmtDtls/TxAmt/Amt`) and its own `CdtDbtInd`.
 //! - Counterparty: for a credit the `Dbtr` (else `UltmtDbtr`) name and `DbtrAcct` IBAN or other id; for a
-//!   debit the `Cdtr` side. `Sts` BOOK is booked; PDNG, INFO and FUTR are pending.
+//!   debit the `Cdtr` side, except that a returned or reversed credit names its original payer (`Dbtr`) when
+//!   it lists one. `own_account` is the statement's `Acct/Id`. `Sts` BOOK is booked; PDNG, INFO and FUTR are pending.
 //! - Kind: `Refund` for `RtrInf` or a return sub-family (RRTN, ARET, RPCR), `Fee` for CHRG, FEES, COMM.
 //! - `RvslInd=true` sets `reversal` and keeps kind `Transfer`: the sign (`CdtDbtInd` of the reversing entry)
 //!   already says which way the money went back, and the engine reopens what the original paid.

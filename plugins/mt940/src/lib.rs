@@ -9,7 +9,8 @@
 //!   split at SEPA keywords: `SVWZ+` is the remittance, `EREF+` the end-to-end id; `?32`+`?33` the name,
 //!   `?38` or `?31` the account), as Dutch `/KEY/value` pairs, or as free text whose full 65-character
 //!   lines continue without a space.
-//! - `booked_on` is the `:61:` entry date, or the value date when the bank leaves the entry date out.
+//! - `booked_on` is the `:61:` entry date, or the value date when the bank leaves the entry date out;
+//!   `own_account` is the `:25:` account.
 //! - MT942 entries are `pending`: interim reports list items that the next MT940 books, and a pending
 //!   record never marks an invoice paid. An MT942 has no balances; its currency comes from `:34F:`/`:90D:`.
 //! - Every MT940 message must have its opening and closing balance; a missing `:62F:` fails the file,
