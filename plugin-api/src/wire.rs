@@ -261,7 +261,8 @@ pub struct PaymentRecord {
     /// The other party's account (IBAN or number).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counterparty_account: Option<String>,
-    /// Unstructured remittance text, lines joined as they were split (no separator inside a wrapped word).
+    /// Unstructured remittance text; parts cut at a fixed width joined with a line break (so the cut stays
+    /// visible to the matcher), other parts with a space.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remittance: Option<String>,
     /// Structured creditor reference (ISO 11649 `RF...` or a national one) when the source marks it as such.
