@@ -265,7 +265,8 @@ pub struct PaymentRecord {
     /// matched to payments of the same account, whichever connector brought them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own_account: Option<String>,
-    /// Unstructured remittance text, lines joined as they were split (no separator inside a wrapped word).
+    /// Unstructured remittance text; parts cut at a fixed width joined with a line break (so the cut stays
+    /// visible to the matcher), other parts with a space.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remittance: Option<String>,
     /// Structured creditor reference (ISO 11649 `RF...` or a national one) when the source marks it as such.

@@ -5,7 +5,7 @@ mod profile;
 mod stream;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::str::FromStr;
@@ -181,13 +181,19 @@ pub fn parse(
         .flexible(true)
         .from_reader(body.as_bytes());
     let mut record = csv::ByteRecord::new();
+    let mut lines = LineCounter::default();
+    let mut line_of = |position: Option<&csv::Position>| {
+        lines
+            .line(body.as_bytes(), position.map_or(0, csv::Position::byte))
+            .saturating_add(skipped)
+    };
     // Exports often open with a few lines of account details: the header is the first row that fits the profile.
     let mut first_error = None;
     let mut candidates = 0;
     let layout = loop {
         let more = reader
             .read_byte_record(&mut record)
-            .map_err(|e| csv_error(&e, skipped))?;
+            .map_err(|e| csv_error(&e, line_of(e.position())))?;
         if !more {
             return Err(first_error.unwrap_or_else(|| {
                 PluginError::bad_input("file", "no header row: the file has only blank lines")
@@ -196,7 +202,7 @@ pub fn parse(
         if is_blank(&record) {
             continue;
         }
-        match Layout::from_header(&record, profile, line_of(&record, skipped)) {
+        match Layout::from_header(&record, profile, line_of(record.position())) {
             Ok(layout) => break layout,
             Err(e) => {
                 candidates += 1;
@@ -207,6 +213,7 @@ pub fn parse(
             }
         }
     };
+    let mut gate = RowGate::new(profile, &layout)?;
     // Sizing the outputs up front avoids rehashing and copying them as a million-row file grows.
     let rows_estimate = body.bytes().filter(|b| *b == b'\n').count() + 1;
 
@@ -225,31 +232,137 @@ pub fn parse(
     loop {
         let more = reader
             .read_byte_record(&mut record)
-            .map_err(|e| csv_error(&e, skipped))?;
+            .map_err(|e| csv_error(&e, line_of(e.position())))?;
         if !more {
             break;
         }
         if is_blank(&record) {
             continue;
         }
-        out.push(rows.row(&record, line_of(&record, skipped))?);
+        gate.admit(&record, line_of(record.position()), |row, line| {
+            out.push(rows.row(row, line)?);
+            Ok(())
+        })?;
     }
     Ok(out)
 }
 
-fn line_of(record: &csv::ByteRecord, skipped: usize) -> usize {
-    let line = record.position().map_or(0, |p| p.line());
-    usize::try_from(line)
-        .unwrap_or(usize::MAX)
-        .saturating_add(skipped)
+/// Line numbers (from 1) of rows in a text read front to back. A row's csv position is where the
+/// reader started looking for it: before the blank lines above it, and in a CRLF file at the `\n` that
+/// ends the line above, so the csv line number named a line too low.
+#[derive(Default)]
+struct LineCounter {
+    byte: usize,
+    newlines: usize,
 }
 
-fn csv_error(error: &csv::Error, skipped: usize) -> PluginError {
-    let line = error.position().map_or(0, |p| p.line());
-    let line = usize::try_from(line)
-        .unwrap_or(usize::MAX)
-        .saturating_add(skipped);
+impl LineCounter {
+    /// The line of the first character at or after byte `byte` of `text` that is not a line end;
+    /// offsets asked for should not go backwards (that recounts).
+    fn line(&mut self, text: &[u8], byte: u64) -> usize {
+        let mut byte = usize::try_from(byte).unwrap_or(usize::MAX).min(text.len());
+        while text.get(byte).is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+            byte += 1;
+        }
+        if byte < self.byte {
+            *self = LineCounter::default();
+        }
+        self.newlines += count_newlines(&text[self.byte..byte]);
+        self.byte = byte;
+        self.newlines + 1
+    }
+}
+
+fn count_newlines(text: &[u8]) -> usize {
+    text.iter().filter(|b| **b == b'\n').count()
+}
+
+fn csv_error(error: &csv::Error, line: usize) -> PluginError {
     PluginError::bad_input(format!("line {line}"), format!("unreadable csv: {error}"))
+}
+
+/// The rows after the header on their way to the row parser: rows the profile says are no bookings
+/// (`skip_rows_matching`, `skip_rows_without_date`) are dropped, and the last `skip_trailing_rows` are
+/// held back, since only the end of the file shows which rows are the last.
+struct RowGate {
+    patterns: Option<regex::RegexSet>,
+    without_date: bool,
+    date: usize,
+    delimiter: char,
+    trailing: usize,
+    held: VecDeque<(csv::ByteRecord, usize)>,
+    /// The row's fields joined by the delimiter, for the patterns.
+    text: String,
+}
+
+impl RowGate {
+    fn new(profile: &Profile, layout: &Layout) -> Result<RowGate, PluginError> {
+        let patterns = if profile.skip_rows_matching.is_empty() {
+            None
+        } else {
+            let set = regex::RegexSet::new(&profile.skip_rows_matching).map_err(|e| {
+                PluginError::bad_config(
+                    "profile.skip_rows_matching",
+                    format!("not a regular expression: {e}"),
+                )
+            })?;
+            Some(set)
+        };
+        Ok(RowGate {
+            patterns,
+            without_date: profile.skip_rows_without_date,
+            date: layout.date,
+            delimiter: profile.delimiter,
+            trailing: profile.skip_trailing_rows,
+            held: VecDeque::with_capacity(profile.skip_trailing_rows + 1),
+            text: String::new(),
+        })
+    }
+
+    /// Takes the next non-blank row and passes on, to `parse`, the row (maybe an earlier one) now known
+    /// to be neither trailing nor skipped.
+    fn admit(
+        &mut self,
+        record: &csv::ByteRecord,
+        line: usize,
+        mut parse: impl FnMut(&csv::ByteRecord, usize) -> Result<(), PluginError>,
+    ) -> Result<(), PluginError> {
+        if self.trailing == 0 {
+            if !self.skips(record) {
+                parse(record, line)?;
+            }
+            return Ok(());
+        }
+        self.held.push_back((record.clone(), line));
+        if self.held.len() > self.trailing {
+            if let Some((row, line)) = self.held.pop_front() {
+                if !self.skips(&row) {
+                    parse(&row, line)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn skips(&mut self, record: &csv::ByteRecord) -> bool {
+        let no_date = record
+            .get(self.date)
+            .is_none_or(|f| f.iter().all(u8::is_ascii_whitespace));
+        if self.without_date && no_date {
+            return true;
+        }
+        let Some(patterns) = &self.patterns else {
+            return false;
+        };
+        self.text.clear();
+        for (i, field) in record.iter().enumerate() {
+            if i > 0 {
+                self.text.push(self.delimiter);
+            }
+            self.text.push_str(&String::from_utf8_lossy(field));
+        }
+        patterns.is_match(&self.text)
+    }
 }
 
 fn is_blank(record: &csv::ByteRecord) -> bool {

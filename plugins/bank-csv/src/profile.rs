@@ -124,6 +124,17 @@ pub struct Profile {
     /// Lines before the header row to ignore (account summaries and the like).
     #[serde(default)]
     pub skip_rows: usize,
+    /// Rows at the end of the file to ignore whatever they hold (balance and total footers): the last
+    /// this many non-blank rows after the header.
+    #[serde(default)]
+    pub skip_trailing_rows: usize,
+    /// Rows after the header to ignore when one of these regular expressions matches them, as their
+    /// fields (unquoted) joined by the delimiter, e.g. `^;*Saldo` for `;;"Saldo";"1.234,56"`.
+    #[serde(default)]
+    pub skip_rows_matching: Vec<String>,
+    /// Ignore rows after the header whose date field is empty (footers) instead of failing on them.
+    #[serde(default)]
+    pub skip_rows_without_date: bool,
     /// Where to find each field.
     pub columns: Columns,
     /// Currency of every row, used when there is no currency column (or it is empty).
@@ -188,6 +199,9 @@ fn base() -> Profile {
         date_format: default_date_format(),
         encoding: default_encoding(),
         skip_rows: 0,
+        skip_trailing_rows: 0,
+        skip_rows_matching: Vec::new(),
+        skip_rows_without_date: false,
         columns: no_columns(),
         currency: None,
     }
@@ -198,6 +212,11 @@ pub fn signed() -> Profile {
     Profile {
         thousands_separator: Some(','),
         date_format: names(&["%Y-%m-%d", "%m/%d/%Y"]),
+        // a row whose first non-empty field is just a balance or total label; a booking opens with its date
+        skip_rows_matching: vec![
+            r"(?i)^,*(total|totals|balance|opening balance|closing balance|ending balance|available balance)\s*:?\s*(,|$)"
+                .into(),
+        ],
         columns: Columns {
             date: names(&["Date", "Booking Date", "Posted Date", "Transaction Date"]),
             value_date: Some(names(&["Value Date"])),
@@ -226,6 +245,13 @@ pub fn de_sepa() -> Profile {
         // %y first: it rejects four-digit years, while %Y would read `24` as the year 24.
         date_format: names(&["%d.%m.%y", "%d.%m.%Y"]),
         currency: Some("EUR".into()),
+        // balance and total rows: `"Saldo";;;"1.234,56"`, `Kontostand vom 31.03.2026:;...`, and
+        // Volksbank's dated `01.03.2026;;;;;Anfangssaldo;EUR;1.000,00;H`: the label is a whole field, the
+        // first non-empty one or the first after the date, which a booking's name or text never is alone
+        skip_rows_matching: vec![
+            format!(r"(?i)^;*{BALANCE_LABEL}"),
+            format!(r"(?i)^[0-9./-]+;;+{BALANCE_LABEL}"),
+        ],
         columns: Columns {
             date: names(&["Buchungstag", "Buchungsdatum", "Datum"]),
             value_date: Some(names(&["Valutadatum", "Wertstellung", "Valuta"])),
@@ -262,6 +288,9 @@ pub fn de_sepa() -> Profile {
         ..base()
     }
 }
+
+/// A field holding only a German balance or total label (`Saldo`, `Kontostand vom 31.03.2026:`).
+const BALANCE_LABEL: &str = r"(anfangssaldo|endsaldo|saldo|alter kontostand|neuer kontostand|kontostand|summe|umsatzsumme)( (vom|am|per) [0-9./-]+)?\s*:?\s*(;|$)";
 
 /// `dotted-date`: `"Date","Payee","Amount"` with `YYYY.MM.DD` dates and a signed amount, no currency column
 /// (set `currency` in the settings).
@@ -324,6 +353,19 @@ impl Profile {
                 "date_format",
                 "at least one date format is needed".into(),
             ));
+        }
+        for pattern in &self.skip_rows_matching {
+            if let Err(e) = regex::Regex::new(pattern) {
+                let why = e
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                return Err(bad(
+                    "skip_rows_matching",
+                    format!("`{pattern}` is not a regular expression: {why}"),
+                ));
+            }
         }
         if self.encoding != "auto"
             && encoding_rs::Encoding::for_label(self.encoding.as_bytes()).is_none()

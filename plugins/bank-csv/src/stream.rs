@@ -6,8 +6,8 @@ use settled_plugin_api::sdk::StreamParser;
 use settled_plugin_api::{PluginError, Record};
 
 use crate::{
-    compile_dates, csv_error, detect, is_blank, line_of, Detected, Layout, RowParser, RowState,
-    Settings, HEADER_SEARCH_ROWS,
+    compile_dates, csv_error, detect, is_blank, Detected, Layout, LineCounter, RowGate, RowParser,
+    RowState, Settings, HEADER_SEARCH_ROWS,
 };
 
 /// Bytes held back before automatic encoding detection (it looks at the BOM and the first 128 bytes).
@@ -47,6 +47,8 @@ pub struct CsvStream {
     /// The csv line number (counted from after the skipped lines, from 1) where `text` starts.
     line_base: u64,
     layout: Option<Layout>,
+    /// Set with the layout: skips rows and holds back the trailing ones until the end.
+    gate: Option<RowGate>,
     /// Rows that did not fit the profile as a header, and the first one's error.
     candidates: usize,
     first_error: Option<PluginError>,
@@ -78,6 +80,7 @@ impl CsvStream {
             text: String::new(),
             line_base: 1,
             layout: None,
+            gate: None,
             candidates: 0,
             first_error: None,
             rows: RowState::default(),
@@ -236,12 +239,19 @@ impl CsvStream {
             .flexible(true)
             .from_reader(self.text.as_bytes());
         let mut record = csv::ByteRecord::new();
+        let mut lines = LineCounter::default();
+        let text = self.text.as_bytes();
+        let mut line_of = |position: Option<&csv::Position>| {
+            lines
+                .line(text, position.map_or(0, csv::Position::byte))
+                .saturating_add(offset)
+        };
         let mut out = Vec::new();
-        let (mut consumed, mut consumed_line) = (0usize, 1u64);
+        let mut consumed = 0usize;
         loop {
             let more = reader
                 .read_byte_record(&mut record)
-                .map_err(|e| csv_error(&e, offset))?;
+                .map_err(|e| csv_error(&e, line_of(e.position())))?;
             if !more {
                 break;
             }
@@ -252,13 +262,12 @@ impl CsvStream {
                 break;
             }
             consumed = end;
-            consumed_line = reader.position().line();
             if is_blank(&record) {
                 continue;
             }
-            let line = line_of(&record, offset);
-            match &self.layout {
-                Some(layout) => {
+            let line = line_of(record.position());
+            match (&self.layout, &mut self.gate) {
+                (Some(layout), Some(gate)) => {
                     let mut rows = RowParser {
                         file: &self.name,
                         profile,
@@ -266,10 +275,16 @@ impl CsvStream {
                         date_formats: &date_formats,
                         state: &mut self.rows,
                     };
-                    out.push(Record::Payment(rows.row(&record, line)?));
+                    gate.admit(&record, line, |row, line| {
+                        out.push(Record::Payment(rows.row(row, line)?));
+                        Ok(())
+                    })?;
                 }
-                None => match Layout::from_header(&record, profile, line) {
-                    Ok(layout) => self.layout = Some(layout),
+                _ => match Layout::from_header(&record, profile, line) {
+                    Ok(layout) => {
+                        self.gate = Some(RowGate::new(profile, &layout)?);
+                        self.layout = Some(layout);
+                    }
                     Err(e) => {
                         self.candidates += 1;
                         let first = self.first_error.get_or_insert(e);
@@ -281,8 +296,9 @@ impl CsvStream {
             }
         }
         drop(reader);
+        let consumed_lines = count_newlines(self.text.get(..consumed).unwrap_or_default());
         self.text.drain(..consumed);
-        self.line_base += consumed_line - 1;
+        self.line_base += u64::try_from(consumed_lines).unwrap_or(u64::MAX);
         Ok(out)
     }
 }

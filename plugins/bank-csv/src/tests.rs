@@ -465,3 +465,134 @@ fn a_negative_line_naming_an_original_transaction_is_a_refund_of_it() {
         ]
     );
 }
+
+#[test]
+fn errors_in_crlf_files_name_the_line_an_editor_shows() {
+    for ends in ["\n", "\r\n"] {
+        let text = "Konto;DE89\n\nBuchungstag;Betrag\n\n01.02.2024;1,00\n\n\n01.02.2024;x\n"
+            .replace('\n', ends);
+        check_err(
+            text.as_bytes(),
+            &de_sepa_settings(),
+            "line 8, column \"Betrag\"",
+            "`x` is not an amount with decimal mark `,` and thousands separator `.`",
+        );
+    }
+}
+
+/// A Sparkasse-style export: account block, bookings, and balance rows at the end.
+const GERMAN_EXPORT: &str = "\"Umsätze Girokonto\";\"Zeitraum: 30 Tage\"\n\
+    \"Kontostand vom 01.03.2026:\";\"1.000,00 EUR\"\n\
+    \n\
+    \"Buchungstag\";\"Verwendungszweck\";\"Betrag\"\n\
+    \"05.03.2026\";\"Saldo Ausgleich INV-2026-001\";\"1.250,00\"\n\
+    \"06.03.2026\";\"Miete\";\"-800,00\"\n\
+    \n\
+    \"Saldo\";;\"1.450,00\"\n\
+    ;\"Summe\";\"450,00\"\n\
+    \"Kontostand vom 31.03.2026:\";;\"1.450,00 EUR\"\n";
+
+#[test]
+fn de_sepa_skips_balance_and_total_rows_but_not_bookings_mentioning_them() {
+    let records = parse_ok(GERMAN_EXPORT.as_bytes(), &de_sepa_settings());
+    let got: Vec<(Decimal, Option<&str>)> = records
+        .iter()
+        .map(|r| (r.amount, r.remittance.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (dec("1250.00"), Some("Saldo Ausgleich INV-2026-001")),
+            (dec("-800.00"), Some("Miete"))
+        ]
+    );
+    // Volksbank dates its balance rows
+    let volksbank = "Buchungstag;Verwendungszweck;Betrag\n\
+        01.03.2026;;;Anfangssaldo;1.000,00\n\
+        05.03.2026;Rechnung;12,00\n\
+        31.03.2026;;;Endsaldo;1.012,00\n";
+    assert_eq!(parse_ok(volksbank.as_bytes(), &de_sepa_settings()).len(), 1);
+    // a booking whose name or text starts with such a word is kept, even after empty fields
+    let named = "Buchungstag;Valuta;Name;Verwendungszweck;Betrag\n\
+        05.03.2026;;Summe Versicherung AG;Saldo;12,00\n\
+        06.03.2026;;;Saldo Ausgleich;13,00\n";
+    assert_eq!(parse_ok(named.as_bytes(), &de_sepa_settings()).len(), 2);
+    // the same export without the patterns fails on its first balance row, naming it
+    let mut plain = de_sepa_settings();
+    plain.profile.skip_rows_matching.clear();
+    check_err(
+        GERMAN_EXPORT.as_bytes(),
+        &plain,
+        "line 8, column \"Buchungstag\"",
+        "`Saldo` does not match the date format `%d.%m.%y` or `%d.%m.%Y`",
+    );
+}
+
+fn profile_with(extra: serde_json::Value) -> Settings {
+    let mut profile = serde_json::json!({
+        "delimiter": ";", "decimal_mark": ",", "thousands_separator": ".", "date_format": "%d.%m.%Y",
+        "currency": "EUR",
+        "columns": {"date": "Buchungstag", "amount": "Betrag", "remittance": "Verwendungszweck"}
+    });
+    if let (Some(p), Some(e)) = (profile.as_object_mut(), extra.as_object()) {
+        p.extend(e.clone());
+    }
+    settings(serde_json::json!({ "profile": profile }))
+}
+
+#[test]
+fn trailing_rows_are_dropped_whatever_they_hold() {
+    let s = profile_with(serde_json::json!({"skip_trailing_rows": 3}));
+    let records = parse_ok(GERMAN_EXPORT.as_bytes(), &s);
+    assert_eq!(records.len(), 2);
+    // only the last rows: a bad booking before them still fails the file
+    let bad = GERMAN_EXPORT.replace("\"-800,00\"", "\"x\"");
+    check_err(
+        bad.as_bytes(),
+        &s,
+        "line 6, column \"Betrag\"",
+        "`x` is not an amount with decimal mark `,` and thousands separator `.`",
+    );
+    let too_many = profile_with(serde_json::json!({"skip_trailing_rows": 5}));
+    assert_eq!(parse_ok(GERMAN_EXPORT.as_bytes(), &too_many).len(), 0);
+}
+
+#[test]
+fn rows_matching_a_pattern_or_without_a_date_are_skipped_when_asked() {
+    let matching = profile_with(serde_json::json!({
+        "skip_rows_matching": ["^;*Saldo", "^;*Summe", "^Kontostand"]
+    }));
+    assert_eq!(parse_ok(GERMAN_EXPORT.as_bytes(), &matching).len(), 2);
+    let without_date = profile_with(serde_json::json!({
+        "skip_rows_without_date": true, "skip_rows_matching": ["^Saldo|^Kontostand"]
+    }));
+    assert_eq!(parse_ok(GERMAN_EXPORT.as_bytes(), &without_date).len(), 2);
+    // without the date rule the `Summe` row (no date) fails, naming its line
+    let only_patterns = profile_with(serde_json::json!({
+        "skip_rows_matching": ["^Saldo|^Kontostand"]
+    }));
+    check_err(
+        GERMAN_EXPORT.as_bytes(),
+        &only_patterns,
+        "line 9, column \"Buchungstag\"",
+        "empty date",
+    );
+}
+
+#[test]
+fn a_bad_row_pattern_names_the_key_and_the_pattern() {
+    match Settings::from_json(serde_json::json!({"profile": {
+        "skip_rows_matching": ["(Saldo"],
+        "columns": {"date": "Date", "amount": "Amount"}
+    }})) {
+        Ok(_) => panic!("a bad pattern must be refused"),
+        Err(e) => {
+            assert_eq!(e.location.as_deref(), Some("profile.skip_rows_matching"));
+            assert!(
+                e.message
+                    .starts_with("`(Saldo` is not a regular expression"),
+                "{e}"
+            );
+        }
+    }
+}

@@ -212,3 +212,29 @@ fn the_unconsumed_text_never_holds_more_than_the_unfinished_row() {
     }
     assert!(emitted > 1_900);
 }
+
+#[test]
+fn trailing_and_skipped_rows_stream_identically() {
+    let text = "Konto;DE89\r\n\r\nBuchungstag;Verwendungszweck;Betrag\r\n\
+        05.03.2026;eins;1,00\r\n06.03.2026;zwei;2,00\r\n\r\n\
+        Saldo;;3,00\r\n;Summe;3,00\r\n";
+    check(
+        text.as_bytes(),
+        &settings(serde_json::json!({"profile": "de-sepa"})),
+    );
+    let trailing = settings(serde_json::json!({"profile": {
+        "delimiter": ";", "decimal_mark": ",", "date_format": "%d.%m.%Y", "currency": "EUR",
+        "skip_trailing_rows": 2,
+        "columns": {"date": "Buchungstag", "amount": "Betrag"}
+    }}));
+    assert!(whole(text.as_bytes(), &trailing).is_ok_and(|r| r.len() == 2));
+    check(text.as_bytes(), &trailing);
+    // a bad row before the trailing ones fails alike at every split, on its own line
+    let bad = text.replace("zwei;2,00", "zwei;x");
+    let err = whole(bad.as_bytes(), &trailing).err();
+    assert_eq!(
+        err.and_then(|e| e.location),
+        Some("line 5, column \"Betrag\"".to_string())
+    );
+    check(bad.as_bytes(), &trailing);
+}
