@@ -387,6 +387,7 @@ mod tests {
         assert_eq!(c.numbering.invoice, "INV-{YYYY}-{SEQ:3}");
         assert_eq!(c.invoicing.payment_terms_days, 30);
         assert_eq!(c.plugins.call_timeout_ms, 10_000);
+        assert_eq!(c.imports.inbox_settle_ms, 2000);
     }
 
     #[test]

@@ -302,3 +302,37 @@ fn move_with_note(from: &Path, to: &Path, suffix: &str, note: &str) {
         tracing::error!(file = %from.display(), to = %to.display(), error = %e, "cannot move inbox file");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_temporary;
+
+    #[test]
+    fn temporary_names_of_common_tools_are_recognised_in_any_case() {
+        for name in [
+            ".statement.csv",
+            "statement.csv.part",
+            "STATEMENT.CSV.PART",
+            "statement.csv.partial",
+            "statement.csv.filepart",
+            "statement.csv.crdownload",
+            "statement.csv.download",
+            "statement.csv.tmp",
+            "statement.csv.temp",
+            "statement.csv.swp",
+            "statement.csv~",
+            "~$statement.xlsx",
+        ] {
+            assert!(is_temporary(name), "{name}");
+        }
+        for name in [
+            "statement.csv",
+            "camt053-2026-03.xml",
+            "export.part1.csv",
+            "mt940.sta",
+            "a~b.csv",
+        ] {
+            assert!(!is_temporary(name), "{name}");
+        }
+    }
+}

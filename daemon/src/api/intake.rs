@@ -341,6 +341,13 @@ async fn spool_body(body: axum::body::Body, path: &std::path::Path) -> Result<()
     file.sync_all()
         .await
         .map_err(|e| internal(format!("syncing {}: {e}", path.display())))?;
+    // The file's name must survive a power cut too: it is what the import record points at.
+    if let Some(dir) = path.parent() {
+        let sync_dir = async { tokio::fs::File::open(dir).await?.sync_all().await };
+        sync_dir
+            .await
+            .map_err(|e| internal(format!("syncing {}: {e}", dir.display())))?;
+    }
     Ok(())
 }
 

@@ -255,3 +255,86 @@ impl Engine {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rust_decimal::Decimal;
+    use settled_plugin_api::{PaymentRecord, Record};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::SystemClock;
+    use crate::store::{Store, StoreOptions};
+
+    fn records(n: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| {
+                Record::Payment(PaymentRecord::new(
+                    format!("r{i}"),
+                    Decimal::new(100 + i as i64, 2),
+                    "EUR",
+                ))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_import_resumed_from_the_start_counts_every_record_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let engine = Engine::new(store, Config::default(), Box::new(SystemClock)).unwrap();
+        let import = engine
+            .import_started("big.csv", None, "upload-1")
+            .await
+            .unwrap();
+        // The first attempt commits 300 of 600 records, then the process stops.
+        let mut first = engine
+            .begin_ingest("bank", "bank-csv", Some("big.csv"))
+            .with_journal(ImportJournal::new(&import, "bank"));
+        first
+            .add(records(600).into_iter().take(300).collect())
+            .unwrap();
+        first.finish().await.unwrap();
+        let interrupted = engine.unfinished_imports().unwrap();
+        assert_eq!(interrupted.len(), 1);
+        assert_eq!(interrupted[0].connector.as_deref(), Some("bank"));
+        assert_eq!(
+            (
+                interrupted[0].counts.records_read,
+                interrupted[0].counts.new
+            ),
+            (300, 300)
+        );
+        // The restart reads the whole file again.
+        let resumed = engine.import_resumed(&import.id).await.unwrap();
+        assert_eq!(
+            (resumed.status, resumed.resumed),
+            (ImportStatus::Resumed, 1)
+        );
+        let mut second = engine
+            .begin_ingest("bank", "bank-csv", Some("big.csv"))
+            .with_journal(ImportJournal::new(&resumed, "bank"));
+        second.add(records(600)).unwrap();
+        let summary = second.finish().await.unwrap();
+        assert_eq!(
+            (summary.records_read, summary.new, summary.duplicates),
+            (300, 300, 0)
+        );
+        let done = engine
+            .import_finished(&import.id, resumed.counts + ImportCounts::from(&summary))
+            .await
+            .unwrap();
+        assert_eq!(done.status, ImportStatus::Finished);
+        assert_eq!(
+            (
+                done.counts.records_read,
+                done.counts.new,
+                done.counts.duplicates
+            ),
+            (600, 600, 0)
+        );
+        assert_eq!(done.spool, None);
+        assert!(engine.unfinished_imports().unwrap().is_empty());
+        assert_eq!(engine.store().count("payment"), 600);
+    }
+}

@@ -1,7 +1,8 @@
 //! The sled store: one tree, records under key prefixes, every write one atomic batch, durability by group commit.
 //!
 //! Key layout (all keys UTF-8, all values JSON, so a backup is a plain JSON-lines dump):
-//! - `e/<kind>/<id>`      entity records (`lead`, `account`, `contact`, `opportunity`, `quote`, `order`, `invoice`)
+//! - `e/<kind>/<id>`      entity records (`lead`, `account`, `contact`, `opportunity`, `quote`, `order`, `invoice`,
+//!   `import`)
 //! - `b/<kind>/<20-digit n>` blocks of up to 64 `payment`, `allocation` and `review` records, read and written as if
 //!   each were its own `e/<kind>/<id>` key (see [`blocks`])
 //! - `i/<index>/<key>`    secondary indexes, value = entity id

@@ -145,3 +145,47 @@ fn files_under_temporary_names_are_imported_only_after_they_are_renamed_into_pla
     }
     assert_eq!(external_ids(&d).len(), 1 + 2 * temporary.len());
 }
+
+/// Whether the process `pid` has `path` open.
+fn has_open(pid: u32, path: &Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_file_that_changes_while_it_is_imported_is_read_again_not_moved() {
+    let (d, inbox) = start();
+    let pid = d.child.as_ref().expect("running daemon").id();
+    let path = inbox.join("growing.csv");
+    std::fs::write(&path, format!("{HEADER}{}", csv_lines("G", 0..3000))).unwrap();
+    // Append while the daemon has the file open for its import.
+    d.eventually("the daemon to open growing.csv", || {
+        has_open(pid, &path).then_some(())
+    });
+    let mut writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("growing.csv is still in the inbox while it is imported");
+    writer
+        .write_all(csv_lines("G", 3000..3100).as_bytes())
+        .unwrap();
+    drop(writer);
+    let summary = wait_done(&d, &inbox, "growing.csv");
+    assert_eq!(
+        summary["records_read"], 3100,
+        "the file is read again, appended lines included: {summary}"
+    );
+    let found = std::fs::read_dir(inbox.join("done"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("-growing.csv"))
+        .count();
+    assert_eq!(found, 1, "moved to done/ once");
+    let exists = |n: usize| d.call("GET", &format!("/v1/payments/pay_{n:08}"), None).0 == 200;
+    assert!(exists(3100), "every line is recorded");
+    assert!(!exists(3101), "no line is recorded twice");
+}

@@ -131,6 +131,9 @@ fn list_commands_page_and_show_by_id() {
     check("contacts", &[get("/v1/contacts")]);
     check("contacts list --after c9", &[get("/v1/contacts?after=c9")]);
     check("contacts show c1", &[get("/v1/contacts/c1")]);
+    check("imports", &[get("/v1/imports")]);
+    check("imports --after imp_1", &[get("/v1/imports?after=imp_1")]);
+    check("imports show imp_1", &[get("/v1/imports/imp_1")]);
     check("opportunities", &[get("/v1/opportunities")]);
     check(
         "opportunities --limit 1000",
