@@ -454,3 +454,35 @@ fn a_retrying_invoice_holds_back_only_its_own_later_events() {
     assert_signed(&delivered);
     assert_invoice_in_order(&delivered, &a_number);
 }
+
+#[test]
+fn replay_from_an_event_delivers_it_and_every_later_one_again() {
+    let rx = Receiver::start();
+    let d = daemon(
+        &[("hook", &rx.url())],
+        r#"["invoice.issued"]"#,
+        "[100]",
+        5000,
+    );
+    issue_invoice(&d, "Replay One", one_line("10.00"));
+    issue_invoice(&d, "Replay Two", one_line("20.00"));
+    let first = rx.wait_for(2);
+    sink_until(&d, "hook", "both delivered", |s| {
+        s["pending"] == 0 && s["delivered_total"] == 2
+    });
+    let from = first[0].body["data"]["event_id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    cli(&d, &["outbox", "replay", "hook", "--from", &from]);
+    let got = rx.wait_for(4);
+    let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids[2..],
+        ids[..2],
+        "the replay sends the same events with the same ids, in order"
+    );
+    sink_until(&d, "hook", "caught up again", |s| {
+        s["pending"] == 0 && s["delivered_total"] == 4
+    });
+}
