@@ -470,17 +470,22 @@ fn replay_from_an_event_delivers_it_and_every_later_one_again() {
     sink_until(&d, "hook", "both delivered", |s| {
         s["pending"] == 0 && s["delivered_total"] == 2
     });
-    let from = first[0].body["data"]["event_id"]
-        .as_u64()
+    let from = first
+        .iter()
+        .filter_map(|r| r.body["data"]["event_id"].as_u64())
+        .min()
         .unwrap()
         .to_string();
     cli(&d, &["outbox", "replay", "hook", "--from", &from]);
     let got = rx.wait_for(4);
-    let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    // Two invoices are two entities: the replay keeps no order between them, only the ids.
+    let mut first_ids: Vec<&str> = got[..2].iter().map(|r| r.id.as_str()).collect();
+    let mut replayed: Vec<&str> = got[2..].iter().map(|r| r.id.as_str()).collect();
+    first_ids.sort();
+    replayed.sort();
     assert_eq!(
-        ids[2..],
-        ids[..2],
-        "the replay sends the same events with the same ids, in order"
+        replayed, first_ids,
+        "the replay sends the same events with the same ids"
     );
     sink_until(&d, "hook", "caught up again", |s| {
         s["pending"] == 0 && s["delivered_total"] == 4
