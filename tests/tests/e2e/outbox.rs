@@ -491,3 +491,42 @@ fn replay_from_an_event_delivers_it_and_every_later_one_again() {
         s["pending"] == 0 && s["delivered_total"] == 4
     });
 }
+
+#[test]
+fn a_sink_plugin_that_panics_is_quarantined_and_its_events_wait_unlost() {
+    let d = Daemon::start(Setup {
+        plugins: vec![],
+        config: "[outbox]\nretry_schedule_ms = [50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50, 50]\n\
+                 [[connector]]\nname = \"boom\"\nplugin = \"panics\"\nevents = [\"invoice.issued\"]\n"
+            .into(),
+    });
+    let lib = target_dir().join("libsettled_fixture_panics.so");
+    std::fs::copy(
+        &lib,
+        d.dir.path().join("plugins/libsettled_fixture_panics.so"),
+    )
+    .expect("copy fixture");
+    issue_invoice(&d, "Panicky Sink", one_line("10.00"));
+    let s = sink_until(&d, "boom", "the sink's plugin quarantined", |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("quarantined"))
+    });
+    assert_eq!(
+        s["dead_letters"],
+        json!([]),
+        "no event given up on while the plugin is broken: {s}"
+    );
+    assert_eq!(s["pending"], 1, "{s}");
+    let attempts = s["retrying"][0]["attempts"].as_u64().unwrap_or(0);
+    assert_eq!(
+        attempts, 5,
+        "the panics before the quarantine count, the refusals after it do not: {s}"
+    );
+    assert!(
+        s["retrying"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("panicked")),
+        "{s}"
+    );
+}
