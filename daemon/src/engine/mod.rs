@@ -92,6 +92,8 @@ struct Inner {
     /// The id of the newest audit event known to be durable; receivers are woken when a durable write carried an
     /// outbox event (the outbox dispatcher delivers nothing above it).
     durable_events: tokio::sync::watch::Sender<u64>,
+    /// A write carried an outbox event and no durable wait announced it yet (bulk writes wait once, on their last ticket).
+    outbox_unannounced: std::sync::atomic::AtomicBool,
 }
 
 /// In-memory state guarded by the writer lock.
@@ -120,6 +122,7 @@ impl Engine {
                 clock,
                 state: Mutex::new(State { index }),
                 durable_events,
+                outbox_unannounced: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -215,7 +218,14 @@ impl Engine {
             return Ok((out, None));
         }
         match self.inner.store.apply(ws) {
-            Ok(ticket) => Ok((out, Some(ticket))),
+            Ok(ticket) => {
+                if ticket.outbox {
+                    self.inner
+                        .outbox_unannounced
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok((out, Some(ticket)))
+            }
             Err(e) => {
                 self.forget(&mut state, index_undo, index_reload);
                 Err(e.into())
@@ -238,9 +248,13 @@ impl Engine {
         // A flush covers everything applied before it, and event ids are taken in apply order, so every event up to
         // this write's last one is durable now.
         if let Some(&last) = ticket.event_ids.last() {
+            let announce = self
+                .inner
+                .outbox_unannounced
+                .swap(false, std::sync::atomic::Ordering::SeqCst);
             self.inner.durable_events.send_if_modified(|newest| {
                 *newest = (*newest).max(last);
-                ticket.outbox
+                announce
             });
         }
         Ok(())

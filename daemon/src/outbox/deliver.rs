@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use settled_plugin_api::{HttpRequestSpec, HttpResponseSpec, SinkInput, SinkStep};
 
-use crate::plugin_host::PluginHost;
+use crate::plugin_host::{CallError, PluginHost};
 
 /// Requests one conversation may make before it is cut off as a plugin bug.
 const MAX_STEPS: usize = 16;
@@ -24,6 +24,8 @@ pub enum Outcome {
     },
     /// The peer refused it for good: a dead letter.
     Failed { error: String },
+    /// The sink's plugin is not running (quarantined, failed to load): the event waits without using an attempt.
+    Unavailable { error: String },
 }
 
 /// An attempt's outcome with the last HTTP status seen.
@@ -54,6 +56,18 @@ pub async fn attempt(
         };
         let step = match host.sink_step(instance, input).await {
             Ok(step) => step,
+            Err(
+                e @ (CallError::Quarantined { .. }
+                | CallError::NotRunning { .. }
+                | CallError::UnknownInstance(_)),
+            ) => {
+                return Attempted {
+                    outcome: Outcome::Unavailable {
+                        error: e.to_string(),
+                    },
+                    status,
+                }
+            }
             Err(e) => {
                 return Attempted {
                     outcome: Outcome::Retry {

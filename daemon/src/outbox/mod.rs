@@ -34,8 +34,10 @@ pub use rows::{Attempt, DeadLetter, Retry};
 const SCAN_LIMIT: usize = 10_000;
 /// Deliveries started at once per sink and pass, at most one per entity.
 const WINDOW: usize = 64;
-/// Pause after the store failed during a pass.
+/// Pause after the store failed during a pass, or while a sink's plugin is not running.
 const STORE_RETRY: Duration = Duration::from_secs(5);
+/// The cursor is written when an outcome is, or when it moved this far over events the sink does not take.
+const CURSOR_WRITE_STRIDE: u64 = 1024;
 
 /// Why an outbox command was refused.
 #[derive(Debug, thiserror::Error)]
@@ -356,8 +358,17 @@ impl Dispatcher {
                 }
             }
         }
-        let worked = !results.is_empty();
+        let unavailable = results
+            .iter()
+            .any(|(_, _, a)| matches!(a.outcome, deliver::Outcome::Unavailable { .. }));
+        let worked = results
+            .iter()
+            .any(|(_, _, a)| !matches!(a.outcome, deliver::Outcome::Unavailable { .. }));
         let advanced = self.commit(sink, epoch, horizon, results).await?;
+        if unavailable {
+            let later = Utc::now() + STORE_RETRY;
+            return Ok(Wake::Idle(Some(next_due.map_or(later, |d| d.min(later)))));
+        }
         Ok(if worked || advanced {
             Wake::Now
         } else {
@@ -405,6 +416,11 @@ impl Dispatcher {
                 }
                 deliver::Outcome::Retry { error, after } => (error, after, false),
                 deliver::Outcome::Failed { error } => (error, None, true),
+                deliver::Outcome::Unavailable { error } => {
+                    tracing::warn!(sink = %name, event = id, %error, "outbox sink unavailable; its events wait");
+                    sink.live().last_error = Some(error);
+                    continue;
+                }
             };
             sink.failed_attempts.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(sink = %name, event = id, r#type = %work.event.kind, status = ?attempted.status, %error, "outbox delivery failed");
@@ -471,7 +487,9 @@ impl Dispatcher {
         for id in rows.done.range(..=cursor) {
             changes.push((rows::done_key(name, *id), None));
         }
-        let moved = cursor != rows.cursor;
+        // Moving over events the sink does not take is not worth a write each time: the next pass finds them again.
+        let moved = cursor != rows.cursor
+            && (!changes.is_empty() || cursor - rows.cursor >= CURSOR_WRITE_STRIDE);
         if moved {
             changes.push((rows::cursor_key(name), Some(serde_json::json!(cursor))));
         }

@@ -288,7 +288,7 @@ async fn good_plugin_serves_every_role_in_both_isolation_modes_side_by_side() {
     assert_eq!(status.plugin.as_deref(), Some("good"));
     assert_eq!(
         (status.version.as_deref(), status.abi.as_deref()),
-        (Some("1.0.0"), Some("1.1"))
+        (Some("1.0.0"), Some("1.2"))
     );
     assert_eq!(status.sha256, Some(sha256_hex(&read(&fixture("good")))));
     assert_eq!(status.instances.len(), 3);
@@ -386,7 +386,7 @@ async fn refused_files_are_reported_with_the_reason_and_never_run() {
     let expected = [
         (
             "abi-major.so",
-            "built for plugin ABI 99.1, this host speaks 1.1",
+            "built for plugin ABI 99.2, this host speaks 1.2",
         ),
         ("wrong-magic.so", "wrong magic bytes"),
         ("missing-symbols.so", "has no SETTLED_PLUGIN_HEADER symbol"),

@@ -1,7 +1,7 @@
-//! Fixture plugin: panics in configure (when asked) and in a call.
+//! Fixture plugin: panics in configure (when asked), in a call, and in every `sink_step`.
 
 use settled_plugin_api::serde_json::Value;
-use settled_plugin_api::{export_plugin, Manifest, Plugin, PluginError, Role};
+use settled_plugin_api::{export_plugin, Manifest, Plugin, PluginError, Role, SinkInput, SinkStep};
 
 /// The fixture's only type.
 pub struct Fixture;
@@ -22,6 +22,10 @@ impl Plugin for Fixture {
         }
         let _ = settings;
         Ok(Fixture)
+    }
+
+    fn sink_step(&self, _input: SinkInput) -> Result<SinkStep, PluginError> {
+        panic!("sink exploded")
     }
 
     fn custom(&self, op: &str, payload: Value) -> Result<Value, PluginError> {
