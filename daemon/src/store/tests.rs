@@ -619,6 +619,9 @@ async fn a_change_applied_before_a_failed_flush_is_never_durable_even_after_the_
         next.event_ids,
         vec![confirmed + 1],
         "the failed write took no event id"
+    );
+}
+
 #[test]
 fn an_index_prefix_read_through_a_write_set_sees_its_own_writes_and_removals() {
     let dir = tempfile::tempdir().unwrap();
