@@ -850,7 +850,9 @@ async fn a_flush_that_fails_on_a_full_disk_leaves_no_trace_in_the_store_index_co
     };
     let failure = w.engine.store().failure().expect("the store closed itself");
     assert!(
-        failure.reason.contains("No space left on device"),
+        failure
+            .reason
+            .contains("the disk is full (no space left on device)"),
         "{failure:?}"
     );
     assert!(

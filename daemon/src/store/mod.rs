@@ -84,7 +84,7 @@ pub enum StoreError {
     #[error("store error: {0}")]
     Sled(#[from] sled::Error),
     /// The environment: writing to the disk failed (a full disk); the store closed itself, see [`Store::failure`].
-    #[error("cannot write to the store at {path}: {source}; the change is not confirmed and the store is closed until it can write again (see /healthz)")]
+    #[error("cannot write to the store at {path}: {}; the change is not confirmed and the store is closed until it can write again (see /healthz)", write_error(source))]
     WriteFailed {
         /// The data directory.
         path: PathBuf,
@@ -281,7 +281,11 @@ impl Store {
                 "the store cannot write; closing it until it can (reads and writes answer 503, /healthz says why)"
             );
             *handle = Handle::Closed(Failure {
-                reason: format!("writing to {}: {error}", self.inner.path.display()),
+                reason: format!(
+                    "writing to {}: {}",
+                    self.inner.path.display(),
+                    write_error(error)
+                ),
                 since: chrono::Utc::now(),
                 reopen_error: None,
                 generation,
@@ -690,6 +694,16 @@ fn open_sled(dir: &Path, options: &StoreOptions, generation: u64) -> StoreResult
         commit,
         generation,
     })
+}
+
+/// A write error in plain words: sled reports a full disk as a debug dump of the OS error.
+fn write_error(error: &sled::Error) -> String {
+    match error {
+        sled::Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+            "the disk is full (no space left on device)".to_string()
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Check that the disk takes writes again: write a key, remove it, flush both.

@@ -571,7 +571,9 @@ async fn a_change_applied_before_a_failed_flush_is_never_durable_even_after_the_
     let (lost_id, lost_ticket) = lost.expect("a flush failed on the full disk");
     let failure = store.failure().expect("the store closed itself");
     assert!(
-        failure.reason.contains("No space left on device"),
+        failure
+            .reason
+            .contains("the disk is full (no space left on device)"),
         "{failure:?}"
     );
     assert!(matches!(

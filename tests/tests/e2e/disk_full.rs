@@ -249,7 +249,7 @@ fn a_write_that_fails_on_a_full_disk_leaves_no_trace_and_the_daemon_recovers_whe
     assert_eq!(health["status"], "unavailable", "{health}");
     let reason = health["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("No space left on device"),
+        reason.contains("the disk is full (no space left on device)"),
         "/healthz must say why the store cannot write: {health}"
     );
     assert_eq!(status, 503, "a write that failed on a full disk: {failed}");
