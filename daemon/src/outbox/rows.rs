@@ -1,11 +1,11 @@
 //! The delivery state of one sink as stored rows, and the retry schedule.
 //!
 //! Rows of sink `S` (values JSON):
-//! - `o/S/cursor`       every outbox event up to this id is settled for `S` (delivered, ignored, filtered out or dead)
-//! - `o/S/done/<id>`    an event above the cursor delivered out of order (another entity's event is still retrying)
-//! - `o/S/retry/<id>`   a [`Retry`]: an event whose delivery failed and waits for its next attempt
-//! - `o/S/dead/<id>`    a [`DeadLetter`]: an event that failed for good, with every attempt
-//! - `o/S/paused`       present while the sink is paused
+//! - `d/S/cursor`       every outbox event up to this id is settled for `S` (delivered, ignored, filtered out or dead)
+//! - `d/S/done/<id>`    an event above the cursor delivered out of order (another entity's event is still retrying)
+//! - `d/S/retry/<id>`   a [`Retry`]: an event whose delivery failed and waits for its next attempt
+//! - `d/S/dead/<id>`    a [`DeadLetter`]: an event that failed for good, with every attempt
+//! - `d/S/paused`       present while the sink is paused
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -77,27 +77,27 @@ pub struct SinkRows {
 }
 
 pub fn prefix(sink: &str) -> String {
-    format!("o/{sink}/")
+    format!("d/{sink}/")
 }
 
 pub fn cursor_key(sink: &str) -> String {
-    format!("o/{sink}/cursor")
+    format!("d/{sink}/cursor")
 }
 
 pub fn paused_key(sink: &str) -> String {
-    format!("o/{sink}/paused")
+    format!("d/{sink}/paused")
 }
 
 pub fn done_key(sink: &str, id: u64) -> String {
-    format!("o/{sink}/done/{id:020}")
+    format!("d/{sink}/done/{id:020}")
 }
 
 pub fn retry_key(sink: &str, id: u64) -> String {
-    format!("o/{sink}/retry/{id:020}")
+    format!("d/{sink}/retry/{id:020}")
 }
 
 pub fn dead_key(sink: &str, id: u64) -> String {
-    format!("o/{sink}/dead/{id:020}")
+    format!("d/{sink}/dead/{id:020}")
 }
 
 impl SinkRows {

@@ -11,7 +11,7 @@
 //!   own ([`Store::outbox_after`]), so a change costs no key of its own
 //! - `s/<key>`            idempotency keys of everything ingested (`seen`)
 //! - `c/<source>`         per-source cursors
-//! - `o/<sink>/...`       outbox delivery state per sink instance (cursor, done above it, retries, dead letters, pause;
+//! - `d/<sink>/...`       outbox delivery state per sink instance (cursor, done above it, retries, dead letters, pause;
 //!   see `outbox`)
 //! - `n/<series>/<period>` number-series counters, `n/id/<kind>` id counters
 //! - `m/schema`           schema version
@@ -375,7 +375,7 @@ impl Store {
         Ok(self.get_raw(&format!("s/{key}"))?.map(expand_seen))
     }
 
-    /// Every `(key, value)` under a raw key prefix, in key order (the outbox's `o/<sink>/` rows).
+    /// Every `(key, value)` under a raw key prefix, in key order (the outbox's `d/<sink>/` rows).
     pub fn scan_raw<T: DeserializeOwned>(&self, prefix: &str) -> StoreResult<Vec<(String, T)>> {
         let mut out = Vec::new();
         for item in self.tree()?.scan_prefix(prefix.as_bytes()) {
