@@ -211,6 +211,7 @@ fn sepa_segments(parts: &[&str]) -> Vec<Segment> {
             .and_then(|s| s.key.as_deref())
             .is_some_and(|k| k != "SVWZ" && SEPA_KEYWORDS.contains(&k));
         let mut rest: &str = part;
+        let mut continues_piece = true;
         match (sepa_keyword_at_start(part), own_label) {
             (Some(key), _) => {
                 segments.push(Segment {
@@ -218,6 +219,7 @@ fn sepa_segments(parts: &[&str]) -> Vec<Segment> {
                     text: String::new(),
                 });
                 rest = &part[key.len() + 1..];
+                continues_piece = false;
             }
             (None, Some(label)) if after_identifier => {
                 segments.push(Segment {
@@ -225,6 +227,7 @@ fn sepa_segments(parts: &[&str]) -> Vec<Segment> {
                     text: String::new(),
                 });
                 rest = &part[label.len()..];
+                continues_piece = false;
             }
             _ => {}
         }
@@ -235,21 +238,37 @@ fn sepa_segments(parts: &[&str]) -> Vec<Segment> {
                 .filter_map(|k| rest.find(&format!(" {k}+")).map(|at| (at, *k)))
                 .min();
             let Some((at, key)) = inner else { break };
-            append(&mut segments, &rest[..at]);
+            append(&mut segments, &rest[..at], continues_piece);
+            continues_piece = false;
             segments.push(Segment {
                 key: Some(key.to_string()),
                 text: String::new(),
             });
             rest = &rest[at + key.len() + 2..];
         }
-        append(&mut segments, rest);
+        append(&mut segments, rest, continues_piece);
     }
     segments
 }
 
-fn append(segments: &mut Vec<Segment>, text: &str) {
+/// Appends text to the last segment. Pieces are cut at 27 characters without regard to words and are
+/// glued back, except where a free-text piece (`SVWZ+` or untagged) ends with a digit and the next starts
+/// with a letter: a number may end at the cut, and a line break keeps it from being glued to the next
+/// word (`INV-2026-017` + `Danke`).
+fn append(segments: &mut Vec<Segment>, text: &str, continues_piece: bool) {
     match segments.last_mut() {
-        Some(segment) => segment.text.push_str(text),
+        Some(segment) => {
+            let identifier = segment
+                .key
+                .as_deref()
+                .is_some_and(|k| k != "SVWZ" && SEPA_KEYWORDS.contains(&k));
+            let number_at_cut = segment.text.ends_with(|c: char| c.is_ascii_digit())
+                && text.starts_with(|c: char| c.is_ascii_alphabetic());
+            if continues_piece && !identifier && number_at_cut {
+                segment.text.push('\n');
+            }
+            segment.text.push_str(text);
+        }
         None => segments.push(Segment {
             key: None,
             text: text.to_string(),
@@ -378,6 +397,16 @@ mod tests {
                 structured_reference: None,
                 is_return: false,
             }
+        );
+    }
+
+    #[test]
+    fn a_purpose_piece_ending_with_an_invoice_number_is_not_glued_to_the_next_word() {
+        let got =
+            details(&["166?00GUTSCHRIFT?20SVWZ+Rechnung INV-2026-017?21Danke und Gruss?32Kunde"]);
+        assert_eq!(
+            got.remittance.as_deref(),
+            Some("Rechnung INV-2026-017\nDanke und Gruss")
         );
     }
 

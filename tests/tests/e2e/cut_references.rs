@@ -154,3 +154,20 @@ fn an_mt940_86_line_cut_at_65_characters_inside_an_invoice_number_pays_it() {
     assert_eq!(reviewed.len(), 1, "{reviewed:?}");
     assert!(reviewed[0].contains("BANKREF3"), "{reviewed:?}");
 }
+
+#[test]
+fn a_german_mt940_purpose_piece_ending_with_the_invoice_number_pays_it() {
+    let d = Daemon::start(Setup::default());
+    let inv = issue_invoice(&d, "Sepa Kunde GmbH", one_line("250.00"));
+    let number = inv["number"].as_str().unwrap();
+    // `?2x` purpose pieces are cut at 27 characters; this one ends with the number, the next starts a word
+    let statement = format!(
+        ":20:STARTUMS\r\n:25:DE89370400440532013000\r\n:28C:00001/001\r\n:60F:C260301EUR1000,00\r\n\
+         :61:2603050305CR250,00NTRFNONREF//BANKREF1\r\n\
+         :86:166?00GUTSCHRIFT?20EREF+E2E-1?21SVWZ+Rechnung {number}?22Danke und Gruss?32Sepa Kunde GmbH\r\n\
+         :62F:C260305EUR1250,00\r\n-\r\n"
+    );
+    let summary = import(&d, "umsatz.sta", &statement);
+    assert_eq!(summary["new"], 1, "{summary}");
+    assert_paid_by_number(&d, &inv, number);
+}
