@@ -105,6 +105,7 @@ impl Engine {
             credit_note: parse(&config.numbering.credit_note)?,
         };
         let index = billing::load_index(&store, &config)?;
+        billing::backfill_invoice_refs(&store, &index)?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 store,
