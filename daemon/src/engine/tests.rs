@@ -813,3 +813,33 @@ async fn invoices_issued_before_the_invoice_ref_index_are_indexed_once_at_start(
         "the number key too"
     );
 }
+
+#[tokio::test]
+async fn partial_reversals_over_two_invoices_skip_an_allocation_already_undone() {
+    let w = World::new();
+    let a = w.issued_invoice("Two", "200.00").await;
+    let b = w.issued_invoice("Two", "160.00").await;
+    let (pay, _) = w
+        .pay(
+            json!({"amount": "360.00", "currency": "EUR", "allocations": [
+            {"invoice_id": a.id, "amount": "200.00"}, {"invoice_id": b.id, "amount": "160.00"}]}),
+        )
+        .await
+        .unwrap();
+    for amount in [dec!(160.00), dec!(50.00)] {
+        w.engine
+            .write(|tx| super::reversal::reverse(tx, &pay.id, Some(amount), true, "refund", "t"))
+            .await
+            .unwrap();
+    }
+    // The newest allocation (b) went first and whole; the second refund comes from a.
+    assert_eq!(w.invoice(&b.id)["balance"], "160.00");
+    assert_eq!(w.invoice(&a.id)["balance"], "50.00");
+    let stored: crate::domain::payment::Payment = w.engine.get("payment", &pay.id).unwrap();
+    assert_eq!(stored.state, crate::domain::payment::PaymentState::Recorded);
+    assert_eq!(
+        stored.allocations.len(),
+        4,
+        "two allocations and two compensations"
+    );
+}
