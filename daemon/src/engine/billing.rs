@@ -753,20 +753,49 @@ fn paid_by_key(kind: &str, reference: &str, payment_id: &str) -> String {
 /// Note an issued invoice under its RF reference and number key (`i/invoice-ref/<key>`), so a return naming it finds
 /// the payments that paid it after it left the open-invoice index.
 fn index_invoice_refs(tx: &mut Tx<'_>, inv: &Invoice) {
-    if let Some(reference) = &inv.rf_reference {
-        tx.ws.index(
-            "invoice-ref",
-            &invoice_ref_key(&rf::normalise(reference)),
-            &inv.id,
-        );
+    for key in invoice_ref_keys(inv, &tx.state.index.shapes) {
+        tx.ws.index("invoice-ref", &key, &inv.id);
     }
-    if let Some(key) = inv
+}
+
+fn invoice_ref_keys(inv: &Invoice, shapes: &[crate::reconcile::NumberShape]) -> Vec<String> {
+    let rf_key = inv.rf_reference.as_deref().map(rf::normalise);
+    let number_key = inv
         .number
         .as_deref()
-        .and_then(|n| crate::reconcile::number_key(n, &tx.state.index.shapes))
-    {
-        tx.ws.index("invoice-ref", &invoice_ref_key(&key), &inv.id);
+        .and_then(|n| crate::reconcile::number_key(n, shapes));
+    rf_key
+        .into_iter()
+        .chain(number_key)
+        .map(|k| invoice_ref_key(&k))
+        .collect()
+}
+
+/// Marks a store whose issued invoices all have their `invoice-ref` rows.
+const INVOICE_REFS_DONE: &str = "m/invoice-ref-index";
+
+/// Write the `invoice-ref` rows of invoices issued before this index existed, once per store (then a marker key
+/// says it is done). Idempotent, so a crash before the marker is flushed only repeats it at the next start.
+pub(crate) fn backfill_invoice_refs(store: &Store, index: &MatchIndex) -> EngineResult<()> {
+    if store.get_raw::<u64>(INVOICE_REFS_DONE)?.is_some() {
+        return Ok(());
     }
+    let mut ws = store.begin();
+    let mut rows = 0usize;
+    for inv in store.scan::<Invoice>("invoice") {
+        let inv = inv?;
+        for key in invoice_ref_keys(&inv, &index.shapes) {
+            ws.index("invoice-ref", &key, &inv.id);
+            rows += 1;
+        }
+        if rows >= 10_000 {
+            store.apply(std::mem::replace(&mut ws, store.begin()))?;
+            rows = 0;
+        }
+    }
+    ws.put_raw(INVOICE_REFS_DONE, &1u64);
+    store.apply(ws)?;
+    Ok(())
 }
 
 /// The `invoice-ref` index key of a reference key as `reconcile::find_references` reports it.

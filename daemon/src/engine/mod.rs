@@ -113,6 +113,7 @@ impl Engine {
             credit_note: parse(&config.numbering.credit_note)?,
         };
         let index = billing::load_index(&store, &config)?;
+        billing::backfill_invoice_refs(&store, &index)?;
         let (durable_events, _) = tokio::sync::watch::channel(store.last_event_id());
         Ok(Engine {
             inner: Arc::new(Inner {

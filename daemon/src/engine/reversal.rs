@@ -260,7 +260,7 @@ pub(crate) fn reverse(
         if want <= Decimal::ZERO {
             break;
         }
-        if alloc.kind == AllocationKind::WriteOff {
+        if alloc.kind == AllocationKind::WriteOff || *remaining <= Decimal::ZERO {
             continue;
         }
         let take = want.min(*remaining);

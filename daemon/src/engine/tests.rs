@@ -1024,3 +1024,57 @@ async fn a_partial_reversal_takes_back_the_credit_first_then_the_newest_allocati
     assert_eq!(w.invoice(&inv.id)["balance"], "360.00");
     assert!(w.engine.reverse_payment(&pay.id, "t").await.is_err());
 }
+
+#[tokio::test]
+async fn invoices_issued_before_the_invoice_ref_index_are_indexed_once_at_start() {
+    let w = World::new();
+    let inv = w.issued_invoice("Older", "10.00").await;
+    // A store as an earlier release left it: the invoice without its `invoice-ref` rows, no marker.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let mut ws = store.begin();
+    ws.put("invoice", &inv.id, &inv);
+    store.apply(ws).unwrap();
+    let rf_key = crate::domain::rf::normalise(inv.rf_reference.as_deref().unwrap());
+    assert_eq!(store.index("invoice-ref", &rf_key).unwrap(), None);
+    let engine = Engine::new(store.clone(), Config::default(), Box::new(w.clock.clone())).unwrap();
+    assert_eq!(
+        engine.store().index("invoice-ref", &rf_key).unwrap(),
+        Some(inv.id.clone())
+    );
+    assert_eq!(
+        engine.store().index("invoice-ref", "INV|2026|1").unwrap(),
+        Some(inv.id.clone()),
+        "the number key too"
+    );
+}
+
+#[tokio::test]
+async fn partial_reversals_over_two_invoices_skip_an_allocation_already_undone() {
+    let w = World::new();
+    let a = w.issued_invoice("Two", "200.00").await;
+    let b = w.issued_invoice("Two", "160.00").await;
+    let (pay, _) = w
+        .pay(
+            json!({"amount": "360.00", "currency": "EUR", "allocations": [
+            {"invoice_id": a.id, "amount": "200.00"}, {"invoice_id": b.id, "amount": "160.00"}]}),
+        )
+        .await
+        .unwrap();
+    for amount in [dec!(160.00), dec!(50.00)] {
+        w.engine
+            .write(|tx| super::reversal::reverse(tx, &pay.id, Some(amount), true, "refund", "t"))
+            .await
+            .unwrap();
+    }
+    // The newest allocation (b) went first and whole; the second refund comes from a.
+    assert_eq!(w.invoice(&b.id)["balance"], "160.00");
+    assert_eq!(w.invoice(&a.id)["balance"], "50.00");
+    let stored: crate::domain::payment::Payment = w.engine.get("payment", &pay.id).unwrap();
+    assert_eq!(stored.state, crate::domain::payment::PaymentState::Recorded);
+    assert_eq!(
+        stored.allocations.len(),
+        4,
+        "two allocations and two compensations"
+    );
+}

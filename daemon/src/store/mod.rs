@@ -14,7 +14,7 @@
 //! - `d/<sink>/...`       outbox delivery state per sink instance (cursor, done above it, retries, dead letters, pause;
 //!   see `outbox`)
 //! - `n/<series>/<period>` number-series counters, `n/id/<kind>` id counters
-//! - `m/schema`           schema version
+//! - `m/schema`           schema version; `m/invoice-ref-index` marks the `invoice-ref` index as filled for older invoices
 //!
 //! Only the engine writes. It holds one writer lock, reads, then applies one [`WriteSet`] as a sled `Batch` (atomic within the tree),
 //! and answers the caller only after [`Store::durable`] saw a flush that covers the write.
