@@ -135,7 +135,7 @@ pub async fn run(
                     Processed::Moved => {
                         seen.remove(&path);
                     }
-                    Processed::Changed => {
+                    Processed::Changed | Processed::Retry => {
                         // Read again once it is still: the records already committed dedupe.
                         if let Some(changed) = stamp(&path) {
                             seen.insert(path, (changed, Instant::now()));
@@ -248,6 +248,8 @@ enum Processed {
     Moved,
     /// It changed while it was read: left in place to be read again.
     Changed,
+    /// The store could not write (a full disk): left in place to be read again once it can.
+    Retry,
 }
 
 async fn process(
@@ -266,6 +268,13 @@ async fn process(
     if stamp(path) != Some(taken) {
         tracing::info!(file = %name, "inbox file changed while it was imported; importing it again once it is still");
         return Processed::Changed;
+    }
+    if let Err(e) = &result {
+        if let Some(failure) = state.engine.store().failure() {
+            tracing::warn!(file = %name, error = %e.message(), store = %failure.describe(),
+                "inbox file not imported: the store cannot write; it stays in the inbox and is read again");
+            return Processed::Retry;
+        }
     }
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
     match result {

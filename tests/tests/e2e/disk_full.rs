@@ -359,3 +359,75 @@ fn a_write_that_fails_on_a_full_disk_leaves_no_trace_and_the_daemon_recovers_whe
     assert_eq!(open_invoices_metric(&d), (2 + issued.len()).to_string());
     drop(d);
 }
+
+#[test]
+fn an_inbox_file_that_meets_a_full_disk_stays_in_the_inbox_and_is_imported_once_the_store_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // The inbox lies outside the full filesystem, so the file can be dropped while the store cannot write.
+    let inbox = dir.path().join("bank-inbox");
+    let Some(_mount) = Tmpfs::mount(&data, "16m") else {
+        eprintln!(
+            "skipping the full-disk inbox test: mounting a small filesystem needs root, and this test runs as another user"
+        );
+        return;
+    };
+    let ballast = data.join("ballast");
+    let d = Daemon::start_in(
+        dir,
+        Setup {
+            plugins: vec!["bank-csv"],
+            config: format!(
+                "[[connector]]\nname = \"bank\"\nplugin = \"bank-csv\"\ninbox = \"{}\"\n",
+                inbox.display()
+            ),
+        },
+    );
+    d.eventually("the connector's inbox folder", || inbox.exists().then_some(()));
+    let (_, (status, failed)) = write_until_it_fails(
+        &d,
+        &ballast,
+        (0..200).map(|n| ("/v1/leads".to_string(), Some(lead(n)))),
+    );
+    assert_eq!(status, 503, "a write on a full disk: {failed}");
+    health_becomes(&d, 503);
+
+    let csv = "Date,Amount,Currency,Counterparty,Description,Transaction Id\n\
+               2026-03-05,120.00,EUR,Alpha Trading Ltd,no reference,T1\n\
+               2026-03-06,45.50,EUR,Gamma,unknown,T2\n";
+    std::fs::write(inbox.join(".statement.csv.part"), csv).expect("writing the statement");
+    std::fs::rename(
+        inbox.join(".statement.csv.part"),
+        inbox.join("statement.csv"),
+    )
+    .expect("renaming the statement into place");
+    // The daemon tries the file while the store is closed: it must leave it where it is.
+    d.eventually("an import attempt on the closed store", || {
+        d.log_text()
+            .contains("inbox file not imported: the store cannot write")
+            .then_some(())
+    });
+    assert!(
+        inbox.join("statement.csv").exists(),
+        "the file must stay in the inbox while the store cannot write\n{}",
+        d.log_text()
+    );
+    let failed_dir = inbox.join("failed");
+    let in_failed = std::fs::read_dir(&failed_dir)
+        .map(|entries| entries.flatten().count())
+        .unwrap_or(0);
+    assert_eq!(in_failed, 0, "nothing may go to failed/ for a full disk");
+
+    std::fs::remove_file(&ballast).expect("removing the ballast");
+    health_becomes(&d, 200);
+    d.eventually("the statement in done/", || {
+        std::fs::read_dir(inbox.join("done"))
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with("statement.csv"))
+            .map(|_| ())
+    });
+    let payments = d.ok("GET", "/v1/payments?limit=100", None);
+    let n = payments["items"].as_array().map_or(0, Vec::len);
+    assert_eq!(n, 2, "both lines recorded once the store writes: {payments}");
+}
