@@ -56,6 +56,7 @@ async fn run() -> anyhow::Result<()> {
         settings: Value::Null,
         timeout_ms: None,
         inbox: None,
+        mailbox: None,
     };
     let host = PluginHost::start(HostConfig {
         plugin_dir: plugins,

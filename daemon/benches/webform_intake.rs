@@ -52,6 +52,7 @@ async fn run() -> anyhow::Result<()> {
         settings: json!({}),
         timeout_ms: None,
         inbox: None,
+        mailbox: None,
     };
     let mut config = Config {
         data_dir: Some(root.path().join("data")),

@@ -278,6 +278,11 @@ impl Daemon {
             cancel.clone(),
         ));
         if let Some(host) = self.state.host.clone() {
+            tasks.spawn(crate::mailbox::run(
+                self.state.clone(),
+                host.clone(),
+                cancel.clone(),
+            ));
             let inboxes = crate::inbox::inboxes(&self.config, &host);
             tasks.spawn(crate::inbox::run(
                 self.state.clone(),
@@ -410,6 +415,7 @@ fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
             settings: default_settings(&name),
             timeout_ms: None,
             inbox: None,
+            mailbox: None,
         });
     }
     out

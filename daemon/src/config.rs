@@ -297,6 +297,11 @@ impl Config {
                     format!("`{}` must be letters, digits, `-` or `_`", c.name),
                 ));
             }
+            if let Some(mailbox) = &c.mailbox {
+                mailbox.validate().map_err(|(key, message)| {
+                    invalid(&format!("connector[{i}].mailbox.{key}"), message)
+                })?;
+            }
             if !names.insert(c.name.clone()) {
                 return Err(invalid(
                     &format!("connector[{i}].name"),

@@ -30,7 +30,8 @@ pub const ABI_MAJOR: u32 = 1;
 /// - 1.0: the first release.
 /// - 1.1: chunked parse sessions (`parse_begin`, `parse_feed`, `parse_end`, `parse_abort`); the function
 ///   table is unchanged, the new operations travel through [`PluginVTable::call`].
-pub const ABI_MINOR: u32 = 1;
+/// - 1.2: `mail` replies may list attachments for the file pipeline (`MailAttachment`).
+pub const ABI_MINOR: u32 = 2;
 /// Name of the exported header static, NUL-terminated for `dlsym`.
 pub const HEADER_SYMBOL: &[u8] = b"SETTLED_PLUGIN_HEADER\0";
 /// Name of the exported init function, NUL-terminated for `dlsym`.

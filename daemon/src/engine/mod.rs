@@ -7,6 +7,7 @@
 mod billing;
 mod ingest;
 mod leads;
+mod mail;
 mod sales;
 mod views;
 
@@ -25,6 +26,7 @@ use crate::store::{CommitTicket, Store, StoreError, WriteSet};
 pub use billing::{IssueInput, PaymentInput};
 pub use ingest::{ImportSummary, IngestOutcome, ReviewItem, ReviewStatus};
 pub use leads::{ConvertInput, ConvertOutput};
+pub use mail::{MailBatchSummary, MailMessage, MailVerdict};
 pub use sales::{OrderCreate, QuoteCreate};
 pub use views::*;
 

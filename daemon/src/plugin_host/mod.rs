@@ -59,6 +59,9 @@ pub struct ConnectorConfig {
     /// File inbox folder of this instance (used by the file transport).
     #[serde(default)]
     pub inbox: Option<PathBuf>,
+    /// IMAP account or Maildir folder of this instance (used by the mailbox transport, `mail` role).
+    #[serde(default)]
+    pub mailbox: Option<crate::mailbox::MailboxConfig>,
 }
 
 /// Where an instance's plugin code runs.
@@ -1164,6 +1167,7 @@ mod tests {
             settings: serde_json::Value::Null,
             timeout_ms: None,
             inbox: None,
+            mailbox: None,
         }
     }
 
