@@ -3,6 +3,8 @@
 
 mod api;
 mod connectors;
+mod dovecot;
 mod harness;
 mod lifecycle;
+mod mailbox;
 mod plugin_host;
