@@ -81,6 +81,10 @@ pub struct Config {
     #[serde(default)]
     pub imports: Imports,
     /// Connector instances, `[[connector]]` tables. Without any, one instance of each bundled plugin runs with default settings.
+    /// A `mail` connector reads the mailbox of its `[connector.mailbox]` table: `imap` (`host`, `port`, `user`, `password_file`
+    /// or `password_env`, `tls` = `required` (default) | `starttls` | `none` (loopback only), `folders` (default `["INBOX"]`),
+    /// `move_to`) or `maildir`, plus `max_message_mib` (default 25), `batch` (50), `poll_secs` (60) and `max_backoff_secs`
+    /// (300); every key is documented on `mailbox::MailboxConfig`.
     #[serde(default, rename = "connector")]
     pub connectors: Vec<ConnectorConfig>,
 }
