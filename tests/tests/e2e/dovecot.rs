@@ -49,7 +49,7 @@ impl Dovecot {
                 "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\ninfo_log_path = {d}/dovecot.log\n\
                  instance_name = settled-test-{port}\nlisten = 127.0.0.1\nprotocols = imap\nssl = no\n\
                  disable_plaintext_auth = no\nauth_mechanisms = plain login\nfirst_valid_uid = 1\n\
-                 mail_location = maildir:{d}/mail/%n/Maildir\npostmaster_address = postmaster@example.org\n\
+                 mail_location = maildir:{d}/mail/%n/Maildir\npostmaster_address = postmaster@example.org\nlda_mailbox_autocreate = yes\n\
                  passdb {{\n  driver = passwd-file\n  args = {d}/users\n}}\n\
                  userdb {{\n  driver = static\n  args = uid=vmail gid=vmail home={d}/mail/%n\n}}\n\
                  service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  \
@@ -125,10 +125,15 @@ impl Dovecot {
 
     /// Deliver one message to the user's INBOX with `dovecot-lda`.
     pub fn deliver(&self, message: &str) {
+        self.deliver_to("INBOX", message);
+    }
+
+    /// Deliver one message to a folder (created if missing) with `dovecot-lda`.
+    pub fn deliver_to(&self, folder: &str, message: &str) {
         let mut child = Command::new("/usr/lib/dovecot/dovecot-lda")
             .arg("-c")
             .arg(&self.config)
-            .args(["-d", USER])
+            .args(["-d", USER, "-m", folder])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -85,6 +85,7 @@ fn imap_enquiries_become_leads_and_a_duplicate_delivery_makes_nothing_twice() {
     let d = daemon_for(&dovecot, "");
     let status = wait_for_mailbox(&d, "sales-mail", "three messages processed", |m| {
         m["seen"].as_u64().unwrap_or(0) + m["duplicates"].as_u64().unwrap_or(0) >= 3
+            && m["folders"]["INBOX"]["last_uid"] == 3
     });
     assert_eq!(status["seen"], 2, "{status}");
     assert_eq!(status["duplicates"], 1, "{status}");
@@ -387,4 +388,34 @@ fn maildir_messages_become_leads_and_move_to_cur_with_the_seen_flag() {
     let leads = email_leads(&d);
     assert_each_once(&leads, 1);
     assert_eq!(leads[0]["email"], "a@maildir.example");
+}
+
+#[test]
+fn the_same_message_in_two_folders_makes_one_lead() {
+    let dovecot = Dovecot::start();
+    dovecot.deliver(&enquiry("twice@folders.example", "two1", "Filed twice"));
+    dovecot.deliver_to(
+        "Sales",
+        &enquiry("twice@folders.example", "two1", "Filed twice"),
+    );
+    dovecot.deliver_to(
+        "Sales",
+        &enquiry("only@folders.example", "two2", "Only here"),
+    );
+    let password = password_file(&dovecot, PASSWORD);
+    let config =
+        dovecot.connector("sales-mail", &password, "") + "folders = [\"INBOX\", \"Sales\"]\n";
+    let d = Daemon::start(Setup {
+        plugins: vec!["mail-lead"],
+        config,
+    });
+    // Several folders are polled (IDLE watches one folder only).
+    let status = wait_for_mailbox(&d, "sales-mail", "both folders read", |m| {
+        m["folders"]["INBOX"]["last_uid"] == 1
+            && m["folders"]["Sales"]["last_uid"] == 2
+            && m["state"] == "polling"
+    });
+    assert_eq!(status["seen"], 2, "{status}");
+    assert_eq!(status["duplicates"], 1, "{status}");
+    assert_each_once(&email_leads(&d), 2);
 }
