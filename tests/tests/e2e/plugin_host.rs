@@ -287,7 +287,10 @@ async fn good_plugin_serves_every_role_in_both_isolation_modes_side_by_side() {
     assert_eq!(status.plugin.as_deref(), Some("good"));
     assert_eq!(
         (status.version.as_deref(), status.abi.as_deref()),
-        (Some("1.0.0"), Some("1.1"))
+        (
+            Some("1.0.0"),
+            Some(format!("1.{}", settled_plugin_api::abi::ABI_MINOR).as_str())
+        )
     );
     assert_eq!(status.sha256, Some(sha256_hex(&read(&fixture("good")))));
     assert_eq!(status.instances.len(), 3);
