@@ -419,3 +419,84 @@ fn the_same_message_in_two_folders_makes_one_lead() {
     assert_eq!(status["duplicates"], 1, "{status}");
     assert_each_once(&email_leads(&d), 2);
 }
+
+/// A message with a statement attached, base64 as mail clients send it.
+fn statement_mail(id: &str, file_name: &str, content: &[u8]) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(content);
+    let lines: Vec<&str> = encoded
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap_or_default())
+        .collect();
+    format!(
+        "From: statements@bank.example\nSubject: Your statement\nMessage-ID: <{id}@bank.example>\nMIME-Version: 1.0\n\
+         Content-Type: multipart/mixed; boundary=\"sep\"\n\n--sep\nContent-Type: text/plain\n\nAttached.\n--sep\n\
+         Content-Type: application/xml\nContent-Disposition: attachment; filename=\"{file_name}\"\n\
+         Content-Transfer-Encoding: base64\n\n{}\n--sep--\n",
+        lines.join("\n")
+    )
+}
+
+#[test]
+fn a_mailed_statement_is_reconciled_and_a_broken_one_fails_its_mail_only() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let maildir = tmp.path().join("Maildir");
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let good = std::fs::read(crate::harness::fixture("real/camt/camt053.v8.xml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let broken = b"<?xml version=\"1.0\"?>\n<Document xmlns=\"urn:iso:std:iso:20022:tech:xsd:camt.053.001.08\"><BkToCstmrStmt><Stmt><Ntry><Amt Ccy=\"EUR\">12,x</Amt>";
+    for (name, text) in [
+        (
+            "200.M1.host",
+            statement_mail("broken", "broken.xml", broken),
+        ),
+        ("201.M2.host", statement_mail("good", "camt053.xml", &good)),
+    ] {
+        let at = maildir.join("tmp").join(name);
+        std::fs::write(&at, text.replace('\n', "\r\n")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&at, maildir.join("new").join(name)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let d = Daemon::start(Setup {
+        plugins: vec!["payment-mail", "camt"],
+        config: format!(
+            "[[connector]]\nname = \"bank\"\nplugin = \"camt\"\n\n[[connector]]\nname = \"bank-mail\"\nplugin = \"payment-mail\"\n\
+             settings = {{ file_connector = \"bank\" }}\n[connector.mailbox]\nmaildir = \"{}\"\n",
+            maildir.display()
+        ),
+    });
+    let status = wait_for_mailbox(&d, "bank-mail", "both mails processed", |m| {
+        m["seen"] == 1 && m["failed"] == 1
+    });
+    let failure = status["last_failure"].as_str().unwrap_or_default();
+    assert!(
+        failure.contains("new/200.M1.host") && failure.contains("attachment broken.xml"),
+        "{status}"
+    );
+    let payments = d.ok("GET", "/v1/payments?limit=1000", None);
+    let from_mail = payments["items"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(
+        from_mail > 0,
+        "the mailed statement made no payments: {payments}"
+    );
+    // The same statement mailed again is recognised line by line: no new payments.
+    let again = maildir.join("tmp").join("202.M3.host");
+    std::fs::write(
+        &again,
+        statement_mail("good-again", "camt053.xml", &good).replace('\n', "\r\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(&again, maildir.join("new").join("202.M3.host"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_mailbox(&d, "bank-mail", "the second mail processed", |m| {
+        m["seen"] == 2
+    });
+    let payments = d.ok("GET", "/v1/payments?limit=1000", None);
+    assert_eq!(
+        payments["items"].as_array().map(Vec::len).unwrap_or(0),
+        from_mail,
+        "{payments}"
+    );
+}
