@@ -500,3 +500,42 @@ fn a_mailed_statement_is_reconciled_and_a_broken_one_fails_its_mail_only() {
         "{payments}"
     );
 }
+
+#[test]
+fn a_reply_in_an_enquiry_thread_is_added_to_its_lead_not_a_new_one() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let maildir = tmp.path().join("Maildir");
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let reply = "From: Customer t1 <thread@reply.example>\nTo: sales@example.com\nSubject: Re: Chairs\n\
+                 Message-ID: <t1-reply@customers.example>\nIn-Reply-To: <t1-answer@example.com>\n\
+                 References: <t1@customers.example> <t1-answer@example.com>\n\nMake it 60 chairs, please.\n";
+    for (name, text) in [
+        (
+            "300.M1.host",
+            enquiry("thread@reply.example", "t1", "Chairs"),
+        ),
+        ("301.M2.host", reply.to_string()),
+    ] {
+        let at = maildir.join("tmp").join(name);
+        std::fs::write(&at, text.replace('\n', "\r\n")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&at, maildir.join("new").join(name)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let d = Daemon::start(Setup {
+        plugins: vec!["mail-lead"],
+        config: format!(
+            "[[connector]]\nname = \"md\"\nplugin = \"mail-lead\"\n[connector.mailbox]\nmaildir = \"{}\"\n",
+            maildir.display()
+        ),
+    });
+    wait_for_mailbox(&d, "md", "both messages committed", |m| m["seen"] == 2);
+    let leads = email_leads(&d);
+    assert_eq!(leads.len(), 1, "{leads:#?}");
+    assert_eq!(leads[0]["merged_count"], 1, "{}", leads[0]);
+    let text = leads[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("Please send us a quote.") && text.contains("Make it 60 chairs"),
+        "{text}"
+    );
+}
