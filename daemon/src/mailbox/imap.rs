@@ -29,7 +29,12 @@ pub(super) async fn run(mailbox: Mailbox, imap: ImapConfig, cancel: Cancellation
     let mut delay = Duration::from_secs(1);
     loop {
         mailbox.status().set_state(&mailbox.connector, "connecting");
-        match session(&mailbox, &imap, &cancel, &mut delay).await {
+        // Cancelling drops a connection attempt or a batch in flight: a batch commits atomically or not at all.
+        let attempt = tokio::select! {
+            r = session(&mailbox, &imap, &cancel, &mut delay) => r,
+            _ = cancel.cancelled() => Ok(()),
+        };
+        match attempt {
             Ok(()) => break,
             Err(error) => {
                 tracing::warn!(connector = %mailbox.connector, host = %imap.host, user = %imap.user, %error,
