@@ -197,7 +197,7 @@ impl Dovecot {
     /// The `[[connector]]` table of a `mail-lead` instance reading this server's INBOX.
     pub fn connector(&self, name: &str, password_file: &Path, extra: &str) -> String {
         format!(
-            "[[connector]]\nname = \"{name}\"\nplugin = \"mail-lead\"\n[connector.mailbox]\nbatch = 5\npoll_secs = 5\n\
+            "[[connector]]\nname = \"{name}\"\nplugin = \"mail-lead\"\n[connector.mailbox]\npoll_secs = 5\n\
              max_backoff_secs = 1\n{extra}\n[connector.mailbox.imap]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{USER}\"\n\
              password_file = \"{file}\"\ntls = \"none\"\n",
             port = self.port,

@@ -179,7 +179,8 @@ fn kill_9_in_the_middle_of_a_backlog_then_restart_makes_every_message_exactly_on
             "Backlog",
         ));
     }
-    let mut d = daemon_for(&dovecot, "");
+    // One message per committed batch: many commits, so the kill lands in the middle of the backlog.
+    let mut d = daemon_for(&dovecot, "batch = 1");
     let at_kill = d.eventually("the first leads", || {
         let n = email_leads(&d).len();
         (n > 0).then_some(n)
