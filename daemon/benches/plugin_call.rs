@@ -58,6 +58,7 @@ async fn run() -> anyhow::Result<()> {
         inbox: None,
         allow_partial: false,
         events: None,
+        mailbox: None,
     };
     let host = PluginHost::start(HostConfig {
         plugin_dir: plugins,

@@ -54,6 +54,7 @@ async fn run() -> anyhow::Result<()> {
         inbox: None,
         allow_partial: false,
         events: None,
+        mailbox: None,
     };
     let mut config = Config {
         data_dir: Some(root.path().join("data")),

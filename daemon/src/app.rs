@@ -299,6 +299,11 @@ impl Daemon {
             ));
         }
         if let Some(host) = self.state.host.clone() {
+            tasks.spawn(crate::mailbox::run(
+                self.state.clone(),
+                host.clone(),
+                cancel.clone(),
+            ));
             let inboxes = crate::inbox::inboxes(&self.config, &host);
             tasks.spawn(crate::inbox::run(
                 self.state.clone(),
@@ -465,6 +470,7 @@ fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
             inbox: None,
             allow_partial: false,
             events: None,
+            mailbox: None,
         });
     }
     out

@@ -87,6 +87,10 @@ pub struct Config {
     /// `allow_partial` (default `false`): when the engine refuses some records of a file (unknown currency, invalid email),
     /// `false` sends the whole file to `failed/` with nothing recorded; `true` keeps the good records and lists the refused
     /// ones in the import summary.
+    /// A `mail` connector reads the mailbox of its `[connector.mailbox]` table: `imap` (`host`, `port`, `user`, `password_file`
+    /// or `password_env`, `tls` = `required` (default) | `starttls` | `none` (loopback only), `folders` (default `["INBOX"]`),
+    /// `move_to`) or `maildir`, plus `max_message_mib` (default 25), `batch` (50), `poll_secs` (60) and `max_backoff_secs`
+    /// (300); every key is documented on `mailbox::MailboxConfig`.
     #[serde(default, rename = "connector")]
     pub connectors: Vec<ConnectorConfig>,
 }
@@ -338,6 +342,11 @@ impl Config {
                     &format!("connector[{i}].name"),
                     format!("`{}` must be letters, digits, `-` or `_`", c.name),
                 ));
+            }
+            if let Some(mailbox) = &c.mailbox {
+                mailbox.validate().map_err(|(key, message)| {
+                    invalid(&format!("connector[{i}].mailbox.{key}"), message)
+                })?;
             }
             if !names.insert(c.name.clone()) {
                 return Err(invalid(

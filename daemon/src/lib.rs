@@ -8,6 +8,7 @@ pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod inbox;
+pub mod mailbox;
 pub mod outbox;
 pub mod plugin_host;
 pub mod reconcile;

@@ -32,6 +32,7 @@ pub const ABI_MAJOR: u32 = 1;
 ///   table is unchanged, the new operations travel through [`PluginVTable::call`].
 /// - 1.2: the host runs the `sink` role (outbox delivery); [`SinkInput`](crate::SinkInput) gains `attempt` and `now`.
 ///   The table is unchanged.
+///   `mail` replies may list attachments for the file pipeline (`MailAttachment`).
 pub const ABI_MINOR: u32 = 2;
 /// Name of the exported header static, NUL-terminated for `dlsym`.
 pub const HEADER_SYMBOL: &[u8] = b"SETTLED_PLUGIN_HEADER\0";

@@ -516,7 +516,24 @@ pub enum MailOutcome {
     Records {
         /// Records to commit.
         records: Vec<Record>,
+        /// Attached files to import like a dropped file (a mailed bank statement): the host sniffs and parses each
+        /// with the file plugins, with the message named as the source. Added in ABI 1.2; absent means none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<MailAttachment>,
     },
+}
+
+/// `mail`: an attached file the plugin wants routed to the file pipeline. Added in ABI 1.2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailAttachment {
+    /// The attachment's file name (used for sniffing and in `source_position`).
+    pub name: String,
+    /// The decoded bytes.
+    #[serde(with = "base64_bytes")]
+    pub content: Vec<u8>,
+    /// The file connector instance to parse it with; absent: the most confident file plugin, by sniffing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector: Option<String>,
 }
 
 /// An outbound HTTP request the host should perform for a plugin.

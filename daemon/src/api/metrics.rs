@@ -17,6 +17,8 @@ pub struct Metrics {
     requests_5xx: AtomicU64,
     /// Records committed from connectors.
     pub records_ingested: AtomicU64,
+    /// Each mailbox's state and message counters.
+    pub mailboxes: crate::mailbox::Mailboxes,
 }
 
 pub(super) async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -133,6 +135,7 @@ pub(super) async fn render(State(state): State<AppState>) -> Response {
             }
         }
     }
+    m.mailboxes.render_metrics(&mut out);
     if let Some(host) = &state.host {
         let _ = writeln!(
             out,

@@ -480,5 +480,5 @@ async fn plugins(State(state): State<AppState>) -> Json<Value> {
         Some(host) => serde_json::to_value(host.status()).unwrap_or_default(),
         None => json!([]),
     };
-    Json(json!({"items": status}))
+    Json(json!({"items": status, "mailboxes": state.metrics.mailboxes.snapshot()}))
 }

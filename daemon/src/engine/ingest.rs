@@ -452,7 +452,7 @@ impl IngestRun<'_> {
     }
 }
 
-fn ingest_one(
+pub(super) fn ingest_one(
     tx: &mut Tx<'_>,
     plugin: &str,
     actor: &str,

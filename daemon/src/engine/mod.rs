@@ -8,6 +8,7 @@ mod billing;
 mod imports;
 mod ingest;
 mod leads;
+mod mail;
 mod outbox;
 mod reversal;
 mod sales;
@@ -29,6 +30,7 @@ pub use billing::{IssueInput, PaymentInput};
 pub use imports::{Import, ImportCounts, ImportJournal, ImportStatus};
 pub use ingest::{refusal, Failure, ImportSummary, IngestOutcome, ReviewItem, ReviewStatus};
 pub use leads::{ConvertInput, ConvertOutput};
+pub use mail::{MailBatchSummary, MailMessage, MailVerdict};
 pub use sales::{OrderCreate, QuoteCreate};
 pub use views::*;
 

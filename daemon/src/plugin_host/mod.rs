@@ -67,6 +67,9 @@ pub struct ConnectorConfig {
     /// `invoice.payment_status_changed`, `payment.recorded`, ...); every outbox event when absent.
     #[serde(default)]
     pub events: Option<Vec<String>>,
+    /// IMAP account or Maildir folder of this instance (used by the mailbox transport, `mail` role).
+    #[serde(default)]
+    pub mailbox: Option<crate::mailbox::MailboxConfig>,
 }
 
 /// Where an instance's plugin code runs.
@@ -1188,6 +1191,7 @@ mod tests {
             inbox: None,
             allow_partial: false,
             events: None,
+            mailbox: None,
         }
     }
 

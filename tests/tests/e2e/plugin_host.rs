@@ -124,8 +124,7 @@ fn connector(name: &str, plugin: &str, isolation: Isolation, settings: Value) ->
         settings,
         timeout_ms: None,
         inbox: None,
-        allow_partial: false,
-        events: None,
+        mailbox: None,
     }
 }
 
@@ -288,7 +287,10 @@ async fn good_plugin_serves_every_role_in_both_isolation_modes_side_by_side() {
     assert_eq!(status.plugin.as_deref(), Some("good"));
     assert_eq!(
         (status.version.as_deref(), status.abi.as_deref()),
-        (Some("1.0.0"), Some("1.2"))
+        (
+            Some("1.0.0"),
+            Some(format!("1.{}", settled_plugin_api::abi::ABI_MINOR).as_str())
+        )
     );
     assert_eq!(status.sha256, Some(sha256_hex(&read(&fixture("good")))));
     assert_eq!(status.instances.len(), 3);
@@ -383,11 +385,12 @@ async fn refused_files_are_reported_with_the_reason_and_never_run() {
     std::os::unix::fs::symlink(&real, dir.plugins.join("symlink.so"))
         .unwrap_or_else(|e| panic!("{e}"));
     let host = start(config(&dir, Vec::new())).await;
+    let abi_major_refusal = format!(
+        "built for plugin ABI 99.{minor}, this host speaks 1.{minor}",
+        minor = settled_plugin_api::abi::ABI_MINOR
+    );
     let expected = [
-        (
-            "abi-major.so",
-            "built for plugin ABI 99.2, this host speaks 1.2",
-        ),
+        ("abi-major.so", abi_major_refusal.as_str()),
         ("wrong-magic.so", "wrong magic bytes"),
         ("missing-symbols.so", "has no SETTLED_PLUGIN_HEADER symbol"),
         (

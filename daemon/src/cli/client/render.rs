@@ -686,7 +686,49 @@ pub(super) fn plugins(value: &Value, width: Option<usize>) -> String {
         out.push_str("\nrefused plugin files:\n");
         out.push_str(&indent(&refusals));
     }
+    out.push_str(&mailboxes(value));
     out
+}
+
+/// The `mailboxes` of a `GET /v1/plugins` answer, one line each: state (with the last error), folders, counters.
+fn mailboxes(value: &Value) -> String {
+    let Some(Value::Array(all)) = get(value, "mailboxes") else {
+        return String::new();
+    };
+    let mut lines = String::new();
+    for m in all {
+        let state = match get(m, "last_error") {
+            Some(Value::String(e)) => format!("{}: {e}", text_or_dash(m, "state")),
+            _ => text_or_dash(m, "state"),
+        };
+        let folders: Vec<String> = match get(m, "folders") {
+            Some(Value::Object(f)) => f
+                .iter()
+                .map(|(name, c)| format!("{name} uid {}", text_or_dash(c, "last_uid")))
+                .collect(),
+            _ => Vec::new(),
+        };
+        lines.push_str(&format!(
+            "{} {} {}  {}{}  seen {}, duplicates {}, not mine {}, failed {}\n",
+            text_or_dash(m, "connector"),
+            text_or_dash(m, "kind"),
+            text_or_dash(m, "target"),
+            state,
+            if folders.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", folders.join(", "))
+            },
+            text_or_dash(m, "seen"),
+            text_or_dash(m, "duplicates"),
+            text_or_dash(m, "not_mine"),
+            text_or_dash(m, "failed"),
+        ));
+    }
+    if lines.is_empty() {
+        return lines;
+    }
+    format!("\nmailboxes:\n{}", indent(&lines))
 }
 
 /// The plugins of a `GET /v1/plugins` answer: `{"items": [...]}` or a bare array.

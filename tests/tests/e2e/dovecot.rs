@@ -1,0 +1,224 @@
+//! A private Dovecot IMAP server for the mailbox tests: its own config file in a temp dir, a free loopback port,
+//! one user (`sales`, password `secret`), mail delivered with `dovecot-lda`; stopped when dropped.
+//! Needs `dovecot-imapd` and a `vmail` system user (`.ci/run` installs both).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::free_port;
+
+pub const USER: &str = "sales";
+pub const PASSWORD: &str = "secret";
+
+pub struct Dovecot {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    config: PathBuf,
+    running: bool,
+}
+
+impl Dovecot {
+    pub fn start() -> Dovecot {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let port = free_port();
+        let root = dir.path();
+        for sub in ["run", "state", "mail"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap_or_else(|e| panic!("mkdir {sub}: {e}"));
+        }
+        // The mail folder belongs to the user Dovecot delivers and reads as.
+        let chown = Command::new("chown")
+            .args(["-R", "vmail:vmail"])
+            .arg(root.join("mail"))
+            .status()
+            .unwrap_or_else(|e| panic!("chown: {e}"));
+        assert!(
+            chown.success(),
+            "chown vmail failed: is the vmail user there? (.ci/run creates it)"
+        );
+        // Dovecot checks that every folder above the mail folder is reachable by the mail user.
+        let _ = Command::new("chmod").arg("755").arg(root).status();
+        std::fs::write(root.join("users"), format!("{USER}:{{PLAIN}}{PASSWORD}\n"))
+            .unwrap_or_else(|e| panic!("users file: {e}"));
+        let config = root.join("dovecot.conf");
+        let d = root.display();
+        std::fs::write(
+            &config,
+            format!(
+                "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\ninfo_log_path = {d}/dovecot.log\n\
+                 instance_name = settled-test-{port}\nlisten = 127.0.0.1\nprotocols = imap\nssl = no\n\
+                 disable_plaintext_auth = no\nauth_mechanisms = plain login\nfirst_valid_uid = 1\n\
+                 mail_location = maildir:{d}/mail/%n/Maildir\npostmaster_address = postmaster@example.org\nlda_mailbox_autocreate = yes\n\
+                 passdb {{\n  driver = passwd-file\n  args = {d}/users\n}}\n\
+                 userdb {{\n  driver = static\n  args = uid=vmail gid=vmail home={d}/mail/%n\n}}\n\
+                 service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  \
+                 inet_listener imaps {{\n    port = 0\n  }}\n}}\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("dovecot config: {e}"));
+        let mut dovecot = Dovecot {
+            dir,
+            port,
+            config,
+            running: false,
+        };
+        dovecot.run_master();
+        dovecot
+    }
+
+    /// Start the master process (again) and wait until the port answers.
+    pub fn run_master(&mut self) {
+        // Its stdout/stderr go to a file: the master keeps them open, and a pipe would never close.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("dovecot.stderr"))
+            .unwrap_or_else(|e| panic!("dovecot log: {e}"));
+        let status = Command::new("dovecot")
+            .arg("-c")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
+            .stderr(log)
+            .status()
+            .unwrap_or_else(|e| panic!("running dovecot (apt-get install dovecot-imapd): {e}"));
+        assert!(
+            status.success(),
+            "dovecot did not start: {status}\n{}",
+            self.log_text()
+        );
+        self.running = true;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "dovecot did not listen on {}\n{}",
+                self.port,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stop the server and wait until its port is closed.
+    pub fn stop(&mut self) {
+        if !self.running {
+            return;
+        }
+        let _ = Command::new("dovecot")
+            .arg("-c")
+            .arg(&self.config)
+            .arg("stop")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        self.running = false;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Deliver one message to the user's INBOX with `dovecot-lda`.
+    pub fn deliver(&self, message: &str) {
+        self.deliver_to("INBOX", message);
+    }
+
+    /// Deliver one message to a folder (created if missing) with `dovecot-lda`.
+    pub fn deliver_to(&self, folder: &str, message: &str) {
+        let mut child = Command::new("/usr/lib/dovecot/dovecot-lda")
+            .arg("-c")
+            .arg(&self.config)
+            .args(["-d", USER, "-m", folder])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running dovecot-lda: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(message.replace('\n', "\r\n").as_bytes())
+                .unwrap_or_else(|e| panic!("writing to dovecot-lda: {e}"));
+        }
+        let out = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("dovecot-lda: {e}"));
+        assert!(
+            out.status.success(),
+            "dovecot-lda failed: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `doveadm mailbox update --uid-validity`: the server renumbers the folder.
+    pub fn set_uid_validity(&self, folder: &str, value: u32) {
+        let out = Command::new("doveadm")
+            .arg("-c")
+            .arg(&self.config)
+            .args([
+                "mailbox",
+                "update",
+                "-u",
+                USER,
+                "--uid-validity",
+                &value.to_string(),
+                folder,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("doveadm: {e}"));
+        assert!(
+            out.status.success(),
+            "doveadm failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The user's Maildir on disk (`cur/`, `new/`).
+    pub fn maildir(&self) -> PathBuf {
+        self.dir.path().join("mail").join(USER).join("Maildir")
+    }
+
+    pub fn log_text(&self) -> String {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "{}{}",
+            read(&self.dir.path().join("dovecot.log")),
+            read(&self.dir.path().join("dovecot.stderr"))
+        )
+    }
+
+    /// The `[[connector]]` table of a `mail-lead` instance reading this server's INBOX.
+    pub fn connector(&self, name: &str, password_file: &Path, extra: &str) -> String {
+        format!(
+            "[[connector]]\nname = \"{name}\"\nplugin = \"mail-lead\"\n[connector.mailbox]\npoll_secs = 5\n\
+             max_backoff_secs = 1\n{extra}\n[connector.mailbox.imap]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{USER}\"\n\
+             password_file = \"{file}\"\ntls = \"none\"\n",
+            port = self.port,
+            file = password_file.display()
+        )
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- dovecot log\n{}", self.log_text());
+        }
+        self.stop();
+    }
+}
+
+/// An enquiry from `sender` with a Message-ID of its own.
+pub fn enquiry(sender: &str, id: &str, subject: &str) -> String {
+    format!(
+        "From: Customer {id} <{sender}>\nTo: sales@example.com\nSubject: {subject}\nMessage-ID: <{id}@customers.example>\n\
+         Date: Sun, 6 Dec 2026 10:00:00 +0000\nContent-Type: text/plain; charset=utf-8\n\nPlease send us a quote.\n"
+    )
+}
