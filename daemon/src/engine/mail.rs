@@ -74,12 +74,22 @@ impl Engine {
                         let failed_before = out.records.failed.len();
                         let ids_before = out.records.ids.len();
                         out.records.records_read += records.len() as u64;
-                        for record in records {
+                        for (index, record) in (1..).zip(records) {
+                            // A record the engine refuses fails its mail; it must not fail the batch.
+                            if let Some(failure) = super::refusal(index, &record) {
+                                out.records.failed.push(failure);
+                                continue;
+                            }
                             ingest_one(tx, plugin, &actor, record, &mut out.records)?;
                         }
                         let refused: Vec<String> = out.records.failed[failed_before..]
                             .iter()
-                            .map(|f| format!("{}: {}", f.location, f.reason))
+                            .map(|f| match &f.field {
+                                Some(field) => {
+                                    format!("record {} ({field}): {}", f.record, f.reason)
+                                }
+                                None => format!("record {}: {}", f.record, f.reason),
+                            })
                             .collect();
                         if refused.is_empty() {
                             out.new += 1;

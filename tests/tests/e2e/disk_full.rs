@@ -383,7 +383,9 @@ fn an_inbox_file_that_meets_a_full_disk_stays_in_the_inbox_and_is_imported_once_
             ),
         },
     );
-    d.eventually("the connector's inbox folder", || inbox.exists().then_some(()));
+    d.eventually("the connector's inbox folder", || {
+        inbox.exists().then_some(())
+    });
     let (_, (status, failed)) = write_until_it_fails(
         &d,
         &ballast,
@@ -429,5 +431,8 @@ fn an_inbox_file_that_meets_a_full_disk_stays_in_the_inbox_and_is_imported_once_
     });
     let payments = d.ok("GET", "/v1/payments?limit=100", None);
     let n = payments["items"].as_array().map_or(0, Vec::len);
-    assert_eq!(n, 2, "both lines recorded once the store writes: {payments}");
+    assert_eq!(
+        n, 2,
+        "both lines recorded once the store writes: {payments}"
+    );
 }

@@ -124,6 +124,8 @@ fn connector(name: &str, plugin: &str, isolation: Isolation, settings: Value) ->
         settings,
         timeout_ms: None,
         inbox: None,
+        allow_partial: false,
+        events: None,
         mailbox: None,
     }
 }
