@@ -6,6 +6,7 @@ mod connectors;
 mod csv_footers;
 mod cut_references;
 mod disk_full;
+mod hand_allocations;
 mod harness;
 mod imports;
 mod inbox;
