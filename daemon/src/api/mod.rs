@@ -415,10 +415,18 @@ async fn record_payment(State(state): State<AppState>, body: Bytes) -> Result<Re
     Ok((status, Json(v)).into_response())
 }
 
+/// The body of an action that takes no input: empty or `{}`. A field is refused by name rather than ignored, so a
+/// client asking for a partial reversal hears that the endpoint reverses the whole payment.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoInput {}
+
 async fn reverse_payment(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    let NoInput {} = parse_body(&body)?;
     let p = state.engine.reverse_payment(&id, "api").await?;
     Ok(Json(state.engine.show("payment", &p.id)?))
 }

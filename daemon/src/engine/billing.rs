@@ -73,7 +73,7 @@ pub struct PaymentInput {
     /// Id in the system the payment came from (dedupe key).
     #[serde(default)]
     pub external_id: Option<String>,
-    /// Explicit allocations; without them the payment is reconciled automatically.
+    /// Explicit allocations, naming at least one invoice; without them the payment is reconciled automatically.
     #[serde(default)]
     pub allocations: Option<Vec<AllocationJson>>,
 }

@@ -197,6 +197,14 @@ impl Engine {
         let currency = Currency::parse(&input.currency)
             .map_err(|e| super::sales::rename_field(e, "currency"))?;
         let amount = parse_positive_amount("amount", input.amount.as_str(), &currency)?;
+        // An empty list would record money that reaches no invoice, no credit balance and no review item.
+        if input.allocations.as_ref().is_some_and(Vec::is_empty) {
+            return Err(DomainError::invalid(
+                "allocations",
+                "names no invoice: name at least one, or leave `allocations` out to have the payment reconciled",
+            )
+            .into());
+        }
         if input.allocations.is_some() {
             return self
                 .record_allocated_payment(input, currency, amount, actor)
@@ -270,6 +278,14 @@ impl Engine {
         input: ReviewAllocate,
         actor: &str,
     ) -> EngineResult<ReviewItem> {
+        // Resolving the item with nothing allocated would close it while its money reaches no invoice and no credit.
+        if input.allocations.is_empty() {
+            return Err(DomainError::invalid(
+                "allocations",
+                "names no invoice: name at least one, or dismiss the item if the payment is not ours",
+            )
+            .into());
+        }
         self.write(|tx| {
             let mut item: ReviewItem = tx.get("review", id)?;
             if item.status != ReviewStatus::Open {
