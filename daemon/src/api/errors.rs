@@ -93,6 +93,15 @@ impl From<EngineError> for ApiError {
                 "store_unavailable",
                 s.to_string(),
             ),
+            // sled 0.34 fails reads too once a flush failed: the environment, not a bug (the next write closes the store).
+            EngineError::Store(s @ StoreError::Sled(sled::Error::Io(_))) => {
+                tracing::error!(error = %s, "the store cannot read or write");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    s.to_string(),
+                )
+            }
             EngineError::Store(s) => {
                 tracing::error!(error = %s, "store error while serving a request");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", s.to_string())

@@ -213,6 +213,10 @@ impl Engine {
         let out = match result {
             Ok(out) => out,
             Err(e) => {
+                let e = match e {
+                    EngineError::Store(e) => EngineError::Store(self.inner.store.closed_by(e)),
+                    other => other,
+                };
                 self.forget(&mut state, index_undo, index_reload);
                 return Err(e);
             }

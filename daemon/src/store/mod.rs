@@ -268,6 +268,23 @@ impl Store {
         }
     }
 
+    /// A sled IO error met anywhere in a command (sled 0.34 also fails reads once a flush failed) closes the store like a
+    /// failed write, and is answered as one; any other error is returned as it is.
+    pub fn closed_by(&self, error: StoreError) -> StoreError {
+        match error {
+            StoreError::Sled(source @ sled::Error::Io(_)) => {
+                if let Ok(open) = self.open_handle() {
+                    self.close(open.generation, &source);
+                }
+                StoreError::WriteFailed {
+                    path: self.inner.path.clone(),
+                    source,
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Close the store after the opening `generation` failed to write (a later opening is left alone).
     fn close(&self, generation: u64, error: &sled::Error) {
         let mut handle = self.write_handle();
