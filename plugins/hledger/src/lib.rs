@@ -159,9 +159,15 @@ impl Hledger {
             return Ok(self.read(json!({"phase": "verify", "tries": tries})));
         }
         let journal: Vec<Value> = serde_json::from_slice(&response.body).map_err(|e| {
+            // The host hands a sink at most 1 MiB of a body: about 700 transactions of JSON.
+            let cut = if response.body.len() >= 1024 * 1024 {
+                " (the answer reached the host's 1 MiB limit: the journal is too large to read whole)"
+            } else {
+                ""
+            };
             PluginError::bad_input(
                 "transactions",
-                format!("hledger-web's /transactions is not a json list: {e}"),
+                format!("hledger-web's /transactions is not a json list: {e}{cut}"),
             )
         })?;
         let id = event_id.to_string();

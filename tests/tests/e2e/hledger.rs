@@ -258,3 +258,44 @@ fn an_invoice_issued_while_hledger_web_is_down_is_posted_once_when_it_comes_up()
         "{bal:?}"
     );
 }
+
+#[test]
+fn an_overpayment_goes_to_customer_credit_and_its_reversal_restores_the_receivable_in_hledger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut web = HledgerWeb::prepare(dir.path());
+    web.start();
+    let d = daemon(&web);
+    let inv = issue_invoice(&d, "Over Payers", vat_line("100.00"));
+    delivered(&d, 1);
+    let payment = pay(&d, &inv, "130.00");
+    delivered(&d, 2);
+    let bal = web.balances();
+    assert_eq!(receivable_of(&bal, "Over Payers"), "0", "{bal:?}");
+    assert_eq!(
+        bal.get("liabilities:customer-credit").map(String::as_str),
+        Some("EUR -9.00"),
+        "{bal:?}"
+    );
+    let id = payment["id"].as_str().expect("payment id");
+    d.ok(
+        "POST",
+        &format!("/v1/payments/{id}/reverse"),
+        Some(json!({})),
+    );
+    delivered(&d, 3);
+    let inv_id = inv["id"].as_str().expect("invoice id");
+    let balance = d.ok("GET", &format!("/v1/invoices/{inv_id}"), None)["balance"].clone();
+    assert_eq!(balance, "121.00");
+    let bal = web.balances();
+    assert_eq!(receivable_of(&bal, "Over Payers"), "EUR 121.00", "{bal:?}");
+    assert_eq!(
+        bal.get("assets:bank").map(String::as_str),
+        Some("0"),
+        "{bal:?}"
+    );
+    assert_eq!(
+        bal.get("liabilities:customer-credit").map(String::as_str),
+        Some("0"),
+        "{bal:?}"
+    );
+}
