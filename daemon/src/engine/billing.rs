@@ -661,7 +661,7 @@ impl Engine {
                 "payment",
                 &pay.id,
                 serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(&made),
-                    "to_credit": pay.unallocated, "payer": pay.payer}),
+                    "to_credit": pay.unallocated, "payer": pay.payer, "received_on": pay.received_on}),
                 true,
             );
             Ok((pay, false))

@@ -4,7 +4,7 @@
 //! - `invoice.issued`: receivable (`assets:receivable:<customer>`) against revenue and VAT per rate (a credit note
 //!   the other way round);
 //! - `payment.recorded`: bank against the receivable of each invoice it pays (the account the invoice was posted to),
-//!   write-offs against `expenses:write-off`, what went to the customer's credit against `liabilities:customer-credit`;
+//!   a provider's fee to `expenses:fees`, write-offs against `expenses:write-off`, what went to the customer's credit against `liabilities:customer-credit`;
 //! - `payment.reversed`: the same the other way round, for the reversed part.
 //!
 //! hledger-web has no idempotency and validates nothing, so every delivery reads before it writes: `GET /transactions`,
@@ -39,6 +39,8 @@ pub struct Settings {
     pub credit: String,
     /// What was written off when a payment settled an invoice.
     pub write_off: String,
+    /// A payment provider's fee (the payer sent more than reached the bank).
+    pub fees: String,
 }
 
 impl Default for Settings {
@@ -51,6 +53,7 @@ impl Default for Settings {
             bank: "assets:bank".into(),
             credit: "liabilities:customer-credit".into(),
             write_off: "expenses:write-off".into(),
+            fees: "expenses:fees".into(),
         }
     }
 }
@@ -97,6 +100,7 @@ impl Hledger {
             ("bank", &settings.bank),
             ("credit", &settings.credit),
             ("write_off", &settings.write_off),
+            ("fees", &settings.fees),
         ] {
             if name.trim().is_empty() || name.contains("  ") || name.contains(';') {
                 return Err(PluginError::bad_config(
@@ -310,6 +314,11 @@ impl Hledger {
                         _ => {}
                     }
                 }
+                // `amount` is what reached the bank; the provider kept the fee of what the payer sent.
+                let fee = amount(&data["fee"]);
+                if !fee.is_zero() {
+                    postings.push((self.accounts.fees.clone(), sign * fee));
+                }
                 let to_credit = amount(&data["to_credit"]);
                 if !to_credit.is_zero() {
                     postings.push((self.accounts.credit.clone(), -to_credit));
@@ -317,6 +326,9 @@ impl Hledger {
                 let taken_back = amount(&data["credit_taken_back"]);
                 if !taken_back.is_zero() {
                     postings.push((self.accounts.credit.clone(), taken_back));
+                }
+                if let Some(received) = data["received_on"].as_str() {
+                    date = received.to_string();
                 }
                 description = match kind {
                     "payment.recorded" => format!("payment {entity_id}"),

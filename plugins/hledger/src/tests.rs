@@ -144,3 +144,24 @@ fn a_new_event_is_written_after_a_pause_and_a_stale_read_after_the_write_appends
         SinkStep::Done
     );
 }
+
+#[test]
+fn a_payment_net_of_a_provider_fee_posts_the_fee_as_an_expense_and_balances() {
+    let payment = json!({"id": 9, "type": "payment.recorded", "at": "2026-03-05T10:00:00Z", "entity": "payment",
+        "entity_id": "pay_1", "data": {"amount": "97.10", "fee": "2.90", "currency": "EUR", "to_credit": "0",
+        "allocations": [{"invoice_id": "inv_1", "amount": "100.00", "kind": "payment"}]}});
+    let journal = [
+        json!({"ttags": [["settled-event", "7"], ["settled-invoice", "inv_1"]],
+        "tpostings": [{"paccount": "assets:receivable:Acme"}]}),
+    ];
+    let entry = sink().entry(&payment, &journal).unwrap().unwrap();
+    assert_eq!(
+        posted(&entry),
+        [
+            pair("assets:bank", "97.10"),
+            pair("assets:receivable:Acme", "-100.00"),
+            pair("expenses:fees", "2.90")
+        ]
+    );
+    assert!(check_balanced(&entry, 9).is_ok());
+}
