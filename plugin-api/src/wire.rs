@@ -635,6 +635,16 @@ pub enum SinkStep {
         #[serde(default)]
         state: serde_json::Value,
     },
+    /// Wait this many milliseconds (the host caps it at one second), then call again with no response and this
+    /// state. For peers that need a pause between a read and a write (hledger-web only notices a change to its
+    /// journal file whose modification time is later than its last read, and file times are coarse).
+    Wait {
+        /// Milliseconds to wait.
+        millis: u64,
+        /// State to hand back on the next call.
+        #[serde(default)]
+        state: serde_json::Value,
+    },
     /// Delivered.
     Done,
     /// Not delivered now; try the whole conversation again later.

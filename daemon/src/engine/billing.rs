@@ -661,7 +661,7 @@ impl Engine {
                 "payment",
                 &pay.id,
                 serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(&made),
-                    "to_credit": pay.unallocated, "payer": pay.payer}),
+                    "to_credit": pay.unallocated, "payer": pay.payer, "received_on": pay.received_on}),
                 true,
             );
             Ok((pay, false))
@@ -706,13 +706,16 @@ pub(crate) fn issue_in(
     inv.updated_at = tx.now;
     tx.ws.index("invoice-number", &number, &inv.id);
     index_invoice_refs(tx, &inv);
+    // Sinks that keep books (hledger) need the customer's name and the VAT per rate.
+    let customer: Account = tx.get("account", &inv.account_id)?;
     tx.event(
         actor,
         "invoice.issued",
         "invoice",
         &inv.id,
         serde_json::json!({"number": number, "kind": inv.kind, "rf_reference": inv.rf_reference, "total": inv.totals.total,
-            "currency": inv.currency, "issue_date": inv.issue_date, "due_date": inv.due_date, "account_id": inv.account_id}),
+            "currency": inv.currency, "issue_date": inv.issue_date, "due_date": inv.due_date, "account_id": inv.account_id,
+            "customer": customer.name, "subtotal": inv.totals.subtotal, "taxes": inv.totals.taxes}),
         true,
     );
     tx.save_invoice(&mut inv, actor)?;

@@ -351,7 +351,8 @@ impl Engine {
                 "payment.recorded",
                 "payment",
                 &pay.id,
-                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(&made), "to_credit": pay.unallocated}),
+                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(&made), "to_credit": pay.unallocated,
+                    "received_on": pay.received_on}),
                 true,
             );
             Ok(item)
@@ -669,7 +670,8 @@ fn ingest_payment(
                 "payment",
                 &pay.id,
                 serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(&made),
-                    "to_credit": pay.unallocated, "fee": fee, "external_id": record.external_id, "source": record.source_position}),
+                    "to_credit": pay.unallocated, "fee": fee, "external_id": record.external_id, "source": record.source_position,
+                    "received_on": pay.received_on}),
                 true,
             );
             tx.ws

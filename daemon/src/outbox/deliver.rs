@@ -9,6 +9,8 @@ use crate::plugin_host::{CallError, PluginHost};
 
 /// Requests one conversation may make before it is cut off as a plugin bug.
 const MAX_STEPS: usize = 16;
+/// The longest pause a plugin may ask for between two steps.
+const MAX_WAIT: Duration = Duration::from_secs(1);
 /// Bytes of a response body handed to the plugin; the rest is dropped.
 const MAX_RESPONSE_BODY: usize = 1024 * 1024;
 
@@ -85,6 +87,14 @@ pub async fn attempt(
                 after: (after_secs > 0).then(|| Duration::from_secs(after_secs)),
             },
             SinkStep::Failed { reason } => Outcome::Failed { error: reason },
+            SinkStep::Wait {
+                millis,
+                state: next,
+            } => {
+                tokio::time::sleep(Duration::from_millis(millis).min(MAX_WAIT)).await;
+                state = next;
+                continue;
+            }
             SinkStep::Request {
                 request,
                 state: next,

@@ -9,6 +9,7 @@ mod disk_full;
 mod dovecot;
 mod hand_allocations;
 mod harness;
+mod hledger;
 mod imports;
 mod inbox;
 mod lifecycle;

@@ -1,0 +1,301 @@
+//! The `hledger` sink through the real daemon to a real `hledger-web --serve-api` on loopback, the journal checked
+//! with the `hledger` CLI.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+const EVENTS: &str = r#"["invoice.issued", "payment.recorded", "payment.reversed"]"#;
+
+/// A running `hledger-web` serving the API from one journal file; killed on drop.
+struct HledgerWeb {
+    journal: PathBuf,
+    log: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl HledgerWeb {
+    /// A journal file in `dir` (empty) and the port hledger-web will listen on, not started yet.
+    fn prepare(dir: &Path) -> HledgerWeb {
+        let journal = dir.join("books.journal");
+        std::fs::write(&journal, "").expect("writing the journal");
+        HledgerWeb {
+            journal,
+            log: dir.join("hledger-web.log"),
+            port: free_port(),
+            child: None,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Start it and wait until `/transactions` answers.
+    fn start(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("hledger-web log");
+        let child = Command::new("hledger-web")
+            .arg("-f")
+            .arg(&self.journal)
+            .args(["--serve-api", "--host", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .arg("--capabilities=view,add")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting hledger-web (apt-get install hledger-web)");
+        self.child = Some(child);
+        let http = reqwest::blocking::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("{}/transactions", self.url());
+        while !http.get(&url).send().is_ok_and(|r| r.status().is_success()) {
+            assert!(
+                Instant::now() < deadline,
+                "hledger-web did not answer within 30 s\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Balances per account by the `hledger` CLI (which refuses a journal that does not balance).
+    fn balances(&self) -> BTreeMap<String, String> {
+        let out = Command::new("hledger")
+            .arg("-f")
+            .arg(&self.journal)
+            .args(["bal", "-E", "-O", "csv"])
+            .output()
+            .expect("running hledger");
+        assert!(
+            out.status.success(),
+            "hledger refused the journal: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&self.journal).unwrap_or_default()
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let (account, balance) = line.split_once("\",\"")?;
+                Some((
+                    account.trim_matches('"').to_string(),
+                    balance.trim_matches('"').to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The `settled-event` tags of every transaction in the journal file.
+    fn event_tags(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.journal).expect("reading the journal");
+        text.lines()
+            .filter_map(|l| l.split("settled-event:").nth(1))
+            .map(|rest| rest.split([',', ' ']).next().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+impl Drop for HledgerWeb {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn daemon(web: &HledgerWeb) -> Daemon {
+    Daemon::start(Setup {
+        plugins: vec!["hledger"],
+        config: format!(
+            "[outbox]\nretry_schedule_ms = [200, 400]\nrequest_timeout_ms = 5000\n\
+             [[connector]]\nname = \"books\"\nplugin = \"hledger\"\nevents = {EVENTS}\nsettings = {{ url = \"{}\" }}\n",
+            web.url()
+        ),
+    })
+}
+
+fn vat_line(net: &str) -> Value {
+    json!([{"description": "work", "quantity": "1", "unit_price": net, "tax_rate": "21"}])
+}
+
+fn pay(d: &Daemon, invoice: &Value, amount: &str) -> Value {
+    d.ok(
+        "POST",
+        "/v1/payments",
+        Some(
+            json!({"amount": amount, "currency": "EUR", "payer": "Buyer",
+            "allocations": [{"invoice_id": invoice["id"]}]}),
+        ),
+    )
+}
+
+/// Wait until the sink has delivered `total` events since start and nothing is pending.
+fn delivered(d: &Daemon, total: u64) -> Value {
+    d.eventually(&format!("{total} events delivered to books"), || {
+        let all = d.ok("GET", "/v1/outbox", None);
+        all["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|s| s["name"] == "books").cloned())
+            .filter(|s| s["pending"] == 0 && s["delivered_total"].as_u64() >= Some(total))
+    })
+}
+
+fn receivable_of(balances: &BTreeMap<String, String>, company: &str) -> String {
+    balances
+        .get(&format!("assets:receivable:{company}"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no receivable for {company} in {balances:?}"))
+}
+
+#[test]
+fn an_issued_and_paid_invoice_leaves_no_receivable_and_books_revenue_and_vat_in_hledger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut web = HledgerWeb::prepare(dir.path());
+    web.start();
+    let d = daemon(&web);
+    let inv = issue_invoice(&d, "Ledger Keepers", vat_line("100.00"));
+    assert_eq!(inv["total"], "121.00", "{inv}");
+    delivered(&d, 1);
+    pay(&d, &inv, "121.00");
+    delivered(&d, 2);
+    let bal = web.balances();
+    assert_eq!(receivable_of(&bal, "Ledger Keepers"), "0", "{bal:?}");
+    assert_eq!(
+        bal.get("revenue").map(String::as_str),
+        Some("EUR -100.00"),
+        "{bal:?}"
+    );
+    assert_eq!(
+        bal.get("liabilities:vat:21").map(String::as_str),
+        Some("EUR -21.00"),
+        "{bal:?}"
+    );
+    assert_eq!(
+        bal.get("assets:bank").map(String::as_str),
+        Some("EUR 121.00"),
+        "{bal:?}"
+    );
+}
+
+#[test]
+fn a_partial_payment_leaves_the_settled_balance_as_receivable_in_hledger_to_the_cent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut web = HledgerWeb::prepare(dir.path());
+    web.start();
+    let d = daemon(&web);
+    let inv = issue_invoice(&d, "Part Payers", vat_line("99.99"));
+    delivered(&d, 1);
+    pay(&d, &inv, "50.05");
+    delivered(&d, 2);
+    let id = inv["id"].as_str().expect("invoice id");
+    let balance = d.ok("GET", &format!("/v1/invoices/{id}"), None)["balance"].clone();
+    let balance = balance.as_str().expect("balance as text");
+    assert_eq!(balance, "70.94");
+    let bal = web.balances();
+    assert_eq!(
+        receivable_of(&bal, "Part Payers"),
+        format!("EUR {balance}"),
+        "{bal:?}"
+    );
+}
+
+#[test]
+fn replaying_the_outbox_from_the_first_event_posts_nothing_twice_in_hledger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut web = HledgerWeb::prepare(dir.path());
+    web.start();
+    let d = daemon(&web);
+    let inv = issue_invoice(&d, "Replay Books", vat_line("10.00"));
+    delivered(&d, 1);
+    pay(&d, &inv, "12.10");
+    delivered(&d, 2);
+    let before = web.balances();
+    assert_eq!(web.event_tags().len(), 2, "{:?}", web.event_tags());
+    d.ok("POST", "/v1/outbox/books/replay", Some(json!({"from": 1})));
+    delivered(&d, 4);
+    let mut tags = web.event_tags();
+    assert_eq!(tags.len(), 2, "{tags:?}");
+    tags.dedup();
+    assert_eq!(tags.len(), 2, "{tags:?}");
+    assert_eq!(web.balances(), before);
+}
+
+#[test]
+fn an_invoice_issued_while_hledger_web_is_down_is_posted_once_when_it_comes_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut web = HledgerWeb::prepare(dir.path());
+    let d = daemon(&web);
+    let inv = issue_invoice(&d, "Late Books", vat_line("40.00"));
+    d.eventually("a failed attempt while hledger-web is down", || {
+        let all = d.ok("GET", "/v1/outbox", None);
+        all["items"][0]["failed_attempts_total"]
+            .as_u64()
+            .filter(|n| *n >= 1)
+    });
+    web.start();
+    delivered(&d, 1);
+    pay(&d, &inv, "48.40");
+    delivered(&d, 2);
+    assert_eq!(web.event_tags().len(), 2, "{:?}", web.event_tags());
+    let bal = web.balances();
+    assert_eq!(receivable_of(&bal, "Late Books"), "0", "{bal:?}");
+    assert_eq!(
+        bal.get("liabilities:vat:21").map(String::as_str),
+        Some("EUR -8.40"),
+        "{bal:?}"
+    );
+}
+
+#[test]
+fn an_overpayment_goes_to_customer_credit_and_its_reversal_restores_the_receivable_in_hledger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut web = HledgerWeb::prepare(dir.path());
+    web.start();
+    let d = daemon(&web);
+    let inv = issue_invoice(&d, "Over Payers", vat_line("100.00"));
+    delivered(&d, 1);
+    let payment = pay(&d, &inv, "130.00");
+    delivered(&d, 2);
+    let bal = web.balances();
+    assert_eq!(receivable_of(&bal, "Over Payers"), "0", "{bal:?}");
+    assert_eq!(
+        bal.get("liabilities:customer-credit").map(String::as_str),
+        Some("EUR -9.00"),
+        "{bal:?}"
+    );
+    let id = payment["id"].as_str().expect("payment id");
+    d.ok(
+        "POST",
+        &format!("/v1/payments/{id}/reverse"),
+        Some(json!({})),
+    );
+    delivered(&d, 3);
+    let inv_id = inv["id"].as_str().expect("invoice id");
+    let balance = d.ok("GET", &format!("/v1/invoices/{inv_id}"), None)["balance"].clone();
+    assert_eq!(balance, "121.00");
+    let bal = web.balances();
+    assert_eq!(receivable_of(&bal, "Over Payers"), "EUR 121.00", "{bal:?}");
+    assert_eq!(
+        bal.get("assets:bank").map(String::as_str),
+        Some("0"),
+        "{bal:?}"
+    );
+    assert_eq!(
+        bal.get("liabilities:customer-credit").map(String::as_str),
+        Some("0"),
+        "{bal:?}"
+    );
+}
