@@ -8,7 +8,9 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::harness::{fixture, issue_invoice, one_line, run, settled, Daemon, Setup, TOKEN};
+use crate::harness::{
+    fixture, issue_invoice, one_line, run, settled, wait_for_file, Daemon, Setup, TOKEN,
+};
 
 fn typeform_signature(secret: &str, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
@@ -109,19 +111,6 @@ settings = { source = "ad", signature = { style = "typeform", secret = "s3cret" 
     // The intake calls show up in the plugin status.
     let plugins = d.ok("GET", "/v1/plugins", None);
     assert!(plugins.to_string().contains("typeform"), "{plugins}");
-}
-
-fn wait_for_file(d: &Daemon, folder: &Path, name: &str) -> std::path::PathBuf {
-    d.eventually(&format!("{name} in {}", folder.display()), || {
-        std::fs::read_dir(folder)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().ends_with(name))
-            })
-    })
 }
 
 #[test]

@@ -4,33 +4,7 @@
 
 use serde_json::Value;
 
-use crate::harness::{issue_invoice, one_line, run, settled, Daemon, Setup, TOKEN};
-
-/// Imports `content` as `name` through the CLI and returns the summary.
-fn import(d: &Daemon, name: &str, content: &str) -> Value {
-    let path = d.dir.path().join(name);
-    std::fs::write(&path, content).unwrap();
-    let mut cmd = settled(d.dir.path());
-    cmd.args(["import", "--json", "--url", &d.url("")])
-        .arg(&path)
-        .env("SETTLED_API_TOKEN", TOKEN);
-    let r = run(cmd);
-    assert!(r.status.success(), "{r}");
-    let summary: Value = serde_json::from_str(r.stdout.trim()).unwrap();
-    if summary.is_array() {
-        summary[0].clone()
-    } else {
-        summary
-    }
-}
-
-fn invoice(d: &Daemon, inv: &Value) -> Value {
-    d.ok(
-        "GET",
-        &format!("/v1/invoices/{}", inv["id"].as_str().unwrap()),
-        None,
-    )
-}
+use crate::harness::{import_json, invoice, issue_invoice, one_line, Daemon, Setup};
 
 /// Asserts the invoice is paid by one allocation of the invoice-number rule whose evidence quotes `quoted`.
 fn assert_paid_by_number(d: &Daemon, inv: &Value, quoted: &str) {
@@ -104,7 +78,7 @@ fn a_camt_ustrd_split_inside_an_invoice_number_pays_it_and_a_split_naming_no_inv
 </Document>
 "#
     );
-    let summary = import(&d, "cut.camt053.xml", &xml);
+    let summary = import_json(&d, "cut.camt053.xml", &xml);
     assert_eq!(summary["new"], 3, "{summary}");
     assert_paid_by_number(
         &d,
@@ -146,7 +120,7 @@ fn an_mt940_86_line_cut_at_65_characters_inside_an_invoice_number_pays_it() {
          :62F:C260305EUR1228,00\r\n-\r\n",
         last = &second_no[second_no.len() - 1..],
     );
-    let summary = import(&d, "cut.sta", &statement);
+    let summary = import_json(&d, "cut.sta", &statement);
     assert_eq!(summary["new"], 3, "{summary}");
     assert_paid_by_number(&d, &first, &first_no);
     assert_paid_by_number(&d, &second, &format!("{head} {tail}"));
@@ -167,7 +141,7 @@ fn a_german_mt940_purpose_piece_ending_with_the_invoice_number_pays_it() {
          :86:166?00GUTSCHRIFT?20EREF+E2E-1?21SVWZ+Rechnung {number}?22Danke und Gruss?32Sepa Kunde GmbH\r\n\
          :62F:C260305EUR1250,00\r\n-\r\n"
     );
-    let summary = import(&d, "umsatz.sta", &statement);
+    let summary = import_json(&d, "umsatz.sta", &statement);
     assert_eq!(summary["new"], 1, "{summary}");
     assert_paid_by_number(&d, &inv, number);
 }

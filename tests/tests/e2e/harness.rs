@@ -336,3 +336,57 @@ pub fn issue_invoice(d: &Daemon, company: &str, lines: Value) -> Value {
 pub fn one_line(amount: &str) -> Value {
     serde_json::json!([{"description": "work", "quantity": "1", "unit_price": amount, "tax_rate": "0"}])
 }
+
+/// Import one file through `settled import --json`; the file's summary.
+pub fn import_json(d: &Daemon, name: &str, content: &str) -> Value {
+    let path = d.dir.path().join(name);
+    std::fs::write(&path, content).unwrap();
+    let mut cmd = settled(d.dir.path());
+    cmd.args(["import", "--json", "--url", &d.url("")])
+        .arg(&path)
+        .env("SETTLED_API_TOKEN", TOKEN);
+    let r = run(cmd);
+    assert!(r.status.success(), "{name}: {r}");
+    let summary: Value =
+        serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{name}: {e}: {r}"));
+    if summary.is_array() {
+        summary[0].clone()
+    } else {
+        summary
+    }
+}
+
+/// The invoice `inv` as the API serves it now.
+pub fn invoice(d: &Daemon, inv: &Value) -> Value {
+    d.ok(
+        "GET",
+        &format!("/v1/invoices/{}", inv["id"].as_str().unwrap()),
+        None,
+    )
+}
+
+/// A payment entered by hand over the API, allocated to `invoice`.
+pub fn pay(d: &Daemon, invoice: &Value, amount: &str) -> Value {
+    d.ok(
+        "POST",
+        "/v1/payments",
+        Some(
+            serde_json::json!({"amount": amount, "currency": "EUR", "payer": "Buyer",
+            "allocations": [{"invoice_id": invoice["id"]}]}),
+        ),
+    )
+}
+
+/// Wait for a file in `folder` whose name ends with `name` (done/ and failed/ prefix a time stamp).
+pub fn wait_for_file(d: &Daemon, folder: &Path, name: &str) -> PathBuf {
+    d.eventually(&format!("{name} in {}", folder.display()), || {
+        std::fs::read_dir(folder)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().ends_with(name))
+            })
+    })
+}

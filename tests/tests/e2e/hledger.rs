@@ -131,17 +131,6 @@ fn vat_line(net: &str) -> Value {
     json!([{"description": "work", "quantity": "1", "unit_price": net, "tax_rate": "21"}])
 }
 
-fn pay(d: &Daemon, invoice: &Value, amount: &str) -> Value {
-    d.ok(
-        "POST",
-        "/v1/payments",
-        Some(
-            json!({"amount": amount, "currency": "EUR", "payer": "Buyer",
-            "allocations": [{"invoice_id": invoice["id"]}]}),
-        ),
-    )
-}
-
 /// Wait until the sink has delivered `total` events since start and nothing is pending.
 fn delivered(d: &Daemon, total: u64) -> Value {
     d.eventually(&format!("{total} events delivered to books"), || {

@@ -39,17 +39,6 @@ fn sink_until(d: &Daemon, name: &str, what: &str, check: impl Fn(&Value) -> bool
     d.eventually(what, || Some(sink(d, name)).filter(|s| check(s)))
 }
 
-fn pay(d: &Daemon, invoice: &Value, amount: &str) -> Value {
-    d.ok(
-        "POST",
-        "/v1/payments",
-        Some(
-            json!({"amount": amount, "currency": "EUR", "payer": "Buyer",
-            "allocations": [{"invoice_id": invoice["id"]}]}),
-        ),
-    )
-}
-
 fn cli(d: &Daemon, args: &[&str]) -> Run {
     let mut cmd = settled(d.dir.path());
     cmd.args(["--url", &d.url("")])

@@ -1,11 +1,9 @@
 //! Records a plugin produced but the engine refuses (a lead with email `a@b`, a payment in an unknown currency):
 //! never acknowledged as success, always named, logged and counted.
 
-use std::path::Path;
-
 use serde_json::Value;
 
-use crate::harness::{issue_invoice, one_line, run, settled, Daemon, Setup, TOKEN};
+use crate::harness::{issue_invoice, one_line, run, settled, wait_for_file, Daemon, Setup, TOKEN};
 
 /// The `refused` counter of connector instance `name` in `GET /v1/plugins`.
 fn refused_in_plugins(d: &Daemon, name: &str) -> Option<u64> {
@@ -123,19 +121,6 @@ fn statement_with_a_bad_second_line(d: &Daemon) -> (String, Value) {
          2026-03-06,45.50,EUR,Gamma,unknown,T3\n"
     );
     (csv, inv)
-}
-
-fn wait_for_file(d: &Daemon, folder: &Path, name: &str) -> std::path::PathBuf {
-    d.eventually(&format!("{name} in {}", folder.display()), || {
-        std::fs::read_dir(folder)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().ends_with(name))
-            })
-    })
 }
 
 fn read_json(path: &str) -> Value {

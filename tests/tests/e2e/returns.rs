@@ -3,36 +3,9 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{issue_invoice, one_line, run, settled, Daemon, Setup, TOKEN};
+use crate::harness::{import_json, invoice, issue_invoice, one_line, Daemon, Setup};
 
 const OUR_IBAN: &str = "DE89370400440532013000";
-
-/// Import one file through `settled import --json`; the file's summary.
-fn import(d: &Daemon, name: &str, content: &str) -> Value {
-    let path = d.dir.path().join(name);
-    std::fs::write(&path, content).unwrap();
-    let mut cmd = settled(d.dir.path());
-    cmd.args(["import", "--json", "--url", &d.url("")])
-        .arg(&path)
-        .env("SETTLED_API_TOKEN", TOKEN);
-    let r = run(cmd);
-    assert!(r.status.success(), "{name}: {r}");
-    let summary: Value =
-        serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{name}: {e}: {r}"));
-    if summary.is_array() {
-        summary[0].clone()
-    } else {
-        summary
-    }
-}
-
-fn invoice(d: &Daemon, inv: &Value) -> Value {
-    d.ok(
-        "GET",
-        &format!("/v1/invoices/{}", inv["id"].as_str().unwrap()),
-        None,
-    )
-}
 
 fn open_review(d: &Daemon) -> Vec<Value> {
     d.ok("GET", "/v1/review", None)["items"]
@@ -95,7 +68,7 @@ fn a_camt_payment_returned_in_an_mt940_file_of_the_same_account_reopens_its_invo
     let d = Daemon::start(Setup::default());
     let inv = issue_invoice(&d, "Rueck GmbH", one_line("360.00"));
     let rf = inv["rf_reference"].as_str().unwrap();
-    let paid = import(
+    let paid = import_json(
         &d,
         "paid.xml",
         &camt(&camt_entry(
@@ -113,7 +86,7 @@ fn a_camt_payment_returned_in_an_mt940_file_of_the_same_account_reopens_its_invo
     assert_eq!(invoice(&d, &inv)["payment_status"], "paid");
 
     // The payer's bank sends the money back: a reversed credit (RC) with return code 159 and the original's EREF.
-    let returned = import(
+    let returned = import_json(
         &d,
         "return.sta",
         &mt940(
@@ -135,7 +108,7 @@ fn a_camt_payment_returned_in_an_mt940_file_of_the_same_account_reopens_its_invo
         .collect();
     assert_eq!(amounts, ["360.00", "-360.00"], "{after}");
     // The same return file again undoes nothing twice.
-    let again = import(
+    let again = import_json(
         &d,
         "return.sta",
         &mt940(
@@ -159,7 +132,7 @@ fn a_camt_reversal_entry_reopens_the_invoice_its_original_paid() {
     let d = Daemon::start(Setup::default());
     let inv = issue_invoice(&d, "Storno AG", one_line("120.00"));
     let rf = inv["rf_reference"].as_str().unwrap();
-    import(
+    import_json(
         &d,
         "paid.xml",
         &camt(&camt_entry(
@@ -184,7 +157,7 @@ fn a_camt_reversal_entry_reopens_the_invoice_its_original_paid() {
         "Storno AG",
         "",
     );
-    let summary = import(&d, "reversal.xml", &camt(&reversal));
+    let summary = import_json(&d, "reversal.xml", &camt(&reversal));
     assert_eq!(summary["reversed"], 1, "{summary}");
     let after = invoice(&d, &inv);
     assert_eq!(after["balance"], "120.00", "{after}");
@@ -198,13 +171,13 @@ fn a_negative_bank_csv_line_with_the_originals_reference_reopens_the_invoice() {
     let rf = inv["rf_reference"].as_str().unwrap();
     let header =
         "Date,Amount,Currency,Counterparty,Counterparty Account,Reference,Transaction Id\n";
-    import(
+    import_json(
         &d,
         "paid.csv",
         &format!("{header}2026-03-05,80.00,EUR,Csv Kunde,DE02120300000000202051,{rf},TX-100\n"),
     );
     assert_eq!(invoice(&d, &inv)["payment_status"], "paid");
-    let summary = import(
+    let summary = import_json(
         &d,
         "returned.csv",
         &format!("{header}2026-03-09,-80.00,EUR,Csv Kunde,DE02120300000000202051,{rf},TX-101\n"),
@@ -220,7 +193,7 @@ fn a_partial_return_of_100_on_a_360_payment_reopens_exactly_100() {
     let d = Daemon::start(Setup::default());
     let inv = issue_invoice(&d, "Teil GmbH", one_line("360.00"));
     let rf = inv["rf_reference"].as_str().unwrap();
-    import(
+    import_json(
         &d,
         "paid.xml",
         &camt(&camt_entry(
@@ -244,7 +217,7 @@ fn a_partial_return_of_100_on_a_360_payment_reopens_exactly_100() {
         "Teil GmbH",
         "<RtrInf><Rsn><Cd>AM09</Cd></Rsn></RtrInf>",
     );
-    let summary = import(&d, "partial.xml", &camt(&partial));
+    let summary = import_json(&d, "partial.xml", &camt(&partial));
     assert_eq!(summary["reversed"], 1, "{summary}");
     let after = invoice(&d, &inv);
     assert_eq!(after["balance"], "100.00", "{after}");
@@ -267,7 +240,7 @@ fn refunds_of_a_payment_over_two_invoices_reopen_newest_first_and_an_excess_wait
     );
     let header = "Date,Amount,Currency,Counterparty,Original Transaction Id,Transaction Id\n";
     // 100.00 back: taken from the newest allocation (the second invoice).
-    let summary = import(
+    let summary = import_json(
         &d,
         "refund1.csv",
         &format!("{header}2026-03-09,-100.00,EUR,Zwei Rechnungen,BANK-77,BANK-78\n"),
@@ -276,7 +249,7 @@ fn refunds_of_a_payment_over_two_invoices_reopen_newest_first_and_an_excess_wait
     assert_eq!(invoice(&d, &first)["balance"], "0.00");
     assert_eq!(invoice(&d, &second)["balance"], "100.00");
     // 300.00 back, but only 260.00 of the payment remains: both invoices reopen fully, the 40.00 beyond waits for a person.
-    let summary = import(
+    let summary = import_json(
         &d,
         "refund2.csv",
         &format!("{header}2026-03-10,-300.00,EUR,Zwei Rechnungen,BANK-77,BANK-79\n"),
@@ -323,9 +296,9 @@ fn a_return_matching_two_payments_equally_waits_in_review_with_both_suggested() 
             ""
         )
     );
-    import(&d, "instalments.xml", &camt(&entries));
+    import_json(&d, "instalments.xml", &camt(&entries));
     assert_eq!(invoice(&d, &inv)["payment_status"], "paid");
-    let returned = import(
+    let returned = import_json(
         &d,
         "return.sta",
         &mt940(
