@@ -408,12 +408,7 @@ async fn import_file(
         let parsed = started.elapsed();
         let n = reply.records.len() as u64;
         let refused = refusals(1, &reply.records);
-        if !refused.is_empty() {
-            report_refused(host, &instance, &plugin, Some(name), &refused);
-            if !allow_partial {
-                return Err(refused_file(name, &instance, n, refused));
-            }
-        }
+        refuse_file_if(host, (&instance, &plugin), name, allow_partial, n, refused)?;
         let mut run = state.engine.begin_ingest(&instance, &plugin, Some(name));
         if let Some(journal) = journal {
             run = run.with_journal(journal);
@@ -437,12 +432,14 @@ async fn import_file(
         Ok(())
     })
     .await?;
-    if !refused.is_empty() {
-        report_refused(host, &instance, &plugin, Some(name), &refused);
-        if !allow_partial {
-            return Err(refused_file(name, &instance, validated, refused));
-        }
-    }
+    refuse_file_if(
+        host,
+        (&instance, &plugin),
+        name,
+        allow_partial,
+        validated,
+        refused,
+    )?;
     // Pass 2: commit as the records come.
     let mut run = state.engine.begin_ingest(&instance, &plugin, Some(name));
     if let Some(journal) = journal {
@@ -492,6 +489,25 @@ fn report_refused(
         tracing::warn!(connector = %instance, %plugin, file = file.unwrap_or("-"),
             more = refused.len() - LISTED, "more records refused");
     }
+}
+
+/// Report a file's refused records; unless its instance allows partial files, the file is refused with them.
+fn refuse_file_if(
+    host: &PluginHost,
+    (instance, plugin): (&str, &str),
+    name: &str,
+    allow_partial: bool,
+    records_read: u64,
+    refused: Vec<Failure>,
+) -> Result<(), ApiError> {
+    if refused.is_empty() {
+        return Ok(());
+    }
+    report_refused(host, instance, plugin, Some(name), &refused);
+    if allow_partial {
+        return Ok(());
+    }
+    Err(refused_file(name, instance, records_read, refused))
 }
 
 /// A file not imported because the engine refuses some of its records; the summary lists each of them.

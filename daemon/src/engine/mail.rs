@@ -69,7 +69,8 @@ impl Engine {
                     out.duplicates += 1;
                     continue;
                 }
-                let produced = match message.verdict {
+                // What the message produced, or why it failed (a failure is recorded once, never retried).
+                let outcome = match message.verdict {
                     MailVerdict::Records(records) => {
                         let failed_before = out.records.failed.len();
                         let ids_before = out.records.ids.len();
@@ -93,26 +94,20 @@ impl Engine {
                             .collect();
                         if refused.is_empty() {
                             out.new += 1;
-                            serde_json::json!({"ids": out.records.ids[ids_before..]})
+                            Ok(serde_json::json!({"ids": out.records.ids[ids_before..]}))
                         } else {
-                            let reason = format!("records refused: {}", refused.join("; "));
-                            mail_failed(
-                                tx,
-                                &actor,
-                                connector,
-                                &message.location,
-                                &message.key,
-                                &reason,
-                            );
-                            out.failed.push((message.location, reason.clone()));
-                            serde_json::json!({"failed": reason})
+                            Err(format!("records refused: {}", refused.join("; ")))
                         }
                     }
                     MailVerdict::NotMine => {
                         out.not_mine += 1;
-                        serde_json::json!({"not_mine": true})
+                        Ok(serde_json::json!({"not_mine": true}))
                     }
-                    MailVerdict::Failed(reason) => {
+                    MailVerdict::Failed(reason) => Err(reason),
+                };
+                let produced = match outcome {
+                    Ok(produced) => produced,
+                    Err(reason) => {
                         mail_failed(
                             tx,
                             &actor,
@@ -121,8 +116,9 @@ impl Engine {
                             &message.key,
                             &reason,
                         );
-                        out.failed.push((message.location, reason.clone()));
-                        serde_json::json!({"failed": reason})
+                        let produced = serde_json::json!({"failed": reason});
+                        out.failed.push((message.location, reason));
+                        produced
                     }
                 };
                 tx.ws.seen(&seen_key, &produced);
