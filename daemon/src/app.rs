@@ -400,6 +400,7 @@ async fn start_plugins(config: &Config, data_dir: &Path) -> Option<Arc<PluginHos
         call_timeout: Duration::from_millis(config.plugins.call_timeout_ms),
         quarantine_after: config.plugins.quarantine_after,
         watch: config.plugins.watch,
+        require_sandbox: config.plugins.require_sandbox,
     };
     match PluginHost::start(host_config).await {
         Ok(host) => Some(host),
@@ -471,6 +472,7 @@ fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
             allow_partial: false,
             events: None,
             mailbox: None,
+            env: Vec::new(),
         });
     }
     out

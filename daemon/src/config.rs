@@ -183,6 +183,11 @@ pub struct Plugins {
     pub quarantine_after: u32,
     /// Watch the folder and hot-reload plugins (default true).
     pub watch: bool,
+    /// Refuse to run a plugin in `process` isolation unless its child's whole sandbox is in force: an empty environment,
+    /// `no_new_privs`, Landlock (Linux 6.12 or later, enabled in the kernel's `lsm=` list) and seccomp. Default false: where
+    /// the kernel lacks a part, plugins still load, and every load logs a warning and `settled plugins` shows what is
+    /// missing. Set it to true on a machine that runs plugins you do not fully trust.
+    pub require_sandbox: bool,
 }
 
 impl Default for Plugins {
@@ -193,6 +198,7 @@ impl Default for Plugins {
             call_timeout_ms: 10_000,
             quarantine_after: 5,
             watch: true,
+            require_sandbox: false,
         }
     }
 }

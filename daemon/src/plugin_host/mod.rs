@@ -13,6 +13,7 @@ mod checks;
 mod child;
 mod native;
 mod reload;
+mod sandbox;
 mod session;
 
 use std::collections::BTreeMap;
@@ -70,6 +71,12 @@ pub struct ConnectorConfig {
     /// IMAP account or Maildir folder of this instance (used by the mailbox transport, `mail` role).
     #[serde(default)]
     pub mailbox: Option<crate::mailbox::MailboxConfig>,
+    /// Environment variables of the daemon passed to this instance's plugin child in `process` isolation, e.g.
+    /// `env = ["TYPEFORM_SECRET"]` for a plugin setting `secret_env = "TYPEFORM_SECRET"`. The child's environment is
+    /// otherwise empty (see the plugin guide's sandbox section); `SETTLED_API_TOKEN` cannot be passed. An `in-process`
+    /// instance runs in the daemon and sees its whole environment.
+    #[serde(default)]
+    pub env: Vec<String>,
 }
 
 /// Where an instance's plugin code runs.
@@ -102,6 +109,8 @@ pub struct HostConfig {
     pub quarantine_after: u32,
     /// Watch the plugin folder and hot-reload.
     pub watch: bool,
+    /// Refuse to load a plugin in a child whose sandbox is not complete (false: load it and report it).
+    pub require_sandbox: bool,
 }
 
 impl Default for HostConfig {
@@ -115,6 +124,7 @@ impl Default for HostConfig {
             call_timeout: Duration::from_secs(10),
             quarantine_after: 5,
             watch: true,
+            require_sandbox: false,
         }
     }
 }
@@ -289,6 +299,9 @@ pub struct PluginStatus {
     pub instances: Vec<InstanceStatus>,
     /// Why recent versions of this file were refused (cleared when a version loads).
     pub load_errors: Vec<String>,
+    /// What the sandbox of its `process` children enforces (`enforced: ...`, or `INCOMPLETE: ...` /
+    /// `NOT ENFORCED: ...` naming what the kernel lacks), as seen when the running version loaded.
+    pub sandbox: Option<String>,
 }
 
 /// A loaded version of a plugin file.
@@ -298,6 +311,8 @@ struct Loaded {
     cache_path: PathBuf,
     manifest: Manifest,
     abi: (u32, u32),
+    /// The sandbox summary of the child that handshook this version.
+    sandbox: String,
     native: tokio::sync::OnceCell<Arc<NativeLib>>,
 }
 
@@ -586,6 +601,7 @@ impl PluginHost {
                     .map(|name| self.instance_statuses(&name))
                     .unwrap_or_default(),
                 load_errors: entry.errors.clone(),
+                sandbox: entry.current.as_ref().map(|c| c.sandbox.clone()),
             });
         }
         let missing: std::collections::BTreeSet<&str> = self
@@ -607,6 +623,7 @@ impl PluginHost {
                     "no file in {} provides plugin `{name}`",
                     self.config.plugin_dir.display()
                 )],
+                sandbox: None,
             });
         }
         out
@@ -776,7 +793,7 @@ impl PluginHost {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let ready = match child::probe(
-            &self.config.host_exe,
+            &self.launch(),
             &candidate.cache_path,
             &label,
             child::HANDSHAKE_TIMEOUT,
@@ -804,8 +821,18 @@ impl PluginHost {
             cache_path: candidate.cache_path,
             manifest: ready.manifest,
             abi: ready.abi,
+            sandbox: ready.sandbox.summary(),
             native: tokio::sync::OnceCell::new(),
         });
+        if !ready.sandbox.complete() {
+            tracing::warn!(
+                plugin = %name,
+                file = %path.display(),
+                sandbox = %loaded.sandbox,
+                "the plugin sandbox is not complete on this system: process-isolated plugins can do more than the \
+                 plugin guide says (set [plugins] require_sandbox = true to refuse them)"
+            );
+        }
         let mut created = Vec::new();
         let mut failed = Vec::new();
         for slot in self.slots.values().filter(|s| s.config.plugin == name) {
@@ -853,6 +880,14 @@ impl PluginHost {
         entry.errors.clear();
     }
 
+    fn launch(&self) -> child::Launch {
+        child::Launch {
+            host_exe: self.config.host_exe.clone(),
+            require_sandbox: self.config.require_sandbox,
+            env: Vec::new(),
+        }
+    }
+
     async fn create_instance(
         &self,
         loaded: &Arc<Loaded>,
@@ -885,7 +920,14 @@ impl PluginHost {
             }
             Isolation::Process => Backend::Process(Box::new(
                 ProcInstance::start(
-                    &self.config.host_exe,
+                    &child::Launch {
+                        env: config
+                            .env
+                            .iter()
+                            .filter_map(|name| Some((name.clone(), std::env::var_os(name)?)))
+                            .collect(),
+                        ..self.launch()
+                    },
                     &loaded.cache_path,
                     &loaded.manifest.name,
                     settings,
@@ -1162,6 +1204,17 @@ fn validate(config: &HostConfig) -> Result<(), HostError> {
                 c.name
             )));
         }
+        if let Some(bad) = c.env.iter().find(|v| {
+            v.as_str() == "SETTLED_API_TOKEN"
+                || v.is_empty()
+                || v.contains('=')
+                || v.contains('\0')
+        }) {
+            return Err(HostError::Config(format!(
+                "connector `{}`: `env` cannot pass `{bad}` to a plugin",
+                c.name
+            )));
+        }
         if !seen.insert(c.name.as_str()) {
             return Err(HostError::Config(format!(
                 "connector `{}` is configured twice",
@@ -1192,6 +1245,7 @@ mod tests {
             allow_partial: false,
             events: None,
             mailbox: None,
+            env: Vec::new(),
         }
     }
 

@@ -19,3 +19,4 @@ mod plugin_host;
 mod receiver;
 mod refused;
 mod returns;
+mod sandbox;

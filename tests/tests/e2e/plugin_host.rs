@@ -127,6 +127,7 @@ fn connector(name: &str, plugin: &str, isolation: Isolation, settings: Value) ->
         allow_partial: false,
         events: None,
         mailbox: None,
+        env: Vec::new(),
     }
 }
 
@@ -140,6 +141,7 @@ fn config(dir: &TestDir, connectors: Vec<ConnectorConfig>) -> HostConfig {
         call_timeout: Duration::from_secs(10),
         quarantine_after: 5,
         watch: false,
+        require_sandbox: false,
     }
 }
 

@@ -618,8 +618,16 @@ pub(super) fn plugins(value: &Value, width: Option<usize>) -> String {
         ("P50/P99", Align::Right),
     ]);
     let mut refusals = String::new();
+    let mut sandboxes = String::new();
+    let mut sandbox_kinds = std::collections::BTreeSet::new();
+    let mut sandbox_incomplete = false;
     for plugin in plugins {
         let name = plugin_name(plugin);
+        if let Some(Value::String(sandbox)) = get(plugin, "sandbox") {
+            sandbox_incomplete |= !sandbox.starts_with("enforced");
+            sandbox_kinds.insert(sandbox.clone());
+            sandboxes.push_str(&format!("{name}: {sandbox}\n"));
+        }
         let version = text_or_dash(plugin, "version");
         let abi = text_or_dash(plugin, "abi");
         let load_errors: Vec<String> = match get(plugin, "load_errors") {
@@ -685,6 +693,18 @@ pub(super) fn plugins(value: &Value, width: Option<usize>) -> String {
     if !refusals.is_empty() {
         out.push_str("\nrefused plugin files:\n");
         out.push_str(&indent(&refusals));
+    }
+    if sandbox_incomplete {
+        out.push_str(
+            "\nWARNING: the plugin sandbox is not complete on this system; process-isolated plugins can do more \
+             than the plugin guide allows ([plugins] require_sandbox = true refuses them):\n",
+        );
+        out.push_str(&indent(&sandboxes));
+    } else if let (Some(only), 1) = (sandbox_kinds.first(), sandbox_kinds.len()) {
+        out.push_str(&format!("\nplugin sandbox: {only}\n"));
+    } else if !sandboxes.is_empty() {
+        out.push_str("\nplugin sandbox:\n");
+        out.push_str(&indent(&sandboxes));
     }
     out.push_str(&mailboxes(value));
     out
