@@ -629,10 +629,8 @@ async fn read_frames(
         if let Some((lines, bytes)) = budget.end_call() {
             tracing::warn!(
                 plugin = %plugin,
-                dropped_lines = lines,
-                dropped_bytes = bytes,
-                "the plugin logged more than the host forwards per call ({LOG_LINES_PER_CALL} lines, \
-                 {LOG_BYTES_PER_CALL} bytes); the rest was dropped"
+                "dropped {lines} log lines ({bytes} bytes) of one call: the host forwards at most \
+                 {LOG_LINES_PER_CALL} lines and {LOG_BYTES_PER_CALL} bytes of a plugin's log per call"
             );
         }
         if tx.send(Incoming::Frame(tag, body)).await.is_err() {
