@@ -138,7 +138,10 @@ fn clip_log_part(part: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         return std::borrow::Cow::Borrowed(part);
     }
     let mut cut = part[..MAX_LOG_PART].to_vec();
-    let note = format!(" [{} more bytes cut by the plugin host]", part.len() - MAX_LOG_PART);
+    let note = format!(
+        " [{} more bytes cut by the plugin host]",
+        part.len() - MAX_LOG_PART
+    );
     cut.extend_from_slice(&note.as_bytes()[..note.len().min(CUT_NOTE_MAX)]);
     std::borrow::Cow::Owned(cut)
 }
@@ -202,7 +205,10 @@ fn envelope_reply(id: [u8; 8], status: Status, op: &str, payload: serde_json::Va
 
 /// Splits a request body into its id and the rest.
 fn split_id(body: &[u8]) -> Option<(u64, &[u8])> {
-    Some((u64::from_le_bytes(body.get(..8)?.try_into().ok()?), body.get(8..)?))
+    Some((
+        u64::from_le_bytes(body.get(..8)?.try_into().ok()?),
+        body.get(8..)?,
+    ))
 }
 
 /// `settled plugin-host --library PATH [--max-level N] [--require-sandbox]`: sandboxes itself, loads one
@@ -260,7 +266,8 @@ pub fn child_main(args: Vec<String>) -> ExitCode {
         return ExitCode::from(3);
     }
     let (major, minor) = lib.abi();
-    let ready = serde_json::json!({ "abi": [major, minor], "manifest": manifest, "sandbox": sandbox });
+    let ready =
+        serde_json::json!({ "abi": [major, minor], "manifest": manifest, "sandbox": sandbox });
     if !send(READY, &[ready.to_string().as_bytes()]) {
         return ExitCode::from(4);
     }
@@ -533,7 +540,9 @@ fn check_reply(id: u64, tag: u8, mut body: Vec<u8>) -> Result<(Status, Vec<u8>),
         )));
     }
     if tag == BAD {
-        return Err(ChildFailure::Refused(String::from_utf8_lossy(rest).into_owned()));
+        return Err(ChildFailure::Refused(
+            String::from_utf8_lossy(rest).into_owned(),
+        ));
     }
     let Some((status, _)) = u32_prefix(rest) else {
         return Err(ChildFailure::Bad("short reply frame".to_string()));
@@ -914,9 +923,17 @@ mod tests {
 
     #[test]
     fn a_reply_must_carry_the_id_of_its_request() {
-        let ok = check_reply(7, REPLY, [&id_bytes(7)[..], &0i32.to_le_bytes(), b"out"].concat());
+        let ok = check_reply(
+            7,
+            REPLY,
+            [&id_bytes(7)[..], &0i32.to_le_bytes(), b"out"].concat(),
+        );
         assert!(matches!(ok, Ok((0, ref out)) if out == b"out"), "{ok:?}");
-        let other = check_reply(7, REPLY, [&id_bytes(6)[..], &0i32.to_le_bytes(), b"out"].concat());
+        let other = check_reply(
+            7,
+            REPLY,
+            [&id_bytes(6)[..], &0i32.to_le_bytes(), b"out"].concat(),
+        );
         assert!(
             matches!(other, Err(ChildFailure::Bad(ref why))
                 if why == "a reply to request 6 while waiting for the reply to request 7"),
@@ -940,7 +957,10 @@ mod tests {
             "{no_status:?}"
         );
         let not_a_reply = check_reply(7, READY, id_bytes(7).to_vec());
-        assert!(matches!(not_a_reply, Err(ChildFailure::Bad(_))), "{not_a_reply:?}");
+        assert!(
+            matches!(not_a_reply, Err(ChildFailure::Bad(_))),
+            "{not_a_reply:?}"
+        );
     }
 
     #[test]

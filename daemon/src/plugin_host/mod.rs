@@ -1205,10 +1205,7 @@ fn validate(config: &HostConfig) -> Result<(), HostError> {
             )));
         }
         if let Some(bad) = c.env.iter().find(|v| {
-            v.as_str() == "SETTLED_API_TOKEN"
-                || v.is_empty()
-                || v.contains('=')
-                || v.contains('\0')
+            v.as_str() == "SETTLED_API_TOKEN" || v.is_empty() || v.contains('=') || v.contains('\0')
         }) {
             return Err(HostError::Config(format!(
                 "connector `{}`: `env` cannot pass `{bad}` to a plugin",

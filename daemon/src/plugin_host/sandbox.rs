@@ -95,10 +95,9 @@ impl Sandbox {
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0 {
             report.enforced.push("no_new_privs".to_string());
         } else {
-            report.missing.push(format!(
-                "no_new_privs: {}",
-                std::io::Error::last_os_error()
-            ));
+            report
+                .missing
+                .push(format!("no_new_privs: {}", std::io::Error::last_os_error()));
         }
         match landlock(library) {
             Ok(what) => report.enforced.push(what),
@@ -187,7 +186,9 @@ fn compile(
         arch()?,
     )
     .map_err(|e| e.to_string())?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| e.to_string())
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())
 }
 
 fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompRule, String> {

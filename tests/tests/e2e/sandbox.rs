@@ -17,8 +17,12 @@ fn daemon_with_snoops(settings: impl FnOnce(&Path) -> String) -> Daemon {
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugin dir");
     let lib = target_dir().join("libsettled_fixture_snoops.so");
-    std::fs::copy(&lib, plugins.join("libsettled_fixture_snoops.so"))
-        .unwrap_or_else(|e| panic!("copy {}: {e} (run `cargo build --workspace`)", lib.display()));
+    std::fs::copy(&lib, plugins.join("libsettled_fixture_snoops.so")).unwrap_or_else(|e| {
+        panic!(
+            "copy {}: {e} (run `cargo build --workspace`)",
+            lib.display()
+        )
+    });
     Daemon::start_in(
         dir,
         Setup {
@@ -53,7 +57,11 @@ fn a_process_isolated_plugin_cannot_read_files_connect_see_the_environment_or_st
         )
     });
     let store_file = d.data_dir().join("db/conf");
-    assert!(store_file.exists(), "the store has {}", store_file.display());
+    assert!(
+        store_file.exists(),
+        "the store has {}",
+        store_file.display()
+    );
 
     let (status, reason) = intake(&d);
     assert_eq!(status, 403, "{reason}\n{}", d.log_text());
@@ -90,7 +98,13 @@ fn a_process_isolated_plugin_cannot_read_files_connect_see_the_environment_or_st
         .and_then(|items| items.iter().find(|p| p["plugin"] == "snoops"))
         .unwrap_or_else(|| panic!("snoops not listed: {plugins}"));
     let sandbox = snoops["sandbox"].as_str().unwrap_or_default();
-    for part in ["enforced: ", "empty environment", "no_new_privs", "landlock", "seccomp"] {
+    for part in [
+        "enforced: ",
+        "empty environment",
+        "no_new_privs",
+        "landlock",
+        "seccomp",
+    ] {
         assert!(
             sandbox.contains(part),
             "`{part}` missing from the sandbox status `{sandbox}` (a kernel without Landlock 6 or seccomp?)"
