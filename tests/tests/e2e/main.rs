@@ -4,6 +4,7 @@
 mod api;
 mod connectors;
 mod csv_footers;
+mod credit;
 mod cut_references;
 mod disk_full;
 mod dovecot;
