@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{invoice, issue_invoice, one_line, pay, Daemon, Setup};
+use crate::harness::{cli, invoice, issue_invoice, one_line, pay, Daemon, Setup};
 
 fn credit_of(d: &Daemon, inv: &Value) -> Value {
     let account = d.ok(
@@ -38,7 +38,12 @@ fn announced(d: &Daemon, inv: &Value) -> Vec<String> {
         .unwrap()
         .iter()
         .filter(|e| e["type"] == "invoice.payment_status_changed" && e["data"]["id"] == inv["id"])
-        .map(|e| e["data"]["data"]["to"].as_str().unwrap_or_default().to_string())
+        .map(|e| {
+            e["data"]["data"]["to"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect()
 }
 
@@ -108,4 +113,39 @@ fn a_credit_note_beyond_what_was_owed_covers_its_invoice_again_when_the_payment_
         "{b_after}"
     );
     assert_eq!(announced(&d, &b), ["unpaid", "paid", "unpaid"]);
+}
+
+#[test]
+fn payments_reverse_with_an_amount_undoes_that_much_credit_first_and_refuses_more_than_is_left() {
+    let d = Daemon::start(Setup::default());
+    let a = issue_invoice(&d, "Teilweise", one_line("100.00"));
+    let p = pay(&d, &a, "150.00");
+    let id = p["id"].as_str().unwrap();
+    // 70.00 of 150.00: the 50.00 it left on credit first, then 20.00 of its allocation to A.
+    let r = cli(&d, &["payments", "reverse", id, "--amount", "70.00"]);
+    assert!(r.status.success(), "{r}");
+    assert_eq!(credit_of(&d, &a), Value::Null);
+    assert_eq!(invoice(&d, &a)["balance"], "20.00");
+    let (status, body) = d.call(
+        "POST",
+        &format!("/v1/payments/{id}/reverse"),
+        Some(json!({"amount": "80.01"})),
+    );
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("amount")),
+        "{body}"
+    );
+    assert_eq!(
+        invoice(&d, &a)["balance"],
+        "20.00",
+        "a refused reversal changes nothing"
+    );
+    let r = cli(&d, &["payments", "reverse", id]);
+    assert!(r.status.success(), "{r}");
+    assert_eq!(invoice(&d, &a)["balance"], "100.00");
+    assert_eq!(
+        d.ok("GET", &format!("/v1/payments/{id}"), None)["state"],
+        "reversed"
+    );
 }

@@ -3,8 +3,8 @@
 
 mod api;
 mod connectors;
-mod csv_footers;
 mod credit;
+mod csv_footers;
 mod cut_references;
 mod disk_full;
 mod dovecot;
