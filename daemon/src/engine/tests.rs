@@ -442,7 +442,10 @@ async fn reversing_a_payment_reopens_the_invoice_by_a_compensating_entry() {
         .await
         .unwrap();
     assert_eq!(status(&w.invoice(&inv.id)), "paid");
-    w.engine.reverse_payment(&pay.id, Default::default(), "t").await.unwrap();
+    w.engine
+        .reverse_payment(&pay.id, Default::default(), "t")
+        .await
+        .unwrap();
     let v = w.invoice(&inv.id);
     assert_eq!(status(&v), "unpaid");
     let amounts: Vec<&str> = v["allocations"]
@@ -457,7 +460,10 @@ async fn reversing_a_payment_reopens_the_invoice_by_a_compensating_entry() {
         "the original allocation stays, a compensating one undoes it"
     );
     assert!(
-        w.engine.reverse_payment(&pay.id, Default::default(), "t").await.is_err(),
+        w.engine
+            .reverse_payment(&pay.id, Default::default(), "t")
+            .await
+            .is_err(),
         "a payment is reversed once"
     );
 }
@@ -1029,7 +1035,11 @@ async fn a_partial_reversal_takes_back_the_credit_first_then_the_newest_allocati
         crate::domain::payment::PaymentState::Reversed
     );
     assert_eq!(w.invoice(&inv.id)["balance"], "360.00");
-    assert!(w.engine.reverse_payment(&pay.id, Default::default(), "t").await.is_err());
+    assert!(w
+        .engine
+        .reverse_payment(&pay.id, Default::default(), "t")
+        .await
+        .is_err());
 }
 
 #[tokio::test]

@@ -257,8 +257,8 @@ fn void_and_quote_actions_keep_their_reason_in_the_audit_log_and_refuse_unknown_
             .as_array()
             .unwrap()
             .iter()
-            .find(|e| e["type"] == kind && e["data"]["id"] == *id)
-            .map(|e| e["data"]["data"]["reason"].clone())
+            .find(|e| e["type"] == kind && e["entity_id"] == *id)
+            .map(|e| e["data"]["reason"].clone())
     };
     let inv = issue_invoice(&d, "Void Reason", one_line("10.00"));
     let void_path = format!("/v1/invoices/{}/void", inv["id"].as_str().unwrap());

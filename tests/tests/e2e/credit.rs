@@ -37,13 +37,8 @@ fn announced(d: &Daemon, inv: &Value) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["type"] == "invoice.payment_status_changed" && e["data"]["id"] == inv["id"])
-        .map(|e| {
-            e["data"]["data"]["to"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
+        .filter(|e| e["type"] == "invoice.payment_status_changed" && e["entity_id"] == inv["id"])
+        .map(|e| e["data"]["to"].as_str().unwrap_or_default().to_string())
         .collect()
 }
 

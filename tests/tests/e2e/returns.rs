@@ -436,3 +436,35 @@ fn a_return_that_matched_nothing_is_resolved_in_review_by_naming_the_payment_it_
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0]["id"], large.as_str());
 }
+
+#[test]
+fn two_returns_in_one_file_whose_originals_are_stored_far_apart_lose_no_other_payment() {
+    let d = Daemon::start(Setup::default());
+    let inv = issue_invoice(&d, "Viele Raten", one_line("1000.00"));
+    let rf = inv["rf_reference"].as_str().unwrap();
+    // 70 instalments of 10.00 in one file: stored 64 to a block, so the 10th and the 66th are in different blocks.
+    let header =
+        "Date,Amount,Currency,Counterparty,Counterparty Account,Reference,Transaction Id\n";
+    let lines: String = (1..=70)
+        .map(|i| format!("2026-03-05,10.00,EUR,Viele Raten,DE02120300000000202051,{rf},RATE-{i}\n"))
+        .collect();
+    let summary = import_json(&d, "rates.csv", &format!("{header}{lines}"));
+    assert_eq!(summary["new"], 70, "{summary}");
+    let returns = "Date,Amount,Currency,Counterparty,Original Transaction Id,Transaction Id\n\
+         2026-03-09,-10.00,EUR,Viele Raten,RATE-10,BACK-10\n\
+         2026-03-09,-10.00,EUR,Viele Raten,RATE-66,BACK-66\n";
+    let summary = import_json(&d, "returns.csv", returns);
+    assert_eq!(summary["reversed"], 2, "{summary}");
+    assert_eq!(invoice(&d, &inv)["amount_paid"], "680.00");
+    let listed = d.ok("GET", "/v1/payments?limit=1000", None)["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let mut ids: Vec<&str> = listed.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 70, "each payment once: {ids:?}");
+    for id in ids {
+        let (status, body) = d.call("GET", &format!("/v1/payments/{id}"), None);
+        assert_eq!(status, 200, "{id}: {body}");
+    }
+}

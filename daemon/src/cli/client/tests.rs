@@ -319,7 +319,10 @@ fn order_and_invoice_commands_build_their_requests() {
     );
     check(
         "invoices void i1 --reason 'ordered twice'",
-        &[post("/v1/invoices/i1/void", json!({"reason": "ordered twice"}))],
+        &[post(
+            "/v1/invoices/i1/void",
+            json!({"reason": "ordered twice"}),
+        )],
     );
     check(
         "invoices credit i1",
