@@ -169,7 +169,19 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = if path == "." { None } else { Some(path) };
+        let mut field = if path == "." { None } else { Some(path) };
+        // serde reports an unknown field at the object holding it: name the field itself.
+        if let Some(name) = inner
+            .to_string()
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            field = Some(match field {
+                Some(path) if path == name || path.ends_with(&format!(".{name}")) => path,
+                Some(parent) => format!("{parent}.{name}"),
+                None => name.to_string(),
+            });
+        }
         ApiError::bad_request(field, format!("malformed JSON body: {inner}"))
     })
 }
@@ -343,7 +355,14 @@ async fn quote_action(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let q = match action.as_str() {
-        "send" | "accept" | "reject" => state.engine.quote_action(&id, &action, "api").await?,
+        "send" | "accept" | "reject" => {
+            let ReasonInput { reason } = parse_body(&body)?;
+            let reason = reason.as_deref();
+            state
+                .engine
+                .quote_action(&id, &action, reason, "api")
+                .await?
+        }
         "revise" => {
             let b = parse_body(&body)?;
             let q = state.engine.revise_quote(&id, b, "api").await?;
@@ -385,7 +404,10 @@ async fn invoice_action(
     let e = &state.engine;
     let inv = match action.as_str() {
         "issue" => e.issue_invoice(&id, parse_body(&body)?, "api").await?,
-        "void" => e.void_invoice(&id, "api").await?,
+        "void" => {
+            let ReasonInput { reason } = parse_body(&body)?;
+            e.void_invoice(&id, reason.as_deref(), "api").await?
+        }
         "credit" => {
             let cn = e.credit_invoice(&id, parse_body(&body)?, "api").await?;
             return Ok((StatusCode::CREATED, Json(e.invoice_view(&cn)?)).into_response());
@@ -415,19 +437,24 @@ async fn record_payment(State(state): State<AppState>, body: Bytes) -> Result<Re
     Ok((status, Json(v)).into_response())
 }
 
-/// The body of an action that takes no input: empty or `{}`. A field is refused by name rather than ignored, so a
-/// client asking for a partial reversal hears that the endpoint reverses the whole payment.
+/// The body of a state change that takes nothing but an optional note: `{"reason": "..."}`, recorded in the audit
+/// event. Any other field is refused by name.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NoInput {}
+struct ReasonInput {
+    #[serde(default)]
+    reason: Option<String>,
+}
 
 async fn reverse_payment(
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let NoInput {} = parse_body(&body)?;
-    let p = state.engine.reverse_payment(&id, "api").await?;
+    let p = state
+        .engine
+        .reverse_payment(&id, parse_body(&body)?, "api")
+        .await?;
     Ok(Json(state.engine.show("payment", &p.id)?))
 }
 
@@ -447,6 +474,12 @@ async fn review_action(
             state
                 .engine
                 .review_dismiss(&id, parse_body(&body)?, "api")
+                .await?
+        }
+        "reverse" => {
+            state
+                .engine
+                .review_reverse(&id, parse_body(&body)?, "api")
                 .await?
         }
         _ => {

@@ -274,6 +274,25 @@ pub struct IdArg {
     pub id: String,
 }
 
+/// A state change: the resource id and an optional reason for the audit log.
+#[derive(Debug, Clone, Args)]
+pub struct ReasonArgs {
+    /// Resource id
+    pub id: String,
+    /// Why, kept with the change in the audit log (`settled events`)
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+impl ReasonArgs {
+    /// The request body: `{"reason": ...}` when a reason was given, else `{}`.
+    fn body(&self) -> Value {
+        let mut body = Map::new();
+        put(&mut body, "reason", &self.reason);
+        Value::Object(body)
+    }
+}
+
 /// Paging of a list, as the API pages: by id, in id order.
 #[derive(Debug, Clone, Default, Args)]
 pub struct PageArgs {
@@ -381,11 +400,11 @@ pub enum QuotesCommand {
     /// Create a draft quote for an opportunity
     Create(QuoteCreateArgs),
     /// Send a draft quote to the customer
-    Send(IdArg),
+    Send(ReasonArgs),
     /// Record that the customer accepted a sent quote
-    Accept(IdArg),
-    /// Record that the customer rejected a sent quote
-    Reject(IdArg),
+    Accept(ReasonArgs),
+    /// Record that the customer rejected a sent quote (say why with --reason)
+    Reject(ReasonArgs),
     /// Create a new draft revision that supersedes this quote
     Revise(QuoteReviseArgs),
 }
@@ -526,8 +545,8 @@ pub enum InvoicesCommand {
         #[arg(long, value_parser = parse_date)]
         due_date: Option<NaiveDate>,
     },
-    /// Void an invoice nothing has been paid on
-    Void(IdArg),
+    /// Void an invoice nothing has been paid on (say why with --reason)
+    Void(ReasonArgs),
     /// Create a credit note against an issued invoice
     Credit {
         /// Invoice id
@@ -566,7 +585,8 @@ pub struct InvoiceLineSelection {
   settled payments record --amount 1440.00 --currency EUR --received-on 2026-04-02 \\
       --payer 'Analytical Ltd' --reference 'RF18INV2026001' --allocate INVOICE_ID
   settled payments record --amount 500.00 --currency EUR --allocate INV_A:300.00 --allocate INV_B:200.00
-  settled payments reverse PAYMENT_ID"
+  settled payments reverse PAYMENT_ID
+  settled payments reverse PAYMENT_ID --amount 100.00"
 )]
 pub struct PaymentsArgs {
     #[command(subcommand)]
@@ -584,8 +604,15 @@ pub enum PaymentsCommand {
     Show(IdArg),
     /// Record a payment received, optionally allocating it to invoices
     Record(PaymentRecordArgs),
-    /// Reverse a payment: what it paid is reopened
-    Reverse(IdArg),
+    /// Reverse a payment: what it paid is reopened, and what its credit paid
+    Reverse {
+        /// Payment id
+        id: String,
+        /// Undo only this much, newest part first (credit it left, then its newest allocations)
+        /// [default: everything left of it]
+        #[arg(long, value_parser = parse_decimal, allow_negative_numbers = true)]
+        amount: Option<Decimal>,
+    },
 }
 
 /// A payment received.
@@ -651,6 +678,7 @@ pub struct EventsArgs {
   settled review show ITEM_ID
   settled review allocate ITEM_ID --invoice INVOICE_ID
   settled review allocate ITEM_ID --invoice INV_A:120.00 --invoice INV_B:80.00
+  settled review reverse ITEM_ID --payment PAYMENT_ID
   settled review dismiss ITEM_ID --reason 'refund from supplier, not a customer payment'"
 )]
 pub struct ReviewArgs {
@@ -684,6 +712,14 @@ pub enum ReviewCommand {
         /// INVOICE_ID or INVOICE_ID:AMOUNT; repeat for more invoices
         #[arg(long = "invoice", value_name = "INVOICE_ID[:AMOUNT]", value_parser = parse_allocation, required = true)]
         allocations: Vec<Allocation>,
+    },
+    /// Resolve money going back by naming the payment it reverses: that much of the payment is undone
+    Reverse {
+        /// Review item id
+        id: String,
+        /// The payment the return undoes (see the item's suggestions)
+        #[arg(long, value_name = "PAYMENT_ID")]
+        payment: String,
     },
     /// Take the item off the queue without allocating it
     Dismiss {
@@ -1070,8 +1106,9 @@ fn opportunities_request(args: &OpportunitiesArgs) -> ApiRequest {
 }
 
 fn quotes_request(args: &QuotesArgs) -> ApiRequest {
-    let action =
-        |id: &str, action: &str| ApiRequest::post(action_path("quotes", id, action), json!({}));
+    let action = |args: &ReasonArgs, action: &str| {
+        ApiRequest::post(action_path("quotes", &args.id, action), args.body())
+    };
     match &args.command {
         None => ApiRequest::get(list_path("quotes", &[], &args.page)),
         Some(QuotesCommand::List(page)) => ApiRequest::get(list_path("quotes", &[], page)),
@@ -1096,9 +1133,9 @@ fn quotes_request(args: &QuotesArgs) -> ApiRequest {
                 ApiRequest::post("/v1/quotes".into(), Value::Object(body))
             }
         },
-        Some(QuotesCommand::Send(IdArg { id })) => action(id, "send"),
-        Some(QuotesCommand::Accept(IdArg { id })) => action(id, "accept"),
-        Some(QuotesCommand::Reject(IdArg { id })) => action(id, "reject"),
+        Some(QuotesCommand::Send(args)) => action(args, "send"),
+        Some(QuotesCommand::Accept(args)) => action(args, "accept"),
+        Some(QuotesCommand::Reject(args)) => action(args, "reject"),
         Some(QuotesCommand::Revise(revise)) => {
             let mut body = Map::new();
             if !revise.lines.is_empty() {
@@ -1214,7 +1251,7 @@ fn invoices_request(args: &InvoicesArgs) -> ApiRequest {
             put(&mut body, "due_date", &due_date.map(date_string));
             action(id, "issue", Value::Object(body))
         }
-        Some(InvoicesCommand::Void(IdArg { id })) => action(id, "void", json!({})),
+        Some(InvoicesCommand::Void(args)) => action(&args.id, "void", args.body()),
         Some(InvoicesCommand::Credit { id, amount }) => {
             let mut body = Map::new();
             put(&mut body, "amount", &amount.map(|a| a.to_string()));
@@ -1241,8 +1278,10 @@ fn payments_request(args: &PaymentsArgs) -> ApiRequest {
             }
             ApiRequest::post("/v1/payments".into(), Value::Object(body))
         }
-        Some(PaymentsCommand::Reverse(IdArg { id })) => {
-            ApiRequest::post(action_path("payments", id, "reverse"), json!({}))
+        Some(PaymentsCommand::Reverse { id, amount }) => {
+            let mut body = Map::new();
+            put(&mut body, "amount", &amount.map(|a| a.to_string()));
+            ApiRequest::post(action_path("payments", id, "reverse"), Value::Object(body))
         }
     }
 }
@@ -1276,6 +1315,10 @@ fn review_request(args: &ReviewArgs) -> ApiRequest {
         Some(ReviewCommand::Allocate { id, allocations }) => ApiRequest::post(
             action_path("review", id, "allocate"),
             json!({ "allocations": allocations_json(allocations) }),
+        ),
+        Some(ReviewCommand::Reverse { id, payment }) => ApiRequest::post(
+            action_path("review", id, "reverse"),
+            json!({ "payment_id": payment }),
         ),
         Some(ReviewCommand::Dismiss { id, reason }) => {
             let mut body = Map::new();

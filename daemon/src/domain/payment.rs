@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::invoice::{balance, Invoice, InvoiceKind, InvoiceState};
 use super::money::{check_scale, Currency};
+use super::party::CreditDraw;
 use super::{status_name, DomainError};
 
 /// Whether a payment still counts.
@@ -59,6 +60,10 @@ pub struct Allocation {
     /// For a compensating entry (negative amount): the allocation it undoes, in part or in full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensates: Option<String>,
+    /// For a credit allocation: the credit lots it drew from (oldest first). Credit an earlier release recorded
+    /// without a source is not listed, so these may add up to less than `amount`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credit_sources: Vec<CreditDraw>,
 }
 
 /// Money received from a customer.

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::domain::invoice::{self, Invoice, InvoiceKind, InvoiceState, PaymentStatus};
 use crate::domain::money::{parse_positive_amount, Currency};
 use crate::domain::order::Order;
-use crate::domain::party::{self, Account};
+use crate::domain::party::{self, Account, CreditSource, Reopen};
 use crate::domain::payment::{
     self, Allocation, AllocationKind, AllocationRequest, Payment, PaymentState,
 };
@@ -120,6 +120,14 @@ pub(crate) fn allocations_json(made: &[Allocation]) -> serde_json::Value {
                 "rule": a.rule, "evidence": a.evidence, "confidence": a.confidence})
         })
         .collect()
+}
+
+/// The `why` of an `account.credit_changed` event for credit from `source`.
+fn credit_why(source: &CreditSource) -> String {
+    match source {
+        CreditSource::Overpayment { payment_id } => format!("overpayment {payment_id}"),
+        CreditSource::CreditNote { credit_note_id, .. } => format!("credit note {credit_note_id}"),
+    }
 }
 
 /// A change to the in-memory reconciliation index (undone if its write set does not commit).
@@ -286,6 +294,7 @@ impl Tx<'_> {
             at: self.now,
             reversed: false,
             compensates: None,
+            credit_sources: Vec::new(),
         };
         // The payment and the invoice both list the allocation. Its audit trail (rule, evidence, confidence) is the
         // caller's `payment.recorded` event, see [`allocations_json`].
@@ -300,17 +309,18 @@ impl Tx<'_> {
         inv.allocations.push(allocation.id.clone());
     }
 
-    /// Put money on the account's credit balance.
+    /// Put money on the account's credit balance, as a lot from `source`.
     pub(crate) fn add_credit(
         &mut self,
         account_id: &str,
         currency: &Currency,
         amount: Decimal,
-        why: &str,
+        source: CreditSource,
         actor: &str,
     ) -> EngineResult<()> {
         let mut account: Account = self.get("account", account_id)?;
-        party::add_credit(&mut account, currency, amount)?;
+        let why = credit_why(&source);
+        party::add_credit(&mut account, currency, amount, source)?;
         self.put("account", &account.id, &account);
         self.event(
             actor,
@@ -322,6 +332,40 @@ impl Tx<'_> {
             true,
         );
         Ok(())
+    }
+
+    /// Take back up to `amount` of the credit `source` put on the account ([`party::take_back`]): returns how much
+    /// was taken back and the credit allocation parts the caller must reopen (they were paid with it).
+    pub(crate) fn take_back_credit(
+        &mut self,
+        account_id: &str,
+        source: &CreditSource,
+        amount: Decimal,
+        why: &str,
+        actor: &str,
+    ) -> EngineResult<(Decimal, Vec<Reopen>)> {
+        let mut account: Account = self.get("account", account_id)?;
+        let Some(currency) = party::lot(&account, source).map(|l| l.currency.clone()) else {
+            return Ok((Decimal::ZERO, Vec::new()));
+        };
+        let (unspent, reopen) = party::take_back(&mut account, source, amount)?;
+        let taken = unspent + reopen.iter().map(|r| r.amount).sum::<Decimal>();
+        if taken <= Decimal::ZERO {
+            return Ok((Decimal::ZERO, reopen));
+        }
+        self.put("account", &account.id, &account);
+        self.event(
+            actor,
+            "account.credit_changed",
+            "account",
+            &account.id,
+            serde_json::json!({"taken_back": taken, "from_balance": unspent, "reopened": reopen.iter().map(|r|
+                serde_json::json!({"allocation_id": r.allocation_id, "invoice_id": r.invoice_id, "amount": r.amount}))
+                .collect::<Vec<_>>(), "currency": currency, "source": source, "why": why,
+                "credit_balance": account.credit_balance.get(&currency).copied().unwrap_or_default()}),
+            true,
+        );
+        Ok((taken, reopen))
     }
 
     /// A new payment entity with a fresh id (allocations are added by the caller).
@@ -441,8 +485,13 @@ impl Engine {
         self.write(|tx| issue_in(tx, id, input, actor)).await
     }
 
-    /// Void an invoice with nothing paid.
-    pub async fn void_invoice(&self, id: &str, actor: &str) -> EngineResult<Invoice> {
+    /// Void an invoice with nothing paid; `reason` goes into the audit event.
+    pub async fn void_invoice(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+        actor: &str,
+    ) -> EngineResult<Invoice> {
         self.write(|tx| {
             let mut inv: Invoice = tx.get("invoice", id)?;
             let from = inv.state;
@@ -459,7 +508,7 @@ impl Engine {
                 "invoice.voided",
                 "invoice",
                 &inv.id,
-                serde_json::json!({"number": inv.number, "from": from}),
+                serde_json::json!({"number": inv.number, "from": from, "reason": reason}),
                 true,
             );
             tx.save_invoice(&mut inv, actor)?;
@@ -494,7 +543,8 @@ impl Engine {
             let surplus = credited - credited.min(owed);
             if surplus > Decimal::ZERO {
                 let currency = inv.currency.clone();
-                tx.add_credit(&inv.account_id, &currency, surplus, &format!("credit note {}", cn.number.clone().unwrap_or_default()), actor)?;
+                let source = CreditSource::CreditNote { credit_note_id: cn.id.clone(), invoice_id: inv.id.clone() };
+                tx.add_credit(&inv.account_id, &currency, surplus, source, actor)?;
             }
             tx.event(
                 actor,
@@ -536,11 +586,12 @@ impl Engine {
                 )
                 .into());
             }
-            party::use_credit(&mut account, &inv.currency, amount)?;
+            let alloc_id = tx.new_id("allocation", "alc")?;
+            let credit_sources =
+                party::spend_credit(&mut account, &inv.currency, amount, &alloc_id, &inv.id)?;
             invoice::apply_payment(&mut inv, amount)?;
             inv.updated_at = tx.now;
             tx.put("account", &account.id, &account);
-            let alloc_id = tx.new_id("allocation", "alc")?;
             let allocation = Allocation {
                 id: alloc_id,
                 payment_id: None,
@@ -553,6 +604,7 @@ impl Engine {
                 at: tx.now,
                 reversed: false,
                 compensates: None,
+                credit_sources,
             };
             tx.record_allocation(&mut inv, &allocation);
             tx.event(
@@ -644,7 +696,7 @@ impl Engine {
             pay.allocations.extend(made.iter().map(|a| a.id.clone()));
             if plan.surplus > Decimal::ZERO {
                 if let Some(account) = pay.account_id.clone() {
-                    tx.add_credit(&account, &currency, plan.surplus, &format!("overpayment {}", pay.id), actor)?;
+                    tx.add_credit(&account, &currency, plan.surplus, CreditSource::Overpayment { payment_id: pay.id.clone() }, actor)?;
                     pay.unallocated = plan.surplus;
                 }
             }

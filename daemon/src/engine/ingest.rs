@@ -14,6 +14,7 @@ use super::{Engine, EngineResult, ImportJournal, Tx};
 use crate::domain::invoice::{self, Invoice};
 use crate::domain::lead::LeadInput;
 use crate::domain::money::{parse_positive_amount, Currency};
+use crate::domain::party::CreditSource;
 use crate::domain::payment::{self, AllocationKind, AllocationRequest, Payment};
 use crate::domain::DomainError;
 use crate::reconcile::{self, Decision, ReviewReason, Suggestion};
@@ -123,6 +124,8 @@ pub enum ReviewStatus {
     Allocated,
     /// Dismissed by a person.
     Dismissed,
+    /// Money going back that a person matched to the payment it reverses.
+    Reversed,
 }
 
 /// A payment that needs a person, with ranked suggestions.
@@ -138,7 +141,7 @@ pub struct ReviewItem {
     pub explanation: String,
     /// Best first.
     pub suggestions: Vec<Suggestion>,
-    /// Open, allocated or dismissed.
+    /// Open, allocated, dismissed or reversed.
     pub status: ReviewStatus,
     /// The normalised record as received, for the reviewer.
     pub record: PaymentRecord,
@@ -167,6 +170,14 @@ pub struct ReviewDismiss {
     /// Why (kept in the audit log).
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// `POST /v1/review/{id}/reverse` body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewReverse {
+    /// The payment the item's money going back reverses.
+    pub payment_id: String,
 }
 
 fn record_from_api(
@@ -328,7 +339,7 @@ impl Engine {
             pay.allocations.extend(made.iter().map(|a| a.id.clone()));
             pay.account_id = invoices.first().map(|i| i.account_id.clone());
             if let (Some(account), true) = (pay.account_id.clone(), plan.surplus > Decimal::ZERO) {
-                tx.add_credit(&account, &pay.currency.clone(), plan.surplus, &format!("overpayment {}", pay.id), actor)?;
+                tx.add_credit(&account, &pay.currency.clone(), plan.surplus, CreditSource::Overpayment { payment_id: pay.id.clone() }, actor)?;
                 pay.unallocated = plan.surplus;
             }
             if let Some(account) = pay.account_id.clone() {
@@ -389,6 +400,86 @@ impl Engine {
                 "review",
                 &item.id,
                 serde_json::json!({"reason": item.resolution}),
+                false,
+            );
+            Ok(item)
+        })
+        .await
+    }
+
+    /// Resolve a review item holding money going back (a return that matched nothing, or matched several payments)
+    /// by naming the payment it reverses: exactly the amount returned is undone, newest part first, as for a return
+    /// found automatically. Refused, changing nothing, when the payment has less left than the return.
+    pub async fn review_reverse(
+        &self,
+        id: &str,
+        input: ReviewReverse,
+        actor: &str,
+    ) -> EngineResult<ReviewItem> {
+        self.write(|tx| {
+            let mut item: ReviewItem = tx.get("review", id)?;
+            if item.status != ReviewStatus::Open {
+                return Err(DomainError::transition(
+                    "review item",
+                    crate::domain::status_name(&item.status),
+                    "reverse",
+                    "it was resolved already",
+                )
+                .into());
+            }
+            let mut returned: Payment = tx.get("payment", &item.payment_id)?;
+            if returned.amount >= Decimal::ZERO {
+                return Err(DomainError::invalid(
+                    "payment_id",
+                    format!(
+                        "review item {} holds money received ({} {}), not money going back: allocate it instead",
+                        item.id,
+                        returned.amount,
+                        returned.currency.code()
+                    ),
+                )
+                .into());
+            }
+            let original: Payment = tx
+                .get("payment", &input.payment_id)
+                .map_err(|e| super::sales::field_not_found(e, "payment_id"))?;
+            if original.amount <= Decimal::ZERO || original.currency != returned.currency {
+                return Err(DomainError::invalid(
+                    "payment_id",
+                    format!(
+                        "payment {} of {} {} cannot be the original of a return in {}",
+                        original.id,
+                        original.amount,
+                        original.currency.code(),
+                        returned.currency.code()
+                    ),
+                )
+                .into());
+            }
+            let amount = -returned.amount;
+            reversal::refuse_beyond_left(tx, &original, amount, "payment_id")?;
+            let why = format!(
+                "{} {} {} matched by hand in review {}",
+                crate::domain::status_name(&item.record.kind),
+                amount,
+                returned.currency.code(),
+                item.id
+            );
+            let refund = reversal::is_refund(&item.record);
+            reversal::reverse(tx, &original.id, Some(amount), refund, &why, actor)?;
+            returned.account_id = original.account_id.clone();
+            tx.put("payment", &returned.id, &returned);
+            item.status = ReviewStatus::Reversed;
+            item.resolved_at = Some(tx.now);
+            item.resolution = Some(format!("reverses payment {}", original.id));
+            tx.ws.unindex("open-review", &item.id);
+            tx.put("review", &item.id, &item);
+            tx.event(
+                actor,
+                "review.reversed",
+                "review",
+                &item.id,
+                serde_json::json!({"payment_id": returned.id, "reverses": original.id, "amount": amount}),
                 false,
             );
             Ok(item)
@@ -640,7 +731,9 @@ fn ingest_payment(
                         &account,
                         &currency,
                         surplus,
-                        &format!("overpayment {}", pay.id),
+                        CreditSource::Overpayment {
+                            payment_id: pay.id.clone(),
+                        },
                         actor,
                     )?;
                     pay.unallocated = surplus;
@@ -713,7 +806,7 @@ fn ingest_return(
             );
             // A bank reversal undoes the credit: the invoice is owed again. A refund or chargeback gave the money
             // back to the payer: the amount counts as refunded.
-            let refund = record.kind != PaymentKind::Transfer && !record.reversal;
+            let refund = reversal::is_refund(record);
             let done = reversal::reverse(tx, &payment_id, Some(returned), refund, &why, actor)?;
             summary.reversed += 1;
             summary.new += 1;

@@ -10,16 +10,26 @@
 //! Undoing part of a payment: newest first. What the payment left on the customer's credit balance counts as its
 //! newest part and is taken back first, then its allocations from the newest to the oldest. A write-off that came
 //! with the payment is undone only when nothing else of the payment is left.
+//!
+//! Credit is traced to its source (`party::CreditLot`): taking back a payment's credit takes what is left unspent and
+//! reopens the `customer_credit` allocations it paid, newest first. An invoice whose balance rises while it is
+//! overpaid (a credit note went beyond what it owed) gets its credit notes' cover back: their surplus is taken back
+//! the same way. Every reopening is a compensating allocation; reopening may cascade, and ends because every step
+//! takes back part of a lot for good.
 
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 use settled_plugin_api::{PaymentKind, PaymentRecord};
 
+use serde::Deserialize;
+
 use super::billing::{allocations_json, invoice_ref_key, paid_by_prefix};
+use super::views::DecimalText;
 use super::{Engine, EngineResult, Tx};
 use crate::domain::invoice::{self, Invoice};
-use crate::domain::party::{self, Account};
+use crate::domain::money::parse_positive_amount;
+use crate::domain::party::{self, Account, CreditSource, Reopen};
 use crate::domain::payment::{Allocation, AllocationKind, Payment, PaymentState};
 use crate::domain::DomainError;
 use crate::reconcile::{self, Suggestion, MAX_SUGGESTIONS};
@@ -59,13 +69,66 @@ pub(crate) struct Reversal {
     pub excess: Decimal,
 }
 
+/// `POST /v1/payments/{id}/reverse` body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseInput {
+    /// Undo only this much, newest part first; default everything left of the payment.
+    #[serde(default)]
+    pub amount: Option<DecimalText>,
+}
+
 impl Engine {
-    /// Reverse a payment by hand: everything still left of it is undone by compensating entries, credit it created
-    /// is taken back.
-    pub async fn reverse_payment(&self, id: &str, actor: &str) -> EngineResult<Payment> {
-        self.write(|tx| Ok(reverse(tx, id, None, false, "reversed by hand", actor)?.payment))
-            .await
+    /// Reverse a payment by hand: everything still left of it (or `amount` of it, newest part first) is undone by
+    /// compensating entries, credit it created is taken back. An amount beyond what is left is refused.
+    pub async fn reverse_payment(
+        &self,
+        id: &str,
+        input: ReverseInput,
+        actor: &str,
+    ) -> EngineResult<Payment> {
+        self.write(|tx| {
+            let pay: Payment = tx.get("payment", id)?;
+            let amount = input
+                .amount
+                .as_ref()
+                .map(|a| parse_positive_amount("amount", a.as_str(), &pay.currency))
+                .transpose()?;
+            if let Some(amount) = amount {
+                refuse_beyond_left(tx, &pay, amount, "amount")?;
+            }
+            Ok(reverse(tx, id, amount, false, "reversed by hand", actor)?.payment)
+        })
+        .await
     }
+}
+
+/// Refuse undoing `amount` of a payment that has less left (`field` names the input at fault).
+pub(crate) fn refuse_beyond_left(
+    tx: &Tx<'_>,
+    pay: &Payment,
+    amount: Decimal,
+    field: &str,
+) -> EngineResult<()> {
+    let left = left_to_reverse(tx, pay)?.total();
+    if pay.state != PaymentState::Reversed && amount > left {
+        return Err(DomainError::invalid(
+            field,
+            format!(
+                "{amount} {} is more than is left of payment {} to undo ({left})",
+                pay.currency.code(),
+                pay.id
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Does a return give the money back to the payer (a refund or chargeback) rather than undo the credit (a bank
+/// reversal, which leaves the invoice owed again)?
+pub(crate) fn is_refund(record: &PaymentRecord) -> bool {
+    record.kind != PaymentKind::Transfer && !record.reversal
 }
 
 /// Is this record money going back out for something received earlier, as the source marks it?
@@ -236,22 +299,32 @@ pub(crate) fn reverse(
     let left = left_to_reverse(tx, &pay)?;
     let mut want = amount.unwrap_or_else(|| left.total());
     let asked = want;
+    let mut undone = Undone::default();
 
-    // The credit the payment left is its newest part; only what the customer has not spent can be taken back.
+    // The credit the payment left is its newest part. What the customer spent of it is reopened on the invoices it
+    // paid (newest first): the payment that funded them is gone.
     let mut credit_taken = Decimal::ZERO;
     if left.credit > Decimal::ZERO && want > Decimal::ZERO {
         if let Some(account_id) = pay.account_id.clone() {
-            let mut account: Account = tx.get("account", &account_id)?;
-            let take = want
-                .min(left.credit)
-                .min(party::credit(&account, &pay.currency));
-            if take > Decimal::ZERO {
-                party::use_credit(&mut account, &pay.currency, take)?;
-                tx.put("account", &account.id, &account);
-                pay.credit_reversed += take;
-                credit_taken = take;
-                want -= take;
-            }
+            let take = want.min(left.credit);
+            let source = CreditSource::Overpayment {
+                payment_id: pay.id.clone(),
+            };
+            let account: Account = tx.get("account", &account_id)?;
+            let taken = if party::lot(&account, &source).is_some() {
+                let (taken, reopen) =
+                    tx.take_back_credit(&account_id, &source, take, why, actor)?;
+                for part in &reopen {
+                    reopen_credit(tx, part, &pay.id, why, actor, &mut undone)?;
+                }
+                taken
+            } else {
+                // Credit an earlier release recorded without its source: only what is still on the balance.
+                take_back_unattributed(tx, account, &pay.currency, take)?
+            };
+            pay.credit_reversed += taken;
+            credit_taken = taken;
+            want -= taken;
         }
     }
 
@@ -264,7 +337,15 @@ pub(crate) fn reverse(
             continue;
         }
         let take = want.min(*remaining);
-        made.push(compensate(tx, &pay, alloc, take, refund, why, actor)?);
+        made.push(compensate(
+            tx,
+            alloc,
+            take,
+            refund,
+            why,
+            actor,
+            &mut undone,
+        )?);
         want -= take;
     }
     let reversed = asked - want;
@@ -273,13 +354,23 @@ pub(crate) fn reverse(
         // Nothing of the payment is left: a write-off that came with it goes too.
         for (alloc, remaining) in left.allocations.iter().rev() {
             if alloc.kind == AllocationKind::WriteOff && *remaining > Decimal::ZERO {
-                made.push(compensate(tx, &pay, alloc, *remaining, refund, why, actor)?);
+                made.push(compensate(
+                    tx,
+                    alloc,
+                    *remaining,
+                    refund,
+                    why,
+                    actor,
+                    &mut undone,
+                )?);
             }
         }
         pay.state = PaymentState::Reversed;
     }
     pay.allocations.extend(made.iter().map(|a| a.id.clone()));
     tx.put("payment", &pay.id, &pay);
+    // `allocations` and `credit_taken_back` are the payment's own money (what a ledger books back); `credit_reopened`
+    // are invoices its credit had paid, and `credit_notes_taken_back` credit-note surplus that covers its invoice again.
     tx.event(
         actor,
         "payment.reversed",
@@ -287,6 +378,7 @@ pub(crate) fn reverse(
         &pay.id,
         serde_json::json!({"amount": reversed, "currency": pay.currency, "payment_amount": pay.amount, "why": why,
             "refund": refund, "allocations": allocations_json(&made), "credit_taken_back": credit_taken,
+            "credit_reopened": allocations_json(&undone.reopened), "credit_notes_taken_back": undone.credit_notes,
             "fully_reversed": pay.state == PaymentState::Reversed, "excess": want.max(Decimal::ZERO)}),
         true,
     );
@@ -295,6 +387,92 @@ pub(crate) fn reverse(
         reversed,
         excess: want.max(Decimal::ZERO),
     })
+}
+
+/// What undoing part of a payment changed beyond the payment's own allocations and credit.
+#[derive(Default)]
+struct Undone {
+    /// Compensations of credit allocations whose credit was taken back.
+    reopened: Vec<Allocation>,
+    /// Credit-note surplus taken back because its invoice owes again.
+    credit_notes: Decimal,
+}
+
+/// Take back up to `amount` of credit recorded without a source (an earlier release), as far as the balance has it.
+fn take_back_unattributed(
+    tx: &mut Tx<'_>,
+    mut account: Account,
+    currency: &crate::domain::money::Currency,
+    amount: Decimal,
+) -> EngineResult<Decimal> {
+    let take = amount.min(party::unattributed(&account, currency));
+    if take > Decimal::ZERO {
+        party::use_credit(&mut account, currency, take)?;
+        tx.put("account", &account.id, &account);
+    }
+    Ok(take)
+}
+
+/// Reopen part of a credit allocation whose credit was taken back (payment `cause` reversed, or a credit note covering
+/// its own invoice again).
+fn reopen_credit(
+    tx: &mut Tx<'_>,
+    part: &Reopen,
+    cause: &str,
+    why: &str,
+    actor: &str,
+    undone: &mut Undone,
+) -> EngineResult<()> {
+    let alloc: Allocation = tx.get("allocation", &part.allocation_id)?;
+    let why = format!("{why}; the credit that paid it is gone ({cause})");
+    let made = compensate(tx, &alloc, part.amount, false, &why, actor, undone)?;
+    undone.reopened.push(made);
+    Ok(())
+}
+
+/// After an invoice's balance rose from `before`: what its credit notes put on credit beyond what it owed is no longer
+/// beyond, by as much as the invoice went from overpaid towards owing. That credit-note surplus is taken back (newest
+/// credit note first), reopening what it paid.
+fn restore_credit_note_cover(
+    tx: &mut Tx<'_>,
+    inv: &Invoice,
+    before: Decimal,
+    why: &str,
+    actor: &str,
+    undone: &mut Undone,
+) -> EngineResult<()> {
+    let overpaid = |balance: Decimal| (-balance).max(Decimal::ZERO);
+    let mut due = overpaid(before) - overpaid(invoice::balance(inv));
+    if due <= Decimal::ZERO {
+        return Ok(());
+    }
+    let account: Account = tx.get("account", &inv.account_id)?;
+    let sources: Vec<CreditSource> = account
+        .credit_lots
+        .iter()
+        .rev()
+        .filter(|l| {
+            l.left() > Decimal::ZERO
+                && matches!(&l.source, CreditSource::CreditNote { invoice_id, .. } if invoice_id == &inv.id)
+        })
+        .map(|l| l.source.clone())
+        .collect();
+    let cause = format!(
+        "invoice {} owes again",
+        inv.number.as_deref().unwrap_or(&inv.id)
+    );
+    for source in sources {
+        if due <= Decimal::ZERO {
+            break;
+        }
+        let (taken, reopen) = tx.take_back_credit(&inv.account_id, &source, due, &cause, actor)?;
+        due -= taken;
+        undone.credit_notes += taken;
+        for part in &reopen {
+            reopen_credit(tx, part, &cause, why, actor, undone)?;
+        }
+    }
+    Ok(())
 }
 
 /// What is left of a payment to undo: each allocation with what its compensations left of it, and credit.
@@ -338,22 +516,25 @@ fn left_to_reverse(tx: &Tx<'_>, pay: &Payment) -> EngineResult<Left> {
     })
 }
 
+/// Undo `amount` of an allocation by a compensating one (same payment, kind and invoice, negative amount), then
+/// restore the cover of the invoice's credit notes if it was overpaid.
 fn compensate(
     tx: &mut Tx<'_>,
-    pay: &Payment,
     alloc: &Allocation,
     amount: Decimal,
     refund: bool,
     why: &str,
     actor: &str,
+    undone: &mut Undone,
 ) -> EngineResult<Allocation> {
     let mut inv: Invoice = tx.get("invoice", &alloc.invoice_id)?;
+    let before = invoice::balance(&inv);
     invoice::reverse_payment(&mut inv, amount, refund)?;
     inv.updated_at = tx.now;
     let id = tx.new_id("allocation", "alc")?;
     let compensation = Allocation {
         id,
-        payment_id: Some(pay.id.clone()),
+        payment_id: alloc.payment_id.clone(),
         invoice_id: inv.id.clone(),
         amount: -amount,
         kind: alloc.kind,
@@ -363,9 +544,11 @@ fn compensate(
         at: tx.now,
         reversed: false,
         compensates: Some(alloc.id.clone()),
+        credit_sources: Vec::new(),
     };
     tx.record_allocation(&mut inv, &compensation);
     tx.save_invoice(&mut inv, actor)?;
+    restore_credit_note_cover(tx, &inv, before, why, actor, undone)?;
     Ok(compensation)
 }
 

@@ -266,7 +266,13 @@ impl Engine {
     }
 
     /// send, accept or reject a quote.
-    pub async fn quote_action(&self, id: &str, action: &str, actor: &str) -> EngineResult<Quote> {
+    pub async fn quote_action(
+        &self,
+        id: &str,
+        action: &str,
+        reason: Option<&str>,
+        actor: &str,
+    ) -> EngineResult<Quote> {
         self.write(|tx| {
             let mut q: Quote = tx.get("quote", id)?;
             let from = q.status;
@@ -283,7 +289,8 @@ impl Engine {
                 &format!("quote.{}", crate::domain::status_name(&q.status)),
                 "quote",
                 &q.id,
-                serde_json::json!({"number": q.display_number(), "from": from, "to": q.status, "total": q.totals.total, "currency": q.currency}),
+                serde_json::json!({"number": q.display_number(), "from": from, "to": q.status, "total": q.totals.total, "currency": q.currency,
+                    "reason": reason}),
                 true,
             );
             Ok(q)

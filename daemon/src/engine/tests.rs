@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use serde_json::{json, Value};
 use settled_plugin_api::{PaymentRecord, Record};
@@ -106,11 +107,11 @@ impl World {
             .await
             .unwrap();
         self.engine
-            .quote_action(&q.id, "send", "test")
+            .quote_action(&q.id, "send", None, "test")
             .await
             .unwrap();
         self.engine
-            .quote_action(&q.id, "accept", "test")
+            .quote_action(&q.id, "accept", None, "test")
             .await
             .unwrap();
         let o = self
@@ -237,7 +238,10 @@ async fn an_order_cannot_be_made_from_a_sent_but_not_accepted_quote() {
         dec!(100.01),
         "3 x 33.335 rounds commercially once per line net"
     );
-    w.engine.quote_action(&q.id, "send", "t").await.unwrap();
+    w.engine
+        .quote_action(&q.id, "send", None, "t")
+        .await
+        .unwrap();
     let err = w
         .engine
         .create_order(
@@ -404,7 +408,7 @@ async fn voiding_an_invoice_gives_its_quantities_back_to_the_order() {
         create().await.is_err(),
         "the whole order is billed by the first invoice"
     );
-    w.engine.void_invoice(&first.id, "t").await.unwrap();
+    w.engine.void_invoice(&first.id, None, "t").await.unwrap();
     let again = create().await.unwrap();
     assert_eq!(again.totals.total, first.totals.total);
     assert_ne!(again.id, first.id);
@@ -414,7 +418,7 @@ async fn voiding_an_invoice_gives_its_quantities_back_to_the_order() {
 async fn paying_a_void_invoice_is_a_conflict() {
     let w = World::new();
     let inv = w.issued_invoice("Voided", "10.00").await;
-    w.engine.void_invoice(&inv.id, "t").await.unwrap();
+    w.engine.void_invoice(&inv.id, None, "t").await.unwrap();
     assert_eq!(status(&w.invoice(&inv.id)), "void");
     let err = w
         .pay(json!({"amount": "10.00", "currency": "EUR", "allocations": [{"invoice_id": inv.id}]}))
@@ -438,7 +442,10 @@ async fn reversing_a_payment_reopens_the_invoice_by_a_compensating_entry() {
         .await
         .unwrap();
     assert_eq!(status(&w.invoice(&inv.id)), "paid");
-    w.engine.reverse_payment(&pay.id, "t").await.unwrap();
+    w.engine
+        .reverse_payment(&pay.id, Default::default(), "t")
+        .await
+        .unwrap();
     let v = w.invoice(&inv.id);
     assert_eq!(status(&v), "unpaid");
     let amounts: Vec<&str> = v["allocations"]
@@ -453,7 +460,10 @@ async fn reversing_a_payment_reopens_the_invoice_by_a_compensating_entry() {
         "the original allocation stays, a compensating one undoes it"
     );
     assert!(
-        w.engine.reverse_payment(&pay.id, "t").await.is_err(),
+        w.engine
+            .reverse_payment(&pay.id, Default::default(), "t")
+            .await
+            .is_err(),
         "a payment is reversed once"
     );
 }
@@ -471,7 +481,10 @@ async fn quotes_expire_and_invoices_become_overdue_when_time_passes() {
         )
         .await
         .unwrap();
-    w.engine.quote_action(&q.id, "send", "t").await.unwrap();
+    w.engine
+        .quote_action(&q.id, "send", None, "t")
+        .await
+        .unwrap();
     crate::scheduler::tick(&w.engine).await;
     assert_eq!(w.engine.show("quote", &q.id).unwrap()["status"], "sent");
     assert_eq!(status(&w.invoice(&inv.id)), "unpaid");
@@ -1022,7 +1035,11 @@ async fn a_partial_reversal_takes_back_the_credit_first_then_the_newest_allocati
         crate::domain::payment::PaymentState::Reversed
     );
     assert_eq!(w.invoice(&inv.id)["balance"], "360.00");
-    assert!(w.engine.reverse_payment(&pay.id, "t").await.is_err());
+    assert!(w
+        .engine
+        .reverse_payment(&pay.id, Default::default(), "t")
+        .await
+        .is_err());
 }
 
 #[tokio::test]
@@ -1077,4 +1094,153 @@ async fn partial_reversals_over_two_invoices_skip_an_allocation_already_undone()
         4,
         "two allocations and two compensations"
     );
+}
+
+/// One step of a random credit history (amounts in cents; `None` = the default amount).
+#[derive(Debug, Clone)]
+enum CreditStep {
+    Pay(usize, i64),
+    CreditNote(usize, Option<i64>),
+    ApplyCredit(usize, Option<i64>),
+    Reverse(usize, Option<i64>),
+}
+
+fn credit_step() -> impl proptest::strategy::Strategy<Value = CreditStep> {
+    use proptest::prelude::*;
+    let cents = || 1i64..16_000;
+    prop_oneof![
+        3 => (0usize..3, cents()).prop_map(|(i, c)| CreditStep::Pay(i, c)),
+        2 => (0usize..3, proptest::option::of(cents())).prop_map(|(i, c)| CreditStep::CreditNote(i, c)),
+        3 => (0usize..3, proptest::option::of(cents())).prop_map(|(i, c)| CreditStep::ApplyCredit(i, c)),
+        3 => (0usize..8, proptest::option::of(cents())).prop_map(|(i, c)| CreditStep::Reverse(i, c)),
+    ]
+}
+
+/// The credit and balance invariants after any history: see the `reversal` module doc.
+fn check_credit_invariants(w: &World, invoices: &[String], payments: &[String], received: Decimal) {
+    use crate::domain::invoice::balance;
+    use crate::domain::party::{Account, CreditSource};
+    use crate::domain::payment::{Allocation, AllocationKind, Payment};
+    let eur = crate::domain::money::Currency::parse("EUR").unwrap();
+    let first: Invoice = w.engine.get("invoice", &invoices[0]).unwrap();
+    let account: Account = w.engine.get("account", &first.account_id).unwrap();
+    let credit = crate::domain::party::credit(&account, &eur);
+    assert!(credit >= Decimal::ZERO, "credit {credit}");
+    let in_lots: Decimal = account.credit_lots.iter().map(|l| l.unspent()).sum();
+    assert_eq!(
+        credit, in_lots,
+        "credit balance = put on - used: {account:?}"
+    );
+    for lot in &account.credit_lots {
+        assert!(
+            lot.unspent() >= Decimal::ZERO && lot.left() >= lot.unspent(),
+            "{lot:?}"
+        );
+        assert!(
+            lot.spent
+                .iter()
+                .all(|s| s.reopened >= Decimal::ZERO && s.reopened <= s.amount),
+            "{lot:?}"
+        );
+    }
+    let (mut owed, mut invoiced) = (Decimal::ZERO, Decimal::ZERO);
+    for id in invoices {
+        let inv: Invoice = w.engine.get("invoice", id).unwrap();
+        let mut allocated = Decimal::ZERO;
+        for alloc_id in &inv.allocations {
+            let alloc: Allocation = w.engine.get("allocation", alloc_id).unwrap();
+            if alloc.kind == AllocationKind::Credit && alloc.amount > Decimal::ZERO {
+                let drawn: Decimal = alloc.credit_sources.iter().map(|d| d.amount).sum();
+                assert_eq!(
+                    drawn, alloc.amount,
+                    "a credit allocation names its sources: {alloc:?}"
+                );
+            }
+            allocated += alloc.amount;
+        }
+        // total - payments - credit notes - credit applied + reversals (compensations are negative allocations).
+        assert_eq!(inv.amount_paid, allocated, "{id}");
+        assert_eq!(
+            balance(&inv),
+            inv.totals.total - inv.amount_credited - allocated,
+            "{id}"
+        );
+        // A credit note's surplus is on credit exactly while its invoice is overpaid: never counted twice.
+        let surplus: Decimal = account
+            .credit_lots
+            .iter()
+            .filter(|l| matches!(&l.source, CreditSource::CreditNote { invoice_id, .. } if invoice_id == id))
+            .map(|l| l.left())
+            .sum();
+        assert_eq!(
+            surplus,
+            (-balance(&inv)).max(Decimal::ZERO),
+            "{id}: {account:?}"
+        );
+        owed += balance(&inv).max(Decimal::ZERO);
+        invoiced += inv.totals.total - inv.amount_credited;
+    }
+    for id in payments {
+        let pay: Payment = w.engine.get("payment", id).unwrap();
+        let source = CreditSource::Overpayment {
+            payment_id: id.clone(),
+        };
+        let left = crate::domain::party::lot(&account, &source).map_or(Decimal::ZERO, |l| l.left());
+        assert_eq!(left, pay.unallocated - pay.credit_reversed, "{id}");
+    }
+    // What the customer owes, less their credit, is what was invoiced less what was credited and received.
+    assert_eq!(owed - credit, invoiced - received, "{account:?}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 40, ..Default::default() })]
+    #[test]
+    fn credit_never_goes_negative_or_counts_twice_over_any_history(
+        steps in proptest::collection::vec(credit_step(), 1..14),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let w = World::new();
+            let mut invoices = Vec::new();
+            for amount in ["100.00", "50.00", "30.00"] {
+                invoices.push(w.issued_invoice("Prop Credit", amount).await.id);
+            }
+            let mut payments: Vec<String> = Vec::new();
+            let mut received = Decimal::ZERO;
+            let amount = |c: Option<i64>| c.map(|c| Decimal::new(c, 2).to_string());
+            for step in &steps {
+                match step {
+                    CreditStep::Pay(i, cents) => {
+                        let paid = Decimal::new(*cents, 2);
+                        let body = json!({"amount": paid.to_string(), "currency": "EUR",
+                            "allocations": [{"invoice_id": invoices[*i]}]});
+                        if let Ok((pay, _)) = w.pay(body).await {
+                            payments.push(pay.id);
+                            received += paid;
+                        }
+                    }
+                    CreditStep::CreditNote(i, cents) => {
+                        let input = serde_json::from_value(json!({"amount": amount(*cents)})).unwrap();
+                        let _ = w.engine.credit_invoice(&invoices[*i], input, "t").await;
+                    }
+                    CreditStep::ApplyCredit(i, cents) => {
+                        let input = serde_json::from_value(json!({"amount": amount(*cents)})).unwrap();
+                        let _ = w.engine.apply_credit(&invoices[*i], input, "t").await;
+                    }
+                    CreditStep::Reverse(i, cents) => {
+                        let Some(id) = payments.get(*i).cloned() else { continue };
+                        let want = cents.map(|c| Decimal::new(c, 2));
+                        let done = w
+                            .engine
+                            .write(|tx| super::reversal::reverse(tx, &id, want, false, "returned", "t"))
+                            .await;
+                        if let Ok(r) = done {
+                            received -= r.reversed;
+                        }
+                    }
+                }
+                check_credit_invariants(&w, &invoices, &payments, received);
+            }
+        });
+    }
 }

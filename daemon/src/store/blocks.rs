@@ -124,40 +124,73 @@ pub(super) fn write(
     changes.sort_by_key(|c| c.0);
     // Blocks already stored that this write set changes (or looked at), by start; `true` once changed.
     let mut older: BTreeMap<u64, (Block, bool)> = BTreeMap::new();
+    // Ids above the last stored block's greatest id are new: they need no look-up.
+    let mut newest = 0;
+    if let Some((start, block)) = lookup(tree, kind, u64::MAX)? {
+        newest = block
+            .iter()
+            .filter_map(|(id, _)| id.rsplit_once('_').and_then(|(_, d)| d.parse().ok()))
+            .max()
+            .unwrap_or(start);
+        older.insert(start, (block, false));
+    }
     let mut fresh: Vec<FreshBlock> = Vec::new();
     for (n, id, value) in changes {
-        let cached = older.range(..=n).next_back().map(|(start, _)| *start);
+        if n > newest {
+            // A new id: into a new block (ids only grow, so it falls inside no stored block).
+            if let Some(bytes) = value {
+                match fresh.last_mut() {
+                    Some((_, records)) if records.len() < MAX_BLOCK => records.push((id, bytes)),
+                    _ => fresh.push((n, vec![(id, bytes)])),
+                }
+            }
+            continue;
+        }
+        // The stored block whose range holds `n`: the greatest start at or below it. A block cached for an earlier
+        // change may not be it (another block can start between the two), so the cache answers only when it holds
+        // the id; taking the id for a new one would write a block shadowing the rest of the stored one.
+        let cached = older
+            .range(..=n)
+            .next_back()
+            .map(|(start, _)| *start)
+            .filter(|start| older[start].0.iter().any(|(have, _)| *have == id));
         let start = match cached {
-            Some(start) => Some(start),
+            Some(start) => start,
             None => match lookup(tree, kind, n)? {
                 Some((start, block)) => {
-                    older.insert(start, (block, false));
-                    Some(start)
+                    older.entry(start).or_insert((block, false));
+                    start
                 }
-                None => None,
+                None => {
+                    if let Some(bytes) = value {
+                        fresh.push((n, vec![(id, bytes)]));
+                    }
+                    continue;
+                }
             },
         };
-        let home = start.and_then(|start| {
-            let at = older[&start].0.iter().position(|(have, _)| *have == id)?;
-            Some((start, at))
-        });
-        match (home, value) {
-            (Some((start, at)), value) => {
-                let (block, changed) = older.get_mut(&start).expect("looked up above");
-                match value {
-                    Some(bytes) => block[at].1 = raw(kind, &id, bytes)?,
-                    None => {
-                        block.remove(at);
-                    }
-                }
-                *changed = true;
+        let (block, changed) = older.get_mut(&start).expect("looked up above");
+        let at = block.iter().position(|(have, _)| *have == id);
+        match (at, value) {
+            (Some(at), Some(bytes)) => block[at].1 = raw(kind, &id, bytes)?,
+            (Some(at), None) => {
+                block.remove(at);
             }
-            (None, None) => {}
-            (None, Some(bytes)) => match fresh.last_mut() {
-                Some((_, records)) if records.len() < MAX_BLOCK => records.push((id, bytes)),
-                _ => fresh.push((n, vec![(id, bytes)])),
-            },
+            (None, None) => continue,
+            // An id within the block's range it does not hold (one removed earlier): in id order, in that block.
+            (None, Some(bytes)) => {
+                let number = |have: &str| {
+                    have.rsplit_once('_')
+                        .and_then(|(_, d)| d.parse::<u64>().ok())
+                };
+                let at = block
+                    .iter()
+                    .position(|(have, _)| number(have).is_some_and(|m| m > n))
+                    .unwrap_or(block.len());
+                block.insert(at, (id.clone(), raw(kind, &id, bytes)?));
+            }
         }
+        *changed = true;
     }
     for (start, (block, changed)) in older {
         if !changed {

@@ -311,6 +311,32 @@ async fn payments_of_one_write_set_share_blocks_and_each_reads_changes_and_scans
     assert_eq!(keys_under(&store, "b/payment/").len(), 3);
     assert_eq!(keys_under(&store, "e/payment/"), ["e/payment/imported-x"]);
     assert_eq!(store.count("payment"), 151);
+
+    // One write set changing records of two stored blocks: each is rewritten where it is, none shadows the other.
+    let mut ws = store.begin();
+    for n in [10u32, 66] {
+        let id = format!("pay_{n:08}");
+        ws.put(
+            "payment",
+            &id,
+            &serde_json::json!({"id": id, "n": n, "changed": true}),
+        );
+    }
+    store.apply(ws).unwrap();
+    assert_eq!(keys_under(&store, "b/payment/").len(), 3);
+    let mut seen: Vec<u64> = store
+        .scan::<serde_json::Value>("payment")
+        .map(|p| p.unwrap()["n"].as_u64().unwrap())
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..=150).collect::<Vec<_>>(), "every record once");
+    for n in [10u32, 66, 67, 128] {
+        let p: serde_json::Value = store
+            .get("payment", &format!("pay_{n:08}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p["n"], n);
+    }
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! The HTTP API of a real daemon: the pipeline end to end, and the error contract.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::harness::{issue_invoice, one_line, Daemon, Setup, TOKEN};
+use crate::harness::{cli, invoice, issue_invoice, one_line, sent_quote, Daemon, Setup, TOKEN};
 
 #[test]
 fn a_lead_becomes_a_paid_invoice_over_http() {
@@ -243,4 +243,78 @@ fn errors_name_the_field_and_the_state_and_change_nothing() {
         Some(json!({"amount": "10.00", "currency": "EUR", "allocations": [{"invoice_id": id}]})),
     );
     assert_eq!(status, 409, "{body}");
+}
+
+#[test]
+fn void_and_quote_actions_keep_their_reason_in_the_audit_log_and_refuse_unknown_fields() {
+    let d = Daemon::start(Setup {
+        plugins: vec![],
+        ..Setup::default()
+    });
+    let reason_of = |kind: &str, id: &Value| {
+        let events = d.ok("GET", "/v1/events?limit=10000", None);
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == kind && e["entity_id"] == *id)
+            .map(|e| e["data"]["reason"].clone())
+    };
+    let inv = issue_invoice(&d, "Void Reason", one_line("10.00"));
+    let void_path = format!("/v1/invoices/{}/void", inv["id"].as_str().unwrap());
+    let (status, body) = d.call("POST", &void_path, Some(json!({"reasn": "typo"})));
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("reasn")),
+        "{body}"
+    );
+    assert_eq!(
+        invoice(&d, &inv)["state"],
+        "issued",
+        "a refused body changes nothing"
+    );
+    let r = cli(
+        &d,
+        &[
+            "invoices",
+            "void",
+            inv["id"].as_str().unwrap(),
+            "--reason",
+            "ordered twice",
+        ],
+    );
+    assert!(r.status.success(), "{r}");
+    assert_eq!(invoice(&d, &inv)["state"], "void");
+    assert_eq!(
+        reason_of("invoice.voided", &inv["id"]),
+        Some(json!("ordered twice"))
+    );
+
+    let q = sent_quote(&d, "Quote Reason", one_line("20.00"));
+    let qid = q["id"].as_str().unwrap();
+    let (status, body) = d.call(
+        "POST",
+        &format!("/v1/quotes/{qid}/reject"),
+        Some(json!({"reason": "too dear", "by": "Ann"})),
+    );
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("by")),
+        "{body}"
+    );
+    assert_eq!(
+        d.ok("GET", &format!("/v1/quotes/{qid}"), None)["status"],
+        "sent"
+    );
+    let r = cli(&d, &["quotes", "reject", qid, "--reason", "too dear"]);
+    assert!(r.status.success(), "{r}");
+    assert_eq!(
+        reason_of("quote.rejected", &q["id"]),
+        Some(json!("too dear"))
+    );
+    assert_eq!(
+        reason_of("quote.sent", &q["id"]),
+        Some(Value::Null),
+        "no reason given, none recorded"
+    );
 }

@@ -303,8 +303,8 @@ impl Drop for Daemon {
     }
 }
 
-/// Lead -> converted -> quote accepted -> order -> invoice issued, all over HTTP; returns the invoice view.
-pub fn issue_invoice(d: &Daemon, company: &str, lines: Value) -> Value {
+/// Lead -> converted -> quote sent, all over HTTP; returns the quote view.
+pub fn sent_quote(d: &Daemon, company: &str, lines: Value) -> Value {
     let email = format!("buyer@{}.example", company.to_lowercase().replace(' ', "-"));
     let lead = d.ok("POST", "/v1/leads", Some(serde_json::json!({"name": "Buyer", "email": email, "company": company, "source": "web"})));
     let conv = d.ok(
@@ -313,8 +313,17 @@ pub fn issue_invoice(d: &Daemon, company: &str, lines: Value) -> Value {
         Some(serde_json::json!({"opportunity": {"name": "deal", "value": "100.00", "currency": "EUR"}})),
     );
     let q = d.ok("POST", "/v1/quotes", Some(serde_json::json!({"opportunity_id": conv["opportunity_id"], "currency": "EUR", "lines": lines})));
+    d.ok(
+        "POST",
+        &format!("/v1/quotes/{}/send", q["id"].as_str().unwrap()),
+        None,
+    )
+}
+
+/// Lead -> converted -> quote accepted -> order -> invoice issued, all over HTTP; returns the invoice view.
+pub fn issue_invoice(d: &Daemon, company: &str, lines: Value) -> Value {
+    let q = sent_quote(d, company, lines);
     let qid = q["id"].as_str().unwrap();
-    d.ok("POST", &format!("/v1/quotes/{qid}/send"), None);
     d.ok("POST", &format!("/v1/quotes/{qid}/accept"), None);
     let order = d.ok(
         "POST",
@@ -337,15 +346,20 @@ pub fn one_line(amount: &str) -> Value {
     serde_json::json!([{"description": "work", "quantity": "1", "unit_price": amount, "tax_rate": "0"}])
 }
 
+/// `settled ARGS` against the daemon, with its URL and token, run to the end.
+pub fn cli(d: &Daemon, args: &[&str]) -> Run {
+    let mut cmd = settled(d.dir.path());
+    cmd.args(args)
+        .args(["--url", &d.url("")])
+        .env("SETTLED_API_TOKEN", TOKEN);
+    run(cmd)
+}
+
 /// Import one file through `settled import --json`; the file's summary.
 pub fn import_json(d: &Daemon, name: &str, content: &str) -> Value {
     let path = d.dir.path().join(name);
     std::fs::write(&path, content).unwrap();
-    let mut cmd = settled(d.dir.path());
-    cmd.args(["import", "--json", "--url", &d.url("")])
-        .arg(&path)
-        .env("SETTLED_API_TOKEN", TOKEN);
-    let r = run(cmd);
+    let r = cli(d, &["import", "--json", path.to_str().unwrap()]);
     assert!(r.status.success(), "{name}: {r}");
     let summary: Value =
         serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{name}: {e}: {r}"));

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{import_json, invoice, issue_invoice, one_line, Daemon, Setup};
+use crate::harness::{cli, import_json, invoice, issue_invoice, one_line, pay, Daemon, Setup};
 
 const OUR_IBAN: &str = "DE89370400440532013000";
 
@@ -374,4 +374,97 @@ fn a_stripe_refund_of_100_on_a_360_payment_reopens_exactly_100() {
     assert_eq!(after["amount_paid"], "260.00", "{after}");
     assert_eq!(after["amount_refunded"], "100.00", "{after}");
     assert_eq!(after["payment_status"], "partially_paid", "{after}");
+}
+
+#[test]
+fn a_return_that_matched_nothing_is_resolved_in_review_by_naming_the_payment_it_reverses() {
+    let d = Daemon::start(Setup::default());
+    let inv = issue_invoice(&d, "Unbekannt GmbH", one_line("360.00"));
+    let payment = pay(&d, &inv, "360.00");
+    let payment_id = payment["id"].as_str().unwrap();
+    // Returns naming a bank reference nothing was paid under: they wait for a person.
+    let header = "Date,Amount,Currency,Counterparty,Original Transaction Id,Transaction Id\n";
+    let summary = import_json(
+        &d,
+        "returns.csv",
+        &format!(
+            "{header}2026-03-09,-100.00,EUR,Unbekannt GmbH,NOWHERE-1,RET-501\n\
+             2026-03-10,-300.00,EUR,Unbekannt GmbH,NOWHERE-2,RET-502\n"
+        ),
+    );
+    assert_eq!(summary["review"], 2, "{summary}");
+    let review = open_review(&d);
+    let item_of = |amount: &str| {
+        review
+            .iter()
+            .find(|i| {
+                d.ok(
+                    "GET",
+                    &format!("/v1/payments/{}", i["payment_id"].as_str().unwrap()),
+                    None,
+                )["amount"]
+                    == amount
+            })
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (small, large) = (item_of("-100.00"), item_of("-300.00"));
+
+    let r = cli(&d, &["review", "reverse", &small, "--payment", payment_id]);
+    assert!(r.status.success(), "{r}");
+    let after = invoice(&d, &inv);
+    assert_eq!(
+        (&after["balance"], &after["amount_paid"]),
+        (&json!("100.00"), &json!("260.00")),
+        "{after}"
+    );
+    // 300.00 back but only 260.00 of the payment is left: refused by name, nothing changes.
+    let (status, body) = d.call(
+        "POST",
+        &format!("/v1/review/{large}/reverse"),
+        Some(json!({"payment_id": payment_id})),
+    );
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("payment_id")),
+        "{body}"
+    );
+    assert_eq!(invoice(&d, &inv)["balance"], "100.00");
+    let left: Vec<Value> = open_review(&d);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["id"], large.as_str());
+}
+
+#[test]
+fn two_returns_in_one_file_whose_originals_are_stored_far_apart_lose_no_other_payment() {
+    let d = Daemon::start(Setup::default());
+    let inv = issue_invoice(&d, "Viele Raten", one_line("1000.00"));
+    let rf = inv["rf_reference"].as_str().unwrap();
+    // 70 instalments of 10.00 in one file: stored 64 to a block, so the 10th and the 66th are in different blocks.
+    let header =
+        "Date,Amount,Currency,Counterparty,Counterparty Account,Reference,Transaction Id\n";
+    let lines: String = (1..=70)
+        .map(|i| format!("2026-03-05,10.00,EUR,Viele Raten,DE02120300000000202051,{rf},RATE-{i}\n"))
+        .collect();
+    let summary = import_json(&d, "rates.csv", &format!("{header}{lines}"));
+    assert_eq!(summary["new"], 70, "{summary}");
+    let returns = "Date,Amount,Currency,Counterparty,Original Transaction Id,Transaction Id\n\
+         2026-03-09,-10.00,EUR,Viele Raten,RATE-10,BACK-10\n\
+         2026-03-09,-10.00,EUR,Viele Raten,RATE-66,BACK-66\n";
+    let summary = import_json(&d, "returns.csv", returns);
+    assert_eq!(summary["reversed"], 2, "{summary}");
+    assert_eq!(invoice(&d, &inv)["amount_paid"], "680.00");
+    let listed = d.ok("GET", "/v1/payments?limit=1000", None)["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let mut ids: Vec<&str> = listed.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 70, "each payment once: {ids:?}");
+    for id in ids {
+        let (status, body) = d.call("GET", &format!("/v1/payments/{id}"), None);
+        assert_eq!(status, 200, "{id}: {body}");
+    }
 }

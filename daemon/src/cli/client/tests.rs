@@ -254,6 +254,10 @@ fn quote_commands_build_their_requests() {
         &[post("/v1/quotes/q1/reject", json!({}))],
     );
     check(
+        "quotes reject q1 --reason 'too dear'",
+        &[post("/v1/quotes/q1/reject", json!({"reason": "too dear"}))],
+    );
+    check(
         "quotes revise q1",
         &[post("/v1/quotes/q1/revise", json!({}))],
     );
@@ -314,6 +318,13 @@ fn order_and_invoice_commands_build_their_requests() {
         &[post("/v1/invoices/i1/void", json!({}))],
     );
     check(
+        "invoices void i1 --reason 'ordered twice'",
+        &[post(
+            "/v1/invoices/i1/void",
+            json!({"reason": "ordered twice"}),
+        )],
+    );
+    check(
         "invoices credit i1",
         &[post("/v1/invoices/i1/credit", json!({}))],
     );
@@ -352,6 +363,14 @@ fn payment_review_event_and_import_commands_build_their_requests() {
     check(
         "payments reverse p1",
         &[post("/v1/payments/p1/reverse", json!({}))],
+    );
+    check(
+        "payments reverse p1 --amount 100.00",
+        &[post("/v1/payments/p1/reverse", json!({"amount": "100.00"}))],
+    );
+    check(
+        "review reverse r1 --payment p1",
+        &[post("/v1/review/r1/reverse", json!({"payment_id": "p1"}))],
     );
     check(
         "review allocate r1 --invoice i1:120.00 --invoice i2",
