@@ -1275,6 +1275,26 @@ mod tests {
     }
 
     #[test]
+    fn validate_refuses_passing_the_api_token_to_a_plugin() {
+        let with_env = |env: &[&str]| HostConfig {
+            connectors: vec![ConnectorConfig {
+                env: env.iter().map(|v| v.to_string()).collect(),
+                ..connector("site")
+            }],
+            ..HostConfig::default()
+        };
+        assert!(validate(&with_env(&["TYPEFORM_SECRET"])).is_ok());
+        for bad in ["SETTLED_API_TOKEN", "", "A=B"] {
+            assert_eq!(
+                validate(&with_env(&[bad])).map_err(|e| e.to_string()),
+                Err(format!(
+                    "plugin host config: connector `site`: `env` cannot pass `{bad}` to a plugin"
+                ))
+            );
+        }
+    }
+
+    #[test]
     fn connector_config_reads_kebab_case_isolation_and_refuses_unknown_keys() {
         let c: ConnectorConfig = serde_json::from_value(serde_json::json!({
             "name": "a", "plugin": "p", "isolation": "in-process", "settings": {"k": 1}

@@ -9,11 +9,11 @@ use serde_json::json;
 
 use crate::harness::{target_dir, Daemon, Setup, TOKEN};
 
-/// A daemon with the `snoops` fixture as intake connector `snoop` in process isolation; `settings` gets the
-/// daemon's data folder and gives the `[connector.settings]` lines.
-fn daemon_with_snoops(settings: impl FnOnce(&Path) -> String) -> Daemon {
+/// A daemon with the `snoops` fixture as intake connector `snoop` in process isolation; `more` gets the
+/// daemon's data folder and gives the rest of the `[[connector]]` table (e.g. its `[connector.settings]`).
+fn daemon_with_snoops(more: impl FnOnce(&Path) -> String) -> Daemon {
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = settings(&dir.path().join("data"));
+    let more = more(&dir.path().join("data"));
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugin dir");
     let lib = target_dir().join("libsettled_fixture_snoops.so");
@@ -28,8 +28,7 @@ fn daemon_with_snoops(settings: impl FnOnce(&Path) -> String) -> Daemon {
         Setup {
             plugins: vec![],
             config: format!(
-                "[[connector]]\nname = \"snoop\"\nplugin = \"snoops\"\nisolation = \"process\"\n\
-                 [connector.settings]\n{settings}\n"
+                "[[connector]]\nname = \"snoop\"\nplugin = \"snoops\"\nisolation = \"process\"\n{more}\n"
             ),
         },
     )
@@ -52,7 +51,7 @@ fn a_process_isolated_plugin_cannot_read_files_connect_see_the_environment_or_st
     let d = daemon_with_snoops(|data| {
         let store = data.join("db/conf");
         format!(
-            "files = [\"/etc/passwd\", \"{}\"]\nconnect = \"{addr}\"\n",
+            "[connector.settings]\nfiles = [\"/etc/passwd\", \"{}\"]\nconnect = \"{addr}\"\n",
             store.display()
         )
     });
@@ -115,7 +114,7 @@ fn a_process_isolated_plugin_cannot_read_files_connect_see_the_environment_or_st
 
 #[test]
 fn a_plugin_flooding_its_log_gets_only_the_per_call_budget_forwarded_and_the_rest_counted() {
-    let d = daemon_with_snoops(|_| "flood = 3000\n".to_string());
+    let d = daemon_with_snoops(|_| "[connector.settings]\nflood = 3000\n".to_string());
     let (status, reason) = intake(&d);
     assert_eq!(status, 403, "{reason}\n{}", d.log_text());
     // 1000 lines a call are forwarded: the first 1000 flood lines. The other 2000 and the fixture's three
@@ -147,4 +146,16 @@ fn a_plugin_flooding_its_log_gets_only_the_per_call_budget_forwarded_and_the_res
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+#[test]
+fn a_connector_env_passes_the_variables_it_names_and_nothing_else() {
+    // The harness starts the daemon with PATH, HOME, RUST_LOG and SETTLED_API_TOKEN set.
+    let d = daemon_with_snoops(|_| "env = [\"HOME\"]\n".to_string());
+    let (status, reason) = intake(&d);
+    assert_eq!(status, 403, "{reason}\n{}", d.log_text());
+    assert!(
+        reason.contains("environment: 1 variables, SETTLED_API_TOKEN absent"),
+        "{reason}"
+    );
 }

@@ -1103,6 +1103,34 @@ mod tests {
     }
 
     #[test]
+    fn plugins_output_says_loudly_when_the_sandbox_is_incomplete() {
+        let plugin = |name: &str, sandbox: &str| {
+            json!({"plugin": name, "file": format!("/p/{name}.so"), "version": "1", "abi": "1.2", "loads": 1,
+                   "load_errors": [], "instances": [], "sandbox": sandbox})
+        };
+        let enforced = "enforced: empty environment, landlock, seccomp";
+        let all = plugins(
+            &json!({"items": [plugin("camt", enforced), plugin("ofx", enforced)]}),
+            None,
+        );
+        assert!(
+            all.ends_with(&format!("\nplugin sandbox: {enforced}\n")),
+            "{all}"
+        );
+        let partial = "INCOMPLETE: landlock: not supported by this kernel; enforced: seccomp";
+        let some = plugins(
+            &json!({"items": [plugin("camt", enforced), plugin("ofx", partial)]}),
+            None,
+        );
+        assert!(
+            some.contains("WARNING: the plugin sandbox is not complete on this system")
+                && some.contains(&format!("  camt: {enforced}\n"))
+                && some.contains(&format!("  ofx: {partial}\n")),
+            "{some}"
+        );
+    }
+
+    #[test]
     fn import_summary_is_a_readable_block() {
         let value = json!({
             "file": "march.xml", "plugin": "camt", "records_read": 120, "new": 100, "duplicates": 20,
