@@ -163,8 +163,12 @@ async fn order(engine: &Engine) -> anyhow::Result<(String, u32)> {
             "bench",
         )
         .await?;
-    engine.quote_action(&quote.id, "send", "bench").await?;
-    engine.quote_action(&quote.id, "accept", "bench").await?;
+    engine
+        .quote_action(&quote.id, "send", None, "bench")
+        .await?;
+    engine
+        .quote_action(&quote.id, "accept", None, "bench")
+        .await?;
     let order = engine
         .create_order(
             serde_json::from_value(json!({"quote_id": quote.id}))?,

@@ -263,11 +263,11 @@ async fn seed_account(engine: &Engine, a: usize) -> Vec<Issued> {
         .await
         .expect("quote");
     engine
-        .quote_action(&q.id, "send", "bench")
+        .quote_action(&q.id, "send", None, "bench")
         .await
         .expect("send");
     engine
-        .quote_action(&q.id, "accept", "bench")
+        .quote_action(&q.id, "accept", None, "bench")
         .await
         .expect("accept");
     let order = engine
