@@ -411,7 +411,7 @@ async fn start_plugins(config: &Config, data_dir: &Path) -> Option<Arc<PluginHos
 }
 
 /// First start with the default plugin folder: copy the plugins built next to the binary into it.
-fn install_bundled_plugins(dir: &Path) {
+pub(crate) fn install_bundled_plugins(dir: &Path) {
     if let Err(e) = std::fs::create_dir_all(dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot create the plugin folder");
         return;
@@ -440,7 +440,7 @@ fn install_bundled_plugins(dir: &Path) {
 }
 
 /// Without `[[connector]]` tables: one instance per plugin file, named after the plugin (`libsettled_plugin_bank_csv.so` -> `bank-csv`).
-fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
+pub(crate) fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
