@@ -477,7 +477,7 @@ pub(crate) fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
 }
 
 /// Bundled plugins that cannot work without settings of their own (a webhook signing secret, a receiver URL).
-const NEEDS_SETTINGS: &[&str] = &["stripe", "webhook"];
+const NEEDS_SETTINGS: &[&str] = &["hledger", "stripe", "webhook"];
 
 /// Settings that make a bundled plugin usable out of the box.
 fn default_settings(plugin: &str) -> serde_json::Value {

@@ -74,6 +74,7 @@ pub async fn run(demo_dir: Option<PathBuf>, keep_running: bool) -> anyhow::Resul
         Some(d) => d,
         None => tempfile_dir()?,
     };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let receiver = Receiver::start().await?;
     let books = Books::start(&dir).await;
     let plugin_dir = dir.join("plugins");
@@ -430,7 +431,11 @@ async fn sync_back(
                 "invoice.issued" => format!("{} total {} {}", s(data, "number"), s(data, "total"), s(data, "currency")),
                 "invoice.payment_status_changed" => format!(
                     "{} {} -> {}, paid {} balance {}",
-                    s(data, "number"), s(data, "from"), s(data, "to"), s(data, "amount_paid"), s(data, "balance")
+                    s(data, "number"),
+                    data["from"].as_str().unwrap_or("new"),
+                    s(data, "to"),
+                    s(data, "amount_paid"),
+                    s(data, "balance")
                 ),
                 _ => format!("{} {}", s(data, "amount"), s(data, "currency")),
             };

@@ -366,7 +366,7 @@ fn kill_9_between_hledger_webs_201_and_the_cursor_commit_is_recognised_on_restar
         .filter(|f| f.method == "PUT")
         .collect();
     assert_eq!(writes.len(), 1, "the restart read before it wrote: {writes:#?}");
-    assert_eq!(writes[0].path, "/add");
+    assert_eq!((writes[0].path.as_str(), writes[0].peer_status), ("/add", 201));
     let bal = web.balances();
     assert_eq!(receivable_of(&bal, "Crash Books"), "EUR 60.50", "{bal:?}");
     // The next event goes through as usual.
