@@ -44,7 +44,14 @@ fn arg(name: &str, default: usize) -> usize {
 /// What the receiver saw: arrival time per webhook-id, the event's `at`, and bad signatures.
 #[derive(Default)]
 struct Seen {
-    arrived: HashMap<String, (Instant, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
+    arrived: HashMap<
+        String,
+        (
+            Instant,
+            chrono::DateTime<chrono::Utc>,
+            chrono::DateTime<chrono::Utc>,
+        ),
+    >,
     bad_signatures: u64,
     duplicates: u64,
 }
@@ -110,8 +117,16 @@ impl Drop for Settled {
 }
 
 impl Settled {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let mut req = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(TOKEN);
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(TOKEN);
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -133,12 +148,17 @@ impl Settled {
 fn start_daemon(dir: &Path, receiver: &str) -> anyhow::Result<Settled> {
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins)?;
-    for lib in ["libsettled_plugin_webhook.so", "libsettled_plugin_bank_csv.so"] {
+    for lib in [
+        "libsettled_plugin_webhook.so",
+        "libsettled_plugin_bank_csv.so",
+    ] {
         let built = common::built_artifact(lib, "cargo build --release --workspace")?;
         std::fs::copy(&built, plugins.join(lib))?;
     }
     let bin = common::built_artifact("settled", "cargo build --release --workspace")?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let config = dir.join("settled.toml");
     std::fs::write(
         &config,
@@ -165,7 +185,9 @@ fn start_daemon(dir: &Path, receiver: &str) -> anyhow::Result<Settled> {
     Ok(Settled {
         child,
         url: format!("http://127.0.0.1:{port}"),
-        http: reqwest::Client::builder().timeout(Duration::from_secs(3600)).build()?,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(3600))
+            .build()?,
     })
 }
 
@@ -187,9 +209,16 @@ async fn bench() -> anyhow::Result<()> {
 
     let d = start_daemon(dir.path(), &receiver)?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while d.call(reqwest::Method::GET, "/healthz", None).await.is_err() {
+    while d
+        .call(reqwest::Method::GET, "/healthz", None)
+        .await
+        .is_err()
+    {
         if Instant::now() > deadline {
-            bail!("settled did not start; see {}", dir.path().join("daemon.log").display());
+            bail!(
+                "settled did not start; see {}",
+                dir.path().join("daemon.log").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -226,8 +255,16 @@ async fn bench() -> anyhow::Result<()> {
     );
 
     // 2. A paused sink's backlog, drained.
-    println!("\n### Backlog of {} events drained\n", common::fmt_int(events as u64));
-    d.call(reqwest::Method::POST, "/v1/outbox/hook/pause", Some(json!({}))).await?;
+    println!(
+        "\n### Backlog of {} events drained\n",
+        common::fmt_int(events as u64)
+    );
+    d.call(
+        reqwest::Method::POST,
+        "/v1/outbox/hook/pause",
+        Some(json!({})),
+    )
+    .await?;
     let mut csv = String::from("Date,Amount,Currency,Counterparty,Description,Transaction Id\n");
     for i in 0..events {
         csv.push_str(&format!(
@@ -252,12 +289,21 @@ async fn bench() -> anyhow::Result<()> {
         common::loadavg()
     );
     let started = Instant::now();
-    d.call(reqwest::Method::POST, "/v1/outbox/hook/resume", Some(json!({}))).await?;
+    d.call(
+        reqwest::Method::POST,
+        "/v1/outbox/hook/resume",
+        Some(json!({})),
+    )
+    .await?;
     let mut rss = Vec::new();
     let limit = Instant::now() + Duration::from_secs(3600);
     loop {
         let got = rx.seen.lock().expect("seen").arrived.len() - before;
-        rss.push((started.elapsed(), got, common::proc_status_kib(pid, "VmRSS").unwrap_or(0)));
+        rss.push((
+            started.elapsed(),
+            got,
+            common::proc_status_kib(pid, "VmRSS").unwrap_or(0),
+        ));
         if got >= events || Instant::now() > limit {
             break;
         }
@@ -267,7 +313,14 @@ async fn bench() -> anyhow::Result<()> {
     let got = rx.seen.lock().expect("seen").arrived.len() - before;
     let seen = rx.seen.lock().expect("seen");
     common::table(
-        &["events", "drain time", "events/s", "bad signatures", "duplicates", "load average at end"],
+        &[
+            "events",
+            "drain time",
+            "events/s",
+            "bad signatures",
+            "duplicates",
+            "load average at end",
+        ],
         &[vec![
             common::fmt_int(got as u64),
             format!("{:.1} s", elapsed.as_secs_f64()),
@@ -308,7 +361,10 @@ impl Settled {
     async fn call_raw_import(&self, csv: String) -> anyhow::Result<Value> {
         let resp = self
             .http
-            .post(format!("{}/v1/imports?name=backlog.csv&plugin=bank-csv", self.url))
+            .post(format!(
+                "{}/v1/imports?name=backlog.csv&plugin=bank-csv",
+                self.url
+            ))
             .bearer_auth(TOKEN)
             .body(csv)
             .send()

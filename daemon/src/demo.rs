@@ -420,15 +420,19 @@ async fn sync_back(
     if !plugins.iter().any(|p| p == "erp-webhook") {
         println!("    the webhook plugin is not loaded (build the workspace so libsettled_plugin_webhook.so sits next to the binary)");
     } else {
-        let paid = |a: &sinks::Arrived| a.body["data"]["number"] == number && a.body["data"]["to"] == "paid";
-        let got = peers
-            .receiver
-            .wait_for(Duration::from_secs(15), paid)
-            .await;
+        let paid = |a: &sinks::Arrived| {
+            a.body["data"]["number"] == number && a.body["data"]["to"] == "paid"
+        };
+        let got = peers.receiver.wait_for(Duration::from_secs(15), paid).await;
         for a in &got {
             let data = &a.body["data"];
             let what = match a.body["type"].as_str().unwrap_or_default() {
-                "invoice.issued" => format!("{} total {} {}", s(data, "number"), s(data, "total"), s(data, "currency")),
+                "invoice.issued" => format!(
+                    "{} total {} {}",
+                    s(data, "number"),
+                    s(data, "total"),
+                    s(data, "currency")
+                ),
                 "invoice.payment_status_changed" => format!(
                     "{} {} -> {}, paid {} balance {}",
                     s(data, "number"),
@@ -444,7 +448,11 @@ async fn sync_back(
                 peers.receiver.url,
                 a.id,
                 s(&a.body, "type"),
-                if a.signature_valid { "valid" } else { "INVALID" }
+                if a.signature_valid {
+                    "valid"
+                } else {
+                    "INVALID"
+                }
             );
         }
         if !got.iter().any(paid) {
@@ -461,7 +469,9 @@ async fn sync_back(
             for _ in 0..60 {
                 let all = c.get("/v1/outbox").await?;
                 delivered = all["items"].as_array().into_iter().flatten().any(|s| {
-                    s["name"] == "books" && s["pending"] == 0 && s["delivered_total"].as_u64() >= Some(2)
+                    s["name"] == "books"
+                        && s["pending"] == 0
+                        && s["delivered_total"].as_u64() >= Some(2)
                 });
                 if delivered {
                     break;

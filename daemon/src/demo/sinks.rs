@@ -187,7 +187,13 @@ impl Books {
         let child = Command::new("hledger-web")
             .arg("-f")
             .arg(&journal)
-            .args(["--serve-api", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--serve-api",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
             .arg("--capabilities=view,add")
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -220,9 +226,18 @@ impl Books {
 
     /// `hledger ARGS` on the journal (the CLI), or the journal's text when the CLI is not installed.
     pub fn show(&self, args: &[&str]) -> String {
-        match Command::new("hledger").arg("-f").arg(&self.journal).args(args).output() {
+        match Command::new("hledger")
+            .arg("-f")
+            .arg(&self.journal)
+            .args(args)
+            .output()
+        {
             Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).to_string(),
-            Ok(out) => format!("hledger {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)),
+            Ok(out) => format!(
+                "hledger {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ),
             Err(_) => std::fs::read_to_string(&self.journal).unwrap_or_default(),
         }
     }

@@ -204,7 +204,11 @@ impl Sink {
                 events: std::collections::VecDeque::new(),
             };
         }
-        while backlog.events.front().is_some_and(|(id, _)| *id <= rows.cursor) {
+        while backlog
+            .events
+            .front()
+            .is_some_and(|(id, _)| *id <= rows.cursor)
+        {
             backlog.events.pop_front();
         }
         if backlog.seen_to < rows.cursor {
@@ -424,8 +428,7 @@ impl Dispatcher {
                         .saturating_add(1)
                 });
                 let at = Utc::now();
-                let attempted =
-                    deliver::attempt(
+                let attempted = deliver::attempt(
                     &host,
                     &http,
                     &name,

@@ -148,8 +148,7 @@ fn vat_line(net: &str) -> Value {
 /// Wait until the sink has delivered `total` events since start and nothing is pending.
 fn delivered(d: &Daemon, total: u64) -> Value {
     d.eventually(&format!("{total} events delivered to books"), || {
-        Some(books(d))
-            .filter(|s| s["pending"] == 0 && s["delivered_total"].as_u64() >= Some(total))
+        Some(books(d)).filter(|s| s["pending"] == 0 && s["delivered_total"].as_u64() >= Some(total))
     })
 }
 
@@ -301,20 +300,31 @@ fn an_overpayment_goes_to_customer_credit_and_its_reversal_restores_the_receivab
 }
 
 #[test]
-fn an_answer_the_hledger_sink_cannot_read_is_retried_then_a_dead_letter_naming_the_sink_and_nothing_is_posted() {
+fn an_answer_the_hledger_sink_cannot_read_is_retried_then_a_dead_letter_naming_the_sink_and_nothing_is_posted(
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut web = HledgerWeb::prepare(dir.path());
     web.start();
     let proxy = Proxy::start(&web.url());
     // A front end that answers an error page with 200, as a misconfigured reverse proxy does.
-    proxy.garble_reads(3, b"<html><body>Service temporarily unavailable</body></html>");
+    proxy.garble_reads(
+        3,
+        b"<html><body>Service temporarily unavailable</body></html>",
+    );
     let d = daemon_at(&proxy.url(), "");
     let inv = issue_invoice(&d, "Garbled Books", vat_line("10.00"));
     let s = d.eventually("a dead letter after three unreadable answers", || {
         Some(books(&d)).filter(|s| s["dead_letters"].as_array().is_some_and(|l| l.len() == 1))
     });
-    let attempts = s["dead_letters"][0]["attempts"].as_array().cloned().unwrap_or_default();
-    assert_eq!(attempts.len(), 3, "the schedule [200, 400] allows three attempts: {s}");
+    let attempts = s["dead_letters"][0]["attempts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        attempts.len(),
+        3,
+        "the schedule [200, 400] allows three attempts: {s}"
+    );
     for a in &attempts {
         let error = a["error"].as_str().unwrap_or_default();
         assert!(
@@ -339,11 +349,16 @@ fn an_answer_the_hledger_sink_cannot_read_is_retried_then_a_dead_letter_naming_t
     delivered(&d, 1);
     assert_eq!(web.event_tags(), [event.to_string()]);
     let bal = web.balances();
-    assert_eq!(receivable_of(&bal, "Garbled Books"), "EUR 12.10", "{bal:?} {inv}");
+    assert_eq!(
+        receivable_of(&bal, "Garbled Books"),
+        "EUR 12.10",
+        "{bal:?} {inv}"
+    );
 }
 
 #[test]
-fn kill_9_between_hledger_webs_201_and_the_cursor_commit_is_recognised_on_restart_and_posted_once() {
+fn kill_9_between_hledger_webs_201_and_the_cursor_commit_is_recognised_on_restart_and_posted_once()
+{
     let dir = tempfile::tempdir().expect("tempdir");
     let mut web = HledgerWeb::prepare(dir.path());
     web.start();
@@ -356,7 +371,11 @@ fn kill_9_between_hledger_webs_201_and_the_cursor_commit_is_recognised_on_restar
     d.kill9();
     proxy.release();
     let tags = web.event_tags();
-    assert_eq!(tags.len(), 1, "hledger-web wrote it before the kill: {tags:?}");
+    assert_eq!(
+        tags.len(),
+        1,
+        "hledger-web wrote it before the kill: {tags:?}"
+    );
     d.spawn();
     delivered(&d, 1);
     assert_eq!(web.event_tags(), tags, "the redelivery did not post again");
@@ -365,8 +384,15 @@ fn kill_9_between_hledger_webs_201_and_the_cursor_commit_is_recognised_on_restar
         .into_iter()
         .filter(|f| f.method == "PUT")
         .collect();
-    assert_eq!(writes.len(), 1, "the restart read before it wrote: {writes:#?}");
-    assert_eq!((writes[0].path.as_str(), writes[0].peer_status), ("/add", 201));
+    assert_eq!(
+        writes.len(),
+        1,
+        "the restart read before it wrote: {writes:#?}"
+    );
+    assert_eq!(
+        (writes[0].path.as_str(), writes[0].peer_status),
+        ("/add", 201)
+    );
     let bal = web.balances();
     assert_eq!(receivable_of(&bal, "Crash Books"), "EUR 60.50", "{bal:?}");
     // The next event goes through as usual.

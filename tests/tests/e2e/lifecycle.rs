@@ -240,7 +240,9 @@ fn the_demo_walks_a_lead_to_a_paid_invoice_delivered_to_a_signed_webhook_and_the
     assert!(r.status.success(), "{r}");
     assert!(r.stdout.contains("status paid"), "{r}");
     let paid_webhook = r.stdout.lines().find(|l| {
-        l.contains("webhook-id evt_") && l.contains("invoice.payment_status_changed") && l.contains("-> paid")
+        l.contains("webhook-id evt_")
+            && l.contains("invoice.payment_status_changed")
+            && l.contains("-> paid")
     });
     assert!(
         paid_webhook.is_some_and(|l| l.contains("balance 0.00") && l.contains("signature valid")),
@@ -254,7 +256,11 @@ fn the_demo_walks_a_lead_to_a_paid_invoice_delivered_to_a_signed_webhook_and_the
         .is_ok_and(|o| o.status.success());
     if has_hledger_web {
         assert!(r.stdout.contains("settled-event:"), "{r}");
-        assert!(r.stdout.contains("assets:receivable:Analytical Engines Ltd"), "{r}");
+        assert!(
+            r.stdout
+                .contains("assets:receivable:Analytical Engines Ltd"),
+            "{r}"
+        );
     } else {
         assert!(r.stdout.contains("apt-get install hledger-web"), "{r}");
     }

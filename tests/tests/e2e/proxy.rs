@@ -54,7 +54,8 @@ impl Proxy {
             while !sp.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let (st, http, upstream) = (Arc::clone(&st), http.clone(), upstream.clone());
+                        let (st, http, upstream) =
+                            (Arc::clone(&st), http.clone(), upstream.clone());
                         std::thread::spawn(move || forward(stream, &st, &http, &upstream));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -132,7 +133,10 @@ fn forward(
         reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
         format!("{upstream}{path}"),
     );
-    for (name, value) in headers.iter().filter(|(n, _)| n == "content-type" || n == "accept") {
+    for (name, value) in headers
+        .iter()
+        .filter(|(n, _)| n == "content-type" || n == "accept")
+    {
         req = req.header(name.as_str(), value.as_str());
     }
     let (peer_status, mut answer) = match req.body(body).send() {
