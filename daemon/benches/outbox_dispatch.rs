@@ -280,7 +280,19 @@ async fn bench() -> anyhow::Result<()> {
         .context("importing the backlog")?;
     eprintln!("imported in {:.1} s: {summary}", t.elapsed().as_secs_f64());
     let before = rx.seen.lock().expect("seen").arrived.len();
-    let hook = d.hook().await?;
+    // `/v1/outbox` with the whole backlog pending: the first call reads it once, later ones only what is new.
+    let mut looks = Vec::new();
+    let mut hook = Value::Null;
+    for _ in 0..3 {
+        let t = Instant::now();
+        hook = d.hook().await?;
+        looks.push(common::fmt_dur(t.elapsed()));
+    }
+    println!(
+        "`GET /v1/outbox` with {} pending: {} (first call, then two more)\n",
+        hook["pending"],
+        looks.join(", ")
+    );
     let pid = d.child.id();
     println!(
         "pending before resume: {}; daemon RSS before resume: {}; load average at resume: {}\n",

@@ -435,6 +435,22 @@ mod tests {
     }
 
     #[test]
+    fn the_outbox_answer_limit_defaults_to_64_mib_and_0_is_refused_by_name() {
+        assert_eq!(parse("").unwrap().outbox.max_response_mib, 64);
+        assert_eq!(
+            parse("[outbox]\nmax_response_mib = 256\n")
+                .unwrap()
+                .outbox
+                .max_response_mib,
+            256
+        );
+        let err = parse("[outbox]\nmax_response_mib = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outbox.max_response_mib"), "{err}");
+    }
+
+    #[test]
     fn duplicate_connector_names_are_rejected() {
         let err = parse(
             "[[connector]]\nname = \"bank\"\nplugin = \"camt\"\n[[connector]]\nname = \"bank\"\nplugin = \"mt940\"\n",
