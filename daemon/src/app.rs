@@ -412,7 +412,7 @@ async fn start_plugins(config: &Config, data_dir: &Path) -> Option<Arc<PluginHos
 }
 
 /// First start with the default plugin folder: copy the plugins built next to the binary into it.
-fn install_bundled_plugins(dir: &Path) {
+pub(crate) fn install_bundled_plugins(dir: &Path) {
     if let Err(e) = std::fs::create_dir_all(dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot create the plugin folder");
         return;
@@ -441,7 +441,7 @@ fn install_bundled_plugins(dir: &Path) {
 }
 
 /// Without `[[connector]]` tables: one instance per plugin file, named after the plugin (`libsettled_plugin_bank_csv.so` -> `bank-csv`).
-fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
+pub(crate) fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
@@ -479,7 +479,7 @@ fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
 }
 
 /// Bundled plugins that cannot work without settings of their own (a webhook signing secret, a receiver URL).
-const NEEDS_SETTINGS: &[&str] = &["stripe", "webhook"];
+const NEEDS_SETTINGS: &[&str] = &["hledger", "stripe", "webhook"];
 
 /// Settings that make a bundled plugin usable out of the box.
 fn default_settings(plugin: &str) -> serde_json::Value {

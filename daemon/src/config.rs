@@ -236,6 +236,11 @@ pub struct Outbox {
     pub retry_schedule_ms: Vec<u64>,
     /// Timeout of one outbound HTTP request of a sink, connect to last byte, in milliseconds (default 10000).
     pub request_timeout_ms: u64,
+    /// The largest answer body a sink's peer may send, in MiB (default 64). A larger answer is refused with an error
+    /// naming the URL and this setting, and the delivery is retried; nothing is cut off and handed to the plugin. The
+    /// `hledger` sink reads the whole journal before each write (about 1.3 KiB per transaction), so raise this for
+    /// journals of more than about 40,000 transactions.
+    pub max_response_mib: u64,
 }
 
 impl Default for Outbox {
@@ -245,6 +250,7 @@ impl Default for Outbox {
                 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,
             ],
             request_timeout_ms: 10_000,
+            max_response_mib: 64,
         }
     }
 }
@@ -334,6 +340,12 @@ impl Config {
             return Err(invalid(
                 "outbox.request_timeout_ms",
                 "must be more than 0".into(),
+            ));
+        }
+        if !(1..=4096).contains(&self.outbox.max_response_mib) {
+            return Err(invalid(
+                "outbox.max_response_mib",
+                "must be 1 to 4096".into(),
             ));
         }
         let mut names = std::collections::HashSet::new();
@@ -426,6 +438,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("numbering.invoice"), "{err}");
+    }
+
+    #[test]
+    fn the_outbox_answer_limit_defaults_to_64_mib_and_0_is_refused_by_name() {
+        assert_eq!(parse("").unwrap().outbox.max_response_mib, 64);
+        assert_eq!(
+            parse("[outbox]\nmax_response_mib = 256\n")
+                .unwrap()
+                .outbox
+                .max_response_mib,
+            256
+        );
+        let err = parse("[outbox]\nmax_response_mib = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outbox.max_response_mib"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! `settled demo`: a real daemon on a throwaway data directory with the bundled plugins, driven over real HTTP and a
-//! real file inbox, from a web-form lead to an invoice that a bank statement marks paid. Each step is printed.
+//! real file inbox, from a web-form lead to an invoice that a bank statement marks paid, synced back to a signed
+//! webhook (and an hledger journal when hledger-web is installed). Each step is printed.
+
+mod sinks;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,6 +12,8 @@ use serde_json::{json, Value};
 
 use crate::app::Daemon;
 use crate::config::Config;
+use crate::plugin_host::ConnectorConfig;
+use sinks::{Books, Receiver};
 
 struct Client {
     http: reqwest::Client,
@@ -69,9 +74,36 @@ pub async fn run(demo_dir: Option<PathBuf>, keep_running: bool) -> anyhow::Resul
         Some(d) => d,
         None => tempfile_dir()?,
     };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let receiver = Receiver::start().await?;
+    let books = Books::start(&dir).await;
+    let plugin_dir = dir.join("plugins");
+    if !plugin_dir.exists() {
+        crate::app::install_bundled_plugins(&plugin_dir);
+    }
+    let mut connectors = crate::app::default_connectors(&plugin_dir);
+    connectors.push(sink_connector(
+        "erp-webhook",
+        "webhook",
+        &[
+            "invoice.issued",
+            "invoice.payment_status_changed",
+            "payment.recorded",
+        ],
+        json!({"url": receiver.url, "secret": receiver.secret}),
+    ));
+    if let Ok(books) = &books {
+        connectors.push(sink_connector(
+            "books",
+            "hledger",
+            &["invoice.issued", "payment.recorded", "payment.reversed"],
+            json!({"url": books.url}),
+        ));
+    }
     let config = Config {
         data_dir: Some(dir.clone()),
         listen: "127.0.0.1:0".parse().context("demo listen address")?,
+        connectors,
         ..Config::default()
     };
     crate::app::init_logging_with(config.log_format, "warn");
@@ -82,7 +114,13 @@ pub async fn run(demo_dir: Option<PathBuf>, keep_running: bool) -> anyhow::Resul
         .state
         .host
         .as_ref()
-        .map(|h| h.instances().into_iter().map(|i| i.name).collect())
+        .map(|h| {
+            h.instances()
+                .into_iter()
+                .filter(|i| i.running)
+                .map(|i| i.name)
+                .collect()
+        })
         .unwrap_or_default();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(daemon.serve(async move {
@@ -105,7 +143,11 @@ pub async fn run(demo_dir: Option<PathBuf>, keep_running: bool) -> anyhow::Resul
         base: format!("http://{addr}"),
         token: token.clone(),
     };
-    let result = walk(&client, &dir, &plugins).await;
+    let peers = Peers {
+        receiver: &receiver,
+        books: books.as_ref().map_err(String::as_str),
+    };
+    let result = walk(&client, &dir, &plugins, &peers).await;
     if keep_running && result.is_ok() {
         println!("\nThe demo daemon keeps running. Try:");
         println!("  SETTLED_URL=http://{addr} SETTLED_API_TOKEN={token} settled invoices");
@@ -130,7 +172,34 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-async fn walk(c: &Client, dir: &std::path::Path, plugins: &[String]) -> anyhow::Result<()> {
+/// A sink instance of the demo, delivering these event types.
+fn sink_connector(name: &str, plugin: &str, events: &[&str], settings: Value) -> ConnectorConfig {
+    ConnectorConfig {
+        name: name.into(),
+        plugin: plugin.into(),
+        isolation: Default::default(),
+        settings,
+        timeout_ms: None,
+        inbox: None,
+        allow_partial: false,
+        events: Some(events.iter().map(|e| e.to_string()).collect()),
+        mailbox: None,
+    }
+}
+
+/// The demo's sync-back peers.
+struct Peers<'a> {
+    receiver: &'a Receiver,
+    /// hledger-web, or why it is not running.
+    books: Result<&'a Books, &'a str>,
+}
+
+async fn walk(
+    c: &Client,
+    dir: &std::path::Path,
+    plugins: &[String],
+    peers: &Peers<'_>,
+) -> anyhow::Result<()> {
     let today = chrono::Utc::now().date_naive();
 
     let lead = if plugins.iter().any(|p| p == "webform") {
@@ -332,9 +401,103 @@ async fn walk(c: &Client, dir: &std::path::Path, plugins: &[String]) -> anyhow::
             s(e, "entity_id")
         );
     }
+    sync_back(c, plugins, peers, &s(&inv, "number")).await?;
     println!(
-        "\ndemo finished: the lead became a paid invoice with nobody matching anything by hand."
+        "\ndemo finished: the lead became a paid invoice with nobody matching anything by hand, and the systems \
+         around it heard so by themselves."
     );
+    Ok(())
+}
+
+/// Steps 8 and 9: what the outbox delivered to the webhook receiver and to hledger-web.
+async fn sync_back(
+    c: &Client,
+    plugins: &[String],
+    peers: &Peers<'_>,
+    number: &str,
+) -> anyhow::Result<()> {
+    step(8, "Sync-back: the outbox delivers the invoice's events to a signed webhook (a receiver on loopback checks each Standard Webhooks signature)");
+    if !plugins.iter().any(|p| p == "erp-webhook") {
+        println!("    the webhook plugin is not loaded (build the workspace so libsettled_plugin_webhook.so sits next to the binary)");
+    } else {
+        let paid = |a: &sinks::Arrived| {
+            a.body["data"]["number"] == number && a.body["data"]["to"] == "paid"
+        };
+        let got = peers.receiver.wait_for(Duration::from_secs(15), paid).await;
+        for a in &got {
+            let data = &a.body["data"];
+            let what = match a.body["type"].as_str().unwrap_or_default() {
+                "invoice.issued" => format!(
+                    "{} total {} {}",
+                    s(data, "number"),
+                    s(data, "total"),
+                    s(data, "currency")
+                ),
+                "invoice.payment_status_changed" => format!(
+                    "{} {} -> {}, paid {} balance {}",
+                    s(data, "number"),
+                    data["from"].as_str().unwrap_or("new"),
+                    s(data, "to"),
+                    s(data, "amount_paid"),
+                    s(data, "balance")
+                ),
+                _ => format!("{} {}", s(data, "amount"), s(data, "currency")),
+            };
+            println!(
+                "    POST {}  webhook-id {}  {:<31} {what}  signature {}",
+                peers.receiver.url,
+                a.id,
+                s(&a.body, "type"),
+                if a.signature_valid {
+                    "valid"
+                } else {
+                    "INVALID"
+                }
+            );
+        }
+        if !got.iter().any(paid) {
+            bail!("the webhook receiver did not get invoice {number} turning paid within 15 s; see `settled outbox`");
+        }
+        if got.iter().any(|a| !a.signature_valid) {
+            bail!("a webhook arrived with a signature that does not verify");
+        }
+    }
+    match peers.books {
+        Ok(books) if plugins.iter().any(|p| p == "books") => {
+            step(9, "...and posts them to an hledger journal through hledger-web (receivable against revenue and VAT, then bank against receivable)");
+            let mut delivered = false;
+            for _ in 0..60 {
+                let all = c.get("/v1/outbox").await?;
+                delivered = all["items"].as_array().into_iter().flatten().any(|s| {
+                    s["name"] == "books"
+                        && s["pending"] == 0
+                        && s["delivered_total"].as_u64() >= Some(2)
+                });
+                if delivered {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            if !delivered {
+                bail!("hledger-web did not get the invoice and its payment within 15 s; see `settled outbox`");
+            }
+            println!("    {} (hledger print):", books.journal.display());
+            for line in books.show(&["print"]).lines() {
+                println!("      {line}");
+            }
+            println!("    hledger bal assets:receivable -E:");
+            for line in books.show(&["bal", "assets:receivable", "-E"]).lines() {
+                println!("      {line}");
+            }
+        }
+        Ok(_) => {
+            step(9, "hledger journal: the hledger plugin is not loaded (build the workspace so libsettled_plugin_hledger.so sits next to the binary)");
+        }
+        Err(why) => {
+            step(9, "hledger journal: skipped");
+            println!("    {why}; `apt-get install hledger-web hledger` and run the demo again to see the invoice and payment posted to a journal");
+        }
+    }
     Ok(())
 }
 

@@ -11,8 +11,6 @@ use crate::plugin_host::{CallError, PluginHost};
 const MAX_STEPS: usize = 16;
 /// The longest pause a plugin may ask for between two steps.
 const MAX_WAIT: Duration = Duration::from_secs(1);
-/// Bytes of a response body handed to the plugin; the rest is dropped.
-const MAX_RESPONSE_BODY: usize = 1024 * 1024;
 
 /// How an attempt ended.
 #[derive(Debug)]
@@ -37,13 +35,14 @@ pub struct Attempted {
     pub status: Option<u16>,
 }
 
-/// Run the conversation for one event on `instance`.
+/// Run the conversation for one event on `instance`; answers above `max_body` bytes are refused.
 pub async fn attempt(
     host: &PluginHost,
     http: &reqwest::Client,
     instance: &str,
     event: serde_json::Value,
     attempt: u32,
+    max_body: usize,
 ) -> Attempted {
     let mut state = serde_json::Value::Null;
     let mut response = None;
@@ -69,6 +68,21 @@ pub async fn attempt(
                     },
                     status,
                 }
+            }
+            Err(CallError::Plugin(e)) => {
+                // The plugin could not use what it was given (most often the peer's answer): say which sink.
+                let what = if status.is_some() {
+                    "the peer's answer"
+                } else {
+                    "the event"
+                };
+                return Attempted {
+                    outcome: Outcome::Retry {
+                        error: format!("sink `{instance}` could not read {what}: {e}"),
+                        after: None,
+                    },
+                    status,
+                };
             }
             Err(e) => {
                 return Attempted {
@@ -98,7 +112,7 @@ pub async fn attempt(
             SinkStep::Request {
                 request,
                 state: next,
-            } => match perform(http, &request).await {
+            } => match perform(http, &request, max_body).await {
                 Ok(answer) => {
                     status = Some(answer.status);
                     response = Some(answer);
@@ -120,10 +134,11 @@ pub async fn attempt(
     }
 }
 
-/// Perform one request for a plugin; the error says why no response came.
+/// Perform one request for a plugin; the error says why no response came, or why it was not handed over.
 async fn perform(
     http: &reqwest::Client,
     spec: &HttpRequestSpec,
+    max_body: usize,
 ) -> Result<HttpResponseSpec, String> {
     let url = reqwest::Url::parse(&spec.url)
         .map_err(|e| format!("plugin asked for a bad url `{}`: {e}", spec.url))?;
@@ -152,10 +167,25 @@ async fn perform(
             )
         })
         .collect();
+    let too_large = || {
+        format!(
+            "the answer from {url} (status {status}) is larger than {} MiB, the `[outbox] max_response_mib` setting; \
+             it was not handed to the plugin",
+            max_body / (1024 * 1024)
+        )
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > max_body))
+    {
+        return Err(too_large());
+    }
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e, &url))? {
-        let room = MAX_RESPONSE_BODY.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() + chunk.len() > max_body {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
     }
     Ok(HttpResponseSpec {
         status,

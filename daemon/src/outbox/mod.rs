@@ -119,6 +119,8 @@ pub struct Dispatcher {
     host: Arc<PluginHost>,
     http: reqwest::Client,
     schedule_ms: Vec<u64>,
+    /// `[outbox] max_response_mib` in bytes.
+    max_body: usize,
     sinks: BTreeMap<String, Arc<Sink>>,
 }
 
@@ -134,6 +136,20 @@ struct Sink {
     delivered: AtomicU64,
     failed_attempts: AtomicU64,
     live: Mutex<Live>,
+    /// What `status` counted last time, so that it reads only the events that came since.
+    backlog: Mutex<Backlog>,
+}
+
+/// The sink's events above its cursor (id, time), kept up to date by [`Sink::backlog`]: `settled outbox`, `/v1/outbox`
+/// and `/metrics` read only the events that came since the last look and drop what the cursor passed, instead of
+/// going over the whole backlog each time.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// The replay epoch it was built in (a replay moves the cursor back: start over).
+    epoch: u64,
+    /// Events up to this id have been looked at.
+    seen_to: u64,
+    events: std::collections::VecDeque<(u64, DateTime<Utc>)>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -166,6 +182,70 @@ impl Sink {
         self.live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Events not delivered yet (retrying ones included) and the time of the oldest, reading only the events that
+    /// came since the last call.
+    fn backlog(
+        &self,
+        store: &crate::store::Store,
+        rows: &SinkRows,
+        horizon: u64,
+    ) -> Result<(usize, Option<DateTime<Utc>>), EngineError> {
+        let mut backlog = self
+            .backlog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if backlog.epoch != epoch {
+            *backlog = Backlog {
+                epoch,
+                seen_to: rows.cursor,
+                events: std::collections::VecDeque::new(),
+            };
+        }
+        while backlog
+            .events
+            .front()
+            .is_some_and(|(id, _)| *id <= rows.cursor)
+        {
+            backlog.events.pop_front();
+        }
+        if backlog.seen_to < rows.cursor {
+            backlog.seen_to = rows.cursor;
+        }
+        if backlog.seen_to < horizon {
+            for event in store.events_from(backlog.seen_to)? {
+                let event = event?;
+                if event.id > horizon {
+                    break;
+                }
+                backlog.seen_to = event.id;
+                if event.outbox && self.wants(&event.kind) {
+                    backlog.events.push_back((event.id, event.at));
+                }
+            }
+        }
+        let seen_to = backlog.seen_to;
+        let settled_above = rows
+            .done
+            .range(rows.cursor + 1..)
+            .take_while(|id| **id <= seen_to)
+            .count()
+            + rows
+                .dead
+                .range(rows.cursor + 1..)
+                .take_while(|(id, _)| **id <= seen_to)
+                .count();
+        // Dead letters sent again by `retry` may sit below the cursor.
+        let retried_below = rows.retry.range(..=rows.cursor).count();
+        let pending = backlog.events.len().saturating_sub(settled_above) + retried_below;
+        let oldest = backlog
+            .events
+            .iter()
+            .find(|(id, _)| !rows.settled(*id))
+            .map(|(_, at)| *at);
+        Ok((pending, oldest))
     }
 }
 
@@ -205,6 +285,7 @@ impl Dispatcher {
                     delivered: AtomicU64::new(0),
                     failed_attempts: AtomicU64::new(0),
                     live: Mutex::new(Live::default()),
+                    backlog: Mutex::new(Backlog::default()),
                 };
                 (c.name.clone(), Arc::new(sink))
             })
@@ -220,6 +301,8 @@ impl Dispatcher {
             host,
             http,
             schedule_ms: config.outbox.retry_schedule_ms.clone(),
+            max_body: usize::try_from(config.outbox.max_response_mib.saturating_mul(1024 * 1024))
+                .unwrap_or(usize::MAX),
             sinks,
         })
     }
@@ -311,7 +394,8 @@ impl Dispatcher {
                 retry: Some(retry.clone()),
             });
         }
-        for event in store.events_after(rows.cursor, SCAN_LIMIT)? {
+        for event in store.events_from(rows.cursor)?.take(SCAN_LIMIT) {
+            let event = event?;
             if event.id > horizon || work.len() >= WINDOW {
                 break;
             }
@@ -336,6 +420,7 @@ impl Dispatcher {
             let host = Arc::clone(&self.host);
             let http = self.http.clone();
             let name = sink.name.clone();
+            let max_body = self.max_body;
             running.spawn(async move {
                 let attempt_no = item.retry.as_ref().map_or(1, |r| {
                     u32::try_from(r.attempts.len())
@@ -343,9 +428,15 @@ impl Dispatcher {
                         .saturating_add(1)
                 });
                 let at = Utc::now();
-                let attempted =
-                    deliver::attempt(&host, &http, &name, event_json(&item.event), attempt_no)
-                        .await;
+                let attempted = deliver::attempt(
+                    &host,
+                    &http,
+                    &name,
+                    event_json(&item.event),
+                    attempt_no,
+                    max_body,
+                )
+                .await;
                 (item, at, attempted)
             });
         }
@@ -471,7 +562,8 @@ impl Dispatcher {
             }
         }
         let mut cursor = rows.cursor;
-        for event in store.events_after(rows.cursor, SCAN_LIMIT)? {
+        for event in store.events_from(rows.cursor)?.take(SCAN_LIMIT) {
+            let event = event?;
             if event.id > horizon {
                 break;
             }
@@ -601,25 +693,7 @@ impl Dispatcher {
         let mut out = Vec::new();
         for sink in self.sinks.values() {
             let rows = SinkRows::load(store, &sink.name).map_err(EngineError::from)?;
-            let mut pending = 0;
-            let mut oldest: Option<DateTime<Utc>> = None;
-            for retry in rows.retry.values() {
-                if retry.event_id <= rows.cursor {
-                    pending += 1;
-                }
-            }
-            for event in store
-                .events_after(rows.cursor, SCAN_LIMIT * 10)
-                .map_err(EngineError::from)?
-            {
-                if event.id > horizon {
-                    break;
-                }
-                if event.outbox && sink.wants(&event.kind) && !rows.settled(event.id) {
-                    pending += 1;
-                    oldest.get_or_insert(event.at);
-                }
-            }
+            let (pending, oldest) = sink.backlog(store, &rows, horizon)?;
             let live = sink.live().clone();
             let retrying: Vec<RetryStatus> = rows
                 .retry

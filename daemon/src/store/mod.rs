@@ -462,8 +462,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Audit events with id > `after`, in order: from the block holding `after + 1` on.
-    fn events_from(&self, after: u64) -> StoreResult<impl Iterator<Item = StoreResult<Event>>> {
+    /// Audit events with id > `after`, in order, read lazily: from the block holding `after + 1` on.
+    pub fn events_from(&self, after: u64) -> StoreResult<impl Iterator<Item = StoreResult<Event>>> {
         let tree = self.tree()?;
         let first = seq_key("v/", after.saturating_add(1));
         let start = match tree.range("v/".as_bytes()..=first.as_bytes()).next_back() {

@@ -11,6 +11,13 @@
 //! and if a transaction already carries the tag `settled-event:<event id>` the event is done. A transaction is checked
 //! to balance before it is sent (an unbalanced one would make the journal unreadable). Tags live in the comment text
 //! (`settled-event:<id>, settled-invoice:<invoice id>`), the only place hledger-web reads them from.
+//!
+//! The read is the whole journal: hledger-web (1.25, the Debian version; the same in its current source) serves
+//! `/transactions` unfiltered, ignoring any query, and its one narrower read, `/accounttransactions/<account>`, filters
+//! by account only, while the sink must find transactions by their `settled-event` tag and a payment must find its
+//! invoices' transactions by `settled-invoice`. The answer is about 1.3 KiB of JSON per two-posting transaction (3.3 MB
+//! for 2,500), so the daemon's `[outbox] max_response_mib` (64 by default, about 45,000 transactions) bounds the journal
+//! size; a larger answer is refused with an error naming that setting.
 
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -163,15 +170,15 @@ impl Hledger {
             return Ok(self.read(json!({"phase": "verify", "tries": tries})));
         }
         let journal: Vec<Value> = serde_json::from_slice(&response.body).map_err(|e| {
-            // The host hands a sink at most 1 MiB of a body: about 700 transactions of JSON.
-            let cut = if response.body.len() >= 1024 * 1024 {
-                " (the answer reached the host's 1 MiB limit: the journal is too large to read whole)"
-            } else {
-                ""
-            };
+            let start: String = String::from_utf8_lossy(&response.body)
+                .chars()
+                .take(80)
+                .collect();
             PluginError::bad_input(
                 "transactions",
-                format!("hledger-web's /transactions is not a json list: {e}{cut}"),
+                format!(
+                    "hledger-web's GET /transactions answer is not a json list of transactions ({e}); it began `{start}`"
+                ),
             )
         })?;
         let id = event_id.to_string();

@@ -244,8 +244,18 @@ impl Daemon {
     }
 
     /// Poll until `probe` returns Some, or panic after 30 s.
-    pub fn eventually<T>(&self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    pub fn eventually<T>(&self, what: &str, probe: impl FnMut() -> Option<T>) -> T {
+        self.eventually_within(what, Duration::from_secs(30), probe)
+    }
+
+    /// Poll until `probe` returns Some, or panic after `limit` (for work that takes long on a loaded machine).
+    pub fn eventually_within<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut probe: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(v) = probe() {
                 return v;

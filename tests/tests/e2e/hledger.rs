@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::harness::*;
+use crate::proxy::Proxy;
 
 const EVENTS: &str = r#"["invoice.issued", "payment.recorded", "payment.reversed"]"#;
 
@@ -117,14 +118,27 @@ impl Drop for HledgerWeb {
 }
 
 fn daemon(web: &HledgerWeb) -> Daemon {
+    daemon_at(&web.url(), "")
+}
+
+/// A daemon whose `books` sink talks to hledger-web at `url` (or a proxy in front of it), with more `[outbox]` keys.
+fn daemon_at(url: &str, outbox: &str) -> Daemon {
     Daemon::start(Setup {
         plugins: vec!["hledger"],
         config: format!(
-            "[outbox]\nretry_schedule_ms = [200, 400]\nrequest_timeout_ms = 5000\n\
-             [[connector]]\nname = \"books\"\nplugin = \"hledger\"\nevents = {EVENTS}\nsettings = {{ url = \"{}\" }}\n",
-            web.url()
+            "[outbox]\nretry_schedule_ms = [200, 400]\nrequest_timeout_ms = 5000\n{outbox}\
+             [[connector]]\nname = \"books\"\nplugin = \"hledger\"\nevents = {EVENTS}\nsettings = {{ url = \"{url}\" }}\n"
         ),
     })
+}
+
+/// The `books` sink as `/v1/outbox` shows it.
+fn books(d: &Daemon) -> Value {
+    let all = d.ok("GET", "/v1/outbox", None);
+    all["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|s| s["name"] == "books").cloned())
+        .unwrap_or_else(|| panic!("no sink books in {all}"))
 }
 
 fn vat_line(net: &str) -> Value {
@@ -134,11 +148,7 @@ fn vat_line(net: &str) -> Value {
 /// Wait until the sink has delivered `total` events since start and nothing is pending.
 fn delivered(d: &Daemon, total: u64) -> Value {
     d.eventually(&format!("{total} events delivered to books"), || {
-        let all = d.ok("GET", "/v1/outbox", None);
-        all["items"]
-            .as_array()
-            .and_then(|items| items.iter().find(|s| s["name"] == "books").cloned())
-            .filter(|s| s["pending"] == 0 && s["delivered_total"].as_u64() >= Some(total))
+        Some(books(d)).filter(|s| s["pending"] == 0 && s["delivered_total"].as_u64() >= Some(total))
     })
 }
 
@@ -286,5 +296,161 @@ fn an_overpayment_goes_to_customer_credit_and_its_reversal_restores_the_receivab
         bal.get("liabilities:customer-credit").map(String::as_str),
         Some("0"),
         "{bal:?}"
+    );
+}
+
+#[test]
+fn an_answer_the_hledger_sink_cannot_read_is_retried_then_a_dead_letter_naming_the_sink_and_nothing_is_posted(
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut web = HledgerWeb::prepare(dir.path());
+    web.start();
+    let proxy = Proxy::start(&web.url());
+    // A front end that answers an error page with 200, as a misconfigured reverse proxy does.
+    proxy.garble_reads(
+        3,
+        b"<html><body>Service temporarily unavailable</body></html>",
+    );
+    let d = daemon_at(&proxy.url(), "");
+    let inv = issue_invoice(&d, "Garbled Books", vat_line("10.00"));
+    let s = d.eventually("a dead letter after three unreadable answers", || {
+        Some(books(&d)).filter(|s| s["dead_letters"].as_array().is_some_and(|l| l.len() == 1))
+    });
+    let attempts = s["dead_letters"][0]["attempts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        attempts.len(),
+        3,
+        "the schedule [200, 400] allows three attempts: {s}"
+    );
+    for a in &attempts {
+        let error = a["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("sink `books` could not read the peer's answer")
+                && error.contains("/transactions")
+                && error.contains("not a json list")
+                && error.contains("<html>"),
+            "the error names the sink, the request and what came back: {s}"
+        );
+        assert_eq!(a["status"], 200, "{s}");
+    }
+    assert_eq!(s["state"], "error", "{s}");
+    assert!(
+        proxy.log().iter().all(|f| f.method == "GET"),
+        "nothing was written on an answer the sink could not read: {:#?}",
+        proxy.log()
+    );
+    assert!(web.event_tags().is_empty(), "{:?}", web.event_tags());
+    // Nothing lost: sent again by hand, the event is posted, once.
+    let event = s["dead_letters"][0]["event_id"].as_u64().expect("event id");
+    d.ok("POST", &format!("/v1/outbox/books/retry/{event}"), None);
+    delivered(&d, 1);
+    assert_eq!(web.event_tags(), [event.to_string()]);
+    let bal = web.balances();
+    assert_eq!(
+        receivable_of(&bal, "Garbled Books"),
+        "EUR 12.10",
+        "{bal:?} {inv}"
+    );
+}
+
+#[test]
+fn kill_9_between_hledger_webs_201_and_the_cursor_commit_is_recognised_on_restart_and_posted_once()
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut web = HledgerWeb::prepare(dir.path());
+    web.start();
+    let proxy = Proxy::start(&web.url());
+    let mut d = daemon_at(&proxy.url(), "");
+    proxy.hold_next_write();
+    let inv = issue_invoice(&d, "Crash Books", vat_line("50.00"));
+    // hledger-web took the transaction; the daemon has not heard so when it dies.
+    assert_eq!(proxy.wait_held(), 201, "{:#?}", proxy.log());
+    d.kill9();
+    proxy.release();
+    let tags = web.event_tags();
+    assert_eq!(
+        tags.len(),
+        1,
+        "hledger-web wrote it before the kill: {tags:?}"
+    );
+    d.spawn();
+    delivered(&d, 1);
+    assert_eq!(web.event_tags(), tags, "the redelivery did not post again");
+    let writes: Vec<_> = proxy
+        .log()
+        .into_iter()
+        .filter(|f| f.method == "PUT")
+        .collect();
+    assert_eq!(
+        writes.len(),
+        1,
+        "the restart read before it wrote: {writes:#?}"
+    );
+    assert_eq!(
+        (writes[0].path.as_str(), writes[0].peer_status),
+        ("/add", 201)
+    );
+    let bal = web.balances();
+    assert_eq!(receivable_of(&bal, "Crash Books"), "EUR 60.50", "{bal:?}");
+    // The next event goes through as usual.
+    pay(&d, &inv, "60.50");
+    delivered(&d, 2);
+    assert_eq!(receivable_of(&web.balances(), "Crash Books"), "0");
+    assert_eq!(web.event_tags().len(), 2, "{:?}", web.event_tags());
+}
+
+/// Transactions written straight into the journal file before hledger-web starts: `n` invoices of other customers.
+fn seed_journal(web: &HledgerWeb, n: usize) {
+    let mut text = String::new();
+    for i in 1..=n {
+        text.push_str(&format!(
+            "2026-01-01 seeded invoice {i}  ; seed:{i}\n    assets:receivable:Seed Customer {}    EUR {i}.00\n    revenue\n\n",
+            i % 50
+        ));
+    }
+    std::fs::write(&web.journal, text).expect("seeding the journal");
+}
+
+#[test]
+fn a_journal_of_2500_transactions_is_read_whole_and_an_answer_above_max_response_mib_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut web = HledgerWeb::prepare(dir.path());
+    seed_journal(&web, 2500);
+    web.start();
+    // About 3 MiB of JSON from GET /transactions: more than a 1 MiB limit allows.
+    let mut d = daemon_at(&web.url(), "max_response_mib = 1\n");
+    let inv = issue_invoice(&d, "Big Books", vat_line("100.00"));
+    let s = d.eventually("the oversized answer refused", || {
+        Some(books(&d)).filter(|s| {
+            s["retrying"][0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("max_response_mib"))
+        })
+    });
+    let error = s["retrying"][0]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("larger than 1 MiB") && error.contains("/transactions"),
+        "{s}"
+    );
+    assert!(web.event_tags().is_empty(), "{:?}", web.event_tags());
+    // With the default limit (64 MiB) the whole journal is read and the invoice posted once.
+    d.terminate();
+    let config_path = d.dir.path().join("settled.toml");
+    let config = std::fs::read_to_string(&config_path).expect("config");
+    std::fs::write(&config_path, config.replace("max_response_mib = 1\n", "")).expect("config");
+    d.spawn();
+    delivered(&d, 1);
+    pay(&d, &inv, "121.00");
+    delivered(&d, 2);
+    assert_eq!(web.event_tags().len(), 2, "{:?}", web.event_tags());
+    let bal = web.balances();
+    assert_eq!(receivable_of(&bal, "Big Books"), "0", "{bal:?}");
+    assert_eq!(
+        bal.get("revenue").map(String::as_str),
+        Some("EUR -3126350.00"),
+        "the 2,500 seeded invoices (1 + ... + 2500 = 3,126,250) and this one: {bal:?}"
     );
 }

@@ -230,7 +230,7 @@ fn backup_and_restore_move_every_record_to_a_new_data_dir() {
 }
 
 #[test]
-fn the_demo_walks_a_lead_to_a_paid_invoice() {
+fn the_demo_walks_a_lead_to_a_paid_invoice_delivered_to_a_signed_webhook_and_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = settled(dir.path());
     cmd.arg("demo")
@@ -239,5 +239,30 @@ fn the_demo_walks_a_lead_to_a_paid_invoice() {
     let r = run(cmd);
     assert!(r.status.success(), "{r}");
     assert!(r.stdout.contains("status paid"), "{r}");
+    let paid_webhook = r.stdout.lines().find(|l| {
+        l.contains("webhook-id evt_")
+            && l.contains("invoice.payment_status_changed")
+            && l.contains("-> paid")
+    });
+    assert!(
+        paid_webhook.is_some_and(|l| l.contains("balance 0.00") && l.contains("signature valid")),
+        "{r}"
+    );
+    assert!(!r.stdout.contains("INVALID"), "{r}");
+    // tests/run installs hledger-web; without it the demo says how to get the journal.
+    let has_hledger_web = std::process::Command::new("hledger-web")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_hledger_web {
+        assert!(r.stdout.contains("settled-event:"), "{r}");
+        assert!(
+            r.stdout
+                .contains("assets:receivable:Analytical Engines Ltd"),
+            "{r}"
+        );
+    } else {
+        assert!(r.stdout.contains("apt-get install hledger-web"), "{r}");
+    }
     assert!(r.stdout.contains("demo finished"), "{r}");
 }

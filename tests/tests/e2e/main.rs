@@ -17,6 +17,7 @@ mod lifecycle;
 mod mailbox;
 mod outbox;
 mod plugin_host;
+mod proxy;
 mod receiver;
 mod refused;
 mod returns;

@@ -13,6 +13,18 @@ const ALL_EVENTS: &str =
 
 /// A daemon with one `webhook` sink per `(name, url)`, these event types, retry waits and request timeout.
 fn daemon(sinks: &[(&str, &str)], events: &str, schedule_ms: &str, timeout_ms: u64) -> Daemon {
+    Daemon::start(Setup {
+        plugins: vec!["webhook"],
+        config: sinks_config(sinks, events, schedule_ms, timeout_ms),
+    })
+}
+
+fn sinks_config(
+    sinks: &[(&str, &str)],
+    events: &str,
+    schedule_ms: &str,
+    timeout_ms: u64,
+) -> String {
     let mut config =
         format!("[outbox]\nretry_schedule_ms = {schedule_ms}\nrequest_timeout_ms = {timeout_ms}\n");
     for (name, url) in sinks {
@@ -20,10 +32,7 @@ fn daemon(sinks: &[(&str, &str)], events: &str, schedule_ms: &str, timeout_ms: u
             "[[connector]]\nname = \"{name}\"\nplugin = \"webhook\"\nevents = {events}\nsettings = {{ url = \"{url}\", secret = \"{SECRET}\" }}\n"
         ));
     }
-    Daemon::start(Setup {
-        plugins: vec!["webhook"],
-        config,
-    })
+    config
 }
 
 fn sink(d: &Daemon, name: &str) -> Value {
@@ -518,4 +527,60 @@ fn a_sink_plugin_that_panics_is_quarantined_and_its_events_wait_unlost() {
             .is_some_and(|e| e.contains("panicked")),
         "{s}"
     );
+}
+
+#[test]
+fn a_sink_paused_for_10000_events_then_resumed_delivers_each_once() {
+    const EVENTS: usize = 10_000;
+    let rx = Receiver::start();
+    let d = Daemon::start(Setup {
+        plugins: vec!["webhook", "bank-csv"],
+        config: sinks_config(
+            &[("hook", &rx.url())],
+            r#"["review.queued"]"#,
+            "[100]",
+            5000,
+        ) + "[[connector]]\nname = \"bank-csv\"\nplugin = \"bank-csv\"\n",
+    });
+    cli(&d, &["outbox", "pause", "hook"]);
+    // Bank lines that match no invoice: each one a payment in the review queue and a `review.queued` event.
+    let mut csv = String::from("Date,Amount,Currency,Counterparty,Description,Transaction Id\n");
+    for i in 0..EVENTS {
+        csv.push_str(&format!(
+            "2026-03-05,{}.{:02},EUR,Payer {i},unknown {i},P{i}\n",
+            1 + i % 900,
+            i % 100
+        ));
+    }
+    let summary = import_json(&d, "unmatched.csv", &csv);
+    assert_eq!(summary["review"], EVENTS, "{summary}");
+    let s = sink_until(&d, "hook", "every event pending", |s| {
+        s["pending"] == EVENTS
+    });
+    assert_eq!(s["state"], "paused", "{s}");
+    assert!(s["lag_seconds"].as_i64().is_some(), "{s}");
+    let table = cli(&d, &["outbox"]).stdout;
+    assert!(
+        table.contains("paused") && table.contains("10000"),
+        "{table}"
+    );
+    assert!(rx.requests().is_empty(), "a paused sink delivered");
+    cli(&d, &["outbox", "resume", "hook"]);
+    d.eventually_within("every event delivered", Duration::from_secs(600), || {
+        std::thread::sleep(Duration::from_millis(400));
+        Some(sink(&d, "hook")).filter(|s| s["pending"] == 0 && s["delivered_total"] == EVENTS)
+    });
+    let got = rx.requests();
+    assert_eq!(
+        got.len(),
+        EVENTS,
+        "one request per event, no retries needed"
+    );
+    let ids: std::collections::BTreeSet<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), EVENTS, "each event exactly once");
+    assert_signed(&got);
+    assert!(got.iter().all(|r| r.kind() == "review.queued"));
+    let s = sink(&d, "hook");
+    assert_eq!(s["state"], "ok", "{s}");
+    assert_eq!(s["lag_seconds"], 0, "{s}");
 }

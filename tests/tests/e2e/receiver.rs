@@ -131,7 +131,7 @@ impl Drop for Receiver {
 fn serve(mut stream: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let Some((headers, body)) = read_request(&mut stream) else {
+    let Some((_, headers, body)) = read_request(&mut stream) else {
         return;
     };
     let header = |name: &str| {
@@ -190,9 +190,20 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
 }
 
 /// Header name/value pairs, names lower case.
-type Headers = Vec<(String, String)>;
+pub type Headers = Vec<(String, String)>;
 
-fn read_request(stream: &mut TcpStream) -> Option<(Headers, Vec<u8>)> {
+/// Answer `status` with a JSON content type and `body`, closing the connection.
+pub fn write_response(stream: &mut TcpStream, status: u16, body: &[u8]) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)
+}
+
+/// One HTTP/1.1 request: its request line (`PUT /add HTTP/1.1`), headers and body (by `content-length`).
+pub fn read_request(stream: &mut TcpStream) -> Option<(String, Headers, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -206,6 +217,7 @@ fn read_request(stream: &mut TcpStream) -> Option<(Headers, Vec<u8>)> {
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let request_line = head.lines().next().unwrap_or_default().to_string();
     let headers: Headers = head
         .lines()
         .skip(1)
@@ -225,7 +237,7 @@ fn read_request(stream: &mut TcpStream) -> Option<(Headers, Vec<u8>)> {
         }
         body.extend_from_slice(&chunk[..n]);
     }
-    Some((headers, body))
+    Some((request_line, headers, body))
 }
 
 /// The Standard Webhooks check, from the specification: the timestamp is within five minutes of now, and one of the
