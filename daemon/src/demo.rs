@@ -69,12 +69,21 @@ pub async fn run(demo_dir: Option<PathBuf>, keep_running: bool) -> anyhow::Resul
         Some(d) => d,
         None => tempfile_dir()?,
     };
-    let config = Config {
+    let mut config = Config {
         data_dir: Some(dir.clone()),
         listen: "127.0.0.1:0".parse().context("demo listen address")?,
         ..Config::default()
     };
     crate::app::init_logging_with(config.log_format, "warn");
+    // The bundled connectors, with the sales mailbox of the mail step: a Maildir, so no mail server is needed.
+    config.connectors = crate::app::default_connectors_for(&config, &dir);
+    for connector in config
+        .connectors
+        .iter_mut()
+        .filter(|c| c.plugin == "mail-lead")
+    {
+        connector.mailbox = Some(crate::mailbox::MailboxConfig::maildir(dir.join("Maildir")));
+    }
     let daemon = Daemon::start(config).await?;
     let addr = daemon.local_addr()?;
     let token = daemon.state.token.as_str().to_string();
@@ -332,8 +341,75 @@ async fn walk(c: &Client, dir: &std::path::Path, plugins: &[String]) -> anyhow::
             s(e, "entity_id")
         );
     }
+    mail_step(c, dir, plugins, 8).await?;
     println!(
         "\ndemo finished: the lead became a paid invoice with nobody matching anything by hand."
+    );
+    Ok(())
+}
+
+/// An enquiry mail delivered to the sales Maildir becomes a lead (the `mail-lead` connector reads `<demo dir>/Maildir`).
+async fn mail_step(
+    c: &Client,
+    dir: &std::path::Path,
+    plugins: &[String],
+    n: u32,
+) -> anyhow::Result<()> {
+    if !plugins.iter().any(|p| p == "mail-lead") {
+        step(n, "No mail-lead plugin is loaded; skipping the mailbox");
+        return Ok(());
+    }
+    step(
+        n,
+        "An enquiry mail arrives in the sales mailbox (a Maildir folder; IMAP works the same way)",
+    );
+    let maildir = dir.join("Maildir");
+    let name = format!("{}.demo.settled", chrono::Utc::now().timestamp());
+    let mail = "From: Grace Hopper <grace@compilers.example>\r\nTo: sales@settled.example\r\n\
+                Subject: Quote for 5 licences\r\nMessage-ID: <demo-enquiry-1@compilers.example>\r\n\
+                Date: Sun, 6 Dec 2026 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+                Hello, could you send us a quote for 5 licences?\r\n\r\nGrace Hopper\r\nCompilers Ltd\r\n\
+                Phone: +1 555 0100\r\n";
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(maildir.join(sub))
+            .with_context(|| format!("creating {}", maildir.join(sub).display()))?;
+    }
+    // Delivered the Maildir way: written to tmp/, then renamed into new/.
+    let tmp = maildir.join("tmp").join(&name);
+    std::fs::write(&tmp, mail).with_context(|| format!("writing {}", tmp.display()))?;
+    let new = maildir.join("new").join(&name);
+    std::fs::rename(&tmp, &new).with_context(|| format!("moving {}", new.display()))?;
+    println!("    delivered {}", new.display());
+    let mut lead = Value::Null;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let leads = c.get("/v1/leads?limit=100").await?;
+        if let Some(found) = leads["items"]
+            .as_array()
+            .and_then(|all| all.iter().find(|l| l["source"] == "email"))
+        {
+            lead = found.clone();
+            break;
+        }
+    }
+    if lead.is_null() {
+        bail!(
+            "the mail did not become a lead; see `settled plugins` and {}",
+            maildir.display()
+        );
+    }
+    println!(
+        "    lead {} {} <{}> {} ({}), source {}",
+        s(&lead, "id"),
+        s(&lead, "name"),
+        s(&lead, "email"),
+        s(&lead, "company"),
+        s(&lead, "phone"),
+        s(&lead, "source")
+    );
+    println!(
+        "    the message moved to {}/cur/ with the seen flag once the lead was committed",
+        maildir.display()
     );
     Ok(())
 }
