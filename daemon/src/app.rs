@@ -371,14 +371,7 @@ async fn reopen_closed_store(engine: Engine, cancel: CancellationToken) {
 
 /// Start the plugin host; a plugin problem is logged, never fatal to the daemon.
 async fn start_plugins(config: &Config, data_dir: &Path) -> Option<Arc<PluginHost>> {
-    let plugin_dir = config
-        .plugins
-        .dir
-        .clone()
-        .unwrap_or_else(|| data_dir.join("plugins"));
-    if config.plugins.dir.is_none() && !plugin_dir.exists() {
-        install_bundled_plugins(&plugin_dir);
-    }
+    let plugin_dir = plugin_dir(config, data_dir);
     let connectors = if config.connectors.is_empty() {
         default_connectors(&plugin_dir)
     } else {
@@ -409,6 +402,25 @@ async fn start_plugins(config: &Config, data_dir: &Path) -> Option<Arc<PluginHos
             None
         }
     }
+}
+
+/// The plugin folder (`[plugins] dir`, else `<data_dir>/plugins`, filled with the bundled plugins on first use).
+fn plugin_dir(config: &Config, data_dir: &Path) -> PathBuf {
+    let plugin_dir = config
+        .plugins
+        .dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("plugins"));
+    if config.plugins.dir.is_none() && !plugin_dir.exists() {
+        install_bundled_plugins(&plugin_dir);
+    }
+    plugin_dir
+}
+
+/// The connectors a start without `[[connector]]` tables runs (one per plugin in the plugin folder), for a caller that
+/// wants to add to them (`settled demo` gives `mail-lead` a Maildir).
+pub fn default_connectors_for(config: &Config, data_dir: &Path) -> Vec<ConnectorConfig> {
+    default_connectors(&plugin_dir(config, data_dir))
 }
 
 /// First start with the default plugin folder: copy the plugins built next to the binary into it.

@@ -82,6 +82,10 @@ pub async fn run(demo_dir: Option<PathBuf>, keep_running: bool) -> anyhow::Resul
         crate::app::install_bundled_plugins(&plugin_dir);
     }
     let mut connectors = crate::app::default_connectors(&plugin_dir);
+    // The sales mailbox of the mail step: a Maildir, so no mail server is needed.
+    for connector in connectors.iter_mut().filter(|c| c.plugin == "mail-lead") {
+        connector.mailbox = Some(crate::mailbox::MailboxConfig::maildir(dir.join("Maildir")));
+    }
     connectors.push(sink_connector(
         "erp-webhook",
         "webhook",
@@ -107,6 +111,15 @@ pub async fn run(demo_dir: Option<PathBuf>, keep_running: bool) -> anyhow::Resul
         ..Config::default()
     };
     crate::app::init_logging_with(config.log_format, "warn");
+    // The bundled connectors, with the sales mailbox of the mail step: a Maildir, so no mail server is needed.
+    config.connectors = crate::app::default_connectors_for(&config, &dir);
+    for connector in config
+        .connectors
+        .iter_mut()
+        .filter(|c| c.plugin == "mail-lead")
+    {
+        connector.mailbox = Some(crate::mailbox::MailboxConfig::maildir(dir.join("Maildir")));
+    }
     let daemon = Daemon::start(config).await?;
     let addr = daemon.local_addr()?;
     let token = daemon.state.token.as_str().to_string();
@@ -401,6 +414,7 @@ async fn walk(
             s(e, "entity_id")
         );
     }
+    mail_step(c, dir, plugins, 8).await?;
     sync_back(c, plugins, peers, &s(&inv, "number")).await?;
     println!(
         "\ndemo finished: the lead became a paid invoice with nobody matching anything by hand, and the systems \
@@ -409,14 +423,14 @@ async fn walk(
     Ok(())
 }
 
-/// Steps 8 and 9: what the outbox delivered to the webhook receiver and to hledger-web.
+/// Steps 9 and 10: what the outbox delivered to the webhook receiver and to hledger-web.
 async fn sync_back(
     c: &Client,
     plugins: &[String],
     peers: &Peers<'_>,
     number: &str,
 ) -> anyhow::Result<()> {
-    step(8, "Sync-back: the outbox delivers the invoice's events to a signed webhook (a receiver on loopback checks each Standard Webhooks signature)");
+    step(9, "Sync-back: the outbox delivers the invoice's events to a signed webhook (a receiver on loopback checks each Standard Webhooks signature)");
     if !plugins.iter().any(|p| p == "erp-webhook") {
         println!("    the webhook plugin is not loaded (build the workspace so libsettled_plugin_webhook.so sits next to the binary)");
     } else {
@@ -464,7 +478,7 @@ async fn sync_back(
     }
     match peers.books {
         Ok(books) if plugins.iter().any(|p| p == "books") => {
-            step(9, "...and posts them to an hledger journal through hledger-web (receivable against revenue and VAT, then bank against receivable)");
+            step(10, "...and posts them to an hledger journal through hledger-web (receivable against revenue and VAT, then bank against receivable)");
             let mut delivered = false;
             for _ in 0..60 {
                 let all = c.get("/v1/outbox").await?;
@@ -491,13 +505,79 @@ async fn sync_back(
             }
         }
         Ok(_) => {
-            step(9, "hledger journal: the hledger plugin is not loaded (build the workspace so libsettled_plugin_hledger.so sits next to the binary)");
+            step(10, "hledger journal: the hledger plugin is not loaded (build the workspace so libsettled_plugin_hledger.so sits next to the binary)");
         }
         Err(why) => {
-            step(9, "hledger journal: skipped");
+            step(10, "hledger journal: skipped");
             println!("    {why}; `apt-get install hledger-web hledger` and run the demo again to see the invoice and payment posted to a journal");
         }
     }
+    Ok(())
+}
+
+/// An enquiry mail delivered to the sales Maildir becomes a lead (the `mail-lead` connector reads `<demo dir>/Maildir`).
+async fn mail_step(
+    c: &Client,
+    dir: &std::path::Path,
+    plugins: &[String],
+    n: u32,
+) -> anyhow::Result<()> {
+    if !plugins.iter().any(|p| p == "mail-lead") {
+        step(n, "No mail-lead plugin is loaded; skipping the mailbox");
+        return Ok(());
+    }
+    step(
+        n,
+        "An enquiry mail arrives in the sales mailbox (a Maildir folder; IMAP works the same way)",
+    );
+    let maildir = dir.join("Maildir");
+    let name = format!("{}.demo.settled", chrono::Utc::now().timestamp());
+    let mail = "From: Grace Hopper <grace@compilers.example>\r\nTo: sales@settled.example\r\n\
+                Subject: Quote for 5 licences\r\nMessage-ID: <demo-enquiry-1@compilers.example>\r\n\
+                Date: Sun, 6 Dec 2026 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+                Hello, could you send us a quote for 5 licences?\r\n\r\nGrace Hopper\r\nCompilers Ltd\r\n\
+                Phone: +1 555 0100\r\n";
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(maildir.join(sub))
+            .with_context(|| format!("creating {}", maildir.join(sub).display()))?;
+    }
+    // Delivered the Maildir way: written to tmp/, then renamed into new/.
+    let tmp = maildir.join("tmp").join(&name);
+    std::fs::write(&tmp, mail).with_context(|| format!("writing {}", tmp.display()))?;
+    let new = maildir.join("new").join(&name);
+    std::fs::rename(&tmp, &new).with_context(|| format!("moving {}", new.display()))?;
+    println!("    delivered {}", new.display());
+    let mut lead = Value::Null;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let leads = c.get("/v1/leads?limit=100").await?;
+        if let Some(found) = leads["items"]
+            .as_array()
+            .and_then(|all| all.iter().find(|l| l["source"] == "email"))
+        {
+            lead = found.clone();
+            break;
+        }
+    }
+    if lead.is_null() {
+        bail!(
+            "the mail did not become a lead; see `settled plugins` and {}",
+            maildir.display()
+        );
+    }
+    println!(
+        "    lead {} {} <{}> {} ({}), source {}",
+        s(&lead, "id"),
+        s(&lead, "name"),
+        s(&lead, "email"),
+        s(&lead, "company"),
+        s(&lead, "phone"),
+        s(&lead, "source")
+    );
+    println!(
+        "    the message moved to {}/cur/ with the seen flag once the lead was committed",
+        maildir.display()
+    );
     Ok(())
 }
 

@@ -263,15 +263,17 @@ async fn process(
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let result =
-        crate::api::import_path(state, host, &name, inbox.connector.as_deref(), path).await;
+    let result = state
+        .pipeline(host)
+        .import(&name, inbox.connector.as_deref(), path)
+        .await;
     if stamp(path) != Some(taken) {
         tracing::info!(file = %name, "inbox file changed while it was imported; importing it again once it is still");
         return Processed::Changed;
     }
     if let Err(e) = &result {
         if let Some(failure) = state.engine.store().failure() {
-            tracing::warn!(file = %name, error = %e.message(), store = %failure.describe(),
+            tracing::warn!(file = %name, error = %e, store = %failure.describe(),
                 "inbox file not imported: the store cannot write; it stays in the inbox and is read again");
             return Processed::Retry;
         }
@@ -286,7 +288,7 @@ async fn process(
         }
         Err(e) => {
             let target = inbox.dir.join("failed").join(format!("{stamp}-{name}"));
-            let why = e.message().to_string();
+            let why = e.to_string();
             tracing::warn!(file = %name, error = %why, "inbox file failed");
             if let Some(summary) = e.summary() {
                 // Refused records: the summary lists each with its position.

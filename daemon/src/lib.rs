@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod engine;
+pub mod import;
 pub mod inbox;
 pub mod mailbox;
 pub mod outbox;

@@ -4,6 +4,7 @@
 //! 400 bad input (naming the field), 401 without a valid token, 404, 409 for a transition the current state refuses.
 
 mod errors;
+mod imports;
 mod intake;
 mod metrics;
 mod outbox;
@@ -22,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub use errors::ApiError;
-pub use intake::{choose_instance, import_path, resume_imports, unfinished_imports};
+pub use imports::{resume_imports, unfinished_imports};
 pub use metrics::Metrics;
 
 use crate::domain::lead::{LeadInput, LeadStatus};
@@ -43,6 +44,17 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Outbox delivery to sink connectors, if plugins are enabled.
     pub outbox: Option<Arc<crate::outbox::Dispatcher>>,
+}
+
+impl AppState {
+    /// The file import pipeline over this state's engine and `host`'s file connectors.
+    pub fn pipeline<'a>(&'a self, host: &'a PluginHost) -> crate::import::Pipeline<'a> {
+        crate::import::Pipeline {
+            engine: &self.engine,
+            host,
+            ingested: &self.metrics.records_ingested,
+        }
+    }
 }
 
 /// Largest accepted request body (a bank statement upload), 256 MiB.
@@ -81,7 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/review/:id", get(show::<REVIEW>))
         .route("/v1/review/:id/:action", post(review_action))
         .route("/v1/events", get(events))
-        .route("/v1/imports", post(intake::import).get(list::<IMPORTS>))
+        .route("/v1/imports", post(imports::import).get(list::<IMPORTS>))
         .route("/v1/imports/:id", get(show::<IMPORTS>))
         .route("/v1/plugins", get(plugins))
         .route("/v1/outbox", get(outbox::status))

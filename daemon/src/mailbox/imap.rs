@@ -124,9 +124,12 @@ async fn greeting(client: &mut Client<Conn>, address: &str) -> Result<(), String
 
 async fn tls_wrap(imap: &ImapConfig, tcp: TcpStream) -> Result<Conn, String> {
     use tokio_rustls::rustls;
-    let roots = rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    if let Some(path) = &imap.ca_file {
+        add_ca_file(&mut roots, path)?;
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -141,12 +144,64 @@ async fn tls_wrap(imap: &ImapConfig, tcp: TcpStream) -> Result<Conn, String> {
         )
     })?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let stream = timed(
-        &format!("tls handshake with {}", imap.host),
-        connector.connect(name, tcp),
-    )
-    .await?;
+    let handshake = format!("tls handshake with {}", imap.host);
+    let stream = match tokio::time::timeout(COMMAND_TIMEOUT, connector.connect(name, tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(format!("{handshake}: {}", tls_failure(&e, imap))),
+        Err(_) => {
+            return Err(format!(
+                "{handshake}: no answer within {} s",
+                COMMAND_TIMEOUT.as_secs()
+            ))
+        }
+    };
     Ok(Box::new(stream))
+}
+
+/// The certificates of a PEM file added to the trusted roots; errors name the file and what is wrong with it.
+fn add_ca_file(
+    roots: &mut tokio_rustls::rustls::RootCertStore,
+    path: &std::path::Path,
+) -> Result<(), String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    let what = format!("mailbox.imap.ca_file {}", path.display());
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("reading {what}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("reading {what}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{what} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)"
+        ));
+    }
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{what}: not a usable CA certificate: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A failed handshake, said plainly when the server's certificate is not trusted.
+fn tls_failure(e: &std::io::Error, imap: &ImapConfig) -> String {
+    use tokio_rustls::rustls::Error;
+    let cause = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>());
+    match cause {
+        Some(Error::InvalidCertificate(why)) => {
+            let trust = match &imap.ca_file {
+                Some(path) => format!(
+                    "it is not signed by an authority in mailbox.imap.ca_file {} or the public list",
+                    path.display()
+                ),
+                None => "if the server uses a self-signed or company certificate, put its CA certificate (PEM) in a \
+                         file and name it in mailbox.imap.ca_file"
+                    .to_string(),
+            };
+            format!("the server's certificate is not trusted ({why:?}); {trust}")
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// One connection's life: Ok when cancelled, Err with the reason when it failed or broke.

@@ -74,6 +74,10 @@ pub struct ImapConfig {
     /// (plain text, allowed only for a loopback address).
     #[serde(default)]
     pub tls: Tls,
+    /// PEM file of certificate authorities to trust for this server, besides the public ones (Mozilla's list, built in):
+    /// for a server with a self-signed or company CA certificate. Default: none.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Folders to read (default `["INBOX"]`). IDLE is used when there is one folder and the server offers it.
     #[serde(default = "default_folders")]
     pub folders: Vec<String>,
@@ -112,6 +116,18 @@ fn default_folders() -> Vec<String> {
 }
 
 impl MailboxConfig {
+    /// A Maildir folder with every other key at its default.
+    pub fn maildir(dir: PathBuf) -> MailboxConfig {
+        MailboxConfig {
+            imap: None,
+            maildir: Some(dir),
+            max_message_mib: default_max_message_mib(),
+            batch: default_batch(),
+            poll_secs: default_poll_secs(),
+            max_backoff_secs: default_max_backoff_secs(),
+        }
+    }
+
     /// Check the table; the error names the key below `mailbox.` and what is wrong.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, message: &str| Err((key.to_string(), message.to_string()));
@@ -147,6 +163,12 @@ impl MailboxConfig {
             }
             if imap.folders.is_empty() {
                 return bad("imap.folders", "name at least one folder");
+            }
+            if imap.ca_file.is_some() && imap.tls == Tls::None {
+                return bad(
+                    "imap.ca_file",
+                    "trusts a certificate authority for TLS, but `tls` is `none`",
+                );
             }
             if imap.tls == Tls::None && !is_loopback(&imap.host) {
                 return bad(
@@ -206,6 +228,14 @@ struct Mailbox {
 /// the message is read again later.
 struct Retry(String);
 
+/// Why a mail's attachments were not imported.
+enum AttachmentError {
+    /// The attachment itself is at fault: the mail is recorded as failed with the reason.
+    Bad(String),
+    /// The environment failed: nothing is committed and the mail is read again later.
+    Retry(String),
+}
+
 /// Read every configured mailbox until cancelled; each runs on its own, so one failing never stops another.
 pub async fn run(state: AppState, host: Arc<PluginHost>, cancel: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
@@ -252,7 +282,8 @@ impl Mailbox {
                 attachments,
             }) => match self.import_attachments(&key, attachments).await {
                 Ok(()) => MailVerdict::Records(records),
-                Err(reason) => MailVerdict::Failed(reason),
+                Err(AttachmentError::Bad(reason)) => MailVerdict::Failed(reason),
+                Err(AttachmentError::Retry(reason)) => return Err(Retry(reason)),
             },
             Err(CallError::Plugin(e)) => {
                 MailVerdict::Failed(format!("plugin {}: {e}", self.plugin))
@@ -283,7 +314,7 @@ impl Mailbox {
         &self,
         key: &str,
         attachments: Vec<MailAttachment>,
-    ) -> Result<(), String> {
+    ) -> Result<(), AttachmentError> {
         if attachments.is_empty() {
             return Ok(());
         }
@@ -293,7 +324,8 @@ impl Mailbox {
             .config()
             .data_dir()
             .join("mail-attachments");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| AttachmentError::Retry(format!("creating {}: {e}", dir.display())))?;
         for a in attachments {
             let name: String = a
                 .name
@@ -309,15 +341,12 @@ impl Mailbox {
             let hash = hex::encode(&Sha256::digest(key.as_bytes())[..6]);
             let path = dir.join(format!("{}-{hash}-{name}", self.connector));
             std::fs::write(&path, &a.content)
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
-            let result = crate::api::import_path(
-                &self.state,
-                &self.host,
-                &name,
-                a.connector.as_deref(),
-                &path,
-            )
-            .await;
+                .map_err(|e| AttachmentError::Retry(format!("writing {}: {e}", path.display())))?;
+            let result = self
+                .state
+                .pipeline(&self.host)
+                .import(&name, a.connector.as_deref(), &path)
+                .await;
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(file = %path.display(), error = %e, "cannot remove imported mail attachment");
             }
@@ -326,7 +355,11 @@ impl Mailbox {
                     tracing::info!(connector = %self.connector, attachment = %name, new = summary.new,
                     duplicates = summary.duplicates, "mail attachment imported")
                 }
-                Err(e) => return Err(format!("attachment {name}: {}", e.message())),
+                // A bad file fails its mail; the environment failing (a plugin unavailable, the store) is tried again.
+                Err(e) if e.is_bad_file() => {
+                    return Err(AttachmentError::Bad(format!("attachment {name}: {e}")))
+                }
+                Err(e) => return Err(AttachmentError::Retry(format!("attachment {name}: {e}"))),
             }
         }
         Ok(())

@@ -1,16 +1,22 @@
-//! settled connector plugin `payment-mail`: bank statements mailed as attachments go to the file pipeline.
+//! settled connector plugin `payment-mail`: payment notices and mailed bank statements.
 //!
-//! Attachments that look like statements (camt/ISO 20022 XML, MT940, OFX/QFX, CSV, BAI2, QIF by name or content type) are
-//! handed back to the host as `MailAttachment`s; the host sniffs and parses each with the file plugins and reconciles
-//! the payments as for a dropped file. A message without such an attachment is not this plugin's.
-//! Payment notices in the message text (provider "you received a payment" mails) are not read yet.
+//! Payment notices in the message text (a provider's "you received a payment" mail) become `payment@1` records through
+//! notice patterns: the built-in ones (`paypal`) and those in the settings, each matching a message by sender and subject
+//! and reading amount, currency, payer, reference and transaction id from the text with named regex groups.
+//! Attachments that look like statements (camt/ISO 20022 XML, MT940, OFX/QFX, CSV, BAI2, QIF by name) are handed back
+//! to the host as `MailAttachment`s; the host sniffs and parses each with the file plugins and reconciles the payments
+//! as for a dropped file. A message that is neither is not this plugin's.
+
+mod notices;
 
 use mail_parser::{MessageParser, MimeHeaders};
 use serde::Deserialize;
 use settled_plugin_api::settings::settings_from_json;
 use settled_plugin_api::{
-    MailAttachment, MailOutcome, MailRequest, Manifest, Plugin, PluginError, Role,
+    MailAttachment, MailOutcome, MailRequest, Manifest, Plugin, PluginError, Record, Role,
 };
+
+pub use notices::{builtin, Notice, NoticeSettings, BUILTIN};
 
 /// File name endings taken for statements.
 const STATEMENT_ENDINGS: &[&str] = &[
@@ -19,17 +25,65 @@ const STATEMENT_ENDINGS: &[&str] = &[
 ];
 
 /// The instance's settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// The file connector instance that parses the attachments; without it the host picks one by sniffing.
     pub file_connector: Option<String>,
+    /// Built-in notice patterns to use (default `["paypal"]`; `[]` turns them off).
+    pub builtin_notices: Vec<String>,
+    /// Notice patterns of your own (`[[connector.settings.notices]]`), tried after the built-in ones.
+    pub notices: Vec<NoticeSettings>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            file_connector: None,
+            builtin_notices: BUILTIN.iter().map(|s| s.to_string()).collect(),
+            notices: Vec::new(),
+        }
+    }
+}
+
+/// The configured instance: settings and compiled notice patterns.
+#[derive(Debug)]
+pub struct Config {
+    file_connector: Option<String>,
+    notices: Vec<Notice>,
+}
+
+impl Config {
+    /// Check the settings and compile the notice patterns; errors name the key at fault.
+    pub fn new(settings: Settings) -> Result<Config, PluginError> {
+        let mut notices = Vec::new();
+        for (i, name) in settings.builtin_notices.iter().enumerate() {
+            let at = format!("builtin_notices[{i}]");
+            let set = builtin(name).ok_or_else(|| {
+                PluginError::bad_config(
+                    &at,
+                    format!(
+                        "no built-in notice patterns named `{name}`; there are: {}",
+                        BUILTIN.join(", ")
+                    ),
+                )
+            })?;
+            notices.push(Notice::compile(set, &at)?);
+        }
+        for (i, set) in settings.notices.into_iter().enumerate() {
+            notices.push(Notice::compile(set, &format!("notices[{i}]"))?);
+        }
+        Ok(Config {
+            file_connector: settings.file_connector,
+            notices,
+        })
+    }
 }
 
 /// The plugin: one instance per mailbox.
 #[derive(Debug)]
 pub struct PaymentMail {
-    settings: Settings,
+    config: Config,
 }
 
 impl Plugin for PaymentMail {
@@ -44,17 +98,17 @@ impl Plugin for PaymentMail {
 
     fn configure(settings: serde_json::Value) -> Result<Self, PluginError> {
         Ok(PaymentMail {
-            settings: settings_from_json(settings)?,
+            config: Config::new(settings_from_json(settings)?)?,
         })
     }
 
     fn mail(&self, request: MailRequest) -> Result<MailOutcome, PluginError> {
-        mail(&self.settings, &request.raw)
+        mail(&self.config, &request.raw)
     }
 }
 
-/// The statement attachments of one message, or "not mine".
-pub fn mail(settings: &Settings, raw: &[u8]) -> Result<MailOutcome, PluginError> {
+/// The payment a notice reports and the statement attachments of one message, or "not mine".
+pub fn mail(config: &Config, raw: &[u8]) -> Result<MailOutcome, PluginError> {
     let message = MessageParser::default()
         .parse(raw)
         .filter(|m| !m.headers().is_empty())
@@ -70,15 +124,26 @@ pub fn mail(settings: &Settings, raw: &[u8]) -> Result<MailOutcome, PluginError>
             (statement && !part.contents().is_empty()).then(|| MailAttachment {
                 name,
                 content: part.contents().to_vec(),
-                connector: settings.file_connector.clone(),
+                connector: config.file_connector.clone(),
             })
         })
         .collect();
-    if attachments.is_empty() {
+    let from = message
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .unwrap_or_default();
+    let subject = message.subject().unwrap_or_default();
+    let mut records = Vec::new();
+    if let Some(notice) = config.notices.iter().find(|n| n.claims(from, subject)) {
+        let text = message.body_text(0).unwrap_or_default();
+        records.push(Record::Payment(notice.payment(&message, &text)?));
+    }
+    if attachments.is_empty() && records.is_empty() {
         return Ok(MailOutcome::NotMine);
     }
     Ok(MailOutcome::Records {
-        records: Vec::new(),
+        records,
         attachments,
     })
 }
@@ -86,7 +151,11 @@ pub fn mail(settings: &Settings, raw: &[u8]) -> Result<MailOutcome, PluginError>
 settled_plugin_api::export_plugin!(PaymentMail);
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod attachment_tests {
+    use super::tests::config;
     use super::*;
 
     #[test]
@@ -96,7 +165,7 @@ mod tests {
                    --b\r\nContent-Type: application/xml\r\nContent-Disposition: attachment; filename=\"camt053.xml\"\r\n\
                    Content-Transfer-Encoding: base64\r\n\r\nPERvY3VtZW50Lz4=\r\n\
                    --b\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename=\"logo.png\"\r\n\r\nxx\r\n--b--\r\n";
-        match mail(&Settings::default(), raw.as_bytes()) {
+        match mail(&config(serde_json::json!({})), raw.as_bytes()) {
             Ok(MailOutcome::Records {
                 records,
                 attachments,
@@ -110,7 +179,7 @@ mod tests {
         }
         let plain = "From: a@example.org\r\nSubject: hi\r\n\r\nhello\r\n";
         assert_eq!(
-            mail(&Settings::default(), plain.as_bytes()),
+            mail(&config(serde_json::json!({})), plain.as_bytes()),
             Ok(MailOutcome::NotMine)
         );
     }

@@ -14,16 +14,41 @@ pub const PASSWORD: &str = "secret";
 
 pub struct Dovecot {
     pub dir: tempfile::TempDir,
+    /// The plain IMAP port (STARTTLS offered when started with TLS).
     pub port: u16,
+    /// With TLS: the implicit-TLS (IMAPS) port and the PEM file of the CA that signed the server's certificate.
+    pub tls: Option<(u16, PathBuf)>,
     config: PathBuf,
     running: bool,
 }
 
 impl Dovecot {
+    /// A server without TLS.
     pub fn start() -> Dovecot {
+        Dovecot::start_with(false)
+    }
+
+    /// A server with a certificate for `127.0.0.1` and `localhost` signed by a CA made for the test (openssl CLI):
+    /// STARTTLS on [`Dovecot::port`], implicit TLS on the port in [`Dovecot::tls`].
+    pub fn start_tls() -> Dovecot {
+        Dovecot::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Dovecot {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let port = free_port();
         let root = dir.path();
+        let tls = tls.then(|| (free_port(), make_certificates(&root.join("tls"))));
+        let (ssl, imaps) = match &tls {
+            Some((imaps_port, _)) => (
+                format!(
+                    "ssl = yes\nssl_cert = <{d}/tls/server.pem\nssl_key = <{d}/tls/server.key\n",
+                    d = root.display()
+                ),
+                format!("address = 127.0.0.1\n    port = {imaps_port}\n    ssl = yes"),
+            ),
+            None => ("ssl = no\n".to_string(), "port = 0".to_string()),
+        };
         for sub in ["run", "state", "mail"] {
             std::fs::create_dir_all(root.join(sub)).unwrap_or_else(|e| panic!("mkdir {sub}: {e}"));
         }
@@ -47,19 +72,20 @@ impl Dovecot {
             &config,
             format!(
                 "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\ninfo_log_path = {d}/dovecot.log\n\
-                 instance_name = settled-test-{port}\nlisten = 127.0.0.1\nprotocols = imap\nssl = no\n\
+                 instance_name = settled-test-{port}\nlisten = 127.0.0.1\nprotocols = imap\n{ssl}\
                  disable_plaintext_auth = no\nauth_mechanisms = plain login\nfirst_valid_uid = 1\n\
                  mail_location = maildir:{d}/mail/%n/Maildir\npostmaster_address = postmaster@example.org\nlda_mailbox_autocreate = yes\n\
                  passdb {{\n  driver = passwd-file\n  args = {d}/users\n}}\n\
                  userdb {{\n  driver = static\n  args = uid=vmail gid=vmail home={d}/mail/%n\n}}\n\
                  service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  \
-                 inet_listener imaps {{\n    port = 0\n  }}\n}}\n"
+                 inet_listener imaps {{\n    {imaps}\n  }}\n}}\n"
             ),
         )
         .unwrap_or_else(|e| panic!("dovecot config: {e}"));
         let mut dovecot = Dovecot {
             dir,
             port,
+            tls,
             config,
             running: false,
         };
@@ -194,13 +220,28 @@ impl Dovecot {
         )
     }
 
-    /// The `[[connector]]` table of a `mail-lead` instance reading this server's INBOX.
+    /// The `[[connector]]` table of a `mail-lead` instance reading this server's INBOX in plain text.
     pub fn connector(&self, name: &str, password_file: &Path, extra: &str) -> String {
+        self.connector_via(
+            name,
+            password_file,
+            extra,
+            &format!("host = \"127.0.0.1\"\nport = {}\ntls = \"none\"", self.port),
+        )
+    }
+
+    /// [`Dovecot::connector`] with the lines of `[connector.mailbox.imap]` that say how to reach the server.
+    pub fn connector_via(
+        &self,
+        name: &str,
+        password_file: &Path,
+        extra: &str,
+        transport: &str,
+    ) -> String {
         format!(
             "[[connector]]\nname = \"{name}\"\nplugin = \"mail-lead\"\n[connector.mailbox]\npoll_secs = 5\n\
-             max_backoff_secs = 1\n{extra}\n[connector.mailbox.imap]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{USER}\"\n\
-             password_file = \"{file}\"\ntls = \"none\"\n",
-            port = self.port,
+             max_backoff_secs = 1\n{extra}\n[connector.mailbox.imap]\n{transport}\nuser = \"{USER}\"\n\
+             password_file = \"{file}\"\n",
             file = password_file.display()
         )
     }
@@ -213,6 +254,65 @@ impl Drop for Dovecot {
         }
         self.stop();
     }
+}
+
+/// A CA and a server certificate it signed, for `127.0.0.1` and `localhost`, in `dir` (`ca.pem`, `server.pem`,
+/// `server.key`); the CA's PEM file.
+fn make_certificates(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running openssl (it comes with dovecot-core): {e}"));
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=settled test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(&[
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.pem",
+        "-subj",
+        "/CN=localhost",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+    ]);
+    dir.join("ca.pem")
 }
 
 /// An enquiry from `sender` with a Message-ID of its own.

@@ -62,6 +62,34 @@ fn wait_for_mailbox(d: &Daemon, connector: &str, what: &str, ok: impl Fn(&Value)
     d.eventually(what, || Some(mailbox(d, connector)).filter(|m| ok(m)))
 }
 
+/// What `settled plugins` prints.
+fn settled_plugins(d: &Daemon) -> String {
+    let status = crate::harness::run({
+        let mut cmd = crate::harness::settled(d.dir.path());
+        cmd.args(["plugins", "--url", &d.url("")])
+            .env("SETTLED_API_TOKEN", crate::harness::TOKEN);
+        cmd
+    });
+    assert!(status.status.success(), "{status}");
+    status.stdout
+}
+
+/// A Maildir with `tmp/`, `new/` and `cur/` below `dir`.
+fn make_maildir(dir: &std::path::Path) -> PathBuf {
+    let maildir = dir.join("Maildir");
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    maildir
+}
+
+/// Deliver a message to a Maildir the Maildir way: written to `tmp/`, renamed into `new/`.
+fn drop_mail(maildir: &std::path::Path, name: &str, raw: &[u8]) {
+    let at = maildir.join("tmp").join(name);
+    std::fs::write(&at, raw).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(&at, maildir.join("new").join(name)).unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// The external ids of the leads, each must appear once.
 fn assert_each_once(leads: &[Value], expected: usize) {
     let mut ids: Vec<&str> = leads
@@ -266,15 +294,9 @@ fn a_wrong_password_shows_in_the_mailbox_state_and_stops_nothing_else() {
         "{}",
         d.log_text()
     );
-    let status = crate::harness::run({
-        let mut cmd = crate::harness::settled(d.dir.path());
-        cmd.args(["plugins", "--url", &d.url("")])
-            .env("SETTLED_API_TOKEN", crate::harness::TOKEN);
-        cmd
-    });
-    assert!(status.status.success(), "{status}");
+    let status = settled_plugins(&d);
     assert!(
-        status.stdout.contains("sales-mail") && status.stdout.contains("login as sales refused"),
+        status.contains("sales-mail") && status.contains("login as sales refused"),
         "{status}"
     );
     // A mailbox backing off does not hold up a clean stop.
@@ -542,5 +564,173 @@ fn a_reply_in_an_enquiry_thread_is_added_to_its_lead_not_a_new_one() {
     assert!(
         text.contains("Please send us a quote.") && text.contains("Make it 60 chairs"),
         "{text}"
+    );
+}
+
+#[test]
+fn imap_over_tls_and_starttls_trusts_the_ca_file_and_an_untrusted_certificate_is_refused_plainly() {
+    let dovecot = Dovecot::start_tls();
+    let (imaps, ca) = dovecot.tls.clone().unwrap_or_else(|| panic!("no tls"));
+    dovecot.deliver(&enquiry("tls@secure.example", "tls1", "Over TLS"));
+    let password = password_file(&dovecot, PASSWORD);
+    let via = |name: &str, port: u16, tls: &str, ca_file: Option<&std::path::Path>| {
+        let ca = ca_file
+            .map(|f| format!("\nca_file = \"{}\"", f.display()))
+            .unwrap_or_default();
+        dovecot.connector_via(
+            name,
+            &password,
+            "",
+            &format!("host = \"127.0.0.1\"\nport = {port}\ntls = \"{tls}\"{ca}"),
+        )
+    };
+    let config = [
+        via("tls-mail", imaps, "required", Some(&ca)),
+        via("starttls-mail", dovecot.port, "starttls", Some(&ca)),
+        via("untrusted-mail", imaps, "required", None),
+    ]
+    .join("\n");
+    let d = Daemon::start(Setup {
+        plugins: vec!["mail-lead"],
+        config,
+    });
+    for connector in ["tls-mail", "starttls-mail"] {
+        let status = wait_for_mailbox(&d, connector, "the message read over tls", |m| {
+            m["folders"]["INBOX"]["last_uid"] == 1 && m["state"] == "idle"
+        });
+        assert_eq!(status["last_error"], Value::Null, "{status}");
+    }
+    assert_each_once(&email_leads(&d), 1);
+    let untrusted = wait_for_mailbox(
+        &d,
+        "untrusted-mail",
+        "the untrusted certificate refused",
+        |m| m["state"] == "backing_off" && m["last_error"].is_string(),
+    );
+    let error = untrusted["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("tls handshake with 127.0.0.1")
+            && error.contains("certificate is not trusted")
+            && error.contains("mailbox.imap.ca_file"),
+        "{untrusted}"
+    );
+    assert_eq!(untrusted["folders"], serde_json::json!({}), "{untrusted}");
+    let shown = settled_plugins(&d);
+    assert!(
+        shown.contains("untrusted-mail") && shown.contains("certificate is not trusted"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_malformed_message_and_a_30_mib_message_are_recorded_failed_and_the_rest_go_on() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let maildir = make_maildir(tmp.path());
+    // No header block at all: binary junk where a message should be.
+    drop_mail(
+        &maildir,
+        "400.M1.host",
+        b"\x00\x01\x02\xff\xfe not a message\r\n\r\n\x00",
+    );
+    // 30 MiB, over the default limit of 25 MiB: not parsed at all.
+    let mut big = enquiry("big@size.example", "big1", "Large").into_bytes();
+    big.extend(std::iter::repeat_n(b'x', 30 << 20));
+    drop_mail(&maildir, "401.M2.host", &big);
+    drop_mail(
+        &maildir,
+        "402.M3.host",
+        enquiry("fine@size.example", "ok1", "Fine")
+            .replace('\n', "\r\n")
+            .as_bytes(),
+    );
+    let d = Daemon::start(Setup {
+        plugins: vec!["mail-lead"],
+        config: format!(
+            "[[connector]]\nname = \"md\"\nplugin = \"mail-lead\"\n[connector.mailbox]\nmaildir = \"{}\"\n",
+            maildir.display()
+        ),
+    });
+    let status = wait_for_mailbox(&d, "md", "three messages processed", |m| {
+        m["seen"].as_u64().unwrap_or(0) + m["failed"].as_u64().unwrap_or(0) >= 3
+    });
+    assert_eq!(
+        (status["seen"].as_u64(), status["failed"].as_u64()),
+        (Some(1), Some(2)),
+        "{status}"
+    );
+    let leads = email_leads(&d);
+    assert_each_once(&leads, 1);
+    assert_eq!(leads[0]["email"], "fine@size.example");
+    let events = d.ok("GET", "/v1/events?limit=1000", None);
+    let failures: Vec<String> = events["items"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|e| e["type"] == "mail.failed")
+                .map(|e| format!("{} {}", e["data"]["location"], e["data"]["reason"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(
+        failures[0].contains("new/400.M1.host") && failures[0].contains("not an rfc 822 message"),
+        "{failures:?}"
+    );
+    assert!(
+        failures[1].contains("new/401.M2.host") && failures[1].contains("over the limit of 25 MiB"),
+        "{failures:?}"
+    );
+    // Every message left new/, the failed ones too: nothing is read again and again.
+    d.eventually("new/ empty", || {
+        (std::fs::read_dir(maildir.join("new"))
+            .map(|r| r.count())
+            .unwrap_or(1)
+            == 0)
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_paypal_notice_becomes_a_payment_that_pays_its_invoice_once() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let maildir = make_maildir(tmp.path());
+    let d = Daemon::start(Setup {
+        plugins: vec!["payment-mail"],
+        config: format!(
+            "[[connector]]\nname = \"paypal-mail\"\nplugin = \"payment-mail\"\n[connector.mailbox]\nmaildir = \"{}\"\n",
+            maildir.display()
+        ),
+    });
+    let inv = crate::harness::issue_invoice(&d, "Nordwind", crate::harness::one_line("238.00"));
+    let number = inv["number"].as_str().unwrap_or_default().to_string();
+    let sample =
+        std::fs::read_to_string(crate::harness::fixture("mail/paypal-payment-received.eml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    // The payer's note names the invoice just issued.
+    let notice = sample.replace("INV-2026-001", &number);
+    drop_mail(&maildir, "500.M1.host", notice.as_bytes());
+    let paid = d.eventually("the invoice paid by the notice", || {
+        let now = crate::harness::invoice(&d, &inv);
+        (now["payment_status"] == "paid").then_some(now)
+    });
+    assert_eq!(paid["balance"], "0.00", "{paid}");
+    let payments = d.ok("GET", "/v1/payments?limit=1000", None);
+    let items = payments["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 1, "{payments}");
+    assert_eq!(items[0]["amount"], "238.00", "{payments}");
+    assert_eq!(
+        items[0]["external_id"], "paypal:7LK63455XR1234567",
+        "{payments}"
+    );
+    // The same notice delivered again (a second copy, another file): recognised, no second payment.
+    drop_mail(&maildir, "501.M2.host", notice.as_bytes());
+    wait_for_mailbox(&d, "paypal-mail", "the copy processed", |m| {
+        m["seen"].as_u64().unwrap_or(0) + m["duplicates"].as_u64().unwrap_or(0) >= 2
+    });
+    let payments = d.ok("GET", "/v1/payments?limit=1000", None);
+    assert_eq!(
+        payments["items"].as_array().map(Vec::len),
+        Some(1),
+        "{payments}"
     );
 }
