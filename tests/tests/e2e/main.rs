@@ -18,4 +18,5 @@ mod outbox;
 mod plugin_host;
 mod receiver;
 mod refused;
+mod reload;
 mod returns;

@@ -140,6 +140,7 @@ fn config(dir: &TestDir, connectors: Vec<ConnectorConfig>) -> HostConfig {
         call_timeout: Duration::from_secs(10),
         quarantine_after: 5,
         watch: false,
+        defaults: false,
     }
 }
 
