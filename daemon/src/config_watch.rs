@@ -6,6 +6,7 @@
 //! does not parse or validate is refused whole: the running config stays, and the error is logged and kept in
 //! [`PluginHost::last_reload`] (shown by `/v1/plugins` and `/healthz`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::mailbox::MailboxConfig;
 use crate::plugin_host::{ConnectorConfig, PluginHost, ReloadReport};
 
 /// How often the config file's size, modification time and inode are compared.
@@ -34,10 +36,13 @@ fn table(path: &Path) -> Option<toml::Table> {
 /// Watch `file` and apply its connector changes to `host` until cancelled.
 pub async fn run(file: PathBuf, host: Arc<PluginHost>, cancel: CancellationToken) {
     let started_with = table(&file).unwrap_or_default();
-    // Transports are set up from the connectors the daemon started with.
-    let started_connectors = Config::load(&file)
-        .map(|c| c.connectors)
-        .unwrap_or_default();
+    // Mailboxes and outbox delivery are set up from what the daemon started with.
+    let started = Started::of(
+        &Config::load(&file)
+            .map(|c| c.connectors)
+            .unwrap_or_default(),
+        &host,
+    );
     let mut hangup =
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(signal) => Some(signal),
@@ -75,14 +80,14 @@ pub async fn run(file: PathBuf, host: Arc<PluginHost>, cancel: CancellationToken
         };
         changed = None;
         seen = stamp(&file);
-        let report = reload(&file, (&started_with, &started_connectors), &host, trigger).await;
+        let report = reload(&file, (&started_with, &started), &host, trigger).await;
         host.record_reload(report);
     }
 }
 
 async fn reload(
     file: &Path,
-    (started_with, started_connectors): (&toml::Table, &[ConnectorConfig]),
+    (started_with, started): (&toml::Table, &Started),
     host: &PluginHost,
     trigger: &str,
 ) -> ReloadReport {
@@ -120,27 +125,9 @@ async fn reload(
     report.restart_needed = table(file)
         .map(|now| restart_needed(started_with, &now))
         .unwrap_or_default();
-    // Transports set up at start: a connector's own inbox folder, mailbox and outbox delivery.
-    for c in &config.connectors {
-        let same = started_connectors.iter().any(|b| {
-            b.name == c.name && b.inbox == c.inbox && b.mailbox == c.mailbox && b.events == c.events
-        });
-        if same {
-            continue;
-        }
-        for (what, set) in [
-            ("inbox folder", c.inbox.is_some()),
-            ("mailbox", c.mailbox.is_some()),
-            ("outbox delivery (`events`)", c.events.is_some()),
-        ] {
-            if set {
-                report.restart_needed.push(format!(
-                    "connector `{}`: its {what} is set up at the next restart",
-                    c.name
-                ));
-            }
-        }
-    }
+    report
+        .restart_needed
+        .extend(started.differences(&Started::of(&config.connectors, host)));
     for note in &report.restart_needed {
         tracing::warn!(note = %note, "config reload: takes effect at the next restart");
     }
@@ -150,6 +137,60 @@ async fn reload(
         "config reloaded"
     );
     report
+}
+
+/// The transports set up once at start: connectors with a mailbox (and its settings), and sinks (with their `events`).
+#[derive(Debug, Default)]
+struct Started {
+    mailboxes: BTreeMap<String, Option<MailboxConfig>>,
+    sinks: BTreeMap<String, Option<Vec<String>>>,
+}
+
+impl Started {
+    fn of(connectors: &[ConnectorConfig], host: &PluginHost) -> Started {
+        let sink_roles: BTreeSet<String> = host
+            .instances()
+            .into_iter()
+            .filter(|i| i.roles.contains(&settled_plugin_api::Role::Sink))
+            .map(|i| i.name)
+            .collect();
+        Started {
+            mailboxes: connectors
+                .iter()
+                .filter(|c| c.mailbox.is_some())
+                .map(|c| (c.name.clone(), c.mailbox.clone()))
+                .collect(),
+            sinks: connectors
+                .iter()
+                .filter(|c| c.events.is_some() || sink_roles.contains(&c.name))
+                .map(|c| (c.name.clone(), c.events.clone()))
+                .collect(),
+        }
+    }
+
+    /// What differs in `now`, as notes of what waits for a restart.
+    fn differences(&self, now: &Started) -> Vec<String> {
+        let mut out = Vec::new();
+        changed("mailbox", &self.mailboxes, &now.mailboxes, &mut out);
+        changed("outbox delivery", &self.sinks, &now.sinks, &mut out);
+        out
+    }
+}
+
+fn changed<T: PartialEq>(
+    what: &str,
+    before: &BTreeMap<String, T>,
+    after: &BTreeMap<String, T>,
+    out: &mut Vec<String>,
+) {
+    let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for name in names {
+        if before.get(name) != after.get(name) {
+            out.push(format!(
+                "connector `{name}`: its {what} keeps the config of the last start until the next restart"
+            ));
+        }
+    }
 }
 
 /// Keys outside `[[connector]]` and `[plugins] defaults` whose value differs between two versions of the file.

@@ -27,7 +27,7 @@ pub(super) struct Wanted {
 const NEEDS_SETTINGS: &[&str] = &["stripe", "webhook"];
 
 /// Settings of a plugin's default instance: what makes a bundled plugin usable out of the box, else `{}`.
-pub fn default_instance_settings(plugin: &str) -> serde_json::Value {
+fn default_instance_settings(plugin: &str) -> serde_json::Value {
     match plugin {
         "qif" => serde_json::json!({"currency": "USD"}),
         _ => serde_json::json!({}),

@@ -31,8 +31,7 @@ use settled_plugin_api::{
 };
 
 pub use child::child_main;
-pub use connectors::{default_instance_settings, ReloadReport};
-use connectors as defaults;
+pub use connectors::ReloadReport;
 use child::{ChildFailure, ProcInstance, ProcOutcome};
 use native::{NativeInstance, NativeLib, Reply, Workers};
 pub use session::ParseSession;
@@ -412,7 +411,7 @@ pub struct PluginHost {
     config: HostConfig,
     slots: RwLock<BTreeMap<String, Arc<Slot>>>,
     /// What the config asks for now: the `[[connector]]` tables and whether default instances run.
-    wanted: Mutex<defaults::Wanted>,
+    wanted: Mutex<connectors::Wanted>,
     /// The outcome of the last config reload, for `/v1/plugins` and `/healthz`.
     reloaded: Mutex<Option<ReloadReport>>,
     files: Mutex<BTreeMap<PathBuf, FileEntry>>,
@@ -455,7 +454,7 @@ impl PluginHost {
             .iter()
             .map(|c| (c.name.clone(), Arc::new(Slot::new(c.clone(), false))))
             .collect();
-        let wanted = defaults::Wanted {
+        let wanted = connectors::Wanted {
             connectors: config.connectors.clone(),
             defaults: config.defaults,
         };

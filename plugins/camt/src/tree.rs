@@ -62,7 +62,9 @@ pub const MAX_TOKEN: usize = 16 * 1024 * 1024;
 /// Parses a whole document into its root element. Truncated or malformed XML is an error naming the line.
 #[cfg(test)]
 pub fn parse_document(text: &str) -> Result<Element, PluginError> {
-    let mut keep = |_: &[Element], element: Element| Ok(Some(element));
+    let mut keep = |_: &[Element], element: Element| -> Result<Option<Element>, PluginError> {
+        Ok(Some(element))
+    };
     let mut tree = TreeStream::default();
     tree.feed(text.as_bytes(), &mut keep)?;
     tree.finish(&mut keep)
@@ -90,13 +92,12 @@ pub struct TreeStream {
     started: bool,
 }
 
-/// What `on_close` is: see [`TreeStream`].
-pub trait OnClose: FnMut(&[Element], Element) -> Result<Option<Element>, PluginError> {}
-impl<F: FnMut(&[Element], Element) -> Result<Option<Element>, PluginError>> OnClose for F {}
+/// What is called with each closed element: see [`TreeStream`].
+pub type OnClose<'a> = dyn FnMut(&[Element], Element) -> Result<Option<Element>, PluginError> + 'a;
 
 impl TreeStream {
     /// The next bytes of the document.
-    pub fn feed(&mut self, chunk: &[u8], on_close: &mut impl OnClose) -> Result<(), PluginError> {
+    pub fn feed(&mut self, chunk: &[u8], on_close: &mut OnClose<'_>) -> Result<(), PluginError> {
         if chunk.is_empty() {
             return Ok(());
         }
@@ -122,7 +123,7 @@ impl TreeStream {
     }
 
     /// The end of the document: its root element (with what `on_close` kept).
-    pub fn finish(mut self, on_close: &mut impl OnClose) -> Result<Element, PluginError> {
+    pub fn finish(mut self, on_close: &mut OnClose<'_>) -> Result<Element, PluginError> {
         if !self.any_bytes {
             return Err(PluginError::bad_input("file", "empty file: 0 bytes"));
         }
@@ -187,7 +188,7 @@ impl TreeStream {
     }
 
     /// Parses what `pending` holds completely; keeps an unfinished tail unless `last`.
-    fn parse(&mut self, last: bool, on_close: &mut impl OnClose) -> Result<(), PluginError> {
+    fn parse(&mut self, last: bool, on_close: &mut OnClose<'_>) -> Result<(), PluginError> {
         if !self.start(last)? {
             return Ok(());
         }
@@ -209,7 +210,7 @@ impl TreeStream {
         &mut self,
         bytes: &[u8],
         last: bool,
-        on_close: &mut impl OnClose,
+        on_close: &mut OnClose<'_>,
     ) -> Result<usize, PluginError> {
         let text = std::str::from_utf8(bytes).map_err(|e| {
             PluginError::bad_input("file", format!("not utf-8 text: {e}"))
@@ -310,7 +311,7 @@ impl TreeStream {
     fn close(
         &mut self,
         element: Element,
-        on_close: &mut impl OnClose,
+        on_close: &mut OnClose<'_>,
         at: impl Fn() -> String,
     ) -> Result<(), PluginError> {
         if let Some(element) = on_close(&self.stack, element)? {
