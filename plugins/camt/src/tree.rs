@@ -226,6 +226,7 @@ impl TreeStream {
         // which needs their untrimmed length. Accessors trim. End tags are matched here, across feeds.
         reader.config_mut().trim_text(false);
         reader.config_mut().check_end_names = false;
+        reader.config_mut().allow_unmatched_ends = true;
         let mut consumed = 0usize;
         loop {
             let position = reader.buffer_position();
