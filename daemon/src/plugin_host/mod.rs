@@ -517,7 +517,7 @@ impl PluginHost {
             return Err(CallError::NotRunning {
                 instance: instance.to_string(),
                 plugin: slot.config.plugin.clone(),
-                reason: self.not_running_reason(slot),
+                reason: self.not_running_reason(&slot),
             });
         };
         Ok(Target {
@@ -855,7 +855,10 @@ impl PluginHost {
         for slot in self.slots_of(&name) {
             match self.create_instance(&loaded, &slot.config).await {
                 Ok(instance) => created.push((slot, instance)),
-                Err(why) => failed.push((slot, format!("instance `{}`: {why}", slot.config.name))),
+                Err(why) => {
+                    let why = format!("instance `{}`: {why}", slot.config.name);
+                    failed.push((slot, why));
+                }
             }
         }
         for (slot, instance) in created {
