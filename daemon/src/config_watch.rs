@@ -43,14 +43,13 @@ pub async fn run(file: PathBuf, host: Arc<PluginHost>, cancel: CancellationToken
             .unwrap_or_default(),
         &host,
     );
-    let mut hangup =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(signal) => Some(signal),
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGHUP; config changes are still picked up from the file");
-                None
-            }
-        };
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; config changes are still picked up from the file");
+            None
+        }
+    };
     let mut seen = stamp(&file);
     let mut changed: Option<Stamp> = None;
     let mut tick = tokio::time::interval(POLL);
@@ -131,11 +130,7 @@ async fn reload(
     for note in &report.restart_needed {
         tracing::warn!(note = %note, "config reload: takes effect at the next restart");
     }
-    tracing::info!(
-        trigger,
-        changes = report.changes.len(),
-        "config reloaded"
-    );
+    tracing::info!(trigger, changes = report.changes.len(), "config reloaded");
     report
 }
 
@@ -218,7 +213,9 @@ fn restart_needed(before: &toml::Table, now: &toml::Table) -> Vec<String> {
                 sub.dedup();
                 for k in sub {
                     if b.get(k) != n.get(k) {
-                        out.push(format!("`plugins.{k}` changed: takes effect at the next restart"));
+                        out.push(format!(
+                            "`plugins.{k}` changed: takes effect at the next restart"
+                        ));
                     }
                 }
             }

@@ -234,7 +234,10 @@ mod tests {
         assert!(!wants_default(&wanted, "ofx"), "its name is taken");
         assert!(wants_default(&wanted, "bank-csv"));
         assert!(!wants_default(&wanted, "stripe"), "needs settings");
-        assert!(!wants_default(&wanted, "odd name"), "not a usable instance name");
+        assert!(
+            !wants_default(&wanted, "odd name"),
+            "not a usable instance name"
+        );
         let off = Wanted {
             defaults: false,
             ..wanted

@@ -31,8 +31,8 @@ use settled_plugin_api::{
 };
 
 pub use child::child_main;
-pub use connectors::ReloadReport;
 use child::{ChildFailure, ProcInstance, ProcOutcome};
+pub use connectors::ReloadReport;
 use native::{NativeInstance, NativeLib, Reply, Workers};
 pub use session::ParseSession;
 

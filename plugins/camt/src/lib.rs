@@ -173,7 +173,8 @@ impl CamtStream {
 
     fn finish_payments(self) -> Result<Vec<PaymentRecord>, PluginError> {
         let CamtStream { tree, mut entries } = self;
-        let root = tree.finish(&mut |open: &[tree::Element], element| entries.on_close(open, element))?;
+        let root =
+            tree.finish(&mut |open: &[tree::Element], element| entries.on_close(open, element))?;
         let message = match root.name.as_str() {
             "Document" => root.children.first().ok_or_else(|| {
                 PluginError::bad_input("Document", "empty document: no camt message inside")

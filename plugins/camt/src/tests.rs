@@ -585,13 +585,26 @@ fn any_split_of_a_file_gives_the_records_and_errors_of_the_whole_file() {
     );
     let bytes = xml.as_bytes();
     let whole = stream(bytes, &[]);
-    assert_eq!(whole.as_ref().map(Vec::len).ok(), Some(2), "{}", json(&whole));
+    assert_eq!(
+        whole.as_ref().map(Vec::len).ok(),
+        Some(2),
+        "{}",
+        json(&whole)
+    );
     let expected = json(&whole);
     for cut in 0..=bytes.len() {
-        assert_eq!(json(&stream(bytes, &[cut])), expected, "split at byte {cut}");
+        assert_eq!(
+            json(&stream(bytes, &[cut])),
+            expected,
+            "split at byte {cut}"
+        );
     }
     let every_byte: Vec<usize> = (1..bytes.len()).collect();
-    assert_eq!(json(&stream(bytes, &every_byte)), expected, "one byte at a time");
+    assert_eq!(
+        json(&stream(bytes, &every_byte)),
+        expected,
+        "one byte at a time"
+    );
     let parsed = parse_ok(&xml);
     assert_eq!(
         serde_json::to_string(&payments(parsed).records).unwrap_or_default(),
@@ -603,7 +616,11 @@ fn any_split_of_a_file_gives_the_records_and_errors_of_the_whole_file() {
     let whole = json(&stream(truncated, &[]));
     assert!(whole.contains("truncated xml"), "{whole}");
     for cut in (0..truncated.len()).step_by(7) {
-        assert_eq!(json(&stream(truncated, &[cut])), whole, "split at byte {cut}");
+        assert_eq!(
+            json(&stream(truncated, &[cut])),
+            whole,
+            "split at byte {cut}"
+        );
     }
 }
 
@@ -634,7 +651,9 @@ fn an_endless_tag_is_refused_before_it_fills_memory() {
         fed = parser.feed_payments(&chunk);
         sent += chunk.len();
     }
-    let err = fed.err().unwrap_or_else(|| panic!("no error after {sent} bytes"));
+    let err = fed
+        .err()
+        .unwrap_or_else(|| panic!("no error after {sent} bytes"));
     assert_eq!(err.location.as_deref(), Some("line 2"), "{err}");
     assert!(err.message.contains("longer than 16 MiB"), "{err}");
 }

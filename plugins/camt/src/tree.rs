@@ -212,13 +212,17 @@ impl TreeStream {
         last: bool,
         on_close: &mut OnClose<'_>,
     ) -> Result<usize, PluginError> {
-        let text = std::str::from_utf8(bytes).map_err(|e| {
-            PluginError::bad_input("file", format!("not utf-8 text: {e}"))
-        })?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| PluginError::bad_input("file", format!("not utf-8 text: {e}")))?;
         let lines_before = self.lines_before;
         let line_of = |offset: u64| {
-            let end = usize::try_from(offset).unwrap_or(usize::MAX).min(text.len());
-            let here = text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count();
+            let end = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(text.len());
+            let here = text.as_bytes()[..end]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
             format!("line {}", lines_before + here + 1)
         };
         let mut reader = Reader::from_str(text);

@@ -495,16 +495,26 @@ fn a_plugin_whose_cache_copy_met_a_full_disk_loads_by_itself_once_space_returns(
         let errors = status["load_errors"].as_array()?.clone();
         errors
             .iter()
-            .any(|e| e.as_str().is_some_and(|e| e.contains("cannot copy to the cache")))
+            .any(|e| {
+                e.as_str()
+                    .is_some_and(|e| e.contains("cannot copy to the cache"))
+            })
             .then_some(status)
     });
-    assert_eq!(refused["sha256"].as_str(), Some(first.as_str()), "{refused}");
+    assert_eq!(
+        refused["sha256"].as_str(),
+        Some(first.as_str()),
+        "{refused}"
+    );
 
     std::fs::remove_file(&ballast).expect("removing the ballast");
-    let loaded = d.eventually("the new version to load without being dropped in again", || {
-        let status = webform(&d);
-        (status["sha256"].as_str() != Some(first.as_str())).then_some(status)
-    });
+    let loaded = d.eventually(
+        "the new version to load without being dropped in again",
+        || {
+            let status = webform(&d);
+            (status["sha256"].as_str() != Some(first.as_str())).then_some(status)
+        },
+    );
     assert_eq!(loaded["loads"], 2, "{loaded}");
     assert_eq!(loaded["load_errors"], json!([]), "{loaded}");
     health_becomes(&d, 200);

@@ -12,6 +12,7 @@ mod harness;
 mod hledger;
 mod imports;
 mod inbox;
+mod large_files;
 mod lifecycle;
 mod mailbox;
 mod outbox;

@@ -112,11 +112,16 @@ fn connectors_added_changed_and_removed_in_the_config_apply_without_a_restart_an
     let leads_after = d.ok("GET", "/v1/leads", None)["items"]
         .as_array()
         .map(Vec::len);
-    assert_eq!(leads_after, leads_before, "the honeypot of the new settings");
+    assert_eq!(
+        leads_after, leads_before,
+        "the honeypot of the new settings"
+    );
 
     // A file with an error is refused whole, naming the key and line; the running connectors stay.
     d.rewrite_config(&format!("{changed}colour = \"blue\"\n"));
-    let refused = wait_reload(&d, "the bad file to be refused", |r| r["outcome"] == "refused");
+    let refused = wait_reload(&d, "the bad file to be refused", |r| {
+        r["outcome"] == "refused"
+    });
     let error = refused["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("colour") && error.contains("line ") && error.contains("settled.toml"),
@@ -170,7 +175,11 @@ fn a_plugin_dropped_in_while_running_gets_its_default_instance() {
     let lib = plugin_lib("webform");
     let tmp = d.dir.path().join("plugins/.webform.part");
     std::fs::copy(&lib, &tmp).unwrap();
-    std::fs::rename(&tmp, d.dir.path().join("plugins").join(lib.file_name().unwrap())).unwrap();
+    std::fs::rename(
+        &tmp,
+        d.dir.path().join("plugins").join(lib.file_name().unwrap()),
+    )
+    .unwrap();
     d.eventually("the dropped-in plugin's default instance", || {
         (state_of(&d, "webform").as_deref() == Some("running")).then_some(())
     });
@@ -201,14 +210,22 @@ fn an_instance_with_bad_settings_does_not_block_an_upgrade_of_its_plugin() {
     bytes.extend_from_slice(b"version two");
     let tmp = d.dir.path().join("plugins/.camt.part");
     std::fs::write(&tmp, &bytes).unwrap();
-    std::fs::rename(&tmp, d.dir.path().join("plugins").join(lib.file_name().unwrap())).unwrap();
+    std::fs::rename(
+        &tmp,
+        d.dir.path().join("plugins").join(lib.file_name().unwrap()),
+    )
+    .unwrap();
     let upgraded = d.eventually("the new version to load", || {
         let now = camt(&d);
         let refused = now["load_errors"].as_array().is_some_and(|e| !e.is_empty());
         assert!(!refused, "the upgrade was refused: {now}");
         (now["sha256"] != first && now["loads"] == 2).then_some(now)
     });
-    assert_eq!(state_of(&d, "good-bank").as_deref(), Some("running"), "{upgraded}");
+    assert_eq!(
+        state_of(&d, "good-bank").as_deref(),
+        Some("running"),
+        "{upgraded}"
+    );
     let bad = instance(&d, "bad-bank").unwrap();
     assert_eq!(bad["state"], "failed", "{bad}");
     let reason = bad["reason"].as_str().unwrap_or_default();
