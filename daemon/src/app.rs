@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState, Metrics};
 use crate::config::{Config, LogFormat};
 use crate::engine::{Engine, SystemClock};
-use crate::plugin_host::{ConnectorConfig, HostConfig, PluginHost};
+use crate::plugin_host::{HostConfig, PluginHost};
 use crate::store::{Store, StoreOptions};
 
 /// Options of `settled run` that override the config file.
@@ -30,26 +30,28 @@ pub struct RunOptions {
     pub json_logs: bool,
 }
 
-/// Load the config: `--config`, else `$SETTLED_CONFIG`, else `<data dir>/settled.toml` when it exists, else the embedded defaults.
-pub fn load_config(options: &RunOptions) -> anyhow::Result<Config> {
+/// The config file: `--config`, else `$SETTLED_CONFIG`, else `<data dir>/settled.toml` when it exists; `None`: the
+/// embedded defaults.
+pub fn config_file(options: &RunOptions) -> Option<PathBuf> {
     let explicit = options
         .config
         .clone()
         .or_else(|| std::env::var_os("SETTLED_CONFIG").map(PathBuf::from));
-    let mut config = match explicit {
+    explicit.or_else(|| {
+        let dir = options
+            .data_dir
+            .clone()
+            .unwrap_or_else(crate::config::default_data_dir);
+        let candidate = dir.join("settled.toml");
+        candidate.exists().then_some(candidate)
+    })
+}
+
+/// Load the config file [`config_file`] names (else the embedded defaults) and apply the command line's overrides.
+pub fn load_config(options: &RunOptions) -> anyhow::Result<Config> {
+    let mut config = match config_file(options) {
         Some(path) => Config::load(&path)?,
-        None => {
-            let dir = options
-                .data_dir
-                .clone()
-                .unwrap_or_else(crate::config::default_data_dir);
-            let candidate = dir.join("settled.toml");
-            if candidate.exists() {
-                Config::load(&candidate)?
-            } else {
-                Config::default()
-            }
-        }
+        None => Config::default(),
     };
     if let Some(dir) = &options.data_dir {
         config.data_dir = Some(dir.clone());
@@ -195,7 +197,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         signal.cancel();
     });
-    let daemon = Daemon::start(config).await?;
+    let mut daemon = Daemon::start(config).await?;
+    daemon.config_file = config_file(&options);
     daemon.serve(shutdown.cancelled_owned()).await
 }
 
@@ -222,6 +225,8 @@ pub struct Daemon {
     pub state: AppState,
     listener: tokio::net::TcpListener,
     config: Config,
+    /// The file `config` came from: watched (and re-read on SIGHUP) to apply `[[connector]]` changes while running.
+    pub config_file: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -266,6 +271,7 @@ impl Daemon {
             state,
             listener,
             config,
+            config_file: None,
         })
     }
 
@@ -314,6 +320,13 @@ impl Daemon {
         }
         if let Some(outbox) = &self.state.outbox {
             outbox.spawn(&tasks, &cancel);
+        }
+        if let (Some(host), Some(file)) = (&self.state.host, &self.config_file) {
+            tasks.spawn(crate::config_watch::run(
+                file.clone(),
+                Arc::clone(host),
+                cancel.clone(),
+            ));
         }
         let app =
             api::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -372,11 +385,7 @@ async fn reopen_closed_store(engine: Engine, cancel: CancellationToken) {
 /// Start the plugin host; a plugin problem is logged, never fatal to the daemon.
 async fn start_plugins(config: &Config, data_dir: &Path) -> Option<Arc<PluginHost>> {
     let plugin_dir = plugin_dir(config, data_dir);
-    let connectors = if config.connectors.is_empty() {
-        default_connectors(&plugin_dir)
-    } else {
-        config.connectors.clone()
-    };
+    let connectors = config.connectors.clone();
     let host_exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
@@ -394,6 +403,7 @@ async fn start_plugins(config: &Config, data_dir: &Path) -> Option<Arc<PluginHos
         quarantine_after: config.plugins.quarantine_after,
         watch: config.plugins.watch,
         require_sandbox: config.plugins.require_sandbox,
+        defaults: config.plugins.defaults,
     };
     match PluginHost::start(host_config).await {
         Ok(host) => Some(host),
@@ -415,12 +425,6 @@ fn plugin_dir(config: &Config, data_dir: &Path) -> PathBuf {
         install_bundled_plugins(&plugin_dir);
     }
     plugin_dir
-}
-
-/// The connectors a start without `[[connector]]` tables runs (one per plugin in the plugin folder), for a caller that
-/// wants to add to them (`settled demo` gives `mail-lead` a Maildir).
-pub fn default_connectors_for(config: &Config, data_dir: &Path) -> Vec<ConnectorConfig> {
-    default_connectors(&plugin_dir(config, data_dir))
 }
 
 /// First start with the default plugin folder: copy the plugins built next to the binary into it.
@@ -449,54 +453,5 @@ pub(crate) fn install_bundled_plugins(dir: &Path) {
                 }
             }
         }
-    }
-}
-
-/// Without `[[connector]]` tables: one instance per plugin file, named after the plugin (`libsettled_plugin_bank_csv.so` -> `bank-csv`).
-pub(crate) fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| {
-            let file = e.file_name().to_string_lossy().to_string();
-            let stem = file
-                .strip_prefix("libsettled_plugin_")?
-                .strip_suffix(".so")?;
-            Some(stem.replace('_', "-"))
-        })
-        .collect();
-    names.sort();
-    for name in names {
-        if NEEDS_SETTINGS.contains(&name.as_str()) {
-            tracing::info!(plugin = %name, "no default instance: this plugin needs settings (e.g. a signing secret); add a [[connector]] for it");
-            continue;
-        }
-        out.push(ConnectorConfig {
-            name: name.clone(),
-            plugin: name.clone(),
-            isolation: Default::default(),
-            settings: default_settings(&name),
-            timeout_ms: None,
-            inbox: None,
-            allow_partial: false,
-            events: None,
-            mailbox: None,
-            env: Vec::new(),
-        });
-    }
-    out
-}
-
-/// Bundled plugins that cannot work without settings of their own (a webhook signing secret, a receiver URL).
-const NEEDS_SETTINGS: &[&str] = &["hledger", "stripe", "webhook"];
-
-/// Settings that make a bundled plugin usable out of the box.
-fn default_settings(plugin: &str) -> serde_json::Value {
-    match plugin {
-        "qif" => serde_json::json!({"currency": "USD"}),
-        _ => serde_json::json!({}),
     }
 }

@@ -83,7 +83,11 @@ pub struct Config {
     /// Delivery of outbox events to sink connectors (retries, timeouts).
     #[serde(default)]
     pub outbox: Outbox,
-    /// Connector instances, `[[connector]]` tables. Without any, one instance of each bundled plugin runs with default settings.
+    /// Connector instances, `[[connector]]` tables. Every plugin in the plugin folder that no `[[connector]]` names also
+    /// runs one default instance, named after the plugin, unless `[plugins] defaults = false`.
+    /// The daemon re-reads this file when it changes and on SIGHUP: `[[connector]]` tables (and `[plugins] defaults`)
+    /// that were added, changed or removed take effect at once; other changes wait for a restart; a file with an
+    /// error is refused whole and the running config stays (the error is logged and shown by `/v1/plugins` and `/healthz`).
     /// `allow_partial` (default `false`): when the engine refuses some records of a file (unknown currency, invalid email),
     /// `false` sends the whole file to `failed/` with nothing recorded; `true` keeps the good records and lists the refused
     /// ones in the import summary.
@@ -188,6 +192,11 @@ pub struct Plugins {
     /// the kernel lacks a part, plugins still load, and every load logs a warning and `settled plugins` shows what is
     /// missing. Set it to true on a machine that runs plugins you do not fully trust.
     pub require_sandbox: bool,
+    /// Run one default instance of every plugin in the folder that no `[[connector]]` names (default true), also of a
+    /// plugin dropped in while the daemon runs. It is named after the plugin (`camt`, `bank-csv`; a `[[connector]]`
+    /// with that name takes precedence) and uses the plugin's default settings (`qif`: `currency = "USD"`). Plugins
+    /// that cannot work without settings (`stripe`, `webhook`, `hledger`) get none. `false`: only `[[connector]]` instances run.
+    pub defaults: bool,
 }
 
 impl Default for Plugins {
@@ -199,6 +208,7 @@ impl Default for Plugins {
             quarantine_after: 5,
             watch: true,
             require_sandbox: false,
+            defaults: true,
         }
     }
 }

@@ -77,15 +77,12 @@ pub async fn run(demo_dir: Option<PathBuf>, keep_running: bool) -> anyhow::Resul
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let receiver = Receiver::start().await?;
     let books = Books::start(&dir).await;
-    let plugin_dir = dir.join("plugins");
-    if !plugin_dir.exists() {
-        crate::app::install_bundled_plugins(&plugin_dir);
-    }
-    let mut connectors = crate::app::default_connectors(&plugin_dir);
-    // The sales mailbox of the mail step: a Maildir, so no mail server is needed.
-    for connector in connectors.iter_mut().filter(|c| c.plugin == "mail-lead") {
-        connector.mailbox = Some(crate::mailbox::MailboxConfig::maildir(dir.join("Maildir")));
-    }
+    // The bundled plugins run their default instances; the demo adds the sales mailbox of the mail step (a Maildir, so
+    // no mail server is needed) and the sync-back sinks.
+    let mut mail_lead = sink_connector("mail-lead", "mail-lead", &[], json!({}));
+    mail_lead.events = None;
+    mail_lead.mailbox = Some(crate::mailbox::MailboxConfig::maildir(dir.join("Maildir")));
+    let mut connectors = vec![mail_lead];
     connectors.push(sink_connector(
         "erp-webhook",
         "webhook",
@@ -111,15 +108,6 @@ pub async fn run(demo_dir: Option<PathBuf>, keep_running: bool) -> anyhow::Resul
         ..Config::default()
     };
     crate::app::init_logging_with(config.log_format, "warn");
-    // The bundled connectors, with the sales mailbox of the mail step: a Maildir, so no mail server is needed.
-    config.connectors = crate::app::default_connectors_for(&config, &dir);
-    for connector in config
-        .connectors
-        .iter_mut()
-        .filter(|c| c.plugin == "mail-lead")
-    {
-        connector.mailbox = Some(crate::mailbox::MailboxConfig::maildir(dir.join("Maildir")));
-    }
     let daemon = Daemon::start(config).await?;
     let addr = daemon.local_addr()?;
     let token = daemon.state.token.as_str().to_string();
@@ -186,6 +174,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// A sink instance of the demo, delivering these event types.
+/// A connector of `plugin` named `name` (a sink delivering `events`).
 fn sink_connector(name: &str, plugin: &str, events: &[&str], settings: Value) -> ConnectorConfig {
     ConnectorConfig {
         name: name.into(),
@@ -197,6 +186,7 @@ fn sink_connector(name: &str, plugin: &str, events: &[&str], settings: Value) ->
         allow_partial: false,
         events: Some(events.iter().map(|e| e.to_string()).collect()),
         mailbox: None,
+        env: Vec::new(),
     }
 }
 

@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::plugin_host::PluginHost;
 
 /// One watched folder and the connector it belongs to (`None`: any file connector, by sniffing).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbox {
     /// The folder.
     pub dir: PathBuf,
@@ -97,18 +97,19 @@ pub async fn run(
     inboxes: Vec<Inbox>,
     cancel: CancellationToken,
 ) {
-    for inbox in &inboxes {
-        for sub in ["", "done", "failed"] {
-            if let Err(e) = std::fs::create_dir_all(inbox.dir.join(sub)) {
-                tracing::error!(dir = %inbox.dir.display(), error = %e, "cannot create inbox folder");
-            }
-        }
-        tracing::info!(dir = %inbox.dir.display(), connector = inbox.connector.as_deref().unwrap_or("any"), "watching inbox");
-    }
+    let mut inboxes = inboxes;
+    set_up(&inboxes, &[]);
     let settle = Duration::from_millis(state.engine.config().imports.inbox_settle_ms);
     let mut writers = Writers::watch(&inboxes);
     let mut seen: HashMap<PathBuf, (Stamp, Instant)> = HashMap::new();
     loop {
+        // A config reload may have added, moved or removed a connector's own inbox.
+        let now = self::inboxes(state.engine.config(), &host);
+        if now != inboxes {
+            set_up(&now, &inboxes);
+            writers = Writers::watch(&now);
+            inboxes = now;
+        }
         writers.update();
         for inbox in &inboxes {
             for path in candidates(&inbox.dir) {
@@ -149,6 +150,18 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(POLL) => {}
         }
+    }
+}
+
+/// Creates the folders of the inboxes not in `before` and logs that they are watched.
+fn set_up(inboxes: &[Inbox], before: &[Inbox]) {
+    for inbox in inboxes.iter().filter(|i| !before.contains(i)) {
+        for sub in ["", "done", "failed"] {
+            if let Err(e) = std::fs::create_dir_all(inbox.dir.join(sub)) {
+                tracing::error!(dir = %inbox.dir.display(), error = %e, "cannot create inbox folder");
+            }
+        }
+        tracing::info!(dir = %inbox.dir.display(), connector = inbox.connector.as_deref().unwrap_or("any"), "watching inbox");
     }
 }
 

@@ -159,7 +159,12 @@ async fn healthz(State(state): State<AppState>) -> Response {
     let store = state.engine.store();
     match store.failure() {
         None => {
-            Json(json!({"status": "ok", "last_event_id": store.last_event_id()})).into_response()
+            let mut body = json!({"status": "ok", "last_event_id": store.last_event_id()});
+            // Whether the last config reload was refused (the details, with the error, are in `/v1/plugins`).
+            if let Some(reload) = state.host.as_ref().and_then(|h| h.last_reload()) {
+                body["config_reload"] = json!({"outcome": reload.outcome, "at": reload.at});
+            }
+            Json(body).into_response()
         }
         Some(failure) => {
             let message = format!("the store cannot write: {}", failure.describe());
@@ -533,5 +538,8 @@ async fn plugins(State(state): State<AppState>) -> Json<Value> {
         Some(host) => serde_json::to_value(host.status()).unwrap_or_default(),
         None => json!([]),
     };
-    Json(json!({"items": status, "mailboxes": state.metrics.mailboxes.snapshot()}))
+    let reload = state.host.as_ref().and_then(|h| h.last_reload());
+    Json(
+        json!({"items": status, "mailboxes": state.metrics.mailboxes.snapshot(), "config_reload": reload}),
+    )
 }

@@ -28,7 +28,7 @@ use crate::engine::{MailMessage, MailVerdict};
 use crate::plugin_host::{CallError, PluginHost};
 
 /// A connector's mailbox (`[connector.mailbox]`): an IMAP account or a Maildir folder, exactly one of them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MailboxConfig {
     /// An IMAP account (`[connector.mailbox.imap]`).
@@ -54,7 +54,7 @@ pub struct MailboxConfig {
 }
 
 /// An IMAP account.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImapConfig {
     /// Server name or address.

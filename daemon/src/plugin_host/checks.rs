@@ -20,12 +20,27 @@ pub(crate) struct Candidate {
     pub cache_path: PathBuf,
 }
 
-/// Checks `path` and copies it to `cache_dir/<sha256>.<ext>`. The error is a lowercase phrase saying why.
+/// Why [`prepare`] refused a file: a lowercase phrase, and whether the fault is the file's or the cache's.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The file itself failed a check: it stays refused until it changes.
+    File(String),
+    /// The private copy could not be written (a full disk): worth trying again with the same file.
+    Cache(String),
+}
+
+impl From<String> for Refusal {
+    fn from(why: String) -> Refusal {
+        Refusal::File(why)
+    }
+}
+
+/// Checks `path` and copies it to `cache_dir/<sha256>.<ext>`.
 pub(crate) fn prepare(
     path: &Path,
     cache_dir: &Path,
     allowlist: Option<&[String]>,
-) -> Result<Candidate, String> {
+) -> Result<Candidate, Refusal> {
     let meta = fs::symlink_metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
     check_metadata(&meta, current_uid())?;
     // O_NOFOLLOW plus the inode comparison close the gap between the checks above and the read.
@@ -36,7 +51,7 @@ pub(crate) fn prepare(
         .map_err(|e| format!("cannot open for reading: {e}"))?;
     let opened = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
     if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
-        return Err("was replaced while it was being checked".to_string());
+        return Err("was replaced while it was being checked".to_string().into());
     }
     let mut bytes = Vec::with_capacity(usize::try_from(opened.len()).unwrap_or(0));
     file.read_to_end(&mut bytes)
@@ -47,13 +62,13 @@ pub(crate) fn prepare(
             .iter()
             .any(|h| h.trim().eq_ignore_ascii_case(&sha256))
         {
-            return Err(format!("sha-256 {sha256} is not on the allowlist"));
+            return Err(format!("sha-256 {sha256} is not on the allowlist").into());
         }
     }
     check_elf(&bytes)?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("so");
     let cache_path = cache_dir.join(format!("{sha256}.{ext}"));
-    write_cache(&cache_path, &bytes)?;
+    write_cache(&cache_path, &bytes).map_err(Refusal::Cache)?;
     Ok(Candidate { sha256, cache_path })
 }
 

@@ -11,6 +11,7 @@
 
 mod checks;
 mod child;
+mod connectors;
 mod native;
 mod reload;
 mod sandbox;
@@ -32,6 +33,7 @@ use settled_plugin_api::{
 
 pub use child::child_main;
 use child::{ChildFailure, ProcInstance, ProcOutcome};
+pub use connectors::ReloadReport;
 use native::{NativeInstance, NativeLib, Reply, Workers};
 pub use session::ParseSession;
 
@@ -41,7 +43,7 @@ const MAX_LOAD_ERRORS: usize = 8;
 const LATENCY_WINDOW: usize = 1024;
 
 /// One `[[connector]]` table: an instance of a plugin with its own settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorConfig {
     /// Instance name, unique; used in URLs (`/intake/{name}`) and logs. Letters, digits, `-` and `_`.
@@ -111,6 +113,8 @@ pub struct HostConfig {
     pub watch: bool,
     /// Refuse to load a plugin in a child whose sandbox is not complete (false: load it and report it).
     pub require_sandbox: bool,
+    /// Run a default instance (named after the plugin, default settings) of every loaded plugin no connector names.
+    pub defaults: bool,
 }
 
 impl Default for HostConfig {
@@ -125,6 +129,7 @@ impl Default for HostConfig {
             quarantine_after: 5,
             watch: true,
             require_sandbox: false,
+            defaults: false,
         }
     }
 }
@@ -373,9 +378,23 @@ impl Stats {
 /// A configured instance and whatever currently serves it.
 struct Slot {
     config: ConnectorConfig,
+    /// A default instance (no `[[connector]]` names its plugin), which goes when its plugin file goes.
+    default: bool,
     live: RwLock<Option<Arc<Instance>>>,
     failed: Mutex<Option<String>>,
     stats: Mutex<Stats>,
+}
+
+impl Slot {
+    fn new(config: ConnectorConfig, default: bool) -> Slot {
+        Slot {
+            config,
+            default,
+            live: RwLock::new(None),
+            failed: Mutex::new(None),
+            stats: Mutex::new(Stats::default()),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -383,7 +402,12 @@ struct FileEntry {
     current: Option<Arc<Loaded>>,
     errors: Vec<String>,
     loads: u64,
+    /// Set when the last attempt failed writing the private copy (a full disk): when to try the same file again.
+    retry_at: Option<Instant>,
 }
+
+/// How long after a failed cache copy (a full disk) the file is tried again, by the folder watcher.
+pub(crate) const CACHE_RETRY: Duration = Duration::from_secs(2);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -400,7 +424,11 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// The running plugin host. Shared as `Arc<PluginHost>`.
 pub struct PluginHost {
     config: HostConfig,
-    slots: BTreeMap<String, Arc<Slot>>,
+    slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+    /// What the config asks for now: the `[[connector]]` tables and whether default instances run.
+    wanted: Mutex<connectors::Wanted>,
+    /// The outcome of the last config reload, for `/v1/plugins` and `/healthz`.
+    reloaded: Mutex<Option<ReloadReport>>,
     files: Mutex<BTreeMap<PathBuf, FileEntry>>,
     reload: tokio::sync::Mutex<()>,
     workers: Arc<Workers>,
@@ -413,7 +441,7 @@ impl std::fmt::Debug for PluginHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginHost")
             .field("plugin_dir", &self.config.plugin_dir)
-            .field("instances", &self.slots.keys().collect::<Vec<_>>())
+            .field("instances", &read(&self.slots).keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -439,19 +467,17 @@ impl PluginHost {
         let slots = config
             .connectors
             .iter()
-            .map(|c| {
-                let slot = Slot {
-                    config: c.clone(),
-                    live: RwLock::new(None),
-                    failed: Mutex::new(None),
-                    stats: Mutex::new(Stats::default()),
-                };
-                (c.name.clone(), Arc::new(slot))
-            })
+            .map(|c| (c.name.clone(), Arc::new(Slot::new(c.clone(), false))))
             .collect();
+        let wanted = connectors::Wanted {
+            connectors: config.connectors.clone(),
+            defaults: config.defaults,
+        };
         let host = Arc::new(PluginHost {
             config,
-            slots,
+            slots: RwLock::new(slots),
+            wanted: Mutex::new(wanted),
+            reloaded: Mutex::new(None),
             files: Mutex::new(BTreeMap::new()),
             reload: tokio::sync::Mutex::new(()),
             workers: Arc::new(Workers::default()),
@@ -499,22 +525,21 @@ impl PluginHost {
     /// What serves `instance` now, with everything needed to call it.
     fn target(&self, instance: &str) -> Result<Target, CallError> {
         let slot = self
-            .slots
-            .get(instance)
+            .slot(instance)
             .ok_or_else(|| CallError::UnknownInstance(instance.to_string()))?;
         let live = read(&slot.live).clone();
         let Some(live) = live else {
             return Err(CallError::NotRunning {
                 instance: instance.to_string(),
                 plugin: slot.config.plugin.clone(),
-                reason: self.not_running_reason(slot),
+                reason: self.not_running_reason(&slot),
             });
         };
         Ok(Target {
-            slot: Arc::clone(slot),
+            timeout: self.timeout_of(&slot.config),
+            slot,
             live,
             workers: Arc::clone(&self.workers),
-            timeout: self.timeout_of(&slot.config),
             quarantine_after: self.config.quarantine_after,
         })
     }
@@ -550,8 +575,8 @@ impl PluginHost {
 
     /// Every configured instance.
     pub fn instances(&self) -> Vec<InstanceInfo> {
-        self.slots
-            .values()
+        self.all_slots()
+            .iter()
             .map(|slot| {
                 let live = read(&slot.live).clone();
                 InstanceInfo {
@@ -572,7 +597,7 @@ impl PluginHost {
 
     /// Counts `n` records of `instance` the engine refused (shown in [`PluginHost::status`]).
     pub fn count_refused(&self, instance: &str, n: u64) {
-        if let Some(slot) = self.slots.get(instance) {
+        if let Some(slot) = self.slot(instance) {
             lock(&slot.stats).refused += n;
         }
     }
@@ -604,9 +629,9 @@ impl PluginHost {
                 sandbox: entry.current.as_ref().map(|c| c.sandbox.clone()),
             });
         }
-        let missing: std::collections::BTreeSet<&str> = self
-            .slots
-            .values()
+        let slots = self.all_slots();
+        let missing: std::collections::BTreeSet<&str> = slots
+            .iter()
             .map(|s| s.config.plugin.as_str())
             .filter(|p| !provided.contains(*p))
             .collect();
@@ -638,7 +663,7 @@ impl PluginHost {
             task.abort();
         }
         let _reload = self.reload.lock().await;
-        for slot in self.slots.values() {
+        for slot in self.all_slots() {
             *write(&slot.live) = None;
             *lock(&slot.failed) = Some("the plugin host shut down".to_string());
         }
@@ -664,8 +689,7 @@ impl PluginHost {
     }
 
     fn plugin_of(&self, instance: &str) -> String {
-        self.slots
-            .get(instance)
+        self.slot(instance)
             .map(|s| s.config.plugin.clone())
             .unwrap_or_default()
     }
@@ -688,8 +712,8 @@ impl PluginHost {
     }
 
     fn instance_statuses(&self, plugin: &str) -> Vec<InstanceStatus> {
-        self.slots
-            .values()
+        self.all_slots()
+            .iter()
             .filter(|s| s.config.plugin == plugin)
             .map(|slot| {
                 let live = read(&slot.live).clone();
@@ -736,13 +760,16 @@ impl PluginHost {
         let Some(current) = entry.current else {
             return;
         };
-        for slot in self.slots.values() {
+        for slot in self.all_slots() {
             let mut live = write(&slot.live);
             if live.as_ref().is_some_and(|l| l.plugin.file == path) {
                 *live = None;
                 *lock(&slot.failed) = Some(format!("plugin file {} was removed", path.display()));
             }
         }
+        // A default instance exists for a plugin in the folder: it goes with the plugin.
+        write(&self.slots)
+            .retain(|_, slot| !(slot.default && slot.config.plugin == current.manifest.name));
         tracing::info!(
             plugin = %current.manifest.name,
             file = %path.display(),
@@ -751,8 +778,14 @@ impl PluginHost {
     }
 
     fn reject(&self, path: &Path, why: String) {
+        self.refuse(path, why, None);
+    }
+
+    /// Records a refusal; `retry_at` makes the folder watcher try the file again then.
+    fn refuse(&self, path: &Path, why: String, retry_at: Option<Instant>) {
         let mut files = lock(&self.files);
         let entry = files.entry(path.to_path_buf()).or_default();
+        entry.retry_at = retry_at;
         match &entry.current {
             Some(running) => tracing::warn!(
                 file = %path.display(),
@@ -775,11 +808,19 @@ impl PluginHost {
             checks::prepare(&source, &dir, allowlist.as_deref())
         })
         .await
-        .unwrap_or_else(|e| Err(format!("the check task failed: {e}")));
+        .unwrap_or_else(|e| Err(checks::Refusal::File(format!("the check task failed: {e}"))));
         let candidate = match prepared {
             Ok(candidate) => candidate,
-            Err(why) => return self.reject(path, why),
+            Err(checks::Refusal::File(why)) => return self.reject(path, why),
+            Err(checks::Refusal::Cache(why)) => {
+                let retry = Instant::now() + CACHE_RETRY;
+                let why = format!("{why} (tried again every {} s)", CACHE_RETRY.as_secs());
+                return self.refuse(path, why, Some(retry));
+            }
         };
+        if let Some(entry) = lock(&self.files).get_mut(path) {
+            entry.retry_at = None;
+        }
         let old = lock(&self.files).get(path).and_then(|e| e.current.clone());
         if old.as_ref().is_some_and(|o| o.sha256 == candidate.sha256) {
             // The running version is back in place: earlier refusals no longer describe the file.
@@ -833,23 +874,19 @@ impl PluginHost {
                  plugin guide says (set [plugins] require_sandbox = true to refuse them)"
             );
         }
+        self.add_default_slot(&name);
         let mut created = Vec::new();
         let mut failed = Vec::new();
-        for slot in self.slots.values().filter(|s| s.config.plugin == name) {
+        // An instance whose settings this version rejects does not hold the version back (it may be the
+        // upgrade that fixes it): it is reported failed, with the reason, and the others move on.
+        for slot in self.slots_of(&name) {
             match self.create_instance(&loaded, &slot.config).await {
                 Ok(instance) => created.push((slot, instance)),
-                Err(why) => failed.push((slot, format!("instance `{}`: {why}", slot.config.name))),
+                Err(why) => {
+                    let why = format!("instance `{}`: {why}", slot.config.name);
+                    failed.push((slot, why));
+                }
             }
-        }
-        if old.is_some() && !failed.is_empty() {
-            let reasons: Vec<_> = failed.into_iter().map(|(_, why)| why).collect();
-            let why = format!(
-                "new version {} (sha-256 {}) refused: {}",
-                loaded.manifest.version,
-                loaded.sha256,
-                reasons.join("; ")
-            );
-            return self.reject(path, why);
         }
         for (slot, instance) in created {
             *write(&slot.live) = Some(instance);
@@ -1186,8 +1223,18 @@ pub(crate) fn emit_plugin_log(plugin: &str, level: u32, target: &str, message: &
 }
 
 fn validate(config: &HostConfig) -> Result<(), HostError> {
+    validate_connectors(&config.connectors)?;
+    if config.quarantine_after == 0 {
+        return Err(HostError::Config(
+            "quarantine_after must be at least 1".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_connectors(connectors: &[ConnectorConfig]) -> Result<(), HostError> {
     let mut seen = std::collections::BTreeSet::new();
-    for c in &config.connectors {
+    for c in connectors {
         let ok_name = !c.name.is_empty()
             && c.name
                 .chars()
@@ -1218,11 +1265,6 @@ fn validate(config: &HostConfig) -> Result<(), HostError> {
                 c.name
             )));
         }
-    }
-    if config.quarantine_after == 0 {
-        return Err(HostError::Config(
-            "quarantine_after must be at least 1".to_string(),
-        ));
     }
     Ok(())
 }

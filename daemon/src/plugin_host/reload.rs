@@ -1,7 +1,9 @@
 //! Hot reload: watches the plugin folder and hands each changed file to the host once it has settled.
 //!
 //! A file is handled after [`DEBOUNCE`] without events *and* with the same size, mtime and inode as when
-//! its last event arrived, so a slow copy into the folder is loaded once, when complete.
+//! its last event arrived, so a slow copy into the folder is loaded once, when complete. A file whose private
+//! cache copy failed (a full disk) is tried again every [`super::CACHE_RETRY`] until it loads or is refused
+//! for a reason of its own.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -96,6 +98,19 @@ async fn run(host: Weak<PluginHost>, dir: PathBuf, mut rx: mpsc::UnboundedReceiv
                     .filter(|(_, p)| now.duration_since(p.since) >= DEBOUNCE)
                     .map(|(path, _)| path.clone())
                     .collect();
+                let retries: Vec<PathBuf> = match host.upgrade() {
+                    Some(host) => lock(&host.files)
+                        .iter()
+                        .filter(|(path, e)| e.retry_at.is_some_and(|at| at <= now) && !pending.contains_key(*path))
+                        .map(|(path, _)| path.clone())
+                        .collect(),
+                    None => return,
+                };
+                for path in retries {
+                    // A copy into the private cache failed (a full disk): the same file, tried again.
+                    let Some(host) = host.upgrade() else { return };
+                    host.reconcile(&path).await;
+                }
                 for path in due {
                     let current = stamp(&path);
                     let Some(entry) = pending.get_mut(&path) else { continue };

@@ -29,10 +29,10 @@ mod tree;
 use std::collections::HashMap;
 
 use serde::Deserialize;
-use settled_plugin_api::sdk::payments;
+use settled_plugin_api::sdk::{payments, StreamParser};
 use settled_plugin_api::settings::settings_from_json;
 use settled_plugin_api::{
-    FileRequest, Manifest, ParseReply, Plugin, PluginError, Role, SniffReply, SniffRequest,
+    FileRequest, Manifest, ParseReply, Plugin, PluginError, Record, Role, SniffReply, SniffRequest,
 };
 
 pub use settled_plugin_api::PaymentRecord;
@@ -92,6 +92,10 @@ impl Plugin for Camt {
     fn parse(&self, request: FileRequest) -> Result<ParseReply, PluginError> {
         parse(&request.name, &request.content, &self.settings).map(payments)
     }
+
+    fn stream_parser(&self, name: &str) -> Option<Box<dyn StreamParser>> {
+        Some(Box::new(CamtStream::new(name, &self.settings)))
+    }
 }
 
 /// The three message roots this plugin reads.
@@ -111,19 +115,103 @@ pub fn sniff(name: &str, head: &[u8]) -> u8 {
 
 /// Parses a whole camt file into payment records, in file order. Any bad entry fails the whole file.
 ///
-/// Entries are read as they close, so memory stays bounded by one entry however long the statement.
+/// The same parser as [`CamtStream`], fed the file in one piece.
 pub fn parse(
     name: &str,
     bytes: &[u8],
     settings: &Settings,
 ) -> Result<Vec<PaymentRecord>, PluginError> {
-    let text = decode(bytes)?;
-    let mut records = Vec::new();
-    let mut occurrences = HashMap::new();
-    let mut checked_section: Option<&'static str> = None;
-    // (statement index, entry index within it), both 1-based.
-    let mut position = (0usize, 0usize);
-    let root = tree::parse_streaming(text, |open, element| {
+    let mut stream = CamtStream::new(name, settings);
+    let mut records = stream.feed_payments(bytes)?;
+    records.extend(stream.finish_payments()?);
+    Ok(records)
+}
+
+/// A camt file parsed chunk by chunk (the `file` role's parse sessions): entries are read as they close, so
+/// memory stays bounded by one entry (and the open elements above it) however long the statement, and the
+/// records of all feeds equal what [`parse`] gives for the whole file.
+pub struct CamtStream {
+    tree: tree::TreeStream,
+    entries: Entries,
+}
+
+/// What the entry reader keeps between feeds.
+struct Entries {
+    name: String,
+    include_pending: bool,
+    records: Vec<PaymentRecord>,
+    occurrences: HashMap<String, usize>,
+    checked_section: Option<&'static str>,
+    /// (statement index, entry index within it), both 1-based.
+    position: (usize, usize),
+}
+
+impl CamtStream {
+    /// A parser for the file `name` with an instance's settings.
+    pub fn new(name: &str, settings: &Settings) -> CamtStream {
+        CamtStream {
+            tree: tree::TreeStream::default(),
+            entries: Entries {
+                name: name.to_string(),
+                include_pending: settings.include_pending,
+                records: Vec::new(),
+                occurrences: HashMap::new(),
+                checked_section: None,
+                position: (0, 0),
+            },
+        }
+    }
+
+    fn feed_payments(&mut self, chunk: &[u8]) -> Result<Vec<PaymentRecord>, PluginError> {
+        let entries = &mut self.entries;
+        self.tree
+            .feed(chunk, &mut |open: &[tree::Element], element| {
+                entries.on_close(open, element)
+            })?;
+        Ok(entries.take())
+    }
+
+    fn finish_payments(self) -> Result<Vec<PaymentRecord>, PluginError> {
+        let CamtStream { tree, mut entries } = self;
+        let root =
+            tree.finish(&mut |open: &[tree::Element], element| entries.on_close(open, element))?;
+        let message = match root.name.as_str() {
+            "Document" => root.children.first().ok_or_else(|| {
+                PluginError::bad_input("Document", "empty document: no camt message inside")
+            })?,
+            _ => &root,
+        };
+        check_message(&root, message)?;
+        Ok(entries.take())
+    }
+}
+
+impl StreamParser for CamtStream {
+    fn feed(&mut self, chunk: &[u8]) -> Result<Vec<Record>, PluginError> {
+        Ok(payments(self.feed_payments(chunk)?).records)
+    }
+
+    fn finish(self: Box<Self>) -> Result<Vec<Record>, PluginError> {
+        Ok(payments(self.finish_payments()?).records)
+    }
+}
+
+impl Entries {
+    /// The records read so far, without pending ones unless the settings include them.
+    fn take(&mut self) -> Vec<PaymentRecord> {
+        let mut records = std::mem::take(&mut self.records);
+        if !self.include_pending {
+            records.retain(|r| r.status == settled_plugin_api::EntryStatus::Booked);
+        }
+        records
+    }
+
+    /// Reads each `Ntry` of a statement when it closes and drops it; keeps every other element.
+    fn on_close(
+        &mut self,
+        open: &[tree::Element],
+        element: tree::Element,
+    ) -> Result<Option<tree::Element>, PluginError> {
         let [.., message, statement] = open else {
             return Ok(Some(element));
         };
@@ -132,42 +220,31 @@ pub fn parse(
         if !in_statement {
             return Ok(Some(element));
         }
-        let section = match checked_section {
+        let section = match self.checked_section {
             Some(section) => section,
             None => {
                 let root = open.first().unwrap_or(message);
-                *checked_section.insert(check_message(root, message)?)
+                *self.checked_section.insert(check_message(root, message)?)
             }
         };
         // Earlier statements are closed and attached to the message (without their entries).
         let statement_index = message.children_named(section).count() + 1;
-        if position.0 != statement_index {
-            position = (statement_index, 0);
+        if self.position.0 != statement_index {
+            self.position = (statement_index, 0);
         }
-        position.1 += 1;
-        let path = format!("{section}[{}]/Ntry[{}]", position.0, position.1);
+        self.position.1 += 1;
+        let path = format!("{section}[{}]/Ntry[{}]", self.position.0, self.position.1);
         let context = entry::Statement::of(statement);
         entry::read_entry(
             &context,
             &element,
             &path,
-            name,
-            &mut occurrences,
-            &mut records,
+            &self.name,
+            &mut self.occurrences,
+            &mut self.records,
         )?;
         Ok(None)
-    })?;
-    let message = match root.name.as_str() {
-        "Document" => root.children.first().ok_or_else(|| {
-            PluginError::bad_input("Document", "empty document: no camt message inside")
-        })?,
-        _ => &root,
-    };
-    check_message(&root, message)?;
-    if !settings.include_pending {
-        records.retain(|r| r.status == settled_plugin_api::EntryStatus::Booked);
     }
-    Ok(records)
 }
 
 /// The statement element of each message: `Stmt`, `Ntfctn` or `Rpt`.
@@ -197,37 +274,6 @@ fn check_message(
     })?;
     check_version(root, message)?;
     Ok(section)
-}
-
-fn decode(bytes: &[u8]) -> Result<&str, PluginError> {
-    if bytes.is_empty() {
-        return Err(PluginError::bad_input("file", "empty file: 0 bytes"));
-    }
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    if bytes.contains(&0) {
-        return Err(PluginError::bad_input(
-            "file",
-            "binary file: contains NUL bytes, not a camt xml document",
-        ));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        let line = bytes[..e.valid_up_to()]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1;
-        PluginError::bad_input(
-            format!("line {line}"),
-            "not utf-8 text: camt files must be utf-8 encoded xml",
-        )
-    })?;
-    if !text.trim_start().starts_with('<') {
-        return Err(PluginError::bad_input(
-            "line 1",
-            "not an xml document: expected `<` at the start",
-        ));
-    }
-    Ok(text)
 }
 
 /// The namespace names the message family (`camt.053.001.08`); any version is fine, another family is not.

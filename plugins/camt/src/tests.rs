@@ -549,3 +549,111 @@ fn a_returned_credit_names_the_original_payer_and_every_record_its_account() {
         );
     }
 }
+
+/// Feeds `bytes` to a [`CamtStream`] in the given pieces; the records of every feed and of the end.
+fn stream(bytes: &[u8], cuts: &[usize]) -> Result<Vec<Record>, PluginError> {
+    let mut parser: Box<dyn StreamParser> =
+        Box::new(CamtStream::new("statement.xml", &Settings::default()));
+    let mut records = Vec::new();
+    let mut from = 0;
+    for &cut in cuts.iter().chain([&bytes.len()]) {
+        records.extend(parser.feed(&bytes[from..cut])?);
+        from = cut;
+    }
+    records.extend(parser.finish()?);
+    Ok(records)
+}
+
+fn json(records: &Result<Vec<Record>, PluginError>) -> String {
+    match records {
+        Ok(records) => serde_json::to_string(records).unwrap_or_default(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+#[test]
+fn any_split_of_a_file_gives_the_records_and_errors_of_the_whole_file() {
+    let details = "<TxDtls><RmtInf><Ustrd>Rechnung INV-1 &amp; Grüße</Ustrd></RmtInf>\
+        <AddtlTxInf><![CDATA[a <b> c]]></AddtlTxInf></TxDtls>";
+    let xml = format!(
+        "\u{feff}{}",
+        statement(&format!(
+            "<!-- a comment > with a bracket -->{}\n{}",
+            entry("10.00", "CRDT", "<AcctSvcrRef>A1</AcctSvcrRef>", ""),
+            entry("20.00", "DBIT", "", details),
+        ))
+    );
+    let bytes = xml.as_bytes();
+    let whole = stream(bytes, &[]);
+    assert_eq!(
+        whole.as_ref().map(Vec::len).ok(),
+        Some(2),
+        "{}",
+        json(&whole)
+    );
+    let expected = json(&whole);
+    for cut in 0..=bytes.len() {
+        assert_eq!(
+            json(&stream(bytes, &[cut])),
+            expected,
+            "split at byte {cut}"
+        );
+    }
+    let every_byte: Vec<usize> = (1..bytes.len()).collect();
+    assert_eq!(
+        json(&stream(bytes, &every_byte)),
+        expected,
+        "one byte at a time"
+    );
+    let parsed = parse_ok(&xml);
+    assert_eq!(
+        serde_json::to_string(&payments(parsed).records).unwrap_or_default(),
+        expected
+    );
+
+    // A file that is cut short fails the same way, however it arrives.
+    let truncated = &bytes[..bytes.len() - 40];
+    let whole = json(&stream(truncated, &[]));
+    assert!(whole.contains("truncated xml"), "{whole}");
+    for cut in (0..truncated.len()).step_by(7) {
+        assert_eq!(
+            json(&stream(truncated, &[cut])),
+            whole,
+            "split at byte {cut}"
+        );
+    }
+}
+
+#[test]
+fn a_deeply_nested_document_is_refused_naming_the_line_without_overflowing_the_stack() {
+    let depth = 200_000;
+    let mut xml = String::from("<?xml version=\"1.0\"?>\n<Document>\n");
+    xml.push_str(&"<a>".repeat(depth));
+    xml.push_str(&"</a>".repeat(depth));
+    xml.push_str("\n</Document>\n");
+    check_error(
+        xml.as_bytes(),
+        "line 3",
+        "xml nested deeper than 64 elements",
+    );
+    let cuts: Vec<usize> = (4096..xml.len()).step_by(4096).collect();
+    let streamed = json(&stream(xml.as_bytes(), &cuts));
+    assert!(streamed.contains("nested deeper than 64"), "{streamed}");
+}
+
+#[test]
+fn an_endless_tag_is_refused_before_it_fills_memory() {
+    let mut parser = CamtStream::new("statement.xml", &Settings::default());
+    let mut fed = parser.feed_payments(b"<Document>\n<Stmt attr=\"");
+    let chunk = vec![b'x'; 1024 * 1024];
+    let mut sent = 0;
+    while fed.is_ok() && sent <= tree::MAX_TOKEN + chunk.len() {
+        fed = parser.feed_payments(&chunk);
+        sent += chunk.len();
+    }
+    let err = fed
+        .err()
+        .unwrap_or_else(|| panic!("no error after {sent} bytes"));
+    assert_eq!(err.location.as_deref(), Some("line 2"), "{err}");
+    assert!(err.message.contains("longer than 16 MiB"), "{err}");
+}

@@ -448,3 +448,74 @@ fn an_inbox_file_that_meets_a_full_disk_stays_in_the_inbox_and_is_imported_once_
         "both lines recorded once the store writes: {payments}"
     );
 }
+
+#[test]
+fn a_plugin_whose_cache_copy_met_a_full_disk_loads_by_itself_once_space_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // The data dir holds the private plugin cache; the plugin folder lies outside it. A debug webform is ~30 MB.
+    let Some(_mount) = Tmpfs::mount(&data, "128m") else {
+        eprintln!(
+            "skipping the full-disk plugin cache test: mounting a small filesystem needs root, and this test runs as another user"
+        );
+        return;
+    };
+    let ballast = data.join("ballast");
+    let d = Daemon::start_in(
+        dir,
+        Setup {
+            plugins: vec!["webform"],
+            config: String::new(),
+        },
+    );
+    let webform = |d: &Daemon| {
+        d.ok("GET", "/v1/plugins", None)["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|p| p["plugin"] == "webform").cloned())
+            .unwrap_or_default()
+    };
+    let first = d.eventually("webform loaded", || {
+        let status = webform(&d);
+        status["sha256"].as_str().map(str::to_string)
+    });
+
+    fill(&ballast);
+    let lib = crate::harness::plugin_lib("webform");
+    let mut bytes = std::fs::read(&lib).expect("reading webform");
+    bytes.extend_from_slice(b"version two");
+    let plugins = d.dir.path().join("plugins");
+    std::fs::write(plugins.join(".webform.part"), &bytes).expect("writing the new version");
+    std::fs::rename(
+        plugins.join(".webform.part"),
+        plugins.join(lib.file_name().expect("file name")),
+    )
+    .expect("dropping in the new version");
+    let refused = d.eventually("the cache copy to fail", || {
+        let status = webform(&d);
+        let errors = status["load_errors"].as_array()?.clone();
+        errors
+            .iter()
+            .any(|e| {
+                e.as_str()
+                    .is_some_and(|e| e.contains("cannot copy to the cache"))
+            })
+            .then_some(status)
+    });
+    assert_eq!(
+        refused["sha256"].as_str(),
+        Some(first.as_str()),
+        "{refused}"
+    );
+
+    std::fs::remove_file(&ballast).expect("removing the ballast");
+    let loaded = d.eventually(
+        "the new version to load without being dropped in again",
+        || {
+            let status = webform(&d);
+            (status["sha256"].as_str() != Some(first.as_str())).then_some(status)
+        },
+    );
+    assert_eq!(loaded["loads"], 2, "{loaded}");
+    assert_eq!(loaded["load_errors"], json!([]), "{loaded}");
+    health_becomes(&d, 200);
+}

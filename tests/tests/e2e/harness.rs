@@ -137,13 +137,11 @@ impl Daemon {
                 .expect("copy plugin");
         }
         let port = free_port();
-        let config = format!(
-            "data_dir = \"{data}\"\nlisten = \"127.0.0.1:{port}\"\n[plugins]\ndir = \"{plugins}\"\n{extra}\n",
-            data = dir.path().join("data").display(),
-            plugins = plugins.display(),
-            extra = setup.config,
-        );
-        std::fs::write(dir.path().join("settled.toml"), config).expect("config");
+        std::fs::write(
+            dir.path().join("settled.toml"),
+            config_text(dir.path(), port, &setup.config),
+        )
+        .expect("config");
         let mut d = Daemon {
             dir,
             port,
@@ -156,6 +154,20 @@ impl Daemon {
         };
         d.spawn();
         d
+    }
+
+    /// Replace the config file's extra part (what `Setup::config` gave) while the daemon runs: written under a
+    /// temporary name and renamed, as an editor or a deployment tool would.
+    pub fn rewrite_config(&self, extra: &str) {
+        let path = self.dir.path().join("settled.toml");
+        let tmp = self.dir.path().join(".settled.toml.tmp");
+        std::fs::write(&tmp, config_text(self.dir.path(), self.port, extra)).expect("config");
+        std::fs::rename(&tmp, &path).expect("renaming the config");
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// (Re)start the process on the same data.
@@ -295,6 +307,15 @@ impl Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// The config file of a test daemon in `dir`: data and plugin folders there, `port`, then `extra`.
+fn config_text(dir: &Path, port: u16, extra: &str) -> String {
+    format!(
+        "data_dir = \"{data}\"\nlisten = \"127.0.0.1:{port}\"\n[plugins]\ndir = \"{plugins}\"\n{extra}\n",
+        data = dir.join("data").display(),
+        plugins = dir.join("plugins").display(),
+    )
 }
 
 impl Drop for Daemon {

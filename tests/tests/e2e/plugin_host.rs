@@ -142,6 +142,7 @@ fn config(dir: &TestDir, connectors: Vec<ConnectorConfig>) -> HostConfig {
         quarantine_after: 5,
         watch: false,
         require_sandbox: false,
+        defaults: false,
     }
 }
 
