@@ -55,6 +55,7 @@ async fn run() -> anyhow::Result<()> {
         allow_partial: false,
         events: None,
         mailbox: None,
+        intake: Default::default(),
     };
     let mut config = Config {
         data_dir: Some(root.path().join("data")),

@@ -108,6 +108,8 @@ pub async fn run(
     let settle = Duration::from_millis(state.engine.config().imports.inbox_settle_ms);
     let mut writers = Writers::watch(&inboxes);
     let mut seen: HashMap<PathBuf, (Stamp, Instant)> = HashMap::new();
+    // Files held back because `done/` or `failed/` is not a real folder, each reported once.
+    let mut held: HashSet<PathBuf> = HashSet::new();
     loop {
         writers.update();
         for inbox in &inboxes {
@@ -131,6 +133,13 @@ pub async fn run(
                     }
                     continue;
                 }
+                if let Err(why) = outcome_folders(&inbox.dir) {
+                    if held.insert(path.clone()) {
+                        tracing::error!(file = %path.display(), error = %why, "inbox file not imported: it stays in the inbox until the folder is fixed");
+                    }
+                    continue;
+                }
+                held.remove(&path);
                 match process(&state, &host, inbox, &path, now_stamp).await {
                     Processed::Moved => {
                         seen.remove(&path);
@@ -145,11 +154,32 @@ pub async fn run(
             }
         }
         seen.retain(|p, _| p.exists());
+        held.retain(|p| p.exists());
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(POLL) => {}
         }
     }
+}
+
+/// Checks that `done/` and `failed/` of an inbox are real folders: a symlink would send statements wherever it
+/// points (anywhere the daemon can write), so it is refused, naming it.
+fn outcome_folders(inbox: &Path) -> Result<(), String> {
+    for sub in ["done", "failed"] {
+        let dir = inbox.join(sub);
+        let meta = std::fs::symlink_metadata(&dir)
+            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "{} is a symlink; imported files are only moved into a real folder: replace it with a directory",
+                dir.display()
+            ));
+        }
+        if !meta.is_dir() {
+            return Err(format!("{} is not a directory", dir.display()));
+        }
+    }
+    Ok(())
 }
 
 /// Files some local process is writing, from inotify: a write marks a file, closing it (or renaming it into the

@@ -282,6 +282,8 @@ pub(crate) enum ChildFailure {
     Refused(String),
     /// A call pinned to one child found it restarted (see [`ProcInstance::call_in`]); nothing was sent.
     Restarted,
+    /// Earlier calls held the child until this call's time ran out; nothing was sent.
+    Busy,
 }
 
 enum Incoming {
@@ -615,7 +617,7 @@ impl ProcInstance {
         pinned: Option<u64>,
     ) -> (ProcOutcome, u64) {
         let Ok(mut state) = tokio::time::timeout(timeout, self.state.lock()).await else {
-            return (ProcOutcome::Failed(ChildFailure::Timeout), 0);
+            return (ProcOutcome::Failed(ChildFailure::Busy), 0);
         };
         if let Some(generation) = pinned {
             if state.conn.is_none() || state.generation != generation {
