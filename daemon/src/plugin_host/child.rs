@@ -596,7 +596,7 @@ impl ProcInstance {
                 Err(Reply::Bad(format!("crashed in configure: {why}")))
             }
             Err(ChildFailure::Bad(why)) | Err(ChildFailure::Refused(why)) => Err(Reply::Bad(why)),
-            Err(ChildFailure::Restarted) => Err(Reply::Bad(
+            Err(ChildFailure::Restarted) | Err(ChildFailure::Busy) => Err(Reply::Bad(
                 "the plugin host restarted during configure".to_string(),
             )),
         }
