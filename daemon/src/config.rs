@@ -325,7 +325,9 @@ impl IntakeLimits {
         IntakeLimitValues {
             max_body: usize::try_from(kib.saturating_mul(1024)).unwrap_or(usize::MAX),
             body_timeout: std::time::Duration::from_secs(
-                self.body_timeout_secs.or(base.body_timeout_secs).unwrap_or(30),
+                self.body_timeout_secs
+                    .or(base.body_timeout_secs)
+                    .unwrap_or(30),
             ),
             rate_per_minute: nonzero(
                 self.rate_per_minute.or(base.rate_per_minute).unwrap_or(600),
@@ -343,7 +345,9 @@ impl IntakeLimits {
             Some(kib) if kib > MAX_INTAKE_BODY_KIB => {
                 return Err((
                     key("max_body_kib"),
-                    format!("{kib} is over the largest intake body, {MAX_INTAKE_BODY_KIB} KiB (32 MiB)"),
+                    format!(
+                        "{kib} is over the largest intake body, {MAX_INTAKE_BODY_KIB} KiB (32 MiB)"
+                    ),
                 ))
             }
             _ => {}
@@ -451,7 +455,10 @@ impl Config {
             ));
         }
         if self.http.max_connections == 0 {
-            return Err(invalid("http.max_connections", "must be more than 0".into()));
+            return Err(invalid(
+                "http.max_connections",
+                "must be more than 0".into(),
+            ));
         }
         if self.http.api_reserve >= self.http.max_connections {
             return Err(invalid(

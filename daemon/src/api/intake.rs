@@ -711,7 +711,8 @@ fn plugin_error(e: CallError) -> ApiError {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
         }
         e @ CallError::Busy { .. } => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()).with_retry_after(1)
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
+                .with_retry_after(1)
         }
         other => {
             tracing::warn!(error = %other, "plugin call failed");

@@ -141,7 +141,9 @@ async fn serve_connection(
         .header_read_timeout(header_timeout);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    let mut tick = tokio::time::interval((idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
+    let mut tick = tokio::time::interval(
+        (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)),
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -506,7 +506,10 @@ mod tests {
         let token = b"0123456789abcdef0123456789abcdef";
         assert!(constant_time_eq(token, token));
         assert!(!constant_time_eq(&token[..31], token));
-        assert!(!constant_time_eq(b"0123456789abcdef0123456789abcdef0", token));
+        assert!(!constant_time_eq(
+            b"0123456789abcdef0123456789abcdef0",
+            token
+        ));
         assert!(!constant_time_eq(b"", token));
         assert!(!constant_time_eq(b"", b""));
     }

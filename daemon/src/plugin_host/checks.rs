@@ -384,6 +384,9 @@ mod tests {
         let link = dir.path().join("linked");
         std::os::unix::fs::symlink(&plugins, &link).unwrap_or_else(|e| panic!("{e}"));
         let err = prepare(&link.join("p.so"), &cache, None).unwrap_err();
-        assert!(err.starts_with(&format!("its folder {} is a symlink", link.display())), "{err}");
+        assert!(
+            err.starts_with(&format!("its folder {} is a symlink", link.display())),
+            "{err}"
+        );
     }
 }
