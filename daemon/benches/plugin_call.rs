@@ -60,6 +60,7 @@ async fn run() -> anyhow::Result<()> {
         events: None,
         mailbox: None,
         env: Vec::new(),
+        intake: Default::default(),
     };
     let host = PluginHost::start(HostConfig {
         plugin_dir: plugins,

@@ -56,6 +56,7 @@ async fn run() -> anyhow::Result<()> {
         events: None,
         mailbox: None,
         env: Vec::new(),
+        intake: Default::default(),
     };
     let mut config = Config {
         data_dir: Some(root.path().join("data")),

@@ -83,16 +83,23 @@ pub fn init_logging_with(format: LogFormat, default_level: &str) {
     };
 }
 
+/// Shortest API token accepted, in bytes.
+pub const MIN_TOKEN_LEN: usize = 32;
+
 /// The API token: `$SETTLED_API_TOKEN`, else the token file (created with a fresh random token, mode 0600, when missing).
+/// A token shorter than [`MIN_TOKEN_LEN`] bytes, or a token file group or others may read, is refused.
 pub fn api_token(config: &Config) -> anyhow::Result<String> {
     if let Ok(token) = std::env::var("SETTLED_API_TOKEN") {
         if !token.trim().is_empty() {
-            return Ok(token.trim().to_string());
+            return long_enough(token.trim(), "SETTLED_API_TOKEN");
         }
     }
     let path = token_path(config);
     match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        Ok(t) if !t.trim().is_empty() => {
+            private_to_owner(&path)?;
+            long_enough(t.trim(), &format!("API token file {}", path.display()))
+        }
         Ok(_) => bail!(
             "API token file {} is empty; delete it to have a new one made",
             path.display()
@@ -105,6 +112,35 @@ pub fn api_token(config: &Config) -> anyhow::Result<String> {
         }
         Err(e) => Err(e).with_context(|| format!("reading API token file {}", path.display())),
     }
+}
+
+fn long_enough(token: &str, source: &str) -> anyhow::Result<String> {
+    if token.len() < MIN_TOKEN_LEN {
+        bail!(
+            "{source}: the API token is {} bytes, shorter than the {MIN_TOKEN_LEN} bytes required; \
+             use a random one, e.g. `openssl rand -hex 32`, or delete the token file and run `settled init` for a new one",
+            token.len()
+        );
+    }
+    Ok(token.to_string())
+}
+
+/// Refuses a token file group or others can read (or write), naming the `chmod` that fixes it.
+fn private_to_owner(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading API token file {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "API token file {} is readable by group or others (mode {mode:03o}); run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn token_path(config: &Config) -> PathBuf {
@@ -259,6 +295,7 @@ impl Daemon {
             host,
             metrics: Arc::new(Metrics::default()),
             outbox,
+            limits: Arc::new(api::limits::Limits::new(&config)),
         };
         tracing::info!(
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -328,14 +365,13 @@ impl Daemon {
                 cancel.clone(),
             ));
         }
-        let app =
-            api::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app = api::router(self.state.clone());
         let stop = cancel.clone();
-        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+        api::listener::serve(self.listener, app, &self.config.http, async move {
             shutdown.await;
             stop.cancel();
-        });
-        server.await.context("serving HTTP")?;
+        })
+        .await;
         cancel.cancel();
         tasks.close();
         if tokio::time::timeout(Duration::from_secs(30), tasks.wait())

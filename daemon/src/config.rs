@@ -83,6 +83,13 @@ pub struct Config {
     /// Delivery of outbox events to sink connectors (retries, timeouts).
     #[serde(default)]
     pub outbox: Outbox,
+    /// Connection limits and timeouts of the HTTP listener (API, `/healthz` and intake).
+    #[serde(default)]
+    pub http: Http,
+    /// Limits of `/intake/{connector}` (body size, rate per sender address), for every intake connector; a connector's
+    /// `[connector.intake]` table overrides any of them for that connector.
+    #[serde(default)]
+    pub intake: IntakeLimits,
     /// Connector instances, `[[connector]]` tables. Every plugin in the plugin folder that no `[[connector]]` names also
     /// runs one default instance, named after the plugin, unless `[plugins] defaults = false`.
     /// The daemon re-reads this file when it changes and on SIGHUP: `[[connector]]` tables (and `[plugins] defaults`)
@@ -265,6 +272,121 @@ impl Default for Outbox {
     }
 }
 
+/// Connection limits and timeouts of the HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Most connections open at once (default 1024). A connection beyond it is closed as soon as it is accepted. Keep it
+    /// well below the process's file descriptor limit (`LimitNOFILE` in the systemd unit, 65536), which also covers the
+    /// store, plugin children and inbox files.
+    pub max_connections: usize,
+    /// Connections kept for the API and `/healthz` (default 64): at most `max_connections - api_reserve` intake requests
+    /// are served at once; one more is answered 503 with `Retry-After`, so anonymous senders cannot lock the API out.
+    pub api_reserve: usize,
+    /// Seconds a connection may take to send a request's headers, counted from when it opened or answered its previous
+    /// request (default 10). Slow or silent sockets are closed after it; so are kept-alive connections that send nothing.
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may stay without a byte read or written while no request of it is being handled (default 60),
+    /// e.g. a client that stops reading its answer.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            max_connections: 1024,
+            api_reserve: 64,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+        }
+    }
+}
+
+/// Limits of `/intake/{connector}`. In `[intake]` every key has its default; in a `[connector.intake]` table a key that is
+/// left out takes the `[intake]` value.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntakeLimits {
+    /// Largest request body in KiB (default 1024, at most 32768). A larger body is answered 413, from its `Content-Length`
+    /// or as soon as more arrives, before the plugin is called; memory stays bounded whatever is sent.
+    pub max_body_kib: Option<u64>,
+    /// Seconds the whole body may take to arrive once the headers are in (default 30); a slower sender gets 408.
+    pub body_timeout_secs: Option<u64>,
+    /// Requests per minute one sender address may make to one connector, on average (default 600). Over it the
+    /// sender gets 429 with `Retry-After`. Behind a reverse proxy every sender has the proxy's address: raise it there.
+    pub rate_per_minute: Option<u32>,
+    /// Requests one sender address may make at once before `rate_per_minute` applies (default 60).
+    pub burst: Option<u32>,
+}
+
+/// Largest `max_body_kib`: base64 in the plugin call's JSON frame must stay within the plugin child's 64 MiB frame.
+pub const MAX_INTAKE_BODY_KIB: u64 = 32 * 1024;
+
+/// The intake limits of one connector, every value given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntakeLimitValues {
+    /// Largest body in bytes.
+    pub max_body: usize,
+    /// Time the body may take.
+    pub body_timeout: std::time::Duration,
+    /// Requests per minute per sender address.
+    pub rate_per_minute: std::num::NonZeroU32,
+    /// Burst per sender address.
+    pub burst: std::num::NonZeroU32,
+}
+
+impl IntakeLimits {
+    /// `self` with what it leaves out taken from `base`, then from the defaults.
+    pub fn resolve(&self, base: &IntakeLimits) -> IntakeLimitValues {
+        let nonzero = |v: u32, default: u32| {
+            std::num::NonZeroU32::new(v)
+                .or(std::num::NonZeroU32::new(default))
+                .unwrap_or(std::num::NonZeroU32::MIN)
+        };
+        let kib = self.max_body_kib.or(base.max_body_kib).unwrap_or(1024);
+        IntakeLimitValues {
+            max_body: usize::try_from(kib.saturating_mul(1024)).unwrap_or(usize::MAX),
+            body_timeout: std::time::Duration::from_secs(
+                self.body_timeout_secs
+                    .or(base.body_timeout_secs)
+                    .unwrap_or(30),
+            ),
+            rate_per_minute: nonzero(
+                self.rate_per_minute.or(base.rate_per_minute).unwrap_or(600),
+                600,
+            ),
+            burst: nonzero(self.burst.or(base.burst).unwrap_or(60), 60),
+        }
+    }
+
+    /// Refuses values out of range; `prefix` is the table's dotted key.
+    fn validate(&self, prefix: &str) -> Result<(), (String, String)> {
+        let key = |k: &str| format!("{prefix}.{k}");
+        match self.max_body_kib {
+            Some(0) => return Err((key("max_body_kib"), "must be more than 0".into())),
+            Some(kib) if kib > MAX_INTAKE_BODY_KIB => {
+                return Err((
+                    key("max_body_kib"),
+                    format!(
+                        "{kib} is over the largest intake body, {MAX_INTAKE_BODY_KIB} KiB (32 MiB)"
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        if self.body_timeout_secs == Some(0) {
+            return Err((key("body_timeout_secs"), "must be more than 0".into()));
+        }
+        if self.rate_per_minute == Some(0) {
+            return Err((key("rate_per_minute"), "must be more than 0".into()));
+        }
+        if self.burst == Some(0) {
+            return Err((key("burst"), "must be more than 0".into()));
+        }
+        Ok(())
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7878))
 }
@@ -288,6 +410,8 @@ impl Default for Config {
             plugins: Plugins::default(),
             imports: Imports::default(),
             outbox: Outbox::default(),
+            http: Http::default(),
+            intake: IntakeLimits::default(),
             connectors: Vec::new(),
         }
     }
@@ -358,6 +482,32 @@ impl Config {
                 "must be 1 to 4096".into(),
             ));
         }
+        if self.http.max_connections == 0 {
+            return Err(invalid(
+                "http.max_connections",
+                "must be more than 0".into(),
+            ));
+        }
+        if self.http.api_reserve >= self.http.max_connections {
+            return Err(invalid(
+                "http.api_reserve",
+                format!(
+                    "{} leaves no connection for intake: it must be less than http.max_connections ({})",
+                    self.http.api_reserve, self.http.max_connections
+                ),
+            ));
+        }
+        if self.http.header_timeout_secs == 0 || self.http.idle_timeout_secs == 0 {
+            let key = if self.http.header_timeout_secs == 0 {
+                "http.header_timeout_secs"
+            } else {
+                "http.idle_timeout_secs"
+            };
+            return Err(invalid(key, "must be more than 0".into()));
+        }
+        self.intake
+            .validate("intake")
+            .map_err(|(key, message)| invalid(&key, message))?;
         let mut names = std::collections::HashSet::new();
         for (i, c) in self.connectors.iter().enumerate() {
             if c.name.is_empty()
@@ -371,6 +521,9 @@ impl Config {
                     format!("`{}` must be letters, digits, `-` or `_`", c.name),
                 ));
             }
+            c.intake
+                .validate(&format!("connector[{i}].intake"))
+                .map_err(|(key, message)| invalid(&key, message))?;
             if let Some(mailbox) = &c.mailbox {
                 mailbox.validate().map_err(|(key, message)| {
                     invalid(&format!("connector[{i}].mailbox.{key}"), message)
@@ -425,6 +578,34 @@ mod tests {
         assert_eq!(c.invoicing.payment_terms_days, 30);
         assert_eq!(c.plugins.call_timeout_ms, 10_000);
         assert_eq!(c.imports.inbox_settle_ms, 2000);
+        assert_eq!(c.http.max_connections, 1024);
+        let intake = c.intake.resolve(&IntakeLimits::default());
+        assert_eq!(intake.max_body, 1024 * 1024);
+        assert_eq!(intake.rate_per_minute.get(), 600);
+    }
+
+    #[test]
+    fn a_connector_intake_table_overrides_only_what_it_names() {
+        let c = parse(
+            "[intake]\nburst = 5\nmax_body_kib = 64\n[[connector]]\nname = \"site\"\nplugin = \"webform\"\n[connector.intake]\nmax_body_kib = 8\n",
+        )
+        .unwrap();
+        let limits = c.connectors[0].intake.resolve(&c.intake);
+        assert_eq!(limits.max_body, 8 * 1024);
+        assert_eq!(limits.burst.get(), 5);
+        assert_eq!(limits.rate_per_minute.get(), 600);
+    }
+
+    #[test]
+    fn an_intake_body_limit_over_the_frame_is_refused_by_key() {
+        let err = parse("[[connector]]\nname = \"site\"\nplugin = \"webform\"\n[connector.intake]\nmax_body_kib = 40000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("connector[0].intake.max_body_kib"), "{err}");
+        let err = parse("[http]\nmax_connections = 10\napi_reserve = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http.api_reserve"), "{err}");
     }
 
     #[test]

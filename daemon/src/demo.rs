@@ -187,6 +187,7 @@ fn sink_connector(name: &str, plugin: &str, events: &[&str], settings: Value) ->
         events: Some(events.iter().map(|e| e.to_string()).collect()),
         mailbox: None,
         env: Vec::new(),
+        intake: Default::default(),
     }
 }
 

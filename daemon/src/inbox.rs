@@ -102,6 +102,8 @@ pub async fn run(
     let settle = Duration::from_millis(state.engine.config().imports.inbox_settle_ms);
     let mut writers = Writers::watch(&inboxes);
     let mut seen: HashMap<PathBuf, (Stamp, Instant)> = HashMap::new();
+    // Files held back because `done/` or `failed/` is not a real folder, each reported once.
+    let mut held: HashSet<PathBuf> = HashSet::new();
     loop {
         // A config reload may have added, moved or removed a connector's own inbox.
         let now = self::inboxes(state.engine.config(), &host);
@@ -132,6 +134,13 @@ pub async fn run(
                     }
                     continue;
                 }
+                if let Err(why) = outcome_folders(&inbox.dir) {
+                    if held.insert(path.clone()) {
+                        tracing::error!(file = %path.display(), error = %why, "inbox file not imported: it stays in the inbox until the folder is fixed");
+                    }
+                    continue;
+                }
+                held.remove(&path);
                 match process(&state, &host, inbox, &path, now_stamp).await {
                     Processed::Moved => {
                         seen.remove(&path);
@@ -146,6 +155,7 @@ pub async fn run(
             }
         }
         seen.retain(|p, _| p.exists());
+        held.retain(|p| p.exists());
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(POLL) => {}
@@ -163,6 +173,26 @@ fn set_up(inboxes: &[Inbox], before: &[Inbox]) {
         }
         tracing::info!(dir = %inbox.dir.display(), connector = inbox.connector.as_deref().unwrap_or("any"), "watching inbox");
     }
+}
+
+/// Checks that `done/` and `failed/` of an inbox are real folders: a symlink would send statements wherever it
+/// points (anywhere the daemon can write), so it is refused, naming it.
+fn outcome_folders(inbox: &Path) -> Result<(), String> {
+    for sub in ["done", "failed"] {
+        let dir = inbox.join(sub);
+        let meta = std::fs::symlink_metadata(&dir)
+            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "{} is a symlink; imported files are only moved into a real folder: replace it with a directory",
+                dir.display()
+            ));
+        }
+        if !meta.is_dir() {
+            return Err(format!("{} is not a directory", dir.display()));
+        }
+    }
+    Ok(())
 }
 
 /// Files some local process is writing, from inotify: a write marks a file, closing it (or renaming it into the

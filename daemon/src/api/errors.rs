@@ -17,6 +17,7 @@ pub struct ApiError {
     message: String,
     field: Option<String>,
     summary: Option<serde_json::Value>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -28,7 +29,14 @@ impl ApiError {
             message: message.into(),
             field: None,
             summary: None,
+            retry_after: None,
         }
+    }
+
+    /// The same error with a `Retry-After` header (seconds), for 429 and 503.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// The same error naming the field at fault.
@@ -66,6 +74,7 @@ impl ApiError {
             message: message.into(),
             field,
             summary: None,
+            retry_after: None,
         }
     }
 }
@@ -119,6 +128,12 @@ impl IntoResponse for ApiError {
         if let Some(summary) = self.summary {
             error["summary"] = summary;
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

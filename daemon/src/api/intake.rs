@@ -13,7 +13,7 @@ use axum::Json;
 use serde_json::json;
 use settled_plugin_api::{IntakeOutcome, IntakeRequest, Role};
 
-use super::{ApiError, AppState, MAX_BODY};
+use super::{ApiError, AppState};
 use crate::import::{refusals, report_refused};
 use crate::plugin_host::{CallError, PluginHost};
 
@@ -43,15 +43,19 @@ pub(super) async fn intake(
                 format!("no intake connector named `{instance}`"),
             )
         })?;
-    let remote_addr = req
+    let peer = req
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_default();
+        .map(|c| c.0);
+    let remote_addr = peer.map(|p| p.to_string()).unwrap_or_default();
+    // The sender's limits before anything of its body is read or any plugin called.
+    let limits = state.limits.connector(&instance);
+    if let Some(peer) = peer {
+        limits.check_rate(&instance, peer.ip())?;
+    }
+    let _slot = state.limits.intake_slot(&instance)?;
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|e| ApiError::bad_request(None, format!("reading request body: {e}")))?;
+    let body = limits.read_body(&instance, &parts.headers, body).await?;
     let request = IntakeRequest {
         method: parts.method.to_string(),
         path: rest.unwrap_or_else(|| "/".into()),
@@ -163,6 +167,13 @@ pub(super) fn plugin_error(e: CallError) -> ApiError {
             "not_found",
             format!("no connector named `{name}`"),
         ),
+        e @ CallError::TooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+        }
+        e @ CallError::Busy { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
+                .with_retry_after(1)
+        }
         other => {
             tracing::warn!(error = %other, "plugin call failed");
             ApiError::new(

@@ -6,6 +6,8 @@
 mod errors;
 mod imports;
 mod intake;
+pub mod limits;
+pub mod listener;
 mod metrics;
 mod outbox;
 
@@ -44,6 +46,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Outbox delivery to sink connectors, if plugins are enabled.
     pub outbox: Option<Arc<crate::outbox::Dispatcher>>,
+    /// Intake limits: body size and time, rate per sender, intake requests at once.
+    pub limits: Arc<limits::Limits>,
 }
 
 impl AppState {
@@ -143,11 +147,13 @@ async fn require_token(
     next.run(req).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() || b.is_empty() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares the SHA-256 digests of both in constant time: the time taken says nothing about where they differ,
+/// nor whether their lengths do.
+fn constant_time_eq(given: &[u8], token: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let same = Sha256::digest(given).ct_eq(&Sha256::digest(token));
+    bool::from(same) & !token.is_empty()
 }
 
 async fn not_found() -> ApiError {
@@ -542,4 +548,22 @@ async fn plugins(State(state): State<AppState>) -> Json<Value> {
     Json(
         json!({"items": status, "mailboxes": state.metrics.mailboxes.snapshot(), "config_reload": reload}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn the_token_comparison_wants_exactly_the_token() {
+        let token = b"0123456789abcdef0123456789abcdef";
+        assert!(constant_time_eq(token, token));
+        assert!(!constant_time_eq(&token[..31], token));
+        assert!(!constant_time_eq(
+            b"0123456789abcdef0123456789abcdef0",
+            token
+        ));
+        assert!(!constant_time_eq(b"", token));
+        assert!(!constant_time_eq(b"", b""));
+    }
 }

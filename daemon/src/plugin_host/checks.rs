@@ -41,6 +41,12 @@ pub(crate) fn prepare(
     cache_dir: &Path,
     allowlist: Option<&[String]>,
 ) -> Result<Candidate, Refusal> {
+    if let Some(folder) = path.parent() {
+        let meta = fs::symlink_metadata(folder)
+            .map_err(|e| format!("cannot stat its folder {}: {e}", folder.display()))?;
+        check_folder(&meta, current_uid())
+            .map_err(|why| format!("its folder {} {why}", folder.display()))?;
+    }
     let meta = fs::symlink_metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
     check_metadata(&meta, current_uid())?;
     // O_NOFOLLOW plus the inode comparison close the gap between the checks above and the read.
@@ -109,6 +115,23 @@ fn check_metadata(meta: &fs::Metadata, uid: u32) -> Result<(), String> {
     if !kind.is_file() {
         return Err("is not a regular file".to_string());
     }
+    check_owner_and_mode(meta, uid)
+}
+
+/// The plugin folder as its files: a real directory, not a symlink, not group/world-writable (anyone who can write it
+/// can swap a plugin), owned by root or `uid`.
+fn check_folder(meta: &fs::Metadata, uid: u32) -> Result<(), String> {
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        return Err("is a symlink; the plugin folder must be a real directory".to_string());
+    }
+    if !kind.is_dir() {
+        return Err("is not a directory".to_string());
+    }
+    check_owner_and_mode(meta, uid)
+}
+
+fn check_owner_and_mode(meta: &fs::Metadata, uid: u32) -> Result<(), String> {
     let mode = meta.mode() & 0o7777;
     if mode & 0o022 != 0 {
         return Err(format!(
@@ -351,6 +374,34 @@ mod tests {
         assert_eq!(
             check_metadata(&meta(&file), uid),
             Err("is group- or world-writable (mode 666); run chmod go-w on it".to_string())
+        );
+    }
+
+    #[test]
+    fn a_plugin_in_a_folder_others_can_write_or_a_symlinked_folder_is_refused_naming_the_folder() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let plugins = dir.path().join("plugins");
+        let cache = dir.path().join("cache");
+        fs::create_dir_all(&plugins).unwrap_or_else(|e| panic!("{e}"));
+        fs::write(plugins.join("p.so"), b"not checked this far").unwrap_or_else(|e| panic!("{e}"));
+        fs::set_permissions(&plugins, fs::Permissions::from_mode(0o777))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = prepare(&plugins.join("p.so"), &cache, None).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "its folder {} is group- or world-writable (mode 777); run chmod go-w on it",
+                plugins.display()
+            )
+        );
+        fs::set_permissions(&plugins, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let link = dir.path().join("linked");
+        std::os::unix::fs::symlink(&plugins, &link).unwrap_or_else(|e| panic!("{e}"));
+        let err = prepare(&link.join("p.so"), &cache, None).unwrap_err();
+        assert!(
+            err.starts_with(&format!("its folder {} is a symlink", link.display())),
+            "{err}"
         );
     }
 }

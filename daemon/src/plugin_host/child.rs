@@ -339,6 +339,8 @@ pub(crate) enum ChildFailure {
     Refused(String),
     /// A call pinned to one child found it restarted (see [`ProcInstance::call_in`]); nothing was sent.
     Restarted,
+    /// Earlier calls held the child until this call's time ran out; nothing was sent.
+    Busy,
 }
 
 enum Incoming {
@@ -758,7 +760,7 @@ impl ProcInstance {
                 Err(Reply::Bad(format!("crashed in configure: {why}")))
             }
             Err(ChildFailure::Bad(why)) | Err(ChildFailure::Refused(why)) => Err(Reply::Bad(why)),
-            Err(ChildFailure::Restarted) => Err(Reply::Bad(
+            Err(ChildFailure::Restarted) | Err(ChildFailure::Busy) => Err(Reply::Bad(
                 "the plugin host restarted during configure".to_string(),
             )),
         }
@@ -779,7 +781,7 @@ impl ProcInstance {
         pinned: Option<u64>,
     ) -> (ProcOutcome, u64) {
         let Ok(mut state) = tokio::time::timeout(timeout, self.state.lock()).await else {
-            return (ProcOutcome::Failed(ChildFailure::Timeout), 0);
+            return (ProcOutcome::Failed(ChildFailure::Busy), 0);
         };
         if let Some(generation) = pinned {
             if state.conn.is_none() || state.generation != generation {

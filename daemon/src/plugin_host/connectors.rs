@@ -65,6 +65,7 @@ fn default_connector(plugin: &str) -> ConnectorConfig {
         events: None,
         mailbox: None,
         env: Vec::new(),
+        intake: Default::default(),
     }
 }
 

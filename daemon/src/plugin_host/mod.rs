@@ -79,6 +79,9 @@ pub struct ConnectorConfig {
     /// instance runs in the daemon and sees its whole environment.
     #[serde(default)]
     pub env: Vec<String>,
+    /// `[connector.intake]`: this instance's intake limits (body size, rate per sender); what it leaves out comes from `[intake]`.
+    #[serde(default)]
+    pub intake: crate::config::IntakeLimits,
 }
 
 /// Where an instance's plugin code runs.
@@ -219,6 +222,30 @@ pub enum CallError {
         /// Why.
         reason: String,
     },
+    /// The request is larger than a plugin call can carry; the host refused to send it. The sender's or the host's
+    /// fault, never the plugin's: it does not count towards quarantine.
+    #[error("connector instance `{instance}` (plugin `{plugin}`): the request is {size} bytes encoded, over the {limit} bytes a plugin call carries; it was not sent")]
+    TooLarge {
+        /// Instance name.
+        instance: String,
+        /// Plugin name.
+        plugin: String,
+        /// The encoded request's size in bytes.
+        size: usize,
+        /// The largest request a call carries.
+        limit: usize,
+    },
+    /// The instance was still busy with earlier calls when this one's time ran out; the call never reached the plugin.
+    /// Load, not a plugin fault: it does not count towards quarantine.
+    #[error("connector instance `{instance}` (plugin `{plugin}`) is busy: earlier calls still held it after {} ms", waited.as_millis())]
+    Busy {
+        /// Instance name.
+        instance: String,
+        /// Plugin name.
+        plugin: String,
+        /// How long the call waited.
+        waited: Duration,
+    },
     /// The output broke the contract: bad UTF-8 or JSON, wrong envelope version, over 64 MiB, wrong shape.
     #[error("connector instance `{instance}` (plugin `{plugin}`) returned bad output: {detail}")]
     BadOutput {
@@ -230,6 +257,24 @@ pub enum CallError {
         detail: String,
     },
 }
+
+impl CallError {
+    /// Whether this failure is the plugin's own (a panic, timeout, crash, bad output) and so counts towards
+    /// quarantine. A fault of the host or of the sender (a request too large to send, a call that waited for a busy
+    /// instance) never does, so no sender can switch a connector off by what it sends.
+    pub fn counts_against_plugin(&self) -> bool {
+        matches!(
+            self,
+            CallError::Panicked { .. }
+                | CallError::Timeout { .. }
+                | CallError::Crashed { .. }
+                | CallError::BadOutput { .. }
+        )
+    }
+}
+
+/// Largest encoded request the host sends to a plugin: within the child's frame limit, with room for the frame header.
+pub(crate) const MAX_REQUEST: usize = settled_plugin_api::abi::MAX_OUTPUT;
 
 /// A configured instance as the transports see it.
 #[derive(Debug, Clone, Serialize)]
@@ -1015,6 +1060,16 @@ impl Target {
             };
             return (Err(refused), None);
         }
+        if payload.len() > MAX_REQUEST {
+            // Never frame what the child would refuse (it would die on it): the host's refusal, not the plugin's fault.
+            let refused = CallError::TooLarge {
+                instance,
+                plugin,
+                size: payload.len(),
+                limit: MAX_REQUEST,
+            };
+            return (Err(refused), None);
+        }
         let started = Instant::now();
         let (result, generation) = match &self.live.backend {
             Backend::Native(native) => (self.call_native(native, op, payload).await, None),
@@ -1053,6 +1108,15 @@ impl Target {
                 plugin,
                 detail,
             }),
+            Err(ChildFailure::Busy) => {
+                // Queued behind earlier calls until the time ran out: nothing reached the plugin.
+                let busy = CallError::Busy {
+                    instance,
+                    plugin,
+                    waited: self.timeout,
+                };
+                return (Err(busy), generation);
+            }
             Err(ChildFailure::Restarted) => {
                 // Nothing reached the plugin: neither its stats nor its health change.
                 let lost = CallError::Crashed {
@@ -1095,6 +1159,7 @@ impl Target {
         let mut health = lock(&self.live.health);
         let failure = match outcome {
             Ok(_) | Err(CallError::Plugin(_)) => None,
+            Err(e) if !e.counts_against_plugin() => return,
             Err(e) => Some(e),
         };
         let Some(failure) = failure else {
@@ -1285,6 +1350,7 @@ mod tests {
             events: None,
             mailbox: None,
             env: Vec::new(),
+            intake: Default::default(),
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const TOKEN: &str = "e2e-test-token-0123456789";
+pub const TOKEN: &str = "e2e-test-token-0123456789abcdef0123456789";
 
 /// `target/debug` (or `$CARGO_TARGET_DIR/debug`): where the test binary, `settled` and the plugins are.
 pub fn target_dir() -> PathBuf {

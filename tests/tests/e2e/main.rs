@@ -8,6 +8,7 @@ mod csv_footers;
 mod cut_references;
 mod disk_full;
 mod dovecot;
+mod edges;
 mod hand_allocations;
 mod harness;
 mod hledger;

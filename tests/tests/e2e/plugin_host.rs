@@ -128,6 +128,7 @@ fn connector(name: &str, plugin: &str, isolation: Isolation, settings: Value) ->
         events: None,
         mailbox: None,
         env: Vec::new(),
+        intake: Default::default(),
     }
 }
 
@@ -1102,5 +1103,28 @@ async fn plugins_built_for_abi_1_0_are_buffered_by_the_host_and_parsed_at_the_en
         let records = session.finish().await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(lead_names(&records), ["Ann", "Bob", "Cy"], "{instance}");
     }
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_frame_limit_is_refused_by_the_host_and_never_counts_towards_quarantine()
+{
+    let dir = test_dir();
+    install(&dir, "good");
+    let mut cfg = config(
+        &dir,
+        vec![connector("p", "good", Isolation::Process, Value::Null)],
+    );
+    // One counted failure would quarantine the instance.
+    cfg.quarantine_after = 1;
+    let host = start(cfg).await;
+    // More than the child reads in one frame: sending it would kill the child, so the host refuses it.
+    let huge = Value::String("a".repeat(settled_plugin_api::abi::MAX_OUTPUT + 1));
+    let call = echo(&host, "p", huge).await;
+    assert!(matches!(call, Err(CallError::TooLarge { .. })), "{call:?}");
+    assert!(!call.as_ref().is_err_and(CallError::counts_against_plugin));
+    let status = instance_status(&host, "p").unwrap_or_else(|| panic!("no status"));
+    assert_eq!((status.state, status.calls), (InstanceState::Running, 0));
+    assert_eq!(echo(&host, "p", json!(7)).await.ok(), Some(json!(7)));
     host.shutdown().await;
 }
