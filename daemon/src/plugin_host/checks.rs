@@ -386,7 +386,9 @@ mod tests {
         fs::write(plugins.join("p.so"), b"not checked this far").unwrap_or_else(|e| panic!("{e}"));
         fs::set_permissions(&plugins, fs::Permissions::from_mode(0o777))
             .unwrap_or_else(|e| panic!("{e}"));
-        let err = prepare(&plugins.join("p.so"), &cache, None).unwrap_err();
+        let Err(Refusal::File(err)) = prepare(&plugins.join("p.so"), &cache, None) else {
+            panic!("a plugin in a world-writable folder was not refused as a file fault");
+        };
         assert_eq!(
             err,
             format!(
@@ -398,7 +400,9 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let link = dir.path().join("linked");
         std::os::unix::fs::symlink(&plugins, &link).unwrap_or_else(|e| panic!("{e}"));
-        let err = prepare(&link.join("p.so"), &cache, None).unwrap_err();
+        let Err(Refusal::File(err)) = prepare(&link.join("p.so"), &cache, None) else {
+            panic!("a plugin in a symlinked folder was not refused as a file fault");
+        };
         assert!(
             err.starts_with(&format!("its folder {} is a symlink", link.display())),
             "{err}"
