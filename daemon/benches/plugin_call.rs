@@ -73,6 +73,7 @@ async fn run() -> anyhow::Result<()> {
         call_timeout: Duration::from_secs(10),
         quarantine_after: 5,
         watch: false,
+        require_sandbox: false,
     })
     .await
     .context("starting the plugin host")?;
