@@ -75,6 +75,7 @@ async fn run() -> anyhow::Result<()> {
         quarantine_after: 5,
         watch: false,
         defaults: false,
+        require_sandbox: false,
     })
     .await
     .context("starting the plugin host")?;

@@ -9,8 +9,9 @@ use serde_json::json;
 
 use crate::harness::{target_dir, Daemon, Setup, TOKEN};
 
-/// A daemon with the `snoops` fixture as intake connector `snoop` in process isolation; `more` gets the
-/// daemon's data folder and gives the rest of the `[[connector]]` table (e.g. its `[connector.settings]`).
+/// A daemon with the `snoops` fixture as intake connector `snoop` in process isolation, and
+/// `[plugins] require_sandbox = true` (the sandbox is complete on the machines this suite runs on, so the
+/// plugin loads); `more` gets the daemon's data folder and gives the rest of the `[[connector]]` table.
 fn daemon_with_snoops(more: impl FnOnce(&Path) -> String) -> Daemon {
     let dir = tempfile::tempdir().expect("tempdir");
     let more = more(&dir.path().join("data"));
@@ -28,7 +29,7 @@ fn daemon_with_snoops(more: impl FnOnce(&Path) -> String) -> Daemon {
         Setup {
             plugins: vec![],
             config: format!(
-                "[[connector]]\nname = \"snoop\"\nplugin = \"snoops\"\nisolation = \"process\"\n{more}\n"
+                "require_sandbox = true\n[[connector]]\nname = \"snoop\"\nplugin = \"snoops\"\nisolation = \"process\"\n{more}\n"
             ),
         },
     )
