@@ -230,7 +230,7 @@ fn backup_and_restore_move_every_record_to_a_new_data_dir() {
 }
 
 #[test]
-fn the_demo_walks_a_lead_to_a_paid_invoice() {
+fn the_demo_walks_a_lead_to_a_paid_invoice_and_a_mail_to_a_lead() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = settled(dir.path());
     cmd.arg("demo")
@@ -239,5 +239,11 @@ fn the_demo_walks_a_lead_to_a_paid_invoice() {
     let r = run(cmd);
     assert!(r.status.success(), "{r}");
     assert!(r.stdout.contains("status paid"), "{r}");
+    // The mail step: an enquiry delivered to the demo's Maildir becomes a lead.
+    assert!(
+        r.stdout.contains("Grace Hopper <grace@compilers.example>")
+            && r.stdout.contains("source email"),
+        "{r}"
+    );
     assert!(r.stdout.contains("demo finished"), "{r}");
 }
