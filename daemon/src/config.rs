@@ -99,7 +99,8 @@ pub struct Config {
     /// `false` sends the whole file to `failed/` with nothing recorded; `true` keeps the good records and lists the refused
     /// ones in the import summary.
     /// A `mail` connector reads the mailbox of its `[connector.mailbox]` table: `imap` (`host`, `port`, `user`, `password_file`
-    /// or `password_env`, `tls` = `required` (default) | `starttls` | `none` (loopback only), `folders` (default `["INBOX"]`),
+    /// or `password_env`, `tls` = `required` (default) | `starttls` | `none` (loopback only), `ca_file` (PEM certificates of
+    /// authorities to trust besides the public ones, for a self-signed server; default none), `folders` (default `["INBOX"]`),
     /// `move_to`) or `maildir`, plus `max_message_mib` (default 25), `batch` (50), `poll_secs` (60) and `max_backoff_secs`
     /// (300); every key is documented on `mailbox::MailboxConfig`.
     #[serde(default, rename = "connector")]

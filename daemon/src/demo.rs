@@ -1,6 +1,7 @@
 //! `settled demo`: a real daemon on a throwaway data directory with the bundled plugins, driven over real HTTP and a
 //! real file inbox, from a web-form lead to an invoice that a bank statement marks paid, synced back to a signed
-//! webhook (and an hledger journal when hledger-web is installed). Each step is printed.
+//! webhook (and an hledger journal when hledger-web is installed), and an enquiry mail delivered to a Maildir folder
+//! that becomes a lead. Each step is printed.
 
 mod sinks;
 
@@ -526,7 +527,7 @@ async fn mail_step(
     let mail = "From: Grace Hopper <grace@compilers.example>\r\nTo: sales@settled.example\r\n\
                 Subject: Quote for 5 licences\r\nMessage-ID: <demo-enquiry-1@compilers.example>\r\n\
                 Date: Sun, 6 Dec 2026 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
-                Hello, could you send us a quote for 5 licences?\r\n\r\nGrace Hopper\r\nCompilers Ltd\r\n\
+                Hello, could you send us a quote for 5 licences?\r\n\r\nGrace Hopper\r\nCompany: Compilers Ltd\r\n\
                 Phone: +1 555 0100\r\n";
     for sub in ["tmp", "new", "cur"] {
         std::fs::create_dir_all(maildir.join(sub))

@@ -447,4 +447,15 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(local.validate(), Ok(()));
     }
+
+    #[test]
+    fn a_ca_file_without_tls_is_refused() {
+        let config: MailboxConfig = toml::from_str(
+            "[imap]\nhost = \"127.0.0.1\"\nuser = \"u\"\npassword_env = \"P\"\ntls = \"none\"\nca_file = \"/etc/ca.pem\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (key, message) = config.validate().err().unwrap_or_default();
+        assert_eq!(key, "imap.ca_file");
+        assert!(message.contains("`tls` is `none`"), "{message}");
+    }
 }

@@ -62,12 +62,13 @@ pub fn builtin(name: &str) -> Option<NoticeSettings> {
                     .into(),
             ),
             body: vec![
-                r"(?m)^\s*(?P<payer>\S[^\n]*?) sent you [^\d\n]{0,4}(?P<amount>\d[\d,]*(?:\.\d+)?)\s*(?P<currency>[A-Z]{3})\b"
+                r"(?m)^\s*(?P<payer>\S[^\n]*?) sent you [^\d\n]{0,4}(?P<amount>\d[\d,]*(?:\.\d+)?)\s*(?P<currency>[A-Z]{3})"
                     .into(),
                 r"received a payment (?:of|for) [^\d\n]{0,4}(?P<amount>\d[\d,]*(?:\.\d+)?)\s*(?P<currency>[A-Z]{3}) from (?P<payer>[^\n(]+?)\s*(?:\(|\.?\s*$)"
                     .into(),
                 r"(?m)^\s*Note from [^\n]*:\s*\n\s*(?P<reference>\S[^\n]*?)\s*$".into(),
-                r"Transaction ID:?\s*(?P<id>[A-Z0-9]{17})\b".into(),
+                // HTML turned into text may run the id into the next cell's text: exactly 17 characters, no boundary needed.
+                r"Transaction ID:?\s*(?P<id>[A-Z0-9]{17})".into(),
             ],
             currency: None,
             decimal_mark: '.',

@@ -230,7 +230,7 @@ fn backup_and_restore_move_every_record_to_a_new_data_dir() {
 }
 
 #[test]
-fn the_demo_walks_a_lead_to_a_paid_invoice_delivered_to_a_signed_webhook_and_the_journal() {
+fn the_demo_walks_a_lead_to_a_paid_invoice_delivered_to_a_signed_webhook_and_the_journal_and_a_mail_to_a_lead() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = settled(dir.path());
     cmd.arg("demo")
@@ -264,5 +264,11 @@ fn the_demo_walks_a_lead_to_a_paid_invoice_delivered_to_a_signed_webhook_and_the
     } else {
         assert!(r.stdout.contains("apt-get install hledger-web"), "{r}");
     }
+    // The mail step: an enquiry delivered to the demo's Maildir becomes a lead.
+    assert!(
+        r.stdout.contains("Grace Hopper <grace@compilers.example>")
+            && r.stdout.contains("source email"),
+        "{r}"
+    );
     assert!(r.stdout.contains("demo finished"), "{r}");
 }
