@@ -83,6 +83,12 @@ impl Limits {
         limiter
     }
 
+    /// Intake requests being served now (each holds a slot).
+    pub fn intake_in_progress(&self) -> usize {
+        self.slot_count
+            .saturating_sub(self.slots.available_permits())
+    }
+
     /// A slot for one intake request, held until it is answered; 503 when every slot is taken (the remaining
     /// connections are the API's reserve).
     pub fn intake_slot(&self, connector: &str) -> Result<OwnedSemaphorePermit, ApiError> {

@@ -66,6 +66,16 @@ pub(super) async fn render(State(state): State<AppState>) -> Response {
     );
     let _ = writeln!(
         out,
+        "# HELP settled_intake_in_progress Intake requests being served (at most http.max_connections - http.api_reserve)."
+    );
+    let _ = writeln!(out, "# TYPE settled_intake_in_progress gauge");
+    let _ = writeln!(
+        out,
+        "settled_intake_in_progress {}",
+        state.limits.intake_in_progress()
+    );
+    let _ = writeln!(
+        out,
         "# HELP settled_last_event_id Id of the newest audit event."
     );
     let _ = writeln!(out, "# TYPE settled_last_event_id gauge");

@@ -247,9 +247,8 @@ fn with_every_intake_slot_taken_intake_gets_503_and_the_api_and_healthz_still_an
             "[http]\nmax_connections = 16\napi_reserve = 6\n[intake]\nbody_timeout_secs = 300\n"
                 .into(),
     });
-    // Senders whose bodies never finish take the ten intake slots: twelve of them, so that every slot stays taken
-    // whichever of them and of the probes below the daemon serves first.
-    let _held: Vec<TcpStream> = (0..12)
+    // Ten senders whose bodies never finish take the ten intake slots.
+    let _held: Vec<TcpStream> = (0..10)
         .map(|_| {
             let mut s = TcpStream::connect(("127.0.0.1", d.port)).expect("connect");
             s.write_all(b"POST /intake/webform HTTP/1.1\r\nHost: settled\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nname=Slow")
@@ -257,10 +256,22 @@ fn with_every_intake_slot_taken_intake_gets_503_and_the_api_and_healthz_still_an
             s
         })
         .collect();
-    let refused = d.eventually("an intake post refused for want of a slot", || {
-        let resp = post_lead(&d, "webform");
-        (resp.status().as_u16() == 503).then_some(resp)
+    d.eventually("ten intake requests in progress", || {
+        let metrics = d
+            .http()
+            .get(d.url("/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .ok()?
+            .text()
+            .ok()?;
+        metrics
+            .lines()
+            .any(|l| l == "settled_intake_in_progress 10")
+            .then_some(())
     });
+    let refused = post_lead(&d, "webform");
+    assert_eq!(refused.status().as_u16(), 503);
     assert!(refused.headers().contains_key("retry-after"));
     let body: Value = refused.json().unwrap();
     assert_eq!(body["error"]["code"], "busy", "{body}");
