@@ -391,7 +391,6 @@ impl ChildConn {
         let mut child = command
             .env_clear()
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
