@@ -707,7 +707,35 @@ pub(super) fn plugins(value: &Value, width: Option<usize>) -> String {
         out.push_str(&indent(&sandboxes));
     }
     out.push_str(&mailboxes(value));
+    out.push_str(&config_reload(value));
     out
+}
+
+/// The `config_reload` of a `GET /v1/plugins` answer: the last reload of the config file, what it changed or why it was refused.
+fn config_reload(value: &Value) -> String {
+    let Some(reload) = get(value, "config_reload").filter(|r| r.is_object()) else {
+        return String::new();
+    };
+    let mut lines = String::new();
+    if let Some(Value::String(error)) = get(reload, "error") {
+        lines.push_str(&format!("{error}\n"));
+    }
+    for (key, prefix) in [("changes", ""), ("restart_needed", "restart needed: ")] {
+        for item in get(reload, key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            lines.push_str(&format!("{prefix}{}\n", item.as_str().unwrap_or_default()));
+        }
+    }
+    format!(
+        "\nconfig reload ({}, {}): {}\n{}",
+        text_or_dash(reload, "trigger"),
+        text_or_dash(reload, "at"),
+        text_or_dash(reload, "outcome"),
+        indent(&lines)
+    )
 }
 
 /// The `mailboxes` of a `GET /v1/plugins` answer, one line each: state (with the last error), folders, counters.
@@ -1127,6 +1155,34 @@ mod tests {
                 && some.contains(&format!("  camt: {enforced}\n"))
                 && some.contains(&format!("  ofx: {partial}\n")),
             "{some}"
+        );
+    }
+
+    #[test]
+    fn plugins_show_the_last_config_reload() {
+        let value = json!({"items": [], "config_reload": {
+            "file": "/etc/settled.toml", "at": "2026-12-06T23:00:00Z", "trigger": "SIGHUP", "outcome": "applied",
+            "error": null, "changes": ["added connector `site` (plugin webform)"],
+            "restart_needed": ["`listen` changed: takes effect at the next restart"]}});
+        check(
+            plugins(&value, None),
+            "no plugins\n\
+             \nconfig reload (SIGHUP, 2026-12-06T23:00:00Z): applied\n\
+             \x20 added connector `site` (plugin webform)\n\
+             \x20 restart needed: `listen` changed: takes effect at the next restart\n",
+        );
+        let refused = json!({"items": [], "config_reload": {
+            "at": "2026-12-06T23:00:00Z", "trigger": "file changed", "outcome": "refused",
+            "error": "config settled.toml: unknown field `colour`", "changes": [], "restart_needed": []}});
+        check(
+            plugins(&refused, None),
+            "no plugins\n\
+             \nconfig reload (file changed, 2026-12-06T23:00:00Z): refused\n\
+             \x20 config settled.toml: unknown field `colour`\n",
+        );
+        check(
+            plugins(&json!({"items": [], "config_reload": null}), None),
+            "no plugins\n",
         );
     }
 

@@ -1,5 +1,6 @@
-//! Fixture: a header the host must refuse. `settled_plugin_init` writes the file named by
-//! `SETTLED_FIXTURE_MARKER`, so a test can prove the host never ran it.
+//! Fixture: a header the host must refuse. `settled_plugin_init` aborts the process that calls it, so a host that ran
+//! it would report a dead child (or die) instead of the header's refusal. (It cannot leave a file behind: the sandboxed
+//! plugin child may not write files.)
 
 use settled_plugin_api::abi::{
     HostCallbacks, PluginHeader, PluginVTable, ABI_MAGIC, ABI_MAJOR, ABI_MINOR,
@@ -14,15 +15,12 @@ pub static SETTLED_PLUGIN_HEADER: PluginHeader = PluginHeader {
     vtable_size: std::mem::size_of::<PluginVTable>() as u32,
 };
 
-/// Must never run: leaves the marker file.
+/// Must never run: aborts.
 ///
 /// # Safety
 /// None needed; it ignores `host`.
 #[no_mangle]
 pub unsafe extern "C" fn settled_plugin_init(host: *const HostCallbacks) -> *const PluginVTable {
     let _ = host;
-    if let Some(path) = std::env::var_os("SETTLED_FIXTURE_MARKER") {
-        let _ = std::fs::write(path, b"init ran");
-    }
-    std::ptr::null()
+    std::process::abort()
 }
