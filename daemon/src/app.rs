@@ -304,6 +304,11 @@ impl Daemon {
                 host.clone(),
                 cancel.clone(),
             ));
+            tasks.spawn(crate::poll::run(
+                self.state.clone(),
+                host.clone(),
+                cancel.clone(),
+            ));
             let inboxes = crate::inbox::inboxes(&self.config, &host);
             tasks.spawn(crate::inbox::run(
                 self.state.clone(),
@@ -471,6 +476,7 @@ fn default_connectors(dir: &Path) -> Vec<ConnectorConfig> {
             allow_partial: false,
             events: None,
             mailbox: None,
+            poll_every_secs: None,
         });
     }
     out

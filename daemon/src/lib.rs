@@ -10,6 +10,7 @@ pub mod engine;
 pub mod inbox;
 pub mod mailbox;
 pub mod outbox;
+pub mod poll;
 pub mod plugin_host;
 pub mod reconcile;
 pub mod scheduler;

@@ -488,5 +488,9 @@ async fn plugins(State(state): State<AppState>) -> Json<Value> {
         Some(host) => serde_json::to_value(host.status()).unwrap_or_default(),
         None => json!([]),
     };
-    Json(json!({"items": status, "mailboxes": state.metrics.mailboxes.snapshot()}))
+    Json(json!({
+        "items": status,
+        "mailboxes": state.metrics.mailboxes.snapshot(),
+        "pollers": state.metrics.pollers.snapshot(),
+    }))
 }

@@ -286,7 +286,7 @@ pub(crate) fn reverse(
         "payment",
         &pay.id,
         serde_json::json!({"amount": reversed, "currency": pay.currency, "payment_amount": pay.amount, "why": why,
-            "refund": refund, "allocations": allocations_json(&made), "credit_taken_back": credit_taken,
+            "refund": refund, "allocations": allocations_json(tx, &made), "credit_taken_back": credit_taken,
             "fully_reversed": pay.state == PaymentState::Reversed, "excess": want.max(Decimal::ZERO)}),
         true,
     );

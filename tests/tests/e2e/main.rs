@@ -19,3 +19,5 @@ mod plugin_host;
 mod receiver;
 mod refused;
 mod returns;
+mod tryton;
+mod tryton_server;
