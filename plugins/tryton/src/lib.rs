@@ -446,3 +446,6 @@ impl Plugin for Tryton {
 }
 
 settled_plugin_api::export_plugin!(Tryton);
+
+#[cfg(test)]
+mod tests;
