@@ -273,10 +273,10 @@ impl Poller {
                     describe_refused(&refused)
                 )
             })?;
-        self.state.metrics.records_ingested.fetch_add(
-            summary.new,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.state
+            .metrics
+            .records_ingested
+            .fetch_add(summary.new, std::sync::atomic::Ordering::Relaxed);
         self.status().update(&self.connector, |s| {
             s.pages += 1;
             s.records += summary.new;

@@ -48,10 +48,7 @@ pub(super) fn invoice_refusal(r: &InvoiceRecord) -> Option<DomainError> {
     if r.untaxed + r.tax != r.total {
         return Some(DomainError::invalid(
             "total",
-            format!(
-                "{} is not untaxed {} + tax {}",
-                r.total, r.untaxed, r.tax
-            ),
+            format!("{} is not untaxed {} + tax {}", r.total, r.untaxed, r.tax),
         ));
     }
     if r.amount_due > r.total {
@@ -127,11 +124,8 @@ pub(super) fn ingest_invoice(
         return Ok(());
     }
     let currency = Currency::parse(&r.currency)?;
-    let (account, _) = super::leads::find_or_create_account(
-        tx,
-        &r.customer,
-        r.customer_email.as_deref(),
-    )?;
+    let (account, _) =
+        super::leads::find_or_create_account(tx, &r.customer, r.customer_email.as_deref())?;
     let id = tx.new_id("invoice", "inv")?;
     let due = r.due_date.unwrap_or(r.issue_date);
     let lines = r

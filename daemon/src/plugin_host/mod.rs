@@ -26,8 +26,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use settled_plugin_api::{
     ops, FileRequest, HttpRequestSpec, IntakeOutcome, IntakeRequest, MailOutcome, MailRequest,
-    Manifest, ParseReply, PluginError, PollReply, PollResponse, PollStart, Role, SinkInput, SinkStep,
-    SniffReply, SniffRequest,
+    Manifest, ParseReply, PluginError, PollReply, PollResponse, PollStart, Role, SinkInput,
+    SinkStep, SniffReply, SniffRequest,
 };
 
 pub use child::child_main;

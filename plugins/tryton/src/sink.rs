@@ -82,6 +82,11 @@ fn answer(response: &HttpResponseSpec, doing: &str) -> Result<Value, Stop> {
     })
 }
 
+/// A boolean field as Tryton answers it (`true`, or `1` on SQLite).
+fn truthy(value: &Value) -> bool {
+    value.as_bool().unwrap_or(false) || value.as_i64().is_some_and(|n| n != 0)
+}
+
 fn rows(value: &Value) -> Vec<Value> {
     value.as_array().cloned().unwrap_or_default()
 }
@@ -279,11 +284,11 @@ impl Tryton {
         let setup = Setup {
             receivable: accounts
                 .iter()
-                .find(|a| a["type."]["receivable"] == true)
+                .find(|a| truthy(&a["type."]["receivable"]))
                 .and_then(|a| a["id"].as_i64()),
             revenue: accounts
                 .iter()
-                .find(|a| a["type."]["revenue"] == true)
+                .find(|a| truthy(&a["type."]["revenue"]))
                 .and_then(|a| a["id"].as_i64()),
             journal: found("setup_journal")
                 .first()
@@ -378,12 +383,8 @@ impl Work<'_> {
                     return match inv["state"].as_str().unwrap_or_default() {
                         "posted" | "paid" => Ok(None),
                         "draft" | "validated" => {
-                            set(st, "check");
                             st.insert("invoice".into(), json!(id));
-                            Ok(self.call(
-                                "model.account.invoice.read",
-                                json!([[id], ["total_amount"], self.context()]),
-                            ))
+                            Ok(self.compute_taxes(st, id))
                         }
                         other => Err(Stop::Failed(format!(
                             "Tryton has invoice {number} (id {id}) as {other}: settled will not create it again; \
@@ -450,7 +451,15 @@ impl Work<'_> {
                 let ids = answer(r, &format!("creating invoice {number}"))?;
                 let id = ids.get(0).and_then(Value::as_i64).unwrap_or_default();
                 st.insert("invoice".into(), json!(id));
-                st.insert("phase".into(), json!("check"));
+                Ok(self.compute_taxes(st, id))
+            }
+            "taxed" => {
+                answer(r, &format!("computing the taxes of invoice {number}"))?;
+                let id = st
+                    .get("invoice")
+                    .and_then(Value::as_i64)
+                    .unwrap_or_default();
+                set(st, "check");
                 Ok(self.call(
                     "model.account.invoice.read",
                     json!([[id], ["total_amount"], self.context()]),
@@ -481,6 +490,19 @@ impl Work<'_> {
             }
             other => Err(Stop::Failed(format!("unknown step `{other}`"))),
         }
+    }
+
+    /// Tryton computes a draft's taxes when it is written (not when it is created): write its description again.
+    fn compute_taxes(&self, st: &mut Map<String, Value>, id: i64) -> Option<HttpRequestSpec> {
+        set(st, "taxed");
+        let description = format!(
+            "settled {}",
+            self.event["entity_id"].as_str().unwrap_or_default()
+        );
+        self.call(
+            "model.account.invoice.write",
+            json!([[id], {"description": description}, self.context()]),
+        )
     }
 
     fn create_invoice(&self, party: i64, address: i64) -> Next {

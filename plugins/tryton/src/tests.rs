@@ -98,7 +98,10 @@ fn a_polled_invoice_becomes_an_invoice_record_and_moves_the_cursor() {
             response: answer(json!([row])),
         })
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(reply.cursor.as_deref(), Some("2026-12-06T22:05:01.000042/7"));
+    assert_eq!(
+        reply.cursor.as_deref(),
+        Some("2026-12-06T22:05:01.000042/7")
+    );
     assert!(!reply.more);
     let Some(Record::Invoice(inv)) = reply.records.first() else {
         panic!("{:?}", reply.records)
@@ -149,7 +152,10 @@ fn a_reversal_is_a_dead_letter_saying_what_to_do_in_tryton() {
     let SinkStep::Failed { reason } = step else {
         panic!("{step:?}")
     };
-    assert!(reason.contains("INV-2026-001") && reason.contains("Unreconcile"), "{reason}");
+    assert!(
+        reason.contains("INV-2026-001") && reason.contains("Unreconcile"),
+        "{reason}"
+    );
 }
 
 #[test]

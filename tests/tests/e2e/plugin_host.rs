@@ -127,6 +127,7 @@ fn connector(name: &str, plugin: &str, isolation: Isolation, settings: Value) ->
         allow_partial: false,
         events: None,
         mailbox: None,
+        poll_every_secs: None,
     }
 }
 

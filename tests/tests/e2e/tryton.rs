@@ -124,7 +124,11 @@ fn a_tryton_invoice_is_polled_into_settled_paid_from_a_bank_file_and_paid_in_try
     assert_eq!(inv["total"], "242.00", "{inv}");
     assert_eq!(inv["external_refs"][0]["system"], "tryton", "{inv}");
     assert_eq!(inv["external_refs"][0]["origin"], true, "{inv}");
-    let summary = import_json(&d, "tryton-paid.xml", &camt_paying("PAY-T1", "242.00", &number));
+    let summary = import_json(
+        &d,
+        "tryton-paid.xml",
+        &camt_paying("PAY-T1", "242.00", &number),
+    );
     assert_eq!(summary["new"], 1, "{summary}");
     assert_eq!(invoice(&d, &inv)["payment_status"], "paid");
     let paid = tryton_invoice(&d, &mut t, &number, "paid");
@@ -146,8 +150,14 @@ fn tryton_down_at_delivery_is_retried_and_the_invoice_is_created_once_when_it_is
     });
     t.spawn();
     tryton_invoice(&d, &mut t, number, "posted");
-    d.eventually("nothing pending", || (sink(&d)["pending"] == 0).then_some(()));
-    let same: Vec<Value> = t.invoices().into_iter().filter(|i| i["reference"] == number).collect();
+    d.eventually("nothing pending", || {
+        (sink(&d)["pending"] == 0).then_some(())
+    });
+    let same: Vec<Value> = t
+        .invoices()
+        .into_iter()
+        .filter(|i| i["reference"] == number)
+        .collect();
     assert_eq!(same.len(), 1, "{same:?}");
 }
 
@@ -156,10 +166,20 @@ fn an_expired_tryton_session_is_renewed_by_the_plugin_without_a_failed_delivery(
     let mut t = Tryton::start();
     let d = daemon(&t);
     let first = issue_invoice(&d, "Session One", vat_line("10.00", "21"));
-    tryton_invoice(&d, &mut t, first["number"].as_str().expect("number"), "posted");
+    tryton_invoice(
+        &d,
+        &mut t,
+        first["number"].as_str().expect("number"),
+        "posted",
+    );
     t.expire_sessions();
     let second = issue_invoice(&d, "Session Two", vat_line("20.00", "21"));
-    tryton_invoice(&d, &mut t, second["number"].as_str().expect("number"), "posted");
+    tryton_invoice(
+        &d,
+        &mut t,
+        second["number"].as_str().expect("number"),
+        "posted",
+    );
     assert_eq!(sink(&d)["failed_attempts_total"], 0, "{}", sink(&d));
 }
 
@@ -169,7 +189,9 @@ fn a_tax_rate_missing_in_tryton_makes_a_dead_letter_naming_the_tax() {
     let d = daemon(&t);
     issue_invoice(&d, "Odd Rates", vat_line("10.00", "7"));
     let dead = d.eventually("a dead letter", || {
-        sink(&d)["dead_letters"].as_array().and_then(|l| l.first().cloned())
+        sink(&d)["dead_letters"]
+            .as_array()
+            .and_then(|l| l.first().cloned())
     });
     let error = dead["attempts"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("customer tax of 7%"), "{dead}");
@@ -182,10 +204,15 @@ fn a_party_missing_in_tryton_makes_a_dead_letter_naming_it_when_parties_are_not_
     let d = daemon_with(&t, ", create_parties = false");
     issue_invoice(&d, "Unknown Party Ltd", vat_line("10.00", "21"));
     let dead = d.eventually("a dead letter", || {
-        sink(&d)["dead_letters"].as_array().and_then(|l| l.first().cloned())
+        sink(&d)["dead_letters"]
+            .as_array()
+            .and_then(|l| l.first().cloned())
     });
     let error = dead["attempts"][0]["error"].as_str().unwrap_or_default();
-    assert!(error.contains("party `Unknown Party Ltd` is missing in Tryton"), "{dead}");
+    assert!(
+        error.contains("party `Unknown Party Ltd` is missing in Tryton"),
+        "{dead}"
+    );
 }
 
 #[test]
@@ -202,7 +229,13 @@ fn an_invoice_already_paid_in_tryton_is_not_paid_twice() {
         (s["pending"] == 0 && s["delivered_total"].as_u64() >= Some(2)).then_some(())
     });
     assert_eq!(t.payment_lines(posted["id"].as_i64().expect("id")), 1);
-    assert!(sink(&d)["dead_letters"].as_array().is_some_and(Vec::is_empty), "{}", sink(&d));
+    assert!(
+        sink(&d)["dead_letters"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "{}",
+        sink(&d)
+    );
 }
 
 #[test]
@@ -216,13 +249,24 @@ fn a_poll_page_with_an_invoice_settled_sent_links_it_and_creates_no_duplicate() 
         let now = invoice(&d, &inv);
         (now["external_refs"][0]["id"] == posted["id"].to_string()).then_some(now)
     });
-    assert_eq!(linked["external_refs"][0]["number"], posted["number"], "{linked}");
+    assert_eq!(
+        linked["external_refs"][0]["number"], posted["number"],
+        "{linked}"
+    );
     assert_eq!(linked["external_refs"][0]["origin"], false, "{linked}");
-    let all = d.ok("GET", "/v1/invoices", None)["items"].as_array().cloned().unwrap_or_default();
+    let all = d.ok("GET", "/v1/invoices", None)["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(all.len(), 1, "{all:?}");
     let plugins = d.ok("GET", "/v1/plugins", None);
     let poller = &plugins["pollers"][0];
     assert_eq!(poller["connector"], "erp", "{plugins}");
     assert_eq!(poller["records"], 0, "{plugins}");
-    assert!(poller["cursor"].as_str().is_some_and(|c| c.ends_with(&format!("/{}", posted["id"]))), "{plugins}");
+    assert!(
+        poller["cursor"]
+            .as_str()
+            .is_some_and(|c| c.ends_with(&format!("/{}", posted["id"]))),
+        "{plugins}"
+    );
 }

@@ -55,7 +55,8 @@ impl Tryton {
     pub fn start() -> Tryton {
         let db = template();
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::copy(db, dir.path().join(format!("{DATABASE}.sqlite"))).expect("copying the template");
+        std::fs::copy(db, dir.path().join(format!("{DATABASE}.sqlite")))
+            .expect("copying the template");
         let port = free_port();
         std::fs::write(
             dir.path().join("trytond.conf"),
@@ -104,7 +105,13 @@ impl Tryton {
             .expect("starting trytond (apt-get install tryton-server)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.post(json!({"id": 0, "method": "common.server.version", "params": []}), None).is_err() {
+        // Any HTTP answer means it listens (calls without a session get 401).
+        while self
+            .http
+            .post(format!("{}/{DATABASE}/", self.url()))
+            .send()
+            .is_err()
+        {
             assert!(
                 Instant::now() < deadline,
                 "trytond did not answer within 30 s\n{}",
@@ -151,8 +158,11 @@ impl Tryton {
             let login = self
                 .post(json!({"id": 1, "method": "common.db.login", "params": [USER, {"password": PASSWORD}]}), None)
                 .expect("admin login");
-            let token = base64::engine::general_purpose::STANDARD
-                .encode(format!("{USER}:{}:{}", login[0], login[1].as_str().unwrap_or_default()));
+            let token = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{USER}:{}:{}",
+                login[0],
+                login[1].as_str().unwrap_or_default()
+            ));
             let auth = format!("Session {token}");
             let context = self
                 .post(json!({"id": 2, "method": "model.res.user.get_preferences", "params": [true, {}]}), Some(&auth))
@@ -162,16 +172,32 @@ impl Tryton {
         let (auth, context) = self.session.clone().expect("session");
         let mut params = params;
         params.push(context);
-        self.post(json!({"id": 3, "method": method, "params": params}), Some(&auth))
-            .unwrap_or_else(|e| panic!("{method}: {e}"))
+        self.post(
+            json!({"id": 3, "method": method, "params": params}),
+            Some(&auth),
+        )
+        .unwrap_or_else(|e| panic!("{method}: {e}"))
     }
 
     /// Customer invoices (`number`, `reference`, `state`, `total_amount`, `amount_to_pay` as plain strings), by id.
     pub fn invoices(&mut self) -> Vec<Value> {
         let rows = self.call(
             "model.account.invoice.search_read",
-            vec![json!([["type", "=", "out"]]), json!(0), json!(null), json!([["id", "ASC"]]),
-                json!(["id", "number", "reference", "state", "total_amount", "amount_to_pay", "party.name"])],
+            vec![
+                json!([["type", "=", "out"]]),
+                json!(0),
+                json!(null),
+                json!([["id", "ASC"]]),
+                json!([
+                    "id",
+                    "number",
+                    "reference",
+                    "state",
+                    "total_amount",
+                    "amount_to_pay",
+                    "party.name"
+                ]),
+            ],
         );
         rows.as_array()
             .into_iter()
@@ -189,18 +215,40 @@ impl Tryton {
     pub fn post_invoice(&mut self, party: &str, net: &str) -> (i64, String) {
         let parties = self.call(
             "model.party.party.search_read",
-            vec![json!([["name", "=", party]]), json!(0), json!(1), json!(null), json!(["id", "addresses"])],
+            vec![
+                json!([["name", "=", party]]),
+                json!(0),
+                json!(1),
+                json!(null),
+                json!(["id", "addresses"]),
+            ],
         );
         let party = &parties[0];
         let find = |t: &mut Tryton, model: &str, domain: Value| {
-            t.call(&format!("model.{model}.search"), vec![domain, json!(0), json!(1), json!(null)])[0].clone()
+            t.call(
+                &format!("model.{model}.search"),
+                vec![domain, json!(0), json!(1), json!(null)],
+            )[0]
+            .clone()
         };
         let journal = find(self, "account.journal", json!([["type", "=", "revenue"]]));
-        let receivable = find(self, "account.account", json!([["type.receivable", "=", true]]));
-        let revenue = find(self, "account.account", json!([["type.revenue", "=", true]]));
+        let receivable = find(
+            self,
+            "account.account",
+            json!([["type.receivable", "=", true]]),
+        );
+        let revenue = find(
+            self,
+            "account.account",
+            json!([["type.revenue", "=", true]]),
+        );
         let tax = find(self, "account.tax", json!([["name", "=", "VAT 21"]]));
         let currency = find(self, "currency.currency", json!([["code", "=", "EUR"]]));
-        let term = find(self, "account.invoice.payment_term", json!([["name", "=", "Direct"]]));
+        let term = find(
+            self,
+            "account.invoice.payment_term",
+            json!([["name", "=", "Direct"]]),
+        );
         let created = self.call(
             "model.account.invoice.create",
             vec![json!([{"type": "out", "party": party["id"], "invoice_address": party["addresses"][0],
@@ -211,7 +259,11 @@ impl Tryton {
         );
         let id = created[0].as_i64().expect("invoice id");
         self.call("model.account.invoice.post", vec![json!([id])]);
-        let number = self.invoices().into_iter().find(|i| i["id"] == id).expect("posted")["number"]
+        let number = self
+            .invoices()
+            .into_iter()
+            .find(|i| i["id"] == id)
+            .expect("posted")["number"]
             .as_str()
             .expect("number")
             .to_string();
@@ -227,9 +279,12 @@ impl Tryton {
         ctx["active_ids"] = json!([id]);
         ctx["active_model"] = json!("account.invoice");
         let exec = |t: &Tryton, data: Value, state: &str| {
-            t.post(json!({"id": 4, "method": "wizard.account.invoice.pay.execute",
-                "params": [wizard, data, state, ctx]}), Some(&auth))
-                .unwrap_or_else(|e| panic!("pay wizard {state}: {e}"))
+            t.post(
+                json!({"id": 4, "method": "wizard.account.invoice.pay.execute",
+                "params": [wizard, data, state, ctx]}),
+                Some(&auth),
+            )
+            .unwrap_or_else(|e| panic!("pay wizard {state}: {e}"))
         };
         let start = exec(self, json!({}), "start");
         let mut form = strip(&start["view"]["defaults"]);
@@ -237,7 +292,8 @@ impl Tryton {
         form["payment_method"] = self.call(
             "model.account.invoice.payment.method.search",
             vec![json!([]), json!(0), json!(1), json!(null)],
-        )[0].clone();
+        )[0]
+        .clone();
         form["description"] = json!("paid in Tryton by hand");
         let choice = exec(self, json!({"start": form}), "choice");
         if !choice["view"].is_null() {
@@ -250,7 +306,10 @@ impl Tryton {
 
     /// How many payment lines invoice `id` has in Tryton.
     pub fn payment_lines(&mut self, id: i64) -> usize {
-        let read = self.call("model.account.invoice.read", vec![json!([id]), json!(["payment_lines"])]);
+        let read = self.call(
+            "model.account.invoice.read",
+            vec![json!([id]), json!(["payment_lines"])],
+        );
         read[0]["payment_lines"].as_array().map_or(0, Vec::len)
     }
 
@@ -263,7 +322,11 @@ impl Tryton {
             .arg(&db)
             .output()
             .expect("python3");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The server's log, for failure messages.
