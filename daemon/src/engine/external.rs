@@ -176,6 +176,8 @@ pub(super) fn ingest_invoice(
         updated_at: tx.now,
     };
     tx.ws.index("invoice-number", &r.number, &id);
+    // Its series (`TRY-`) becomes one the matcher looks for in payment texts.
+    tx.state.index.learn_series(&r.number);
     super::billing::index_invoice_refs(tx, &inv);
     tx.event(
         actor,
