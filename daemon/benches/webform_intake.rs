@@ -55,6 +55,7 @@ async fn run() -> anyhow::Result<()> {
         allow_partial: false,
         events: None,
         mailbox: None,
+        poll_every_secs: None,
     };
     let mut config = Config {
         data_dir: Some(root.path().join("data")),
