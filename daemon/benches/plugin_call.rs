@@ -59,6 +59,7 @@ async fn run() -> anyhow::Result<()> {
         allow_partial: false,
         events: None,
         mailbox: None,
+        poll_every_secs: None,
     };
     let host = PluginHost::start(HostConfig {
         plugin_dir: plugins,

@@ -1,7 +1,7 @@
 use serde_json::json;
 use settled_plugin_api::chrono::NaiveDate;
 use settled_plugin_api::rust_decimal::Decimal;
-use settled_plugin_api::{HttpResponseSpec, PollResponse, PollStart, Record, SinkInput, SinkStep};
+use settled_plugin_api::{HttpResponseSpec, PollResponse, Record, SinkInput, SinkStep};
 
 use super::*;
 

@@ -247,7 +247,8 @@ fn a_poll_page_with_an_invoice_settled_sent_links_it_and_creates_no_duplicate() 
     let posted = tryton_invoice(&d, &mut t, number, "posted");
     let linked = d.eventually("the settled invoice linked to Tryton's", || {
         let now = invoice(&d, &inv);
-        (now["external_refs"][0]["id"] == posted["id"].to_string()).then_some(now)
+        let id = posted["id"].to_string();
+        (now["external_refs"][0]["id"].as_str() == Some(id.as_str())).then_some(now)
     });
     assert_eq!(
         linked["external_refs"][0]["number"], posted["number"],

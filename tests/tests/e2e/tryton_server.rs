@@ -328,11 +328,6 @@ impl Tryton {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-
-    /// The server's log, for failure messages.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log()).unwrap_or_default()
-    }
 }
 
 /// A wizard view's defaults without the `field.` record names Tryton adds for display.
