@@ -260,14 +260,17 @@ fn a_poll_page_with_an_invoice_settled_sent_links_it_and_creates_no_duplicate() 
         .cloned()
         .unwrap_or_default();
     assert_eq!(all.len(), 1, "{all:?}");
-    let plugins = d.ok("GET", "/v1/plugins", None);
-    let poller = &plugins["pollers"][0];
-    assert_eq!(poller["connector"], "erp", "{plugins}");
-    assert_eq!(poller["records"], 0, "{plugins}");
-    assert!(
+    // The poller's status follows its commit: wait for the page that linked it.
+    let at = format!("/{}", posted["id"]);
+    let poller = d.eventually("the poller's cursor past the linked invoice", || {
+        let plugins = d.ok("GET", "/v1/plugins", None);
+        let poller = plugins["pollers"][0].clone();
         poller["cursor"]
             .as_str()
-            .is_some_and(|c| c.ends_with(&format!("/{}", posted["id"]))),
-        "{plugins}"
-    );
+            .is_some_and(|c| c.ends_with(&at))
+            .then_some(poller)
+    });
+    assert_eq!(poller["connector"], "erp", "{poller}");
+    assert_eq!(poller["records"], 0, "{poller}");
+    assert!(poller["duplicates"].as_u64() >= Some(1), "{poller}");
 }
