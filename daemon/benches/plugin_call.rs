@@ -61,6 +61,7 @@ async fn run() -> anyhow::Result<()> {
         mailbox: None,
         env: Vec::new(),
         intake: Default::default(),
+        poll_every_secs: None,
     };
     let host = PluginHost::start(HostConfig {
         plugin_dir: plugins,

@@ -57,6 +57,7 @@ async fn run() -> anyhow::Result<()> {
         mailbox: None,
         env: Vec::new(),
         intake: Default::default(),
+        poll_every_secs: None,
     };
     let mut config = Config {
         data_dir: Some(root.path().join("data")),

@@ -347,6 +347,11 @@ impl Daemon {
                 host.clone(),
                 cancel.clone(),
             ));
+            tasks.spawn(crate::poll::run(
+                self.state.clone(),
+                host.clone(),
+                cancel.clone(),
+            ));
             let inboxes = crate::inbox::inboxes(&self.config, &host);
             tasks.spawn(crate::inbox::run(
                 self.state.clone(),

@@ -103,6 +103,8 @@ pub struct Config {
     /// authorities to trust besides the public ones, for a self-signed server; default none), `folders` (default `["INBOX"]`),
     /// `move_to`) or `maildir`, plus `max_message_mib` (default 25), `batch` (50), `poll_secs` (60) and `max_backoff_secs`
     /// (300); every key is documented on `mailbox::MailboxConfig`.
+    /// A `poll` connector (a plugin with the `poll` role, e.g. `tryton`) is polled every `poll_every_secs` seconds (default
+    /// 60, at least 1); a poll that has more pages reads them at once, a failed one is tried again at the next tick.
     #[serde(default, rename = "connector")]
     pub connectors: Vec<ConnectorConfig>,
 }
@@ -252,7 +254,8 @@ pub struct Outbox {
     /// Each wait gets up to 10% jitter either way; a `Retry-After` the receiver sent (429, 503) replaces it. Default: the
     /// Standard Webhooks schedule 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (eight attempts over about 27 hours).
     pub retry_schedule_ms: Vec<u64>,
-    /// Timeout of one outbound HTTP request of a sink, connect to last byte, in milliseconds (default 10000).
+    /// Timeout of one outbound HTTP request of a sink or a poll connector, connect to last byte, in milliseconds
+    /// (default 10000).
     pub request_timeout_ms: u64,
     /// The largest answer body a sink's peer may send, in MiB (default 64). A larger answer is refused with an error
     /// naming the URL and this setting, and the delivery is retried; nothing is cut off and handed to the plugin. The

@@ -189,6 +189,7 @@ fn sink_connector(name: &str, plugin: &str, events: &[&str], settings: Value) ->
         mailbox: None,
         env: Vec::new(),
         intake: Default::default(),
+        poll_every_secs: None,
     }
 }
 

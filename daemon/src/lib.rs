@@ -13,6 +13,7 @@ pub mod inbox;
 pub mod mailbox;
 pub mod outbox;
 pub mod plugin_host;
+pub mod poll;
 pub mod reconcile;
 pub mod scheduler;
 pub mod store;

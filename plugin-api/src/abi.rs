@@ -33,7 +33,9 @@ pub const ABI_MAJOR: u32 = 1;
 /// - 1.2: the host runs the `sink` role (outbox delivery); [`SinkInput`](crate::SinkInput) gains `attempt` and `now`.
 ///   The table is unchanged.
 ///   `mail` replies may list attachments for the file pipeline (`MailAttachment`).
-pub const ABI_MINOR: u32 = 2;
+/// - 1.3: the host runs the `poll` role on a schedule; the record kind `invoice@1` (an invoice kept in another
+///   system). The table is unchanged.
+pub const ABI_MINOR: u32 = 3;
 /// Name of the exported header static, NUL-terminated for `dlsym`.
 pub const HEADER_SYMBOL: &[u8] = b"SETTLED_PLUGIN_HEADER\0";
 /// Name of the exported init function, NUL-terminated for `dlsym`.

@@ -167,6 +167,76 @@ pub enum Record {
     /// `payment@1`: money in or out on a bank or provider account.
     #[serde(rename = "payment@1")]
     Payment(PaymentRecord),
+    /// `invoice@1`: an issued customer invoice kept in another system (an accounting package). Added in ABI 1.3.
+    #[serde(rename = "invoice@1")]
+    Invoice(InvoiceRecord),
+}
+
+/// `invoice@1`: a customer invoice issued in another system, read by a `poll` connector. The host keeps it as an
+/// invoice of external origin (number, customer, amounts as the other system has them), reconciles bank lines
+/// against it like its own, and announces its payments to sinks. Added in ABI 1.3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceRecord {
+    /// The other system's id for the invoice, stable and unique within the plugin's source (the dedupe key).
+    pub external_id: String,
+    /// The invoice number as the other system shows it (and customers quote it).
+    pub number: String,
+    /// When the invoice was created by this host and only sent to the other system: the host's own invoice number
+    /// (the other system's reference field). The host then links its invoice to `external_id` instead of creating
+    /// a second one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_number: Option<String>,
+    /// Customer name.
+    pub customer: String,
+    /// Customer e-mail, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_email: Option<String>,
+    /// Customer tax id, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_tax_id: Option<String>,
+    /// ISO 4217 currency code, upper case.
+    pub currency: String,
+    /// Amount without tax.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub untaxed: Decimal,
+    /// Tax amount.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub tax: Decimal,
+    /// Total, `untaxed + tax`.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    /// What the other system says is left to pay (for an invoice paid there, 0).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount_due: Decimal,
+    /// Invoice date.
+    pub issue_date: NaiveDate,
+    /// Due date; the issue date when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_date: Option<NaiveDate>,
+    /// Lines, where the other system gives them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<InvoiceRecordLine>,
+    /// Where it came from: `tryton account.invoice 42`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_position: Option<String>,
+}
+
+/// One line of an [`InvoiceRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceRecordLine {
+    /// Description.
+    pub description: String,
+    /// Quantity.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity: Decimal,
+    /// Price per unit.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub unit_price: Decimal,
+    /// The line's amount without tax.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub net: Decimal,
 }
 
 /// `lead@1`: a lead captured from a form, mail or import.

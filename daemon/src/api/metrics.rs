@@ -19,6 +19,8 @@ pub struct Metrics {
     pub records_ingested: AtomicU64,
     /// Each mailbox's state and message counters.
     pub mailboxes: crate::mailbox::Mailboxes,
+    /// Each poll connector's state and counters.
+    pub pollers: crate::poll::Pollers,
 }
 
 pub(super) async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -146,6 +148,7 @@ pub(super) async fn render(State(state): State<AppState>) -> Response {
         }
     }
     m.mailboxes.render_metrics(&mut out);
+    m.pollers.render_metrics(&mut out);
     if let Some(host) = &state.host {
         let _ = writeln!(
             out,

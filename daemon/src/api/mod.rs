@@ -546,7 +546,8 @@ async fn plugins(State(state): State<AppState>) -> Json<Value> {
     };
     let reload = state.host.as_ref().and_then(|h| h.last_reload());
     Json(
-        json!({"items": status, "mailboxes": state.metrics.mailboxes.snapshot(), "config_reload": reload}),
+        json!({"items": status, "mailboxes": state.metrics.mailboxes.snapshot(),
+            "pollers": state.metrics.pollers.snapshot(), "config_reload": reload}),
     )
 }
 

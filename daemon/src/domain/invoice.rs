@@ -133,10 +133,27 @@ pub struct Invoice {
     /// derived status is announced once. Kept in the invoice, which every change rewrites anyway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announced_status: Option<PaymentStatus>,
+    /// The invoice in other systems (an accounting package): its id and number there, and whether it was born there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_refs: Vec<ExternalRef>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+}
+
+/// An invoice as another system keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalRef {
+    /// The plugin that speaks to the system (`tryton`).
+    pub system: String,
+    /// The system's id for the invoice.
+    pub id: String,
+    /// The system's number for it.
+    pub number: String,
+    /// True when the invoice was created there and read by a poll connector (an invoice of external origin); false
+    /// when settled issued it and sent it there.
+    pub origin: bool,
 }
 
 fn refuse(inv: &Invoice, action: &'static str, reason: impl Into<String>) -> DomainError {
@@ -289,6 +306,7 @@ pub fn draft_from_order(
         amount_credited: Decimal::ZERO,
         announced_status: None,
         allocations: Vec::new(),
+        external_refs: Vec::new(),
         created_at: now,
         updated_at: now,
     })
@@ -532,6 +550,7 @@ pub fn credit_note(
         amount_credited: Decimal::ZERO,
         announced_status: None,
         allocations: Vec::new(),
+        external_refs: Vec::new(),
         created_at: now,
         updated_at: now,
     })

@@ -113,11 +113,19 @@ pub(crate) struct PaymentDraft<'a> {
 
 /// The allocations of a payment as its `payment.recorded` event carries them: each with its rule, evidence and
 /// confidence, so the audit log explains every allocation without an event of its own.
-pub(crate) fn allocations_json(made: &[Allocation]) -> serde_json::Value {
+/// Each also names the invoice's number and, when it is kept in other systems too, its ids there
+/// (`invoice_external_refs`), so a sink that keeps invoices (an accounting package) finds its own.
+pub(crate) fn allocations_json(tx: &Tx<'_>, made: &[Allocation]) -> serde_json::Value {
     made.iter()
         .map(|a| {
-            serde_json::json!({"id": a.id, "invoice_id": a.invoice_id, "amount": a.amount, "kind": a.kind,
-                "rule": a.rule, "evidence": a.evidence, "confidence": a.confidence})
+            let inv = tx.get::<Invoice>("invoice", &a.invoice_id).ok();
+            let mut json = serde_json::json!({"id": a.id, "invoice_id": a.invoice_id, "amount": a.amount, "kind": a.kind,
+                "rule": a.rule, "evidence": a.evidence, "confidence": a.confidence,
+                "invoice_number": inv.as_ref().and_then(|i| i.number.clone())});
+            if let Some(refs) = inv.map(|i| i.external_refs).filter(|r| !r.is_empty()) {
+                json["invoice_external_refs"] = serde_json::json!(refs);
+            }
+            json
         })
         .collect()
 }
@@ -712,7 +720,7 @@ impl Engine {
                 "payment.recorded",
                 "payment",
                 &pay.id,
-                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(&made),
+                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(tx, &made),
                     "to_credit": pay.unallocated, "payer": pay.payer, "received_on": pay.received_on}),
                 true,
             );
@@ -758,8 +766,17 @@ pub(crate) fn issue_in(
     inv.updated_at = tx.now;
     tx.ws.index("invoice-number", &number, &inv.id);
     index_invoice_refs(tx, &inv);
-    // Sinks that keep books (hledger) need the customer's name and the VAT per rate.
+    // Sinks that keep books (hledger) need the customer's name and the VAT per rate; sinks that keep invoices
+    // (an accounting package) need the lines: each line's net and VAT rate, after every discount.
     let customer: Account = tx.get("account", &inv.account_id)?;
+    let lines: Vec<serde_json::Value> = inv
+        .lines
+        .iter()
+        .map(|l| {
+            serde_json::json!({"description": l.description, "quantity": l.quantity, "unit_price": l.unit_price,
+                "tax_rate": l.tax_rate, "net": l.net})
+        })
+        .collect();
     tx.event(
         actor,
         "invoice.issued",
@@ -767,7 +784,8 @@ pub(crate) fn issue_in(
         &inv.id,
         serde_json::json!({"number": number, "kind": inv.kind, "rf_reference": inv.rf_reference, "total": inv.totals.total,
             "currency": inv.currency, "issue_date": inv.issue_date, "due_date": inv.due_date, "account_id": inv.account_id,
-            "customer": customer.name, "subtotal": inv.totals.subtotal, "taxes": inv.totals.taxes}),
+            "customer": customer.name, "subtotal": inv.totals.subtotal, "taxes": inv.totals.taxes,
+            "tax_total": inv.totals.tax_total, "document_discount": inv.totals.document_discount, "lines": lines}),
         true,
     );
     tx.save_invoice(&mut inv, actor)?;
@@ -807,7 +825,7 @@ fn paid_by_key(kind: &str, reference: &str, payment_id: &str) -> String {
 
 /// Note an issued invoice under its RF reference and number key (`i/invoice-ref/<key>`), so a return naming it finds
 /// the payments that paid it after it left the open-invoice index.
-fn index_invoice_refs(tx: &mut Tx<'_>, inv: &Invoice) {
+pub(super) fn index_invoice_refs(tx: &mut Tx<'_>, inv: &Invoice) {
     for key in invoice_ref_keys(inv, &tx.state.index.shapes) {
         tx.ws.index("invoice-ref", &key, &inv.id);
     }

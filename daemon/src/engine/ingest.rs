@@ -100,6 +100,14 @@ pub fn refusal(index: u64, record: &Record) -> Option<Failure> {
                 .or_else(|| Some(payment.external_id.clone()).filter(|id| !id.is_empty()));
             Some(Failure::new(index, location, error))
         }
+        Record::Invoice(invoice) => {
+            let error = super::external::invoice_refusal(invoice)?;
+            let location = invoice
+                .source_position
+                .clone()
+                .or_else(|| Some(invoice.external_id.clone()));
+            Some(Failure::new(index, location, error))
+        }
     }
 }
 
@@ -362,7 +370,7 @@ impl Engine {
                 "payment.recorded",
                 "payment",
                 &pay.id,
-                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(&made), "to_credit": pay.unallocated,
+                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(tx, &made), "to_credit": pay.unallocated,
                     "received_on": pay.received_on}),
                 true,
             );
@@ -582,6 +590,9 @@ pub(super) fn ingest_one(
         Record::Payment(p) => {
             ingest_payment(tx, plugin, actor, p, summary)?;
         }
+        Record::Invoice(i) => {
+            super::external::ingest_invoice(tx, plugin, actor, i, summary)?;
+        }
     }
     Ok(())
 }
@@ -762,7 +773,7 @@ fn ingest_payment(
                 "payment.recorded",
                 "payment",
                 &pay.id,
-                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(&made),
+                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(tx, &made),
                     "to_credit": pay.unallocated, "fee": fee, "external_id": record.external_id, "source": record.source_position,
                     "received_on": pay.received_on}),
                 true,

@@ -199,7 +199,7 @@ pub(crate) fn capture_in(
     Ok((new, false))
 }
 
-fn find_or_create_account(
+pub(super) fn find_or_create_account(
     tx: &mut Tx<'_>,
     company: &str,
     email: Option<&str>,

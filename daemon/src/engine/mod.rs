@@ -5,11 +5,13 @@
 //! so throughput is bounded by CPU, not by fsyncs.
 
 mod billing;
+mod external;
 mod imports;
 mod ingest;
 mod leads;
 mod mail;
 mod outbox;
+mod poll;
 mod reversal;
 mod sales;
 mod views;

@@ -134,8 +134,19 @@ pub async fn attempt(
     }
 }
 
+/// The HTTP client that performs plugins' requests (sink conversations and polls): `timeout_ms` per request, no
+/// redirects followed.
+pub(crate) fn http_client(timeout_ms: u64) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(timeout_ms))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("settled/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| anyhow::anyhow!("building the http client for plugins: {e}"))
+}
+
 /// Perform one request for a plugin; the error says why no response came, or why it was not handed over.
-async fn perform(
+pub(crate) async fn perform(
     http: &reqwest::Client,
     spec: &HttpRequestSpec,
     max_body: usize,

@@ -10,7 +10,7 @@
 //! The dispatcher wakes when a durable write carried an outbox event ([`Engine::watch_durable_events`]) and never
 //! delivers an event that is not yet durable.
 
-mod deliver;
+pub(crate) mod deliver;
 mod rows;
 
 use std::collections::{BTreeMap, HashSet};
@@ -290,12 +290,7 @@ impl Dispatcher {
                 (c.name.clone(), Arc::new(sink))
             })
             .collect();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.outbox.request_timeout_ms))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("settled/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| anyhow::anyhow!("building the outbox http client: {e}"))?;
+        let http = deliver::http_client(config.outbox.request_timeout_ms)?;
         Ok(Dispatcher {
             engine,
             host,

@@ -66,6 +66,7 @@ fn default_connector(plugin: &str) -> ConnectorConfig {
         mailbox: None,
         env: Vec::new(),
         intake: Default::default(),
+        poll_every_secs: None,
     }
 }
 

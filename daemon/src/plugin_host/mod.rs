@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use settled_plugin_api::{
-    ops, FileRequest, IntakeOutcome, IntakeRequest, MailOutcome, MailRequest, Manifest, ParseReply,
-    PluginError, Role, SinkInput, SinkStep, SniffReply, SniffRequest,
+    ops, FileRequest, HttpRequestSpec, IntakeOutcome, IntakeRequest, MailOutcome, MailRequest,
+    Manifest, ParseReply, PluginError, PollReply, PollResponse, PollStart, Role, SinkInput,
+    SinkStep, SniffReply, SniffRequest,
 };
 
 pub use child::child_main;
@@ -82,6 +83,10 @@ pub struct ConnectorConfig {
     /// `[connector.intake]`: this instance's intake limits (body size, rate per sender); what it leaves out comes from `[intake]`.
     #[serde(default)]
     pub intake: crate::config::IntakeLimits,
+    /// For a `poll` plugin: seconds between two polls of the remote system (default 60, at least 1). A poll that
+    /// says there is more is followed at once by the next page; a failed poll is tried again after this interval.
+    #[serde(default)]
+    pub poll_every_secs: Option<u64>,
 }
 
 /// Where an instance's plugin code runs.
@@ -616,6 +621,24 @@ impl PluginHost {
     /// `sink`: the next step of delivering an event.
     pub async fn sink_step(&self, instance: &str, input: SinkInput) -> Result<SinkStep, CallError> {
         self.typed(instance, ops::SINK_STEP, input).await
+    }
+
+    /// `poll_start`: the request a poll connector wants performed, given its committed cursor.
+    pub async fn poll_start(
+        &self,
+        instance: &str,
+        start: PollStart,
+    ) -> Result<HttpRequestSpec, CallError> {
+        self.typed(instance, ops::POLL_START, start).await
+    }
+
+    /// `poll_response`: the records and next cursor a poll connector made of the peer's answer.
+    pub async fn poll_response(
+        &self,
+        instance: &str,
+        response: PollResponse,
+    ) -> Result<PollReply, CallError> {
+        self.typed(instance, ops::POLL_RESPONSE, response).await
     }
 
     /// Every configured instance.
@@ -1351,6 +1374,7 @@ mod tests {
             mailbox: None,
             env: Vec::new(),
             intake: Default::default(),
+            poll_every_secs: None,
         }
     }
 

@@ -171,6 +171,17 @@ impl MatchIndex {
         }
     }
 
+    /// Learns the series of `number` when its prefix is new (an invoice kept in another system), so numbers of it are
+    /// found in payment texts. Series once learnt stay until the index is rebuilt (from the invoices, which learn
+    /// them again).
+    pub fn learn_series(&mut self, number: &str) {
+        if let Some(shape) = super::references::shape_of_number(number) {
+            if !self.shapes.iter().any(|s| s.prefix == shape.prefix) {
+                self.shapes.push(shape);
+            }
+        }
+    }
+
     /// Adds or replaces an invoice. With a balance of zero or less it stays known (so a payment
     /// naming it is recognised as naming a paid invoice) but is no longer open.
     pub fn upsert(&mut self, inv: OpenInvoice) {
@@ -183,6 +194,7 @@ impl MatchIndex {
                 Handle::try_from(self.slots.len() - 1).unwrap_or(Handle::MAX)
             }
         };
+        self.learn_series(&inv.number);
         if let Some(key) = number_key(&inv.number, &self.shapes) {
             self.by_number.insert(key_hash(&key), handle);
         }

@@ -69,6 +69,29 @@ pub fn shapes_from_patterns(patterns: &[&str]) -> Vec<NumberShape> {
     shapes
 }
 
+/// The shape of a series seen only in one of its numbers (an invoice kept in another system: `TRY-0007`): its
+/// letters, and a year when the first number group is one (`19xx`/`20xx`) followed by another group. `None` for a
+/// number without letters in front (free text would be full of false hits).
+pub fn shape_of_number(number: &str) -> Option<NumberShape> {
+    let trimmed = number.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    let prefix: String = trimmed
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    if prefix.is_empty() {
+        return None;
+    }
+    let mut groups = trimmed[prefix.len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|g| !g.is_empty());
+    let first = groups.next()?;
+    let has_year = first.len() == 4
+        && (first.starts_with("19") || first.starts_with("20"))
+        && groups.next().is_some();
+    Some(NumberShape { prefix, has_year })
+}
+
 /// The canonical key of an invoice number (`INV-2026-007` -> `INV|2026|7`), or `None` when it
 /// holds no digits. The same function keys issued numbers and numbers named by payers.
 pub fn number_key(number: &str, shapes: &[NumberShape]) -> Option<String> {
@@ -525,6 +548,15 @@ mod tests {
 
     fn shapes() -> Vec<NumberShape> {
         shapes_from_patterns(&["INV-{YYYY}-{SEQ:3}", "CN-{YYYY}-{SEQ:3}", "ORD-{SEQ:5}"])
+    }
+
+    #[test]
+    fn a_series_seen_in_one_number_has_its_letters_and_a_year_only_when_one_leads() {
+        let shape = |n: &str| shape_of_number(n).map(|s| (s.prefix, s.has_year));
+        assert_eq!(shape("TRY-0007"), Some(("TRY".into(), false)));
+        assert_eq!(shape("re2026-17"), Some(("RE".into(), true)));
+        assert_eq!(shape("F-2026"), Some(("F".into(), false)));
+        assert_eq!(shape("2026-17"), None);
     }
 
     #[test]

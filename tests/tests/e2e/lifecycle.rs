@@ -230,7 +230,8 @@ fn backup_and_restore_move_every_record_to_a_new_data_dir() {
 }
 
 #[test]
-fn the_demo_walks_a_lead_to_a_paid_invoice_delivered_to_a_signed_webhook_and_the_journal_and_a_mail_to_a_lead() {
+fn the_demo_walks_a_lead_to_a_paid_invoice_delivered_to_a_signed_webhook_and_the_journal_and_a_mail_to_a_lead(
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = settled(dir.path());
     cmd.arg("demo")

@@ -25,3 +25,5 @@ mod refused;
 mod reload;
 mod returns;
 mod sandbox;
+mod tryton;
+mod tryton_server;

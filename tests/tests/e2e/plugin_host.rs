@@ -129,6 +129,7 @@ fn connector(name: &str, plugin: &str, isolation: Isolation, settings: Value) ->
         mailbox: None,
         env: Vec::new(),
         intake: Default::default(),
+        poll_every_secs: None,
     }
 }
 

@@ -707,6 +707,7 @@ pub(super) fn plugins(value: &Value, width: Option<usize>) -> String {
         out.push_str(&indent(&sandboxes));
     }
     out.push_str(&mailboxes(value));
+    out.push_str(&pollers(value));
     out.push_str(&config_reload(value));
     out
 }
@@ -736,6 +737,36 @@ fn config_reload(value: &Value) -> String {
         text_or_dash(reload, "outcome"),
         indent(&lines)
     )
+}
+
+/// The `pollers` of a `GET /v1/plugins` answer, one line each: state (with the last error), cursor, last poll, counters.
+fn pollers(value: &Value) -> String {
+    let Some(Value::Array(all)) = get(value, "pollers") else {
+        return String::new();
+    };
+    let mut lines = String::new();
+    for p in all {
+        let state = match get(p, "last_error") {
+            Some(Value::String(e)) => format!("{}: {e}", text_or_dash(p, "state")),
+            _ => text_or_dash(p, "state"),
+        };
+        lines.push_str(&format!(
+            "{} every {}s  {}  cursor {}  last poll {}  pages {}, records {}, duplicates {}, failures {}\n",
+            text_or_dash(p, "connector"),
+            text_or_dash(p, "every_secs"),
+            state,
+            text_or_dash(p, "cursor"),
+            text_or_dash(p, "last_poll_at"),
+            text_or_dash(p, "pages"),
+            text_or_dash(p, "records"),
+            text_or_dash(p, "duplicates"),
+            text_or_dash(p, "failures"),
+        ));
+    }
+    if lines.is_empty() {
+        return lines;
+    }
+    format!("\npollers:\n{}", indent(&lines))
 }
 
 /// The `mailboxes` of a `GET /v1/plugins` answer, one line each: state (with the last error), folders, counters.
