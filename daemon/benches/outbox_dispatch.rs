@@ -2,7 +2,7 @@
 //! isolation, Standard Webhooks signatures) to a receiver in this process that checks every signature.
 //!
 //! 1. Commit-to-delivery when idle: one unallocated payment at a time over the API (each a `review.queued` event),
-//!    100 ms apart; the delay is the receiver's arrival time minus the event's `at` (stamped in the write, same clock).
+//!    100 ms apart; the delay is the receiver's arrival time minus the event's `at` (the payload's `timestamp`, stamped in the write; same clock).
 //! 2. Backlog drain: the sink paused, N bank lines that match nothing imported (N `review.queued` events), then resumed;
 //!    events/s from the resume until the receiver holds all N, the daemon's RSS sampled every 500 ms meanwhile.
 //!
@@ -87,7 +87,7 @@ async fn receive(State(rx): State<Rx>, headers: HeaderMap, body: Bytes) -> Statu
         .any(|s| s == expected);
     let at = serde_json::from_slice::<Value>(&body)
         .ok()
-        .and_then(|v| v["at"].as_str().and_then(|s| s.parse().ok()))
+        .and_then(|v| v["timestamp"].as_str().and_then(|s| s.parse().ok()))
         .unwrap_or(now);
     let mut seen = rx.seen.lock().expect("seen");
     if !valid {
