@@ -54,14 +54,7 @@ async fn run() -> anyhow::Result<()> {
         plugin: "good".into(),
         isolation,
         settings: Value::Null,
-        timeout_ms: None,
-        inbox: None,
-        allow_partial: false,
-        events: None,
-        mailbox: None,
-        env: Vec::new(),
-        intake: Default::default(),
-        poll_every_secs: None,
+        ..ConnectorConfig::default()
     };
     let host = PluginHost::start(HostConfig {
         plugin_dir: plugins,

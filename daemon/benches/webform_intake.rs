@@ -50,14 +50,7 @@ async fn run() -> anyhow::Result<()> {
         plugin: "webform".into(),
         isolation,
         settings: json!({}),
-        timeout_ms: None,
-        inbox: None,
-        allow_partial: false,
-        events: None,
-        mailbox: None,
-        env: Vec::new(),
-        intake: Default::default(),
-        poll_every_secs: None,
+        ..ConnectorConfig::default()
     };
     let mut config = Config {
         data_dir: Some(root.path().join("data")),

@@ -180,16 +180,9 @@ fn sink_connector(name: &str, plugin: &str, events: &[&str], settings: Value) ->
     ConnectorConfig {
         name: name.into(),
         plugin: plugin.into(),
-        isolation: Default::default(),
         settings,
-        timeout_ms: None,
-        inbox: None,
-        allow_partial: false,
         events: Some(events.iter().map(|e| e.to_string()).collect()),
-        mailbox: None,
-        env: Vec::new(),
-        intake: Default::default(),
-        poll_every_secs: None,
+        ..ConnectorConfig::default()
     }
 }
 

@@ -306,16 +306,7 @@ impl Engine {
             .into());
         }
         self.write(|tx| {
-            let mut item: ReviewItem = tx.get("review", id)?;
-            if item.status != ReviewStatus::Open {
-                return Err(DomainError::transition(
-                    "review item",
-                    crate::domain::status_name(&item.status),
-                    "allocate",
-                    "it was resolved already",
-                )
-                .into());
-            }
+            let mut item = open_review_item(tx, id, "allocate")?;
             let mut pay: Payment = tx.get("payment", &item.payment_id)?;
             let mut requests = Vec::with_capacity(input.allocations.len());
             for (i, a) in input.allocations.iter().enumerate() {
@@ -387,16 +378,7 @@ impl Engine {
         actor: &str,
     ) -> EngineResult<ReviewItem> {
         self.write(|tx| {
-            let mut item: ReviewItem = tx.get("review", id)?;
-            if item.status != ReviewStatus::Open {
-                return Err(DomainError::transition(
-                    "review item",
-                    crate::domain::status_name(&item.status),
-                    "dismiss",
-                    "it was resolved already",
-                )
-                .into());
-            }
+            let mut item = open_review_item(tx, id, "dismiss")?;
             item.status = ReviewStatus::Dismissed;
             item.resolved_at = Some(tx.now);
             item.resolution = Some(input.reason.unwrap_or_else(|| "dismissed".into()));
@@ -425,16 +407,7 @@ impl Engine {
         actor: &str,
     ) -> EngineResult<ReviewItem> {
         self.write(|tx| {
-            let mut item: ReviewItem = tx.get("review", id)?;
-            if item.status != ReviewStatus::Open {
-                return Err(DomainError::transition(
-                    "review item",
-                    crate::domain::status_name(&item.status),
-                    "reverse",
-                    "it was resolved already",
-                )
-                .into());
-            }
+            let mut item = open_review_item(tx, id, "reverse")?;
             let mut returned: Payment = tx.get("payment", &item.payment_id)?;
             if returned.amount >= Decimal::ZERO {
                 return Err(DomainError::invalid(
@@ -945,4 +918,19 @@ fn reconcile_settings(engine: &Engine) -> reconcile::Settings {
         min_confidence: c.min_confidence,
         ..reconcile::Settings::default()
     }
+}
+
+/// The review item `id`, refused when a person resolved it already (`action` names what was asked).
+fn open_review_item(tx: &mut Tx<'_>, id: &str, action: &'static str) -> EngineResult<ReviewItem> {
+    let item: ReviewItem = tx.get("review", id)?;
+    if item.status != ReviewStatus::Open {
+        return Err(DomainError::transition(
+            "review item",
+            crate::domain::status_name(&item.status),
+            action,
+            "it was resolved already",
+        )
+        .into());
+    }
+    Ok(item)
 }

@@ -57,16 +57,8 @@ fn default_connector(plugin: &str) -> ConnectorConfig {
     ConnectorConfig {
         name: plugin.to_string(),
         plugin: plugin.to_string(),
-        isolation: Default::default(),
         settings: default_instance_settings(plugin),
-        timeout_ms: None,
-        inbox: None,
-        allow_partial: false,
-        events: None,
-        mailbox: None,
-        env: Vec::new(),
-        intake: Default::default(),
-        poll_every_secs: None,
+        ..ConnectorConfig::default()
     }
 }
 

@@ -44,7 +44,7 @@ const MAX_LOAD_ERRORS: usize = 8;
 const LATENCY_WINDOW: usize = 1024;
 
 /// One `[[connector]]` table: an instance of a plugin with its own settings.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorConfig {
     /// Instance name, unique; used in URLs (`/intake/{name}`) and logs. Letters, digits, `-` and `_`.
@@ -1367,14 +1367,7 @@ mod tests {
             plugin: "good".to_string(),
             isolation: Isolation::Process,
             settings: serde_json::Value::Null,
-            timeout_ms: None,
-            inbox: None,
-            allow_partial: false,
-            events: None,
-            mailbox: None,
-            env: Vec::new(),
-            intake: Default::default(),
-            poll_every_secs: None,
+            ..ConnectorConfig::default()
         }
     }
 

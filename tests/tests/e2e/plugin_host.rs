@@ -122,14 +122,7 @@ fn connector(name: &str, plugin: &str, isolation: Isolation, settings: Value) ->
         plugin: plugin.to_string(),
         isolation,
         settings,
-        timeout_ms: None,
-        inbox: None,
-        allow_partial: false,
-        events: None,
-        mailbox: None,
-        env: Vec::new(),
-        intake: Default::default(),
-        poll_every_secs: None,
+        ..ConnectorConfig::default()
     }
 }
 
