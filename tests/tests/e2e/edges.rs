@@ -437,3 +437,62 @@ fn a_plugin_folder_writable_by_others_is_refused_naming_it() {
     );
     assert!(!post_lead(&d, "webform").status().is_success());
 }
+
+/// CPU time the process `pid` has used so far (all its threads), in clock ticks (`utime` + `stime` of /proc/PID/stat).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/PID/stat");
+    // Fields after the command name (which may hold spaces) start at the state, field 3; utime and stime are 14 and 15.
+    let after = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn out_of_file_descriptors_the_accept_loop_backs_off_instead_of_spinning_and_serves_again() {
+    let d = Daemon::start(Setup {
+        plugins: vec!["webform"],
+        config: String::new(),
+    });
+    let pid = d.pid();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("listing the daemon's descriptors")
+        .count();
+    // A few descriptors left: the connections below use them up, and every accept after that fails with EMFILE while
+    // the rest of the connections wait in the listen backlog.
+    let limit = open + 4;
+    let soft = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .expect("reading /proc/PID/limits")
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .expect("the soft limit on open files");
+    // Only the soft limit: raising it back needs no privilege.
+    let lowered = Command::new("prlimit")
+        .args([format!("--pid={pid}"), format!("--nofile={limit}:")])
+        .status()
+        .expect("running prlimit");
+    assert!(lowered.success(), "prlimit failed");
+    let held: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(("127.0.0.1", d.port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    // A loop retrying accept at once would burn a whole core: about 200 ticks in these 2 s (100 ticks a second).
+    assert!(
+        used < 50,
+        "the daemon used {used} clock ticks of CPU in 2 s with accept failing: it spins instead of backing off"
+    );
+    drop(held);
+    let raised = Command::new("prlimit")
+        .args([format!("--pid={pid}"), format!("--nofile={soft}:")])
+        .status()
+        .expect("running prlimit");
+    assert!(raised.success(), "prlimit failed");
+    d.eventually("/healthz answering again once descriptors are free", || {
+        let answer = d.http().get(d.url("/healthz")).send().ok()?;
+        answer.status().is_success().then_some(())
+    });
+}
