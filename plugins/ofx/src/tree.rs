@@ -62,6 +62,10 @@ fn is_known_aggregate(name: &str) -> bool {
     KNOWN_AGGREGATES.contains(&name)
 }
 
+/// The deepest nesting accepted. Real statements nest about ten deep; a deeper document is refused, so that no
+/// document, however hostile, can make the tree (and dropping it) exhaust the plugin's stack.
+pub const MAX_DEPTH: usize = 256;
+
 struct Open {
     element: Element,
     /// Opened without text and not a known aggregate: may turn out to be an empty SGML leaf.
@@ -99,6 +103,12 @@ pub fn parse(body: &str, first_line: usize) -> Result<Vec<Element>, PluginError>
             }
             Token::Start { name, line, empty } => {
                 after = None;
+                if stack.len() >= MAX_DEPTH {
+                    return Err(PluginError::bad_input(
+                        format!("line {line}"),
+                        format!("<{name}> is nested deeper than {MAX_DEPTH} elements"),
+                    ));
+                }
                 if empty {
                     push_child(&mut stack, &mut roots, leaf(name, String::new(), line));
                     continue;

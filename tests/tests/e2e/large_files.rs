@@ -168,3 +168,35 @@ fn a_large_camt_streams_through_the_plugin_with_bounded_memory() {
         );
     }
 }
+
+#[test]
+fn a_deeply_nested_ofx_is_refused_naming_the_line_and_the_plugin_keeps_working() {
+    let d = Daemon::start(Setup {
+        plugins: vec!["ofx"],
+        config: "[[connector]]\nname = \"bank\"\nplugin = \"ofx\"\n".into(),
+    });
+    let good = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/real/ofx/anzcc.ofx"),
+    )
+    .expect("reading the anzcc.ofx fixture");
+    let (head, rest) = good.split_at(good.find("<OFX>").expect("an <OFX> element") + "<OFX>".len());
+    for depth in [1_000, 200_000] {
+        let deep = format!(
+            "{head}\n{}{}{rest}",
+            "<NEST>\n".repeat(depth),
+            "</NEST>\n".repeat(depth)
+        );
+        let (status, answer) = upload(&d, "deep.ofx", deep);
+        assert_eq!(status, 400, "depth {depth}: {answer}\n{}", d.log_text());
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            // <OFX> on line 3 and 255 <NEST> under it fill the 256 levels: the next <NEST>, on line 259, is refused.
+            message == "line 259: <NEST> is nested deeper than 256 elements",
+            "depth {depth}: {answer}"
+        );
+    }
+    let (status, answer) = upload(&d, "good.ofx", good);
+    assert_eq!(status, 200, "{answer}\n{}", d.log_text());
+    let instance = d.ok("GET", "/v1/plugins", None)["items"][0]["instances"][0].clone();
+    assert_eq!(instance["state"], "running", "{instance}");
+}
