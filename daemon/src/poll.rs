@@ -111,8 +111,7 @@ impl Pollers {
             ),
         ];
         for (name, kind, help, value) in families {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
+            crate::api::metrics::family(out, name, kind, help);
             for s in &all {
                 let _ = writeln!(out, "{name}{{connector=\"{}\"}} {}", s.connector, value(s));
             }

@@ -34,17 +34,30 @@ pub(super) async fn count(State(state): State<AppState>, req: Request, next: Nex
     response
 }
 
+/// Writes the `# HELP` and `# TYPE` lines of the metric family `name` (`kind`: counter or gauge).
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Writes a metric family with one unlabelled sample.
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// Reads one metric's value off a sink's status.
 type SinkValue = fn(&crate::outbox::SinkStatus) -> i64;
 
 pub(super) async fn render(State(state): State<AppState>) -> Response {
     let m = &state.metrics;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP settled_http_requests_total HTTP requests answered, by status class."
+    family(
+        &mut out,
+        "settled_http_requests_total",
+        "counter",
+        "HTTP requests answered, by status class.",
     );
-    let _ = writeln!(out, "# TYPE settled_http_requests_total counter");
     for (class, c) in [
         ("2xx", &m.requests_2xx),
         ("4xx", &m.requests_4xx),
@@ -56,55 +69,40 @@ pub(super) async fn render(State(state): State<AppState>) -> Response {
             c.load(Ordering::Relaxed)
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP settled_records_ingested_total Records committed from connectors."
+    scalar(
+        &mut out,
+        "settled_records_ingested_total",
+        "counter",
+        "Records committed from connectors.",
+        m.records_ingested.load(Ordering::Relaxed),
     );
-    let _ = writeln!(out, "# TYPE settled_records_ingested_total counter");
-    let _ = writeln!(
-        out,
-        "settled_records_ingested_total {}",
-        m.records_ingested.load(Ordering::Relaxed)
+    scalar(
+        &mut out,
+        "settled_intake_in_progress",
+        "gauge",
+        "Intake requests being served (at most http.max_connections - http.api_reserve).",
+        state.limits.intake_in_progress(),
     );
-    let _ = writeln!(
-        out,
-        "# HELP settled_intake_in_progress Intake requests being served (at most http.max_connections - http.api_reserve)."
+    scalar(
+        &mut out,
+        "settled_last_event_id",
+        "gauge",
+        "Id of the newest audit event.",
+        state.engine.store().last_event_id(),
     );
-    let _ = writeln!(out, "# TYPE settled_intake_in_progress gauge");
-    let _ = writeln!(
-        out,
-        "settled_intake_in_progress {}",
-        state.limits.intake_in_progress()
+    scalar(
+        &mut out,
+        "settled_open_invoices",
+        "gauge",
+        "Issued invoices with a balance, as seen by reconciliation.",
+        state.engine.open_invoice_count(),
     );
-    let _ = writeln!(
-        out,
-        "# HELP settled_last_event_id Id of the newest audit event."
-    );
-    let _ = writeln!(out, "# TYPE settled_last_event_id gauge");
-    let _ = writeln!(
-        out,
-        "settled_last_event_id {}",
-        state.engine.store().last_event_id()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP settled_open_invoices Issued invoices with a balance, as seen by reconciliation."
-    );
-    let _ = writeln!(out, "# TYPE settled_open_invoices gauge");
-    let _ = writeln!(
-        out,
-        "settled_open_invoices {}",
-        state.engine.open_invoice_count()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP settled_store_writable 1 while the store takes writes, 0 while it is closed after a failed write (see /healthz)."
-    );
-    let _ = writeln!(out, "# TYPE settled_store_writable gauge");
-    let _ = writeln!(
-        out,
-        "settled_store_writable {}",
-        u8::from(state.engine.store().failure().is_none())
+    scalar(
+        &mut out,
+        "settled_store_writable",
+        "gauge",
+        "1 while the store takes writes, 0 while it is closed after a failed write (see /healthz).",
+        u8::from(state.engine.store().failure().is_none()),
     );
     if let Some(Ok(sinks)) = state.outbox.as_ref().map(|o| o.status()) {
         let families: [(&str, &str, &str, SinkValue); 5] = [
@@ -140,8 +138,7 @@ pub(super) async fn render(State(state): State<AppState>) -> Response {
             ),
         ];
         for (name, kind, help, value) in families {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
+            family(&mut out, name, kind, help);
             for sink in &sinks {
                 let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", sink.name, value(sink));
             }
@@ -150,11 +147,12 @@ pub(super) async fn render(State(state): State<AppState>) -> Response {
     m.mailboxes.render_metrics(&mut out);
     m.pollers.render_metrics(&mut out);
     if let Some(host) = &state.host {
-        let _ = writeln!(
-            out,
-            "# HELP settled_plugin_calls_total Plugin calls per connector instance."
+        family(
+            &mut out,
+            "settled_plugin_calls_total",
+            "counter",
+            "Plugin calls per connector instance.",
         );
-        let _ = writeln!(out, "# TYPE settled_plugin_calls_total counter");
         let status = serde_json::to_value(host.status()).unwrap_or_default();
         for plugin in status.as_array().into_iter().flatten() {
             for inst in plugin["instances"].as_array().into_iter().flatten() {
@@ -171,11 +169,12 @@ pub(super) async fn render(State(state): State<AppState>) -> Response {
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP settled_records_refused_total Records the engine refused, per connector instance."
+        family(
+            &mut out,
+            "settled_records_refused_total",
+            "counter",
+            "Records the engine refused, per connector instance.",
         );
-        let _ = writeln!(out, "# TYPE settled_records_refused_total counter");
         for plugin in status.as_array().into_iter().flatten() {
             for inst in plugin["instances"].as_array().into_iter().flatten() {
                 let _ = writeln!(

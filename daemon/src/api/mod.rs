@@ -8,7 +8,7 @@ mod imports;
 mod intake;
 pub mod limits;
 pub mod listener;
-mod metrics;
+pub(crate) mod metrics;
 mod outbox;
 
 use std::sync::Arc;

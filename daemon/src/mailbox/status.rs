@@ -120,11 +120,12 @@ impl Mailboxes {
         if all.is_empty() {
             return;
         }
-        let _ = writeln!(
+        crate::api::metrics::family(
             out,
-            "# HELP settled_mailbox_messages_total Mailbox messages processed, by outcome."
+            "settled_mailbox_messages_total",
+            "counter",
+            "Mailbox messages processed, by outcome.",
         );
-        let _ = writeln!(out, "# TYPE settled_mailbox_messages_total counter");
         for m in &all {
             for (outcome, n) in [
                 ("new", m.seen),
@@ -139,11 +140,12 @@ impl Mailboxes {
                 );
             }
         }
-        let _ = writeln!(
+        crate::api::metrics::family(
             out,
-            "# HELP settled_mailbox_reconnects_total Failed or broken mailbox connections."
+            "settled_mailbox_reconnects_total",
+            "counter",
+            "Failed or broken mailbox connections.",
         );
-        let _ = writeln!(out, "# TYPE settled_mailbox_reconnects_total counter");
         for m in &all {
             let _ = writeln!(
                 out,
@@ -151,11 +153,12 @@ impl Mailboxes {
                 m.connector, m.reconnects
             );
         }
-        let _ = writeln!(
+        crate::api::metrics::family(
             out,
-            "# HELP settled_mailbox_up 1 while a mailbox is connected (or a Maildir watched), 0 while backing off."
+            "settled_mailbox_up",
+            "gauge",
+            "1 while a mailbox is connected (or a Maildir watched), 0 while backing off.",
         );
-        let _ = writeln!(out, "# TYPE settled_mailbox_up gauge");
         for m in &all {
             let up = u8::from(!matches!(
                 m.state.as_str(),

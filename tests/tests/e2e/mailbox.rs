@@ -90,6 +90,20 @@ fn drop_mail(maildir: &std::path::Path, name: &str, raw: &[u8]) {
     std::fs::rename(&at, maildir.join("new").join(name)).unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Each `mail.failed` event in the audit log, oldest first, as "<location> <reason>".
+fn mail_failures(d: &Daemon) -> Vec<String> {
+    let events = d.ok("GET", "/v1/events?limit=1000", None);
+    events["items"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|e| e["type"] == "mail.failed")
+                .map(|e| format!("{} {}", e["data"]["location"], e["data"]["reason"]))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The external ids of the leads, each must appear once.
 fn assert_each_once(leads: &[Value], expected: usize) {
     let mut ids: Vec<&str> = leads
@@ -325,16 +339,7 @@ fn a_message_without_a_sender_and_an_oversized_message_are_recorded_failed_and_t
     assert_eq!(status["seen"], 2, "{status}");
     assert_eq!(status["failed"], 2, "{status}");
     assert_each_once(&email_leads(&d), 2);
-    let events = d.ok("GET", "/v1/events?limit=1000", None);
-    let failures: Vec<String> = events["items"]
-        .as_array()
-        .map(|all| {
-            all.iter()
-                .filter(|e| e["type"] == "mail.failed")
-                .map(|e| format!("{} {}", e["data"]["location"], e["data"]["reason"]))
-                .collect()
-        })
-        .unwrap_or_default();
+    let failures = mail_failures(&d);
     assert_eq!(failures.len(), 2, "{failures:?}");
     assert!(
         failures[0].contains("INBOX uid 2") && failures[0].contains("no sender"),
@@ -661,16 +666,7 @@ fn a_malformed_message_and_a_30_mib_message_are_recorded_failed_and_the_rest_go_
     let leads = email_leads(&d);
     assert_each_once(&leads, 1);
     assert_eq!(leads[0]["email"], "fine@size.example");
-    let events = d.ok("GET", "/v1/events?limit=1000", None);
-    let failures: Vec<String> = events["items"]
-        .as_array()
-        .map(|all| {
-            all.iter()
-                .filter(|e| e["type"] == "mail.failed")
-                .map(|e| format!("{} {}", e["data"]["location"], e["data"]["reason"]))
-                .collect()
-        })
-        .unwrap_or_default();
+    let failures = mail_failures(&d);
     assert_eq!(failures.len(), 2, "{failures:?}");
     assert!(
         failures[0].contains("new/400.M1.host") && failures[0].contains("not an rfc 822 message"),
