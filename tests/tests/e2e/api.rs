@@ -97,14 +97,7 @@ fn a_lead_becomes_a_paid_invoice_over_http() {
         "events are in order without gaps: {ids:?}"
     );
 
-    let metrics = d
-        .http()
-        .get(d.url("/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = d.metrics().expect("GET /metrics");
     assert!(
         metrics.contains("settled_http_requests_total{class=\"2xx\"}"),
         "{metrics}"

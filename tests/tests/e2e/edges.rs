@@ -257,14 +257,7 @@ fn with_every_intake_slot_taken_intake_gets_503_and_the_api_and_healthz_still_an
         })
         .collect();
     d.eventually("ten intake requests in progress", || {
-        let metrics = d
-            .http()
-            .get(d.url("/metrics"))
-            .bearer_auth(TOKEN)
-            .send()
-            .ok()?
-            .text()
-            .ok()?;
+        let metrics = d.metrics()?;
         metrics
             .lines()
             .any(|l| l == "settled_intake_in_progress 10")

@@ -255,6 +255,17 @@ impl Daemon {
         &self.http
     }
 
+    /// `GET /metrics` as text, or `None` when it cannot be read.
+    pub fn metrics(&self) -> Option<String> {
+        self.http
+            .get(self.url("/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .ok()?
+            .text()
+            .ok()
+    }
+
     /// Poll until `probe` returns Some, or panic after 30 s.
     pub fn eventually<T>(&self, what: &str, probe: impl FnMut() -> Option<T>) -> T {
         self.eventually_within(what, Duration::from_secs(30), probe)

@@ -165,13 +165,7 @@ fn imap_enquiries_become_leads_and_a_duplicate_delivery_makes_nothing_twice() {
             == 3)
             .then_some(())
     });
-    let metrics = d
-        .http()
-        .get(d.url("/metrics"))
-        .bearer_auth(crate::harness::TOKEN)
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
+    let metrics = d.metrics().unwrap_or_default();
     assert!(
         metrics
             .contains("settled_mailbox_messages_total{connector=\"sales-mail\",outcome=\"new\"} 2"),

@@ -141,14 +141,7 @@ fn an_issued_then_paid_invoice_reaches_the_webhook_in_order_with_valid_signature
         s["pending"] == 0 && s["delivered_total"] == 4
     });
     assert_eq!(s["state"], "ok", "{s}");
-    let metrics = d
-        .http()
-        .get(d.url("/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = d.metrics().expect("GET /metrics");
     assert!(
         metrics.contains("settled_outbox_delivered_total{sink=\"hook\"} 4"),
         "{metrics}"

@@ -18,14 +18,7 @@ fn refused_in_plugins(d: &Daemon, name: &str) -> Option<u64> {
 
 /// The `settled_records_refused_total` sample of instance `name` in `/metrics`.
 fn refused_in_metrics(d: &Daemon, name: &str) -> Option<u64> {
-    let text = d
-        .http()
-        .get(d.url("/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .ok()?
-        .text()
-        .ok()?;
+    let text = d.metrics()?;
     let prefix = format!("settled_records_refused_total{{instance=\"{name}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
