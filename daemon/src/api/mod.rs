@@ -3,6 +3,7 @@
 //! Every write answers only after the engine made it durable. Errors are `{"error": {"code", "message", "field"?}}`:
 //! 400 bad input (naming the field), 401 without a valid token, 404, 409 for a transition the current state refuses.
 
+mod check;
 mod errors;
 mod imports;
 mod intake;
@@ -97,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/review/:id", get(show::<REVIEW>))
         .route("/v1/review/:id/:action", post(review_action))
         .route("/v1/events", get(events))
+        .route("/v1/check", get(check::check))
         .route("/v1/imports", post(imports::import).get(list::<IMPORTS>))
         .route("/v1/imports/:id", get(show::<IMPORTS>))
         .route("/v1/plugins", get(plugins))

@@ -93,6 +93,12 @@ pub fn default_data_dir() -> Option<PathBuf> {
     Some(home.join(".local").join("share").join("settled"))
 }
 
+/// `GET path` from the running daemon with the API token; its JSON answer (errors are the daemon's own message).
+pub async fn get_json(opts: &ClientOpts, path: &str) -> anyhow::Result<Value> {
+    let client = Client::new(opts)?;
+    Ok(client.send(&ApiRequest::get(path.to_string())).await?.value)
+}
+
 /// The subcommands that talk to a running daemon.
 #[derive(Debug, Clone, Subcommand)]
 pub enum ApiCommand {

@@ -5,6 +5,7 @@ pub mod table;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +52,28 @@ enum Command {
         /// Config file
         #[arg(long, env = "SETTLED_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Check the store: recompute balances, counters and indexes and compare them with what the daemon serves
+    ///
+    /// Recomputes every invoice's amount paid, refunded and credited, balance and payment status from its
+    /// allocations and credit notes and compares them with the invoice as the API serves it; checks that payments,
+    /// allocations and customer credit agree with each other, that every number series is gap-free up to its counter
+    /// and no id is above its counter, that every index row points at a record that still belongs there (and every
+    /// such record is indexed), and that no outbox cursor is beyond the last event. It writes nothing.
+    ///
+    /// Run it after a crash or an unclean stop, after `settled restore`, after an upgrade, or whenever figures look
+    /// wrong. With the daemon stopped it opens the data directory; while the daemon runs (it holds the data directory)
+    /// it asks the daemon at --url, which runs the same checks while no write is in progress (or pass --online).
+    ///
+    /// Prints one line per difference, naming the record, then a summary. Exit status: 0 no differences, 1
+    /// differences found, 2 the check could not run (no store, store unreadable, daemon unreachable).
+    Check {
+        /// Config file (for the data directory and the number series patterns)
+        #[arg(long, env = "SETTLED_CONFIG")]
+        config: Option<PathBuf>,
+        /// Ask the running daemon at --url even when the data directory is free
+        #[arg(long)]
+        online: bool,
     },
     /// Internal: serve one plugin library over stdin/stdout for process isolation
     #[command(hide = true)]
@@ -102,6 +125,9 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Check { config, online } = &cli.command {
+        return runtime.block_on(check(&cli.client, config.clone(), *online));
+    }
     let result = runtime.block_on(dispatch(cli));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,7 +168,63 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             },
             &file,
         ),
-        Command::PluginHost { .. } => Ok(()),
+        Command::PluginHost { .. } | Command::Check { .. } => Ok(()),
         Command::Api(cmd) => client::execute(cmd, &cli.client).await,
+    }
+}
+
+/// `settled check`: offline on the data directory, or online through the daemon when it holds the directory (or
+/// `--online`). Exit 0 clean, 1 differences, 2 could not check.
+async fn check(opts: &client::ClientOpts, config: Option<PathBuf>, online: bool) -> ExitCode {
+    let ask_daemon = || async {
+        let value = client::get_json(opts, "/v1/check").await?;
+        serde_json::from_value::<crate::check::Report>(value)
+            .map_err(|e| anyhow::anyhow!("the daemon's check report does not decode: {e}"))
+    };
+    let result = if online {
+        ask_daemon().await
+    } else {
+        let options = RunOptions {
+            config,
+            data_dir: opts.data_dir.clone(),
+            ..RunOptions::default()
+        };
+        match app::load_config(&options).and_then(|c| crate::check::offline(&c)) {
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<crate::store::StoreError>(),
+                    Some(crate::store::StoreError::Locked { .. })
+                ) =>
+            {
+                eprintln!("{e:#}\nasking the running daemon at {} instead", opts.url);
+                ask_daemon().await
+            }
+            other => other,
+        }
+    };
+    match result {
+        Ok(report) => {
+            let mut out = std::io::stdout().lock();
+            let printed = if opts.json {
+                serde_json::to_writer_pretty(&mut out, &report)
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| writeln!(out))
+            } else {
+                crate::check::print(&report, &mut out)
+            };
+            if let Err(e) = printed {
+                eprintln!("error: writing the report: {e}");
+                return ExitCode::from(2);
+            }
+            if report.differences.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }

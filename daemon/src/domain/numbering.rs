@@ -122,6 +122,34 @@ impl SeriesPattern {
         }
     }
 
+    /// The sequence value of a number this pattern rendered (`None` when the number does not have the pattern's
+    /// shape). Callers that know the number's date confirm it with [`SeriesPattern::format`].
+    pub fn sequence_of(&self, number: &str) -> Option<u64> {
+        let mut rest = number;
+        let mut seq = None;
+        for part in &self.parts {
+            let digits = |rest: &str, n: usize| {
+                (rest.len() >= n && rest.as_bytes()[..n].iter().all(u8::is_ascii_digit)).then_some(n)
+            };
+            let taken = match part {
+                Part::Literal(text) => rest.starts_with(text.as_str()).then_some(text.len()),
+                Part::Year4 => digits(rest, 4),
+                Part::Year2 | Part::Month => digits(rest, 2),
+                Part::Seq { .. } => {
+                    let n = rest.bytes().take_while(u8::is_ascii_digit).count();
+                    seq = rest[..n].parse::<u64>().ok();
+                    (n > 0).then_some(n)
+                }
+            }?;
+            rest = &rest[taken..];
+        }
+        if rest.is_empty() {
+            seq
+        } else {
+            None
+        }
+    }
+
     /// Renders the number for `date` and sequence value `seq` (1-based; wider values are not cut).
     pub fn format(&self, date: NaiveDate, seq: u64) -> String {
         let mut out = String::with_capacity(self.source.len() + 8);
@@ -163,6 +191,21 @@ mod tests {
 
     fn date(y: i32, m: u32, d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, d).unwrap_or_else(|| panic!("bad test date"))
+    }
+
+    #[test]
+    fn sequence_of_reads_back_what_format_rendered() {
+        for pattern in ["INV-{YYYY}-{SEQ:3}", "ORD-{SEQ:5}", "{YY}{MM}/{SEQ}", "R{SEQ:2}x"] {
+            let p = SeriesPattern::parse(pattern).unwrap_or_else(|e| panic!("{e}"));
+            for seq in [1, 42, 999, 1000, 123_456] {
+                let number = p.format(date(2026, 3, 5), seq);
+                assert_eq!(p.sequence_of(&number), Some(seq), "{pattern} {number}");
+            }
+        }
+        let p = SeriesPattern::parse("INV-{YYYY}-{SEQ:3}").unwrap_or_else(|e| panic!("{e}"));
+        for other in ["INV-26-001", "CN-2026-001", "INV-2026-", "INV-2026-001x", "INV-20x6-001"] {
+            assert_eq!(p.sequence_of(other), None, "{other}");
+        }
     }
 
     fn pattern(raw: &str) -> SeriesPattern {

@@ -296,6 +296,13 @@ impl Engine {
         }
     }
 
+    /// Run `f` while no command can write (the writer lock is held), with the in-memory reconciliation index: a
+    /// consistent view of the store for `settled check`. `f` may read through the engine but must not write.
+    pub fn with_writes_paused<T>(&self, f: impl FnOnce(&MatchIndex) -> T) -> T {
+        let state = self.lock_state();
+        f(&state.index)
+    }
+
     fn lock_state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the store half-written (nothing is applied before the batch),
         // so a poisoned lock is safe to take over.
