@@ -752,6 +752,11 @@ impl Checker {
                         report.differ(format!("{row}: account {target} does not exist"));
                     }
                 }
+                "order-by-quote" => {
+                    if !exists("order", target)? {
+                        report.differ(format!("{row}: order {target} does not exist"));
+                    }
+                }
                 "contact-email" => {
                     if !exists("contact", target)? {
                         report.differ(format!("{row}: contact {target} does not exist"));

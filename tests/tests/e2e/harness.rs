@@ -446,3 +446,92 @@ pub fn wait_for_file(d: &Daemon, folder: &Path, name: &str) -> PathBuf {
             })
     })
 }
+
+/// One issued invoice of a store seeded by [`seed_open_invoices`].
+#[derive(Debug, Clone)]
+pub struct Seeded {
+    pub number: String,
+    pub customer: String,
+}
+
+/// Seed `accounts` customers with `per_account` issued invoices each (one order, invoiced line by line) into the
+/// store at `data`, in process through the real engine commands (thousands of invoices over HTTP would take minutes).
+/// Run it before a daemon opens `data`.
+pub fn seed_open_invoices(data: &Path, accounts: usize, per_account: usize) -> Vec<Seeded> {
+    use serde_json::json;
+    use settled::engine::{Engine, SystemClock};
+    use settled::store::{Store, StoreOptions};
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let store = Store::open(data, &StoreOptions::default()).expect("store");
+        let config = settled::config::Config::default();
+        let engine = Engine::new(store, config, Box::new(SystemClock)).expect("engine");
+        let workers = 16;
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            let engine = engine.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for a in (w..accounts).step_by(workers) {
+                    let customer = format!("Customer {a:06} Ltd");
+                    let lead = json!({"name": "Buyer", "email": format!("ap@customer{a:06}.example"),
+                        "company": customer, "source": "import"});
+                    let (lead, _) = engine
+                        .capture_lead(&serde_json::from_value(lead).expect("lead"), "seed")
+                        .await
+                        .expect("capture");
+                    let opp = json!({"opportunity": {"name": "deal", "value": "1000.00", "currency": "EUR"}});
+                    let conv = engine
+                        .convert_lead(&lead.id, serde_json::from_value(opp).expect("opp"), "seed")
+                        .await
+                        .expect("convert");
+                    let lines: Vec<Value> = (0..per_account)
+                        .map(|i| json!({"description": format!("item {i}"), "quantity": "1",
+                            "unit_price": format!("{}.{:02}", 50 + (a * 7 + i * 13) % 900, (a + i) % 100), "tax_rate": "0"}))
+                        .collect();
+                    let quote = json!({"opportunity_id": conv.opportunity_id, "currency": "EUR", "lines": lines});
+                    let q = engine
+                        .create_quote(serde_json::from_value(quote).expect("quote"), "seed")
+                        .await
+                        .expect("quote");
+                    for action in ["send", "accept"] {
+                        engine.quote_action(&q.id, action, None, "seed").await.expect(action);
+                    }
+                    let order = engine
+                        .create_order(serde_json::from_value(json!({"quote_id": q.id})).expect("order"), "seed")
+                        .await
+                        .expect("order");
+                    for line in 1..=per_account {
+                        let draft = json!({"order_id": order.id, "lines": [{"line_no": line, "quantity": "1"}]});
+                        let draft = engine
+                            .create_invoice(serde_json::from_value(draft).expect("draft"), "seed")
+                            .await
+                            .expect("invoice");
+                        let inv = engine
+                            .issue_invoice(&draft.id, serde_json::from_value(json!({})).expect("issue"), "seed")
+                            .await
+                            .expect("issue");
+                        out.push(Seeded {
+                            number: inv.number.clone().unwrap_or_default(),
+                            customer: customer.clone(),
+                        });
+                    }
+                }
+                out
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("seed task"));
+        }
+        engine.store().flush().expect("flush");
+        all
+    })
+}
+
+/// `settled check` with `args` (`--data-dir`, `--config`, `--online`, ...) against the daemon's URL and token.
+pub fn check(d: &Daemon, args: &[&str]) -> Run {
+    let mut all = vec!["check"];
+    all.extend_from_slice(args);
+    cli(d, &all)
+}

@@ -3,6 +3,7 @@
 
 mod api;
 mod connectors;
+mod crash;
 mod credit;
 mod csv_footers;
 mod cut_references;
