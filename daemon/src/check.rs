@@ -95,11 +95,7 @@ pub fn offline(config: &crate::config::Config) -> anyhow::Result<Report> {
         );
     }
     let store = crate::store::Store::open(&dir, &crate::store::StoreOptions::default())?;
-    let engine = Engine::new(
-        store,
-        config.clone(),
-        Box::new(crate::engine::SystemClock),
-    )?;
+    let engine = Engine::new(store, config.clone(), Box::new(crate::engine::SystemClock))?;
     Ok(run(&engine)?)
 }
 
@@ -224,8 +220,8 @@ impl Checker {
                     ));
                 }
             }
-            let status = serde_json::to_value(invoice::payment_status(&derived, today))
-                .unwrap_or_default();
+            let status =
+                serde_json::to_value(invoice::payment_status(&derived, today)).unwrap_or_default();
             if view["payment_status"] != status {
                 report.differ(format!(
                     "{name}: payment_status is {} as served, {status} from its allocations and credit notes",
@@ -248,7 +244,10 @@ impl Checker {
                     "{name}: allocation {missing} pays it but the invoice does not list it"
                 ));
             }
-            for extra in stored_list.union(&listed).filter(|id| !actual.contains(*id)) {
+            for extra in stored_list
+                .union(&listed)
+                .filter(|id| !actual.contains(*id))
+            {
                 report.differ(format!(
                     "{name}: lists allocation {extra}, which does not exist or pays another invoice"
                 ));
@@ -256,8 +255,11 @@ impl Checker {
         }
         report.count("invoices", self.invoices.len());
 
-        let by_id: HashMap<&str, &Allocation> =
-            self.allocations.iter().map(|a| (a.id.as_str(), a)).collect();
+        let by_id: HashMap<&str, &Allocation> = self
+            .allocations
+            .iter()
+            .map(|a| (a.id.as_str(), a))
+            .collect();
         let mut compensated: HashMap<&str, Decimal> = HashMap::new();
         for a in &self.allocations {
             if !ids.contains(a.invoice_id.as_str()) {
@@ -328,7 +330,9 @@ impl Checker {
             let allocated: Decimal = own
                 .iter()
                 .filter(|a| {
-                    a.kind == AllocationKind::Payment && a.compensates.is_none() && a.amount > Decimal::ZERO
+                    a.kind == AllocationKind::Payment
+                        && a.compensates.is_none()
+                        && a.amount > Decimal::ZERO
                 })
                 .map(|a| a.amount)
                 .sum();
@@ -383,8 +387,11 @@ impl Checker {
             self.payments.iter().map(|p| (p.id.as_str(), p)).collect();
         let invoices: HashMap<&str, &Invoice> =
             self.invoices.iter().map(|i| (i.id.as_str(), i)).collect();
-        let allocations: HashMap<&str, &Allocation> =
-            self.allocations.iter().map(|a| (a.id.as_str(), a)).collect();
+        let allocations: HashMap<&str, &Allocation> = self
+            .allocations
+            .iter()
+            .map(|a| (a.id.as_str(), a))
+            .collect();
         // (allocation id, lot source) -> (spent, reopened), from the lots' side.
         let mut spends: HashMap<(&str, String), (Decimal, Decimal)> = HashMap::new();
         for account in &self.accounts {
@@ -463,7 +470,11 @@ impl Checker {
                 *compensated.entry(of).or_default() -= a.amount;
             }
         }
-        for a in self.allocations.iter().filter(|a| a.kind == AllocationKind::Credit && a.amount > Decimal::ZERO) {
+        for a in self
+            .allocations
+            .iter()
+            .filter(|a| a.kind == AllocationKind::Credit && a.amount > Decimal::ZERO)
+        {
             let mut drawn = Decimal::ZERO;
             let mut reopened = Decimal::ZERO;
             for draw in &a.credit_sources {
@@ -518,9 +529,19 @@ impl Checker {
         };
         self.invoices.iter().for_each(|r| note("invoice", &r.id));
         self.payments.iter().for_each(|r| note("payment", &r.id));
-        self.allocations.iter().for_each(|r| note("allocation", &r.id));
+        self.allocations
+            .iter()
+            .for_each(|r| note("allocation", &r.id));
         self.accounts.iter().for_each(|r| note("account", &r.id));
-        for kind in ["lead", "contact", "opportunity", "quote", "order", "review", "import"] {
+        for kind in [
+            "lead",
+            "contact",
+            "opportunity",
+            "quote",
+            "order",
+            "review",
+            "import",
+        ] {
             for v in engine.store().scan::<Value>(kind) {
                 if let Some(id) = v?["id"].as_str() {
                     note(kind, id);
@@ -573,7 +594,8 @@ impl Checker {
         let mut seqs: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
         let mut unchecked = 0usize;
         for (series, number, date) in numbered {
-            let Some(Some(pattern)) = patterns.iter().find(|(s, _)| *s == series).map(|(_, p)| p) else {
+            let Some(Some(pattern)) = patterns.iter().find(|(s, _)| *s == series).map(|(_, p)| p)
+            else {
                 continue;
             };
             match pattern.sequence_of(&number) {
@@ -592,7 +614,12 @@ impl Checker {
         let keys: BTreeSet<String> = seqs
             .keys()
             .cloned()
-            .chain(counters.keys().filter(|k| k.starts_with("n/series/")).cloned())
+            .chain(
+                counters
+                    .keys()
+                    .filter(|k| k.starts_with("n/series/"))
+                    .cloned(),
+            )
             .collect();
         for key in keys {
             let counter = counters.get(&key).copied().unwrap_or(0);
@@ -611,8 +638,16 @@ impl Checker {
             }
             let gaps: Vec<u64> = (1..=counter).filter(|s| !seen.contains(s)).collect();
             if !gaps.is_empty() {
-                let listed: Vec<String> = gaps.iter().take(MAX_LISTED_GAPS).map(u64::to_string).collect();
-                let more = if gaps.len() > MAX_LISTED_GAPS { ", ..." } else { "" };
+                let listed: Vec<String> = gaps
+                    .iter()
+                    .take(MAX_LISTED_GAPS)
+                    .map(u64::to_string)
+                    .collect();
+                let more = if gaps.len() > MAX_LISTED_GAPS {
+                    ", ..."
+                } else {
+                    ""
+                };
                 report.differ(format!(
                     "counter {key} is {counter}, but {} of its numbers were never issued (sequence {}{more})",
                     gaps.len(),
@@ -685,17 +720,13 @@ impl Checker {
                     due_rows.insert(target.to_string());
                     match invoices.get(target) {
                         None => report.differ(format!("{row}: invoice {target} does not exist")),
-                        Some(inv) if !open(inv) => report.differ(format!(
-                            "{row}: {} is not open",
-                            invoice_name(inv)
-                        )),
+                        Some(inv) if !open(inv) => {
+                            report.differ(format!("{row}: {} is not open", invoice_name(inv)))
+                        }
                         Some(inv) => {
                             let due = inv.due_date.map(|d| d.to_string()).unwrap_or_default();
                             if rest != format!("{due}/{}", inv.id) {
-                                report.differ(format!(
-                                    "{row}: {} is due {due}",
-                                    invoice_name(inv)
-                                ));
+                                report.differ(format!("{row}: {} is due {due}", invoice_name(inv)));
                             }
                         }
                     }
@@ -714,11 +745,14 @@ impl Checker {
                 }
                 "invoice-ref" => match invoices.get(target) {
                     Some(inv) if inv.state != InvoiceState::Draft => {}
-                    Some(inv) => report.differ(format!("{row}: {} is not issued", invoice_name(inv))),
+                    Some(inv) => {
+                        report.differ(format!("{row}: {} is not issued", invoice_name(inv)))
+                    }
                     None => report.differ(format!("{row}: invoice {target} does not exist")),
                 },
                 "paid-by" => match payments.get(target) {
-                    Some(p) if !p.allocations.is_empty() && rest.ends_with(&format!("/{target}")) => {}
+                    Some(p)
+                        if !p.allocations.is_empty() && rest.ends_with(&format!("/{target}")) => {}
                     Some(p) => report.differ(format!(
                         "{row}: payment {} paid nothing or is not the one the key names",
                         p.id
@@ -729,11 +763,11 @@ impl Checker {
                     review_rows.insert(target.to_string());
                     match reviews.get(target) {
                         Some(item) if item["status"] == "open" => {}
-                        Some(item) => report.differ(format!(
-                            "{row}: review item {target} is {}",
-                            item["status"]
-                        )),
-                        None => report.differ(format!("{row}: review item {target} does not exist")),
+                        Some(item) => report
+                            .differ(format!("{row}: review item {target} is {}", item["status"])),
+                        None => {
+                            report.differ(format!("{row}: review item {target} does not exist"))
+                        }
                     }
                 }
                 "payer" => {
@@ -767,9 +801,9 @@ impl Checker {
         }
         report.count("index rows", rows);
         for (name, n) in unchecked {
-            report
-                .notes
-                .push(format!("{n} rows of index {name} were not checked (unknown index)"));
+            report.notes.push(format!(
+                "{n} rows of index {name} were not checked (unknown index)"
+            ));
         }
         for id in &qualifying {
             let name = invoice_name(invoices[id]);
@@ -811,7 +845,9 @@ impl Checker {
         }
         for (id, item) in &reviews {
             if item["status"] == "open" && !review_rows.contains(id) {
-                report.differ(format!("review item {id}: open, but not in the open-review index"));
+                report.differ(format!(
+                    "review item {id}: open, but not in the open-review index"
+                ));
             }
         }
         Ok(())
@@ -830,7 +866,8 @@ fn outbox(engine: &Engine, report: &mut Report) -> EngineResult<()> {
         let id = if rest == "cursor" {
             value.as_u64()
         } else {
-            rest.split_once('/').and_then(|(_, n)| n.parse::<u64>().ok())
+            rest.split_once('/')
+                .and_then(|(_, n)| n.parse::<u64>().ok())
         };
         if let Some(id) = id.filter(|id| *id > last) {
             report.differ(format!(

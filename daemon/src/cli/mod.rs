@@ -3,9 +3,9 @@
 pub mod client;
 pub mod table;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

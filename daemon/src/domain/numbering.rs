@@ -129,7 +129,8 @@ impl SeriesPattern {
         let mut seq = None;
         for part in &self.parts {
             let digits = |rest: &str, n: usize| {
-                (rest.len() >= n && rest.as_bytes()[..n].iter().all(u8::is_ascii_digit)).then_some(n)
+                (rest.len() >= n && rest.as_bytes()[..n].iter().all(u8::is_ascii_digit))
+                    .then_some(n)
             };
             let taken = match part {
                 Part::Literal(text) => rest.starts_with(text.as_str()).then_some(text.len()),
@@ -195,7 +196,12 @@ mod tests {
 
     #[test]
     fn sequence_of_reads_back_what_format_rendered() {
-        for pattern in ["INV-{YYYY}-{SEQ:3}", "ORD-{SEQ:5}", "{YY}{MM}/{SEQ}", "R{SEQ:2}x"] {
+        for pattern in [
+            "INV-{YYYY}-{SEQ:3}",
+            "ORD-{SEQ:5}",
+            "{YY}{MM}/{SEQ}",
+            "R{SEQ:2}x",
+        ] {
             let p = SeriesPattern::parse(pattern).unwrap_or_else(|e| panic!("{e}"));
             for seq in [1, 42, 999, 1000, 123_456] {
                 let number = p.format(date(2026, 3, 5), seq);
@@ -203,7 +209,13 @@ mod tests {
             }
         }
         let p = SeriesPattern::parse("INV-{YYYY}-{SEQ:3}").unwrap_or_else(|e| panic!("{e}"));
-        for other in ["INV-26-001", "CN-2026-001", "INV-2026-", "INV-2026-001x", "INV-20x6-001"] {
+        for other in [
+            "INV-26-001",
+            "CN-2026-001",
+            "INV-2026-",
+            "INV-2026-001x",
+            "INV-20x6-001",
+        ] {
             assert_eq!(p.sequence_of(other), None, "{other}");
         }
     }

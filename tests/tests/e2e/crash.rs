@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{
-    check, invoice, issue_invoice, one_line, pay, run, seed_open_invoices, settled, Daemon,
-    Seeded, Setup, TOKEN,
+    check, invoice, issue_invoice, one_line, pay, run, seed_open_invoices, settled, Daemon, Seeded,
+    Setup, TOKEN,
 };
 
 /// Invoices per seeded customer (one order, invoiced line by line).
@@ -188,7 +188,8 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 #[test]
-fn kill_9_at_three_points_of_a_big_import_leaves_a_store_that_checks_clean_and_counts_nothing_twice() {
+fn kill_9_at_three_points_of_a_big_import_leaves_a_store_that_checks_clean_and_counts_nothing_twice(
+) {
     let accounts = sized("SETTLED_CRASH_INVOICES", 2_000) / PER_ACCOUNT;
     let lines = sized("SETTLED_CRASH_LINES", 20_000);
     let crashed_dir = tempfile::tempdir().expect("tempdir");
@@ -238,7 +239,10 @@ fn kill_9_at_three_points_of_a_big_import_leaves_a_store_that_checks_clean_and_c
         d.kill9();
         if let Some(first) = first.take() {
             let answered = first.join().expect("upload thread");
-            assert!(answered.is_err(), "the upload was answered before the kill: {answered:?}");
+            assert!(
+                answered.is_err(),
+                "the upload was answered before the kill: {answered:?}"
+            );
         }
         // Stopped: the store as the crash left it checks clean offline.
         let r = run({
@@ -255,9 +259,11 @@ fn kill_9_at_three_points_of_a_big_import_leaves_a_store_that_checks_clean_and_c
         // Running (resuming the import): the daemon's own view checks clean too.
         assert_check_clean(&d, &format!("while resuming after the kill at {share}%"));
     }
-    let import = d.eventually_within("the resumed import to finish", Duration::from_secs(900), || {
-        import_record(&d).filter(|i| i["status"] == "finished")
-    });
+    let import = d.eventually_within(
+        "the resumed import to finish",
+        Duration::from_secs(900),
+        || import_record(&d).filter(|i| i["status"] == "finished"),
+    );
     assert_eq!(import["resumed"], 3, "{import}");
     assert_eq!(import["counts"]["records_read"], lines, "{import}");
     assert_check_clean(&d, "after the import finished");
@@ -274,12 +280,16 @@ fn kill_9_at_three_points_of_a_big_import_leaves_a_store_that_checks_clean_and_c
     let after = totals(&d);
     assert_eq!(after.payments, reference.payments);
     assert_eq!(after.allocations, reference.allocations);
-    assert!(after == reference, "the crashed store differs from a clean import of the same file");
+    assert!(
+        after == reference,
+        "the crashed store differs from a clean import of the same file"
+    );
     assert_check_clean(&d, "after the re-import");
 }
 
 #[test]
-fn settled_check_passes_a_clean_store_and_names_the_invoice_and_counter_edited_in_a_restored_backup() {
+fn settled_check_passes_a_clean_store_and_names_the_invoice_and_counter_edited_in_a_restored_backup(
+) {
     let mut d = Daemon::start(Setup::default());
     let paid = issue_invoice(&d, "Geprüft GmbH", one_line("100.00"));
     let credited = issue_invoice(&d, "Zweite AG", one_line("250.00"));
@@ -308,7 +318,12 @@ fn settled_check_passes_a_clean_store_and_names_the_invoice_and_counter_edited_i
     let backup = d.dir.path().join("backup.jsonl");
     let r = run({
         let mut cmd = settled(d.dir.path());
-        cmd.args(["backup", backup.to_str().unwrap(), "--config", config.to_str().unwrap()]);
+        cmd.args([
+            "backup",
+            backup.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ]);
         cmd
     });
     assert!(r.status.success(), "{r}");
@@ -339,7 +354,12 @@ fn settled_check_passes_a_clean_store_and_names_the_invoice_and_counter_edited_i
         let data = d.dir.path().join(dir);
         let r = run({
             let mut cmd = settled(d.dir.path());
-            cmd.args(["restore", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+            cmd.args([
+                "restore",
+                file.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ]);
             cmd
         });
         assert!(r.status.success(), "{r}");
@@ -351,11 +371,15 @@ fn settled_check_passes_a_clean_store_and_names_the_invoice_and_counter_edited_i
     let r = offline(&["--data-dir", edited.to_str().unwrap()]);
     assert_eq!(r.status.code(), Some(1), "{r}");
     assert!(
-        r.stdout.lines().any(|l| l.starts_with(&format!("invoice {paid_id} ({number}): amount_paid is \"90.00\" as served, 40.00"))),
+        r.stdout.lines().any(|l| l.starts_with(&format!(
+            "invoice {paid_id} ({number}): amount_paid is \"90.00\" as served, 40.00"
+        ))),
         "{r}"
     );
     assert!(
-        r.stdout.lines().any(|l| l.contains(&format!("counter n/series/invoice/{year} is 1, but number")) && l.contains("was issued")),
+        r.stdout.lines().any(|l| l
+            .contains(&format!("counter n/series/invoice/{year} is 1, but number"))
+            && l.contains("was issued")),
         "{r}"
     );
     assert!(r.stdout.trim_end().ends_with("differences"), "{r}");
