@@ -93,9 +93,11 @@ pub fn default_data_dir() -> Option<PathBuf> {
     Some(home.join(".local").join("share").join("settled"))
 }
 
-/// `GET path` from the running daemon with the API token; its JSON answer (errors are the daemon's own message).
-pub async fn get_json(opts: &ClientOpts, path: &str) -> anyhow::Result<Value> {
-    let client = Client::new(opts)?;
+/// `GET path` from the running daemon with the API token, waiting up to `timeout` (for answers that take long on a
+/// big store, like `/v1/check`); its JSON answer (errors are the daemon's own message).
+pub async fn get_json(opts: &ClientOpts, path: &str, timeout: Duration) -> anyhow::Result<Value> {
+    let mut client = Client::new(opts)?;
+    client.timeout = timeout;
     Ok(client.send(&ApiRequest::get(path.to_string())).await?.value)
 }
 
@@ -1505,6 +1507,8 @@ struct Client {
     token: Option<String>,
     /// Where the token was looked for, to say so when the daemon refuses it.
     token_hint: String,
+    /// How long a request other than an upload may take.
+    timeout: Duration,
 }
 
 impl Client {
@@ -1526,6 +1530,7 @@ impl Client {
             base,
             token,
             token_hint,
+            timeout: REQUEST_TIMEOUT,
         })
     }
 
@@ -1539,11 +1544,11 @@ impl Client {
             builder = builder.bearer_auth(token);
         }
         builder = match &req.body {
-            RequestBody::Empty => builder.timeout(REQUEST_TIMEOUT),
-            RequestBody::Json(body) => builder.json(body).timeout(REQUEST_TIMEOUT),
+            RequestBody::Empty => builder.timeout(self.timeout),
+            RequestBody::Json(body) => builder.json(body).timeout(self.timeout),
             RequestBody::JsonFile(file) => builder
                 .json(&read_json_file(file)?)
-                .timeout(REQUEST_TIMEOUT),
+                .timeout(self.timeout),
             RequestBody::Upload(file) => {
                 let (body, len) = upload::file_body(file).await?;
                 builder
