@@ -1546,9 +1546,9 @@ impl Client {
         builder = match &req.body {
             RequestBody::Empty => builder.timeout(self.timeout),
             RequestBody::Json(body) => builder.json(body).timeout(self.timeout),
-            RequestBody::JsonFile(file) => builder
-                .json(&read_json_file(file)?)
-                .timeout(self.timeout),
+            RequestBody::JsonFile(file) => {
+                builder.json(&read_json_file(file)?).timeout(self.timeout)
+            }
             RequestBody::Upload(file) => {
                 let (body, len) = upload::file_body(file).await?;
                 builder

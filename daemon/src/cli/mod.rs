@@ -178,7 +178,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 async fn check(opts: &client::ClientOpts, config: Option<PathBuf>, online: bool) -> ExitCode {
     let ask_daemon = || async {
         // Checking a store of millions of records takes minutes.
-        let value = client::get_json(opts, "/v1/check", std::time::Duration::from_secs(3600)).await?;
+        let value =
+            client::get_json(opts, "/v1/check", std::time::Duration::from_secs(3600)).await?;
         serde_json::from_value::<crate::check::Report>(value)
             .map_err(|e| anyhow::anyhow!("the daemon's check report does not decode: {e}"))
     };
