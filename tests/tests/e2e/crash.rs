@@ -388,3 +388,70 @@ fn settled_check_passes_a_clean_store_and_names_the_invoice_and_counter_edited_i
     assert_eq!(r.status.code(), Some(2), "{r}");
     assert!(r.stderr.contains("no store in"), "{r}");
 }
+
+#[test]
+fn settled_check_finds_no_difference_after_overpayment_credit_notes_spent_credit_reversals_and_a_bank_return(
+) {
+    let d = Daemon::start(Setup::default());
+    let company = "Gemischt GmbH";
+    let a = issue_invoice(&d, company, one_line("100.00"));
+    let b = issue_invoice(&d, company, one_line("250.00"));
+    let c = issue_invoice(&d, company, one_line("80.00"));
+    let id = |v: &Value| v["id"].as_str().unwrap().to_string();
+    let paid_a = pay(&d, &a, "100.00");
+    // 300 for B's 250: 50 goes on the customer's credit, which then pays part of C.
+    let over = d.ok(
+        "POST",
+        "/v1/payments",
+        Some(
+            serde_json::json!({"amount": "300.00", "currency": "EUR", "payer": "Buyer",
+            "allocations": [{"invoice_id": id(&b)}]}),
+        ),
+    );
+    d.ok(
+        "POST",
+        &format!("/v1/invoices/{}/apply-credit", id(&c)),
+        Some(serde_json::json!({})),
+    );
+    assert_eq!(invoice(&d, &c)["amount_paid"], "50.00");
+    // A credit note on the paid invoice A puts its 30 on credit; taking part of A's payment back reopens that cover.
+    d.ok(
+        "POST",
+        &format!("/v1/invoices/{}/credit", id(&a)),
+        Some(serde_json::json!({"amount": "30.00"})),
+    );
+    d.ok(
+        "POST",
+        &format!("/v1/payments/{}/reverse", id(&paid_a)),
+        Some(serde_json::json!({"amount": "20.00"})),
+    );
+    // Reversing the overpayment takes its credit back, reopening what that credit paid on C.
+    d.ok(
+        "POST",
+        &format!("/v1/payments/{}/reverse", id(&over)),
+        Some(serde_json::json!({})),
+    );
+    assert_eq!(invoice(&d, &c)["amount_paid"], "0.00");
+    // A bank statement pays C by its reference, and a later statement returns the payment.
+    let rf = c["rf_reference"].as_str().unwrap();
+    let header =
+        "Date,Amount,Currency,Counterparty,Counterparty Account,Reference,Transaction Id\n";
+    import_json(
+        &d,
+        "paid.csv",
+        &format!("{header}2026-03-05,80.00,EUR,{company},DE02120300000000202051,{rf},TX-1\n"),
+    );
+    let summary = import_json(
+        &d,
+        "returned.csv",
+        &format!("{header}2026-03-09,-80.00,EUR,{company},DE02120300000000202051,{rf},TX-2\n"),
+    );
+    assert_eq!(summary["reversed"], 1, "{summary}");
+    let r = check(&d, &["--online"]);
+    assert!(
+        r.status.code() == Some(0)
+            && r.stdout.contains("checked 4 invoices, ")
+            && r.stdout.contains(": no differences"),
+        "{r}"
+    );
+}
