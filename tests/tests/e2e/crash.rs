@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{
-    check, invoice, issue_invoice, one_line, pay, run, seed_open_invoices, settled, Daemon, Seeded,
-    Setup, TOKEN,
+    check, import_json, invoice, issue_invoice, one_line, pay, run, seed_open_invoices, settled,
+    Daemon, Seeded, Setup, TOKEN,
 };
 
 /// Invoices per seeded customer (one order, invoiced line by line).
