@@ -52,15 +52,19 @@ impl Report {
             "index rows",
             "outbox sinks",
         ];
+        let counted = |k: &str, n: u64| match (n, k.strip_suffix('s')) {
+            (1, Some(one)) => format!("1 {one}"),
+            _ => format!("{n} {k}"),
+        };
         let mut parts: Vec<String> = order
             .iter()
-            .filter_map(|k| self.checked.get(*k).map(|n| format!("{n} {k}")))
+            .filter_map(|k| self.checked.get(*k).map(|n| counted(k, *n)))
             .collect();
         parts.extend(
             self.checked
                 .iter()
                 .filter(|(k, _)| !order.contains(&k.as_str()))
-                .map(|(k, n)| format!("{n} {k}")),
+                .map(|(k, n)| counted(k, *n)),
         );
         let verdict = match self.differences.len() {
             0 => "no differences".to_string(),
@@ -906,4 +910,25 @@ pub fn print(report: &Report, out: &mut impl std::io::Write) -> std::io::Result<
         writeln!(out, "note: {note}")?;
     }
     writeln!(out, "{}", report.summary())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_counts_in_order_and_says_whether_anything_differs() {
+        let mut report = Report::default();
+        report.count("payments", 1);
+        report.count("invoices", 3);
+        report.count("index rows", 21);
+        assert_eq!(
+            report.summary(),
+            "checked 3 invoices, 1 payment, 21 index rows: no differences"
+        );
+        report.differ("invoice inv_1: balance".into());
+        assert!(report.summary().ends_with(": 1 difference"));
+        report.differ("invoice inv_2: balance".into());
+        assert!(report.summary().ends_with(": 2 differences"));
+    }
 }

@@ -63,7 +63,8 @@ enum Command {
     ///
     /// Run it after a crash or an unclean stop, after `settled restore`, after an upgrade, or whenever figures look
     /// wrong. With the daemon stopped it opens the data directory; while the daemon runs (it holds the data directory)
-    /// it asks the daemon at --url, which runs the same checks while no write is in progress (or pass --online).
+    /// it asks the daemon at --url, which runs the same checks while no write is in progress (or pass --online);
+    /// the daemon's writes wait until the check is done.
     ///
     /// Prints one line per difference, naming the record, then a summary. Exit status: 0 no differences, 1
     /// differences found, 2 the check could not run (no store, store unreadable, daemon unreachable).

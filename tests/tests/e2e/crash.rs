@@ -311,7 +311,7 @@ fn settled_check_passes_a_clean_store_and_names_the_invoice_and_counter_edited_i
     };
     let r = offline(&["--config", config.to_str().unwrap()]);
     assert!(
-        r.status.code() == Some(0) && r.stdout.contains("checked 3 invoices, 1 payments"),
+        r.status.code() == Some(0) && r.stdout.contains("checked 3 invoices, 1 payment, "),
         "{r}"
     );
 
@@ -451,7 +451,8 @@ fn settled_check_finds_no_difference_after_overpayment_credit_notes_spent_credit
     assert!(
         r.status.code() == Some(0)
             && r.stdout.contains("checked 4 invoices, ")
-            && r.stdout.contains(": no differences"),
+            && r.stdout.contains(": no differences")
+            && !r.stdout.contains("note:"),
         "{r}"
     );
 }
