@@ -390,7 +390,7 @@ fn settled_check_passes_a_clean_store_and_names_the_invoice_and_counter_edited_i
 }
 
 #[test]
-fn settled_check_finds_no_difference_after_overpayment_credit_notes_spent_credit_reversals_and_a_bank_return(
+fn settled_check_finds_no_difference_after_overpayment_credit_notes_spent_credit_reversals_and_bank_returns(
 ) {
     let d = Daemon::start(Setup::default());
     let company = "Gemischt GmbH";
@@ -447,6 +447,14 @@ fn settled_check_finds_no_difference_after_overpayment_credit_notes_spent_credit
         &format!("{header}2026-03-09,-80.00,EUR,{company},DE02120300000000202051,{rf},TX-2\n"),
     );
     assert_eq!(summary["reversed"], 1, "{summary}");
+    // A return naming a bank reference nothing was paid under waits in review as a payment of -40.
+    let summary = import_json(
+        &d,
+        "unknown-return.csv",
+        "Date,Amount,Currency,Counterparty,Original Transaction Id,Transaction Id\n\
+         2026-03-10,-40.00,EUR,Somebody,NOWHERE-1,RET-1\n",
+    );
+    assert_eq!(summary["review"], 1, "{summary}");
     let r = check(&d, &["--online"]);
     assert!(
         r.status.code() == Some(0)
