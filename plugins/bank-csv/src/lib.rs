@@ -750,8 +750,7 @@ struct RowParser<'a> {
 }
 
 impl RowParser<'_> {
-    /// The payment of one row, or none for a row the profile drops (`skip_money_out`, DATEV rows that
-    /// credit no customer).
+    /// The payment of one row, or none for a row the profile drops (DATEV rows that credit no customer).
     fn row(
         &mut self,
         record: &csv::ByteRecord,
@@ -915,9 +914,6 @@ impl RowParser<'_> {
             }
             _ => amount,
         };
-        if profile.skip_money_out && amount < Decimal::ZERO {
-            return Ok(None);
-        }
         let Some(amount) = rescale_to_currency(amount, &currency) else {
             return Err(PluginError::bad_input(
                 at(amount_column),

@@ -143,10 +143,6 @@ pub struct Profile {
     /// A line before the column header that is part of the format: `none`, or `datev` (see [`Preamble`]).
     #[serde(default)]
     pub preamble: Preamble,
-    /// Drop rows of money out instead of reading them as outgoing payments (exports of books, where a debit
-    /// is a charge to the customer, not money that left the account).
-    #[serde(default)]
-    pub skip_money_out: bool,
 }
 
 /// A format line before the column header.
@@ -238,7 +234,6 @@ fn base() -> Profile {
         columns: no_columns(),
         currency: None,
         preamble: Preamble::None,
-        skip_money_out: false,
     }
 }
 

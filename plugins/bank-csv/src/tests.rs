@@ -376,6 +376,14 @@ fn settings_errors_name_the_key() {
         serde_json::json!({"profile": {"columns": {"date": "D", "amount": "A"}, "decimal_mark": ",", "thousands_separator": ","}}),
         "profile.thousands_separator",
     );
+    check(
+        serde_json::json!({"profile": {"columns": {"date": "D", "amount": "A"}, "preamble": "lexware"}}),
+        "profile.preamble",
+    );
+    check(
+        serde_json::json!({"profile": {"columns": {"date": "D", "amount": "A"}, "preamble": "datev"}}),
+        "profile.preamble",
+    );
     assert_eq!(
         Settings::from_json(serde_json::Value::Null).ok(),
         Some(Settings::default())

@@ -57,7 +57,8 @@ fn payment_count(d: &Daemon) -> usize {
 }
 
 /// Issues the three invoices the samples pay (`INV-<year>-001` 1190.00, `-002` 250.00, `-003` 99.90), drops
-/// the sample `file` into the inbox and checks what it settled; then drops it again with `broken` applied
+/// the sample `file` into the inbox and checks what it settled, and that a second copy changes nothing; then
+/// drops it with `broken` applied
 /// (one row's field spoiled) and checks it is set aside with an error naming `line` and `column`.
 fn settles_the_invoices_it_names(
     settings: &str,
@@ -102,6 +103,20 @@ fn settles_the_invoices_it_names(
         .collect();
     assert_eq!(statuses, ["paid", "paid", "partially_paid"], "{summary}");
     assert_eq!(invoice(&d, &invoices[2])["balance"], "49.90");
+
+    // the same export again (the rows have no ids of their own: recognised by their content)
+    let again = format!("again-{file}");
+    drop_into(&inbox, &again, &sample);
+    let done = wait_for_file(&d, &inbox.join("done"), &again);
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}.summary.json", done.display())).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (summary["new"].as_u64(), summary["duplicates"].as_u64()),
+        (Some(0), Some(new + ignored)),
+        "{summary}"
+    );
 
     let before = payment_count(&d);
     let name = format!("broken-{file}");
