@@ -902,6 +902,18 @@ impl RowParser<'_> {
         let amount = match (self.datev, layout.accounts) {
             (Some(header), Some((konto, gegenkonto))) => {
                 // the flag is Konto's side: `H` (positive here) credits Konto, `S` credits Gegenkonto
+                for column in [konto, gegenkonto] {
+                    let number = field(column)?;
+                    if number.is_empty()
+                        || number.len() > 9
+                        || !number.bytes().all(|b| b.is_ascii_digit())
+                    {
+                        return Err(PluginError::bad_input(
+                            at(column),
+                            format!("`{number}` is not an account number (1 to 9 digits)"),
+                        ));
+                    }
+                }
                 let credited = if amount > Decimal::ZERO {
                     konto
                 } else {

@@ -679,6 +679,12 @@ fn datev_errors_name_the_header_field_or_the_row_and_column() {
         "`250.00` is not an amount with decimal mark `,`",
     );
     check_err(
+        &encode(&text.replace(";70001;", ";7000l;")),
+        &s,
+        "line 6, column \"Konto\"",
+        "`7000l` is not an account number (1 to 9 digits)",
+    );
+    check_err(
         &encode(&text.replace(";20260331;", ";2026-03-31;")),
         &s,
         "line 1, DATEV header field 16 (Datum bis)",
