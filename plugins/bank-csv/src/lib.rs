@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 use settled_plugin_api::chrono::format::{Item, Parsed, StrftimeItems};
-use settled_plugin_api::chrono::NaiveDate;
+use settled_plugin_api::chrono::{Datelike, NaiveDate};
 use settled_plugin_api::money::{minor_units, rescale_to_currency, uppercase_currency_code};
 use settled_plugin_api::rust_decimal::Decimal;
 use settled_plugin_api::sdk::{payments, StreamParser};
@@ -24,7 +24,8 @@ use settled_plugin_api::{
 use sha2::{Digest, Sha256};
 
 pub use profile::{
-    built_in, de_sepa, dotted_date, signed, Columns, DcFlag, Names, Profile, BUILT_IN,
+    built_in, datev, de_sepa, dotted_date, is_datev_header, quickbooks, recognise, signed, xero,
+    Columns, DcFlag, Names, Preamble, Profile, BUILT_IN,
 };
 pub use stream::CsvStream;
 
@@ -39,17 +40,24 @@ struct RawSettings {
 }
 
 /// Settings of a `bank-csv` instance: `{"profile": "<built-in name>"}` or `{"profile": {...}}`, plus an optional
-/// `currency` that overrides the profile's fixed currency. Without `profile`, the built-in `signed` profile is used.
+/// `currency` that overrides the profile's fixed currency. Without `profile`, a file whose first lines name a
+/// built-in profile ([`recognise`]: DATEV, Xero, QuickBooks) is read with it, any other with `signed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// The resolved, validated profile.
     pub profile: Profile,
+    /// No profile was configured: the profile is chosen per file by [`recognise`].
+    pub recognise: bool,
+    /// The connector's `currency` setting, kept for a recognised profile.
+    pub currency: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             profile: profile::signed(),
+            recognise: true,
+            currency: None,
         }
     }
 }
@@ -58,6 +66,7 @@ impl Settings {
     /// Settings from the connector's JSON (`null` means all defaults).
     pub fn from_json(value: serde_json::Value) -> Result<Self, PluginError> {
         let raw: RawSettings = settings_from_json(value)?;
+        let recognise = raw.profile.is_none();
         let mut profile = match raw.profile {
             None => Settings::default().profile,
             Some(serde_json::Value::String(name)) => built_in(&name).ok_or_else(|| {
@@ -77,21 +86,166 @@ impl Settings {
                 ))
             }
         };
-        if let Some(currency) = raw.currency {
-            if uppercase_currency_code(&currency).is_none() {
-                return Err(PluginError::bad_config(
+        let currency = match raw.currency {
+            Some(currency) => Some(uppercase_currency_code(&currency).ok_or_else(|| {
+                PluginError::bad_config(
                     "currency",
                     format!("`{currency}` is not a three-letter iso 4217 code"),
-                ));
-            }
-            profile.currency = Some(currency);
+                )
+            })?),
+            None => None,
+        };
+        if currency.is_some() {
+            profile.currency.clone_from(&currency);
         }
         profile.validate()?;
         if let Some(c) = &mut profile.currency {
             *c = c.to_ascii_uppercase();
         }
-        Ok(Settings { profile })
+        Ok(Settings {
+            profile,
+            recognise,
+            currency,
+        })
     }
+
+    /// The settings for a file starting with `head`, when no profile was configured and its first lines
+    /// name a built-in one; `None` means these settings as they are.
+    pub fn for_file(&self, head: &[u8]) -> Option<Settings> {
+        if !self.recognise {
+            return None;
+        }
+        let head = &head[..head.len().min(RECOGNISE_BYTES)];
+        let mut profile = built_in(recognise(&decode_auto(head))?)?;
+        if self.currency.is_some() {
+            profile.currency.clone_from(&self.currency);
+        }
+        Some(Settings {
+            profile,
+            recognise: false,
+            currency: self.currency.clone(),
+        })
+    }
+}
+
+/// Bytes of a file's start that [`Settings::for_file`] looks at.
+pub const RECOGNISE_BYTES: usize = 4096;
+
+/// What a DATEV-Format header line (line 1) tells about the rows below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatevHeader {
+    /// `Datum vom` and `Datum bis`: the period of the batch, which gives `TTMM` dates their year.
+    pub from: NaiveDate,
+    /// End of the period.
+    pub to: NaiveDate,
+    /// `WKZ`: the currency of rows that name none.
+    pub currency: Option<String>,
+    /// `Sachkontenlänge`: ledger accounts have this many digits, customer and supplier accounts one more.
+    pub ledger_digits: usize,
+}
+
+impl DatevHeader {
+    /// Reads line 1 of a DATEV-Format file; errors name line 1 and the header field.
+    pub fn read(line: &str) -> Result<DatevHeader, PluginError> {
+        let bad = |field: &str, message: String| {
+            PluginError::bad_input(format!("line 1, DATEV header field {field}"), message)
+        };
+        if !is_datev_header(line) {
+            return Err(PluginError::bad_input(
+                "line 1",
+                "no DATEV header: a DATEV-Format file opens with `\"EXTF\";` or `\"DTVF\";` (profile `datev`)",
+            ));
+        }
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(b';')
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(line.as_bytes());
+        let mut record = csv::StringRecord::new();
+        if !reader
+            .read_record(&mut record)
+            .map_err(|e| csv_error(&e, 1))?
+        {
+            return Err(PluginError::bad_input("line 1", "empty DATEV header"));
+        }
+        let field = |n: usize| record.get(n - 1).map_or("", str::trim);
+        if field(3) != "21" {
+            return Err(bad(
+                "3 (Datenkategorie)",
+                format!(
+                    "`{}` is not 21: this DATEV file is not a Buchungsstapel (booking batch)",
+                    field(3)
+                ),
+            ));
+        }
+        let date = |n: usize, name: &str| {
+            NaiveDate::parse_from_str(field(n), "%Y%m%d").map_err(|_| {
+                bad(
+                    &format!("{n} ({name})"),
+                    format!("`{}` is not a date JJJJMMTT", field(n)),
+                )
+            })
+        };
+        let from = date(15, "Datum vom")?;
+        let to = date(16, "Datum bis")?;
+        if to < from {
+            return Err(bad(
+                "16 (Datum bis)",
+                format!("the period ends ({to}) before it starts ({from})"),
+            ));
+        }
+        let ledger_digits = match field(14).parse::<usize>() {
+            Ok(n) if (4..=8).contains(&n) => n,
+            _ => {
+                return Err(bad(
+                    "14 (Sachkontenlänge)",
+                    format!("`{}` is not an account length from 4 to 8", field(14)),
+                ))
+            }
+        };
+        let currency = match field(22) {
+            "" => None,
+            text => Some(uppercase_currency_code(text).ok_or_else(|| {
+                bad(
+                    "22 (WKZ)",
+                    format!("`{text}` is not an iso 4217 currency code"),
+                )
+            })?),
+        };
+        Ok(DatevHeader {
+            from,
+            to,
+            currency,
+            ledger_digits,
+        })
+    }
+
+    /// Whether `account` is a customer (debitor) account: one digit longer than ledger accounts, 1 to 6 first.
+    fn is_customer(&self, account: &str) -> bool {
+        account.len() == self.ledger_digits + 1
+            && account.bytes().all(|b| b.is_ascii_digit())
+            && matches!(account.as_bytes()[0], b'1'..=b'6')
+    }
+
+    /// The day of a `TTMM` date within the batch's period.
+    fn day(&self, text: &str) -> Option<NaiveDate> {
+        if text.len() != 4 || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let day = text[..2].parse().ok()?;
+        let month = text[2..].parse().ok()?;
+        (self.from.year()..=self.to.year())
+            .filter_map(|year| NaiveDate::from_ymd_opt(year, month, day))
+            .find(|d| (self.from..=self.to).contains(d))
+    }
+}
+
+/// The first line of `text`, without its line end.
+fn first_line(text: &str) -> &str {
+    text.split('\n')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('\r')
 }
 
 /// The `bank-csv` plugin.
@@ -136,6 +290,10 @@ pub fn sniff(name: &str, head: &[u8]) -> u8 {
     let lower = name.to_ascii_lowercase();
     let by_name = lower.ends_with(".csv") || lower.ends_with(".tsv");
     let text = decode_auto(head);
+    if text.lines().next().is_some_and(is_datev_header) {
+        // a DATEV-Format file: its header line has fewer fields than the column row below it
+        return 50;
+    }
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -166,13 +324,17 @@ pub fn parse(
     bytes: &[u8],
     settings: &Settings,
 ) -> Result<Vec<PaymentRecord>, PluginError> {
-    let profile = &settings.profile;
+    let recognised = settings.for_file(bytes);
+    let settings = recognised.as_ref().unwrap_or(settings);
     if bytes.is_empty() {
         return Err(PluginError::bad_input("file", "empty file"));
     }
-    let text = decode(bytes, &profile.encoding)?;
+    let text = decode(bytes, &settings.profile.encoding)?;
     reject_binary(&text)?;
-    let (body, skipped) = skip_lines(&text, profile.skip_rows);
+    let (profile, datev) = with_preamble(&settings.profile, first_line(&text))?;
+    let profile = profile.as_ref();
+    let preamble_lines = usize::from(datev.is_some());
+    let (body, skipped) = skip_lines(&text, profile.skip_rows + preamble_lines);
     let date_formats = compile_dates(profile)?;
 
     let mut reader = csv::ReaderBuilder::new()
@@ -226,6 +388,7 @@ pub fn parse(
         profile,
         layout: &layout,
         date_formats: &date_formats,
+        datev: datev.as_ref(),
         state: &mut state,
     };
     let mut out = Vec::with_capacity(rows_estimate);
@@ -240,11 +403,30 @@ pub fn parse(
             continue;
         }
         gate.admit(&record, line_of(record.position()), |row, line| {
-            out.push(rows.row(row, line)?);
+            out.extend(rows.row(row, line)?);
             Ok(())
         })?;
     }
     Ok(out)
+}
+
+/// The profile for a file whose first line is `line`, and its DATEV header when the profile has one: the
+/// header's currency becomes the fixed currency unless the settings name one.
+fn with_preamble<'a>(
+    profile: &'a Profile,
+    line: &str,
+) -> Result<(Cow<'a, Profile>, Option<DatevHeader>), PluginError> {
+    match profile.preamble {
+        Preamble::None => Ok((Cow::Borrowed(profile), None)),
+        Preamble::Datev => {
+            let header = DatevHeader::read(line)?;
+            let mut profile = Cow::Borrowed(profile);
+            if profile.currency.is_none() && header.currency.is_some() {
+                profile.to_mut().currency.clone_from(&header.currency);
+            }
+            Ok((profile, Some(header)))
+        }
+    }
 }
 
 /// Line numbers (from 1) of rows in a text read front to back. A row's csv position is where the
@@ -385,6 +567,8 @@ struct Layout {
     original_id: Option<usize>,
     /// The status column and its values meaning pending.
     status: Option<(usize, Vec<String>)>,
+    /// DATEV: the `Konto` and `Gegenkonto` columns, which say whose side the Soll/Haben flag is.
+    accounts: Option<(usize, usize)>,
 }
 
 enum AmountColumns {
@@ -489,7 +673,22 @@ impl Layout {
                 ),
             ));
         }
+        let accounts = match profile.preamble {
+            Preamble::None => None,
+            Preamble::Datev => {
+                let konto = profile::names(&["Konto"]);
+                let gegenkonto = profile::names(&["Gegenkonto (ohne BU-Schlüssel)", "Gegenkonto"]);
+                let k = find(&konto).ok_or_else(|| missing("Konto", &[&konto]))?;
+                let g = find(&gegenkonto).ok_or_else(|| missing("Gegenkonto", &[&gegenkonto]))?;
+                if !matches!(amount, AmountColumns::Flagged { .. }) {
+                    let flag: Vec<&Names> = c.dc_flag.iter().map(|f| &f.column).collect();
+                    return Err(missing("Soll/Haben-Kennzeichen", &flag));
+                }
+                Some((k, g))
+            }
+        };
         Ok(Layout {
+            accounts,
             date,
             value_date: find_opt(&c.value_date),
             amount,
@@ -545,11 +744,18 @@ struct RowParser<'a> {
     profile: &'a Profile,
     layout: &'a Layout,
     date_formats: &'a [Vec<Item<'a>>],
+    /// The DATEV header of the file, with the profile's `datev` preamble.
+    datev: Option<&'a DatevHeader>,
     state: &'a mut RowState,
 }
 
 impl RowParser<'_> {
-    fn row(&mut self, record: &csv::ByteRecord, line: usize) -> Result<PaymentRecord, PluginError> {
+    /// The payment of one row, or none for a row the profile drops (DATEV rows that credit no customer).
+    fn row(
+        &mut self,
+        record: &csv::ByteRecord,
+        line: usize,
+    ) -> Result<Option<PaymentRecord>, PluginError> {
         let layout = self.layout;
         let profile = self.profile;
         let at = |column: usize| {
@@ -693,6 +899,33 @@ impl RowParser<'_> {
                 }
             }
         };
+        let amount = match (self.datev, layout.accounts) {
+            (Some(header), Some((konto, gegenkonto))) => {
+                // the flag is Konto's side: `H` (positive here) credits Konto, `S` credits Gegenkonto
+                for column in [konto, gegenkonto] {
+                    let number = field(column)?;
+                    if number.is_empty()
+                        || number.len() > 9
+                        || !number.bytes().all(|b| b.is_ascii_digit())
+                    {
+                        return Err(PluginError::bad_input(
+                            at(column),
+                            format!("`{number}` is not an account number (1 to 9 digits)"),
+                        ));
+                    }
+                }
+                let credited = if amount > Decimal::ZERO {
+                    konto
+                } else {
+                    gegenkonto
+                };
+                if !header.is_customer(field(credited)?) {
+                    return Ok(None);
+                }
+                amount.abs()
+            }
+            _ => amount,
+        };
         let Some(amount) = rescale_to_currency(amount, &currency) else {
             return Err(PluginError::bad_input(
                 at(amount_column),
@@ -762,13 +995,23 @@ impl RowParser<'_> {
             }
         }
         out.source_position = Some(format!("{}#line {line}", self.file));
-        Ok(out)
+        Ok(Some(out))
     }
 
     fn date(&mut self, text: &str) -> Result<NaiveDate, String> {
         if self.state.last_date.0 == text {
             if let Some(date) = self.state.last_date.1 {
                 return Ok(date);
+            }
+        }
+        if let Some(header) = self.datev {
+            if text.len() == 4 {
+                return header.day(text).ok_or_else(|| {
+                    format!(
+                        "`{text}` is no day TTMM within the batch's period {} to {} (DATEV header fields 15 and 16)",
+                        header.from, header.to
+                    )
+                });
             }
         }
         let parsed = self.date_formats.iter().find_map(|items| {

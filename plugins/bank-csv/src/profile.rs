@@ -25,7 +25,7 @@ impl Names {
     }
 }
 
-fn names(list: &[&str]) -> Names {
+pub(crate) fn names(list: &[&str]) -> Names {
     Names::Many(list.iter().map(|s| s.to_string()).collect())
 }
 
@@ -140,6 +140,25 @@ pub struct Profile {
     /// Currency of every row, used when there is no currency column (or it is empty).
     #[serde(default)]
     pub currency: Option<String>,
+    /// A line before the column header that is part of the format: `none`, or `datev` (see [`Preamble`]).
+    #[serde(default)]
+    pub preamble: Preamble,
+}
+
+/// A format line before the column header.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preamble {
+    /// The header row is the first row that fits the columns.
+    #[default]
+    None,
+    /// A DATEV-Format file: line 1 is the DATEV header (`"EXTF";700;21;"Buchungsstapel";...`, or `"DTVF"`),
+    /// checked and skipped. Its `Datum vom`/`Datum bis` (fields 15 and 16) give the year of `TTMM` dates,
+    /// its `WKZ` (field 22) the currency of rows without one, its `Sachkontenlänge` (field 14) which account
+    /// numbers are customers (debitors: one digit longer, starting 1 to 6). Rows are read from the customer's
+    /// side: a row pays in when it credits a customer account (`Konto` a debitor and `H`, or `Gegenkonto`
+    /// a debitor and `S`); rows that credit no customer account are dropped.
+    Datev,
 }
 
 fn default_delimiter() -> char {
@@ -159,7 +178,14 @@ fn default_encoding() -> String {
 }
 
 /// Names of the built-in profiles.
-pub const BUILT_IN: &[&str] = &["signed", "de-sepa", "dotted-date"];
+pub const BUILT_IN: &[&str] = &[
+    "signed",
+    "de-sepa",
+    "dotted-date",
+    "datev",
+    "xero",
+    "quickbooks",
+];
 
 /// A built-in profile by name.
 pub fn built_in(name: &str) -> Option<Profile> {
@@ -167,6 +193,9 @@ pub fn built_in(name: &str) -> Option<Profile> {
         "signed" => Some(signed()),
         "de-sepa" => Some(de_sepa()),
         "dotted-date" => Some(dotted_date()),
+        "datev" => Some(datev()),
+        "xero" => Some(xero()),
+        "quickbooks" => Some(quickbooks()),
         _ => None,
     }
 }
@@ -204,6 +233,7 @@ fn base() -> Profile {
         skip_rows_without_date: false,
         columns: no_columns(),
         currency: None,
+        preamble: Preamble::None,
     }
 }
 
@@ -308,6 +338,120 @@ pub fn dotted_date() -> Profile {
     }
 }
 
+/// `datev`: a DATEV-Format Buchungsstapel (booking batch), as DATEV and the programs exporting to it
+/// write it: line 1 the DATEV header, line 2 the column names, `;`, amounts `1234,56` without thousands
+/// separator and always positive, the side in `Soll/Haben-Kennzeichen` (`S`/`H`, relative to `Konto`),
+/// `Belegdatum` as `TTMM` (the year from the header's period) or `TTMMJJJJ`, Windows-1252. `Belegfeld 1`
+/// (the invoice number, which DATEV's open-item clearing matches) becomes the structured reference,
+/// `Buchungstext` the remittance text; the batch has no booking id, so rows are deduplicated by content.
+/// Layout: <https://developer.datev.de/datev/platform/de/dtvf/formate/buchungsstapel> (columns) and
+/// <https://developer.datev.de/datev/platform/en/dtvf> (file structure, header line, example).
+pub fn datev() -> Profile {
+    Profile {
+        delimiter: ';',
+        decimal_mark: ',',
+        date_format: names(&["%d%m%Y"]),
+        encoding: "windows-1252".into(),
+        preamble: Preamble::Datev,
+        columns: Columns {
+            date: names(&["Belegdatum"]),
+            amount: Some(names(&["Umsatz (ohne Soll/Haben-Kz)", "Umsatz"])),
+            dc_flag: Some(DcFlag {
+                column: names(&["Soll/Haben-Kennzeichen", "Soll-/Haben-Kennzeichen"]),
+                credit: vec!["H".into()],
+                debit: vec!["S".into()],
+            }),
+            currency: Some(names(&["WKZ Umsatz"])),
+            remittance: Some(names(&["Buchungstext"])),
+            reference: Some(names(&["Belegfeld 1"])),
+            ..no_columns()
+        },
+        ..base()
+    }
+}
+
+/// `xero`: Xero's bank statement CSV (`*Date,*Amount,Payee,Description,Reference,Cheque Number`, the
+/// asterisks marking required columns in Xero's template, often left out): `,`, a signed amount with `.`
+/// and no thousands separator, dates `DD/MM/YYYY` (or ISO), UTF-8, no currency column (set `currency`).
+/// Layout: Xero's statement template, described at
+/// <https://taxhelp.theaccountancycloud.com/support/solutions/articles/22000180105-import-a-csv-bank-statement-file-into-xero>.
+pub fn xero() -> Profile {
+    Profile {
+        date_format: names(&["%d/%m/%Y", "%Y-%m-%d"]),
+        columns: Columns {
+            date: names(&["*Date", "Date"]),
+            amount: Some(names(&["*Amount", "Amount"])),
+            counterparty: Some(names(&["Payee"])),
+            remittance: Some(names(&["Description"])),
+            reference: Some(names(&["Reference"])),
+            ..no_columns()
+        },
+        ..base()
+    }
+}
+
+/// `quickbooks`: QuickBooks Online's bank-transaction CSV, in its 3-column (`Date,Description,Amount`,
+/// signed) or 4-column (`Date,Description,Credit,Debit`, both positive, one filled) layout: `,`, `.`
+/// decimals without thousands separators, dates `MM/DD/YYYY`, no currency column (set `currency`).
+/// Layout: <https://exactstatement.com/blog/qbo-3-vs-4-column>.
+pub fn quickbooks() -> Profile {
+    Profile {
+        date_format: names(&["%m/%d/%Y"]),
+        columns: Columns {
+            date: names(&["Date"]),
+            amount: Some(names(&["Amount"])),
+            credit: Some(names(&["Credit"])),
+            debit: Some(names(&["Debit"])),
+            remittance: Some(names(&["Description"])),
+            ..no_columns()
+        },
+        ..base()
+    }
+}
+
+/// The built-in profile a file's first lines name, for an instance configured without a profile: a DATEV
+/// header line means `datev`, a header row with Xero's `*Date` and `*Amount` means `xero`, and
+/// `Date,Description,Credit,Debit` means `quickbooks` (its 3-column layout is read alike by `signed`).
+pub fn recognise(head: &str) -> Option<&'static str> {
+    let mut lines = head
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(HEADER_ROWS);
+    let first = lines.clone().next()?;
+    if is_datev_header(first) {
+        return Some("datev");
+    }
+    lines.find_map(|line| {
+        let fields: Vec<String> = line
+            .split(',')
+            .map(|f| f.trim().trim_matches('"').trim().to_ascii_lowercase())
+            .collect();
+        let has = |name: &str| fields.iter().any(|f| f == name);
+        if has("*date") && has("*amount") {
+            Some("xero")
+        } else if fields == ["date", "description", "credit", "debit"] {
+            Some("quickbooks")
+        } else {
+            None
+        }
+    })
+}
+
+/// Rows looked at for a header by [`recognise`].
+const HEADER_ROWS: usize = 20;
+
+/// Whether a line opens a DATEV-Format file: `"EXTF";` or `"DTVF";` (the quotes may be missing).
+pub fn is_datev_header(line: &str) -> bool {
+    let first = line
+        .trim_start_matches('\u{feff}')
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_matches('"');
+    line.contains(';') && (first == "EXTF" || first == "DTVF")
+}
+
 impl Profile {
     /// Check what can be checked before seeing a file; errors name the key (`profile.delimiter`, ...).
     pub fn validate(&self) -> Result<(), PluginError> {
@@ -389,6 +533,12 @@ impl Profile {
             return Err(bad(
                 "columns.dc_flag",
                 "both `credit` and `debit` flag values are needed".into(),
+            ));
+        }
+        if self.preamble == Preamble::Datev && c.dc_flag.is_none() {
+            return Err(bad(
+                "preamble",
+                "`datev` reads the side from the Soll/Haben column: set `columns.dc_flag`".into(),
             ));
         }
         if let Some(currency) = &self.currency {

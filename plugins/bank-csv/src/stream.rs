@@ -6,8 +6,8 @@ use settled_plugin_api::sdk::StreamParser;
 use settled_plugin_api::{PluginError, Record};
 
 use crate::{
-    compile_dates, csv_error, detect, is_blank, Detected, Layout, LineCounter, RowGate, RowParser,
-    RowState, Settings, HEADER_SEARCH_ROWS,
+    compile_dates, csv_error, detect, is_blank, DatevHeader, Detected, Layout, LineCounter,
+    Preamble, RowGate, RowParser, RowState, Settings, HEADER_SEARCH_ROWS, RECOGNISE_BYTES,
 };
 
 /// Bytes held back before automatic encoding detection (it looks at the BOM and the first 128 bytes).
@@ -53,6 +53,12 @@ pub struct CsvStream {
     candidates: usize,
     first_error: Option<PluginError>,
     rows: RowState,
+    /// No profile configured: the file's first bytes, kept until they show which profile reads it.
+    waiting: Option<Vec<u8>>,
+    /// The profile's `datev` preamble: line 1 as far as it arrived, until its end.
+    preamble_line: Option<String>,
+    /// The DATEV header, once read.
+    datev: Option<DatevHeader>,
 }
 
 impl CsvStream {
@@ -84,7 +90,46 @@ impl CsvStream {
             candidates: 0,
             first_error: None,
             rows: RowState::default(),
+            waiting: settings.recognise.then(Vec::new),
+            preamble_line: (profile.preamble == Preamble::Datev).then(String::new),
+            datev: None,
         }
+    }
+
+    /// Takes `chunk`; while the profile is still to be recognised, only keeps it.
+    fn take(&mut self, chunk: &[u8], last: bool) -> Result<Vec<Record>, PluginError> {
+        if let Some(head) = &mut self.waiting {
+            head.extend_from_slice(chunk);
+            if head.len() < RECOGNISE_BYTES && !last {
+                return Ok(Vec::new());
+            }
+            let head = std::mem::take(head);
+            self.waiting = None;
+            if let Some(settings) = self.settings.for_file(&head) {
+                *self = CsvStream::new(&self.name, &settings);
+            }
+            self.any_bytes = !head.is_empty();
+            self.decode(&head, last)?;
+        } else {
+            self.decode(chunk, last)?;
+        }
+        if last {
+            if let Some(line) = self.preamble_line.take() {
+                self.read_preamble(&line)?;
+            }
+        }
+        self.rows(last)
+    }
+
+    /// Reads the DATEV header line; its currency is the fixed one unless the settings name one.
+    fn read_preamble(&mut self, line: &str) -> Result<(), PluginError> {
+        let header = DatevHeader::read(line.trim_end_matches('\r'))?;
+        let profile = &mut self.settings.profile;
+        if profile.currency.is_none() && header.currency.is_some() {
+            profile.currency.clone_from(&header.currency);
+        }
+        self.datev = Some(header);
+        Ok(())
     }
 
     /// Decodes `chunk` (the last one when `last`) and appends the text to `self.text`.
@@ -214,6 +259,21 @@ impl CsvStream {
         }
         self.newlines += count_newlines(piece);
         let mut rest = piece;
+        if let Some(line) = &mut self.preamble_line {
+            match rest.find('\n') {
+                Some(nl) => {
+                    line.push_str(&rest[..nl]);
+                    rest = &rest[nl + 1..];
+                    let line = std::mem::take(line);
+                    self.preamble_line = None;
+                    self.read_preamble(&line)?;
+                }
+                None => {
+                    line.push_str(rest);
+                    rest = "";
+                }
+            }
+        }
         while self.skip_left > 0 && !rest.is_empty() {
             match rest.find('\n') {
                 Some(nl) => {
@@ -232,7 +292,8 @@ impl CsvStream {
         let profile = &self.settings.profile;
         let date_formats = compile_dates(profile)?;
         let base = usize::try_from(self.line_base - 1).unwrap_or(usize::MAX);
-        let offset = profile.skip_rows.saturating_add(base);
+        let preamble = usize::from(profile.preamble == Preamble::Datev);
+        let offset = (profile.skip_rows + preamble).saturating_add(base);
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(profile.delimiter as u8)
             .has_headers(false)
@@ -273,10 +334,11 @@ impl CsvStream {
                         profile,
                         layout,
                         date_formats: &date_formats,
+                        datev: self.datev.as_ref(),
                         state: &mut self.rows,
                     };
                     gate.admit(&record, line, |row, line| {
-                        out.push(Record::Payment(rows.row(row, line)?));
+                        out.extend(rows.row(row, line)?.map(Record::Payment));
                         Ok(())
                     })?;
                 }
@@ -309,16 +371,14 @@ impl StreamParser for CsvStream {
             return Ok(Vec::new());
         }
         self.any_bytes = true;
-        self.decode(chunk, false)?;
-        self.rows(false)
+        self.take(chunk, false)
     }
 
     fn finish(mut self: Box<Self>) -> Result<Vec<Record>, PluginError> {
         if !self.any_bytes {
             return Err(PluginError::bad_input("file", "empty file"));
         }
-        self.decode(&[], true)?;
-        let records = self.rows(true)?;
+        let records = self.take(&[], true)?;
         if self.layout.is_none() {
             return Err(self.first_error.take().unwrap_or_else(|| {
                 PluginError::bad_input("file", "no header row: the file has only blank lines")

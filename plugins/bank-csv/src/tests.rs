@@ -376,6 +376,14 @@ fn settings_errors_name_the_key() {
         serde_json::json!({"profile": {"columns": {"date": "D", "amount": "A"}, "decimal_mark": ",", "thousands_separator": ","}}),
         "profile.thousands_separator",
     );
+    check(
+        serde_json::json!({"profile": {"columns": {"date": "D", "amount": "A"}, "preamble": "lexware"}}),
+        "profile.preamble",
+    );
+    check(
+        serde_json::json!({"profile": {"columns": {"date": "D", "amount": "A"}, "preamble": "datev"}}),
+        "profile.preamble",
+    );
     assert_eq!(
         Settings::from_json(serde_json::Value::Null).ok(),
         Some(Settings::default())
@@ -595,4 +603,211 @@ fn a_bad_row_pattern_names_the_key_and_the_pattern() {
             );
         }
     }
+}
+
+/// A sample of `tests/fixtures/exports/`.
+fn export_fixture(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../../tests/fixtures/exports/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => panic!("reading {path}: {e}"),
+    }
+}
+
+/// (amount, date, structured reference) of each record.
+fn summary(records: &[PaymentRecord]) -> Vec<(Decimal, Option<NaiveDate>, Option<&str>)> {
+    records
+        .iter()
+        .map(|r| (r.amount, r.booked_on, r.structured_reference.as_deref()))
+        .collect()
+}
+
+#[test]
+fn datev_batch_reads_the_customer_payments_from_either_side() {
+    let bytes = export_fixture("EXTF_Buchungsstapel.csv");
+    // named, and recognised by its header line without a profile
+    for s in [
+        settings(serde_json::json!({"profile": "datev"})),
+        settings(serde_json::json!({})),
+    ] {
+        let records = parse_ok(&bytes, &s);
+        assert_eq!(
+            summary(&records),
+            vec![
+                (dec("1190.00"), ymd(2026, 2, 15), Some("INV-2026-001")),
+                (dec("250.00"), ymd(2026, 2, 20), Some("INV-2026-002")),
+                (dec("50.00"), ymd(2026, 3, 25), Some("INV-2026-003")),
+            ],
+            "the invoice row and the supplier payment credit no customer"
+        );
+        assert!(records.iter().all(|r| r.currency == "EUR"));
+        assert_eq!(
+            records[1].remittance.as_deref(),
+            Some("Zahlung Schön & Söhne"),
+            "windows-1252"
+        );
+        assert_eq!(records[0].source_position.as_deref(), Some("t.csv#line 4"));
+    }
+    assert_eq!(sniff("EXTF_Buchungsstapel.csv", &bytes), 50);
+}
+
+#[test]
+fn datev_errors_name_the_header_field_or_the_row_and_column() {
+    let s = settings(serde_json::json!({"profile": "datev"}));
+    let bytes = export_fixture("EXTF_Buchungsstapel.csv");
+    let text = encoding_rs::WINDOWS_1252.decode(&bytes).0.into_owned();
+    let encode = |t: &str| encoding_rs::WINDOWS_1252.encode(t).0.into_owned();
+    check_err(
+        &encode(&text.replacen("\"S\"", "\"X\"", 1)),
+        &s,
+        "line 3, column \"Soll/Haben-Kennzeichen\"",
+        "`X` is neither a credit (H) nor a debit (S) flag",
+    );
+    check_err(
+        &encode(&text.replace(";1502;", ";3004;")),
+        &s,
+        "line 4, column \"Belegdatum\"",
+        "`3004` is no day TTMM within the batch's period 2026-01-01 to 2026-03-31 (DATEV header fields 15 and 16)",
+    );
+    check_err(
+        &encode(&text.replace("250,00;", "250.00;")),
+        &s,
+        "line 5, column \"Umsatz (ohne Soll/Haben-Kz)\"",
+        "`250.00` is not an amount with decimal mark `,`",
+    );
+    check_err(
+        &encode(&text.replace(";70001;", ";7000l;")),
+        &s,
+        "line 6, column \"Konto\"",
+        "`7000l` is not an account number (1 to 9 digits)",
+    );
+    check_err(
+        &encode(&text.replace(";20260331;", ";2026-03-31;")),
+        &s,
+        "line 1, DATEV header field 16 (Datum bis)",
+        "`2026-03-31` is not a date JJJJMMTT",
+    );
+    check_err(
+        &encode(&text.replace("\"EXTF\";700;21;", "\"EXTF\";700;16;")),
+        &s,
+        "line 1, DATEV header field 3 (Datenkategorie)",
+        "`16` is not 21: this DATEV file is not a Buchungsstapel (booking batch)",
+    );
+    check_err(
+        b"Umsatz;Konto\n1,00;1200\n",
+        &s,
+        "line 1",
+        "no DATEV header: a DATEV-Format file opens with `\"EXTF\";` or `\"DTVF\";` (profile `datev`)",
+    );
+    // a custom profile with the DATEV preamble needs the flag column
+    let mut no_flag = datev();
+    no_flag.columns.dc_flag = None;
+    let e = no_flag.validate().map(|_| ()).unwrap_err();
+    assert_eq!(e.location.as_deref(), Some("profile.preamble"), "{e}");
+}
+
+#[test]
+fn xero_statement_is_read_named_or_recognised() {
+    let bytes = export_fixture("xero-statement.csv");
+    for s in [
+        settings(serde_json::json!({"profile": "xero", "currency": "EUR"})),
+        settings(serde_json::json!({"currency": "EUR"})),
+    ] {
+        let records = parse_ok(&bytes, &s);
+        assert_eq!(
+            summary(&records),
+            vec![
+                (dec("1190.00"), ymd(2026, 2, 3), Some("INV-2026-001")),
+                (dec("-45.00"), ymd(2026, 2, 5), None),
+                (dec("250.00"), ymd(2026, 2, 10), None),
+                (dec("50.00"), ymd(2026, 2, 28), Some("INV-2026-003")),
+            ]
+        );
+        assert_eq!(
+            records[2].counterparty_name.as_deref(),
+            Some("Schön & Söhne")
+        );
+        assert_eq!(
+            records[2].remittance.as_deref(),
+            Some("Invoice INV-2026-002, thank you")
+        );
+    }
+    // Xero statements carry no currency
+    check_err(
+        &bytes,
+        &settings(serde_json::json!({"profile": "xero"})),
+        "line 1",
+        "no currency column in the header row (looked for ; found `*Date`, `*Amount`, `Payee`, `Description`, `Reference`, `Cheque Number`); set a fixed `currency` in the settings",
+    );
+    check_err(
+        b"*Date,*Amount,Payee\n31/02/2026,1.00,x\n",
+        &settings(serde_json::json!({"profile": "xero", "currency": "EUR"})),
+        "line 2, column \"*Date\"",
+        "`31/02/2026` does not match the date format `%d/%m/%Y` or `%Y-%m-%d`",
+    );
+}
+
+#[test]
+fn quickbooks_four_column_file_is_read_named_or_recognised() {
+    let bytes = export_fixture("quickbooks-4-column.csv");
+    for s in [
+        settings(serde_json::json!({"profile": "quickbooks", "currency": "EUR"})),
+        settings(serde_json::json!({"currency": "EUR"})),
+    ] {
+        let records = parse_ok(&bytes, &s);
+        let amounts: Vec<_> = records.iter().map(|r| (r.amount, r.booked_on)).collect();
+        assert_eq!(
+            amounts,
+            vec![
+                (dec("1190.00"), ymd(2026, 2, 3)),
+                (dec("-45.00"), ymd(2026, 2, 5)),
+                (dec("250.00"), ymd(2026, 2, 10)),
+                (dec("50.00"), ymd(2026, 2, 28)),
+            ]
+        );
+        assert_eq!(
+            records[0].remittance.as_deref(),
+            Some("Müller GmbH INV-2026-001")
+        );
+    }
+    // the 3-column layout, signed
+    let s = settings(serde_json::json!({"profile": "quickbooks", "currency": "USD"}));
+    let records = parse_ok(b"Date,Description,Amount\n01/15/2026,Payout,1280.45\n", &s);
+    assert_eq!(records[0].amount, dec("1280.45"));
+    check_err(
+        b"Date,Description,Credit,Debit\n01/15/2026,both,1.00,2.00\n",
+        &s,
+        "line 2",
+        "both the debit and the credit column hold an amount",
+    );
+}
+
+#[test]
+fn only_an_instance_without_a_profile_recognises_exports() {
+    assert_eq!(
+        recognise("\"EXTF\";700;21;\"Buchungsstapel\";13\r\nUmsatz;x\r\n"),
+        Some("datev")
+    );
+    assert_eq!(recognise("DTVF;700;21\n"), Some("datev"));
+    assert_eq!(recognise("Konto: 1\n*Date,*Amount\n"), Some("xero"));
+    assert_eq!(
+        recognise("\"Date\",\"Description\",\"Credit\",\"Debit\"\n"),
+        Some("quickbooks")
+    );
+    assert_eq!(recognise("Date,Description,Amount\n"), None);
+    assert_eq!(recognise("Date,Amount,Payee\n"), None);
+    let named = settings(serde_json::json!({"profile": "signed", "currency": "EUR"}));
+    assert_eq!(named.for_file(b"*Date,*Amount\n"), None);
+    let unnamed = settings(serde_json::json!({"currency": "eur"}));
+    let chosen = unnamed.for_file(b"*Date,*Amount\n").map(|s| s.profile);
+    assert_eq!(
+        chosen,
+        Some(Profile {
+            currency: Some("EUR".into()),
+            ..xero()
+        })
+    );
 }

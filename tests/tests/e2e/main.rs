@@ -10,6 +10,7 @@ mod cut_references;
 mod disk_full;
 mod dovecot;
 mod edges;
+mod exports;
 mod hand_allocations;
 mod harness;
 mod hledger;

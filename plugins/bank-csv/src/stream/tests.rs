@@ -238,3 +238,28 @@ fn trailing_and_skipped_rows_stream_identically() {
     );
     check(bad.as_bytes(), &trailing);
 }
+
+#[test]
+fn accounting_exports_stream_identically_named_or_recognised() {
+    for (name, profile) in [
+        ("EXTF_Buchungsstapel.csv", "datev"),
+        ("xero-statement.csv", "xero"),
+        ("quickbooks-4-column.csv", "quickbooks"),
+    ] {
+        let path = format!(
+            "{}/../../tests/fixtures/exports/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        check(
+            &bytes,
+            &settings(serde_json::json!({"profile": profile, "currency": "EUR"})),
+        );
+        check(&bytes, &settings(serde_json::json!({"currency": "EUR"})));
+        assert!(
+            !whole(&bytes, &settings(serde_json::json!({"currency": "EUR"})))
+                .unwrap_or_default()
+                .is_empty()
+        );
+    }
+}
