@@ -339,7 +339,11 @@ fn every_fixture_gives_the_same_records_in_pieces_of_any_size() {
         let bytes = fixture(name);
         let whole = outcome(parse(name, &bytes, &Settings::default()));
         for size in [1, 2, 7, 100, 1023, 1024, 4096] {
-            assert_eq!(outcome(streamed(name, &bytes, size)), whole, "{name} in pieces of {size}");
+            assert_eq!(
+                outcome(streamed(name, &bytes, size)),
+                whole,
+                "{name} in pieces of {size}"
+            );
         }
     }
 }
@@ -347,7 +351,11 @@ fn every_fixture_gives_the_same_records_in_pieces_of_any_size() {
 #[test]
 fn transactions_come_out_as_they_arrive() {
     let trns: String = (1..=100)
-        .map(|i| format!("<STMTTRN><TRNTYPE>CREDIT<DTPOSTED>20240102<TRNAMT>{i}.00<FITID>{i}</STMTTRN>\n"))
+        .map(|i| {
+            format!(
+                "<STMTTRN><TRNTYPE>CREDIT<DTPOSTED>20240102<TRNAMT>{i}.00<FITID>{i}</STMTTRN>\n"
+            )
+        })
         .collect();
     let file = sgml(&trns);
     let mut stream = OfxStream::new("t.ofx", &Settings::default());
@@ -359,7 +367,10 @@ fn transactions_come_out_as_they_arrive() {
             Err(e) => panic!("{e}"),
         }
     }
-    let at_end = stream.finish_payments().map(|r| r.len()).unwrap_or_default();
+    let at_end = stream
+        .finish_payments()
+        .map(|r| r.len())
+        .unwrap_or_default();
     let before_end: usize = per_feed.iter().sum();
     assert_eq!(before_end + at_end, 100);
     assert!(at_end <= 1, "{at_end} records were held until the end");
@@ -405,7 +416,8 @@ fn a_syntax_error_after_a_bad_transaction_is_the_error_reported() {
         "line 10, column 10",
         "unexpected text `junk` inside <STMTTRN>",
     );
-    let only_bad_amount = "<STMTTRN><TRNTYPE>CREDIT<DTPOSTED>20240102<TRNAMT>1.001<FITID>1</STMTTRN>";
+    let only_bad_amount =
+        "<STMTTRN><TRNTYPE>CREDIT<DTPOSTED>20240102<TRNAMT>1.001<FITID>1</STMTTRN>";
     check_err(
         &sgml(only_bad_amount),
         "STMTRS[1]/STMTTRN[1]/TRNAMT, line 9",
