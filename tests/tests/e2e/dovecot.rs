@@ -25,7 +25,7 @@ pub struct Dovecot {
 impl Dovecot {
     /// A server without TLS.
     pub fn start() -> Dovecot {
-        Dovecot::start_with(false, "")
+        Dovecot::start_with_settings("")
     }
 
     /// A server without TLS with more lines in its config file (`maildir_very_dirty_syncs = yes`).
