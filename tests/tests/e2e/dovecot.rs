@@ -25,21 +25,16 @@ pub struct Dovecot {
 impl Dovecot {
     /// A server without TLS.
     pub fn start() -> Dovecot {
-        Dovecot::start_with_settings("")
-    }
-
-    /// A server without TLS with more lines in its config file (`maildir_very_dirty_syncs = yes`).
-    pub fn start_with_settings(settings: &str) -> Dovecot {
-        Dovecot::start_with(false, settings)
+        Dovecot::start_with(false)
     }
 
     /// A server with a certificate for `127.0.0.1` and `localhost` signed by a CA made for the test (openssl CLI):
     /// STARTTLS on [`Dovecot::port`], implicit TLS on the port in [`Dovecot::tls`].
     pub fn start_tls() -> Dovecot {
-        Dovecot::start_with(true, "")
+        Dovecot::start_with(true)
     }
 
-    fn start_with(tls: bool, settings: &str) -> Dovecot {
+    fn start_with(tls: bool) -> Dovecot {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let port = free_port();
         let root = dir.path();
@@ -79,7 +74,7 @@ impl Dovecot {
                 "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\ninfo_log_path = {d}/dovecot.log\n\
                  instance_name = settled-test-{port}\nlisten = 127.0.0.1\nprotocols = imap\n{ssl}\
                  disable_plaintext_auth = no\nauth_mechanisms = plain login\nfirst_valid_uid = 1\n\
-                 mail_location = maildir:{d}/mail/%n/Maildir\npostmaster_address = postmaster@example.org\nlda_mailbox_autocreate = yes\n{settings}\n\
+                 mail_location = maildir:{d}/mail/%n/Maildir\npostmaster_address = postmaster@example.org\nlda_mailbox_autocreate = yes\n\
                  passdb {{\n  driver = passwd-file\n  args = {d}/users\n}}\n\
                  userdb {{\n  driver = static\n  args = uid=vmail gid=vmail home={d}/mail/%n\n}}\n\
                  service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  \
