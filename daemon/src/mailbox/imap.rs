@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_imap::extensions::idle::IdleResponse;
 use async_imap::{Client, Session};
@@ -237,9 +237,19 @@ async fn session(
     let can_idle = capabilities.has_str("IDLE") && imap.folders.len() == 1;
     let can_move = capabilities.has_str("MOVE");
     let poll = Duration::from_secs(mailbox.config.poll_secs);
+    // The folder this connection has selected, with its UIDVALIDITY: a single folder stays selected across IDLE, so a
+    // wake-up goes straight to the search (a server never changes a selected folder's UIDVALIDITY; it disconnects).
+    let mut selected: Option<(String, u32)> = None;
+    // When the server's last IDLE notification arrived, for the timing of the batch it starts.
+    let mut woke: Option<Instant> = None;
     loop {
         for folder in &imap.folders {
-            drain(mailbox, imap, &mut session, folder, can_move, cancel).await?;
+            let at = Reading {
+                folder,
+                can_move,
+                woke: woke.take(),
+            };
+            drain(mailbox, imap, &mut session, &mut selected, at, cancel).await?;
             if cancel.is_cancelled() {
                 let _ = tokio::time::timeout(Duration::from_secs(2), session.logout()).await;
                 return Ok(());
@@ -256,6 +266,7 @@ async fn session(
                     _ = cancel.cancelled() => None,
                 }
             };
+            let now = Instant::now();
             // The server closing the connection ends the wait like an interrupt; DONE then fails and we reconnect.
             session = timed("ending IDLE", idle.done()).await?;
             match outcome {
@@ -264,11 +275,12 @@ async fn session(
                     return Ok(());
                 }
                 Some(Err(e)) => return Err(format!("waiting in IDLE: {e}")),
-                Some(Ok(
-                    IdleResponse::NewData(_)
-                    | IdleResponse::Timeout
-                    | IdleResponse::ManualInterrupt,
-                )) => {}
+                Some(Ok(IdleResponse::NewData(data))) => {
+                    tracing::debug!(connector = %mailbox.connector, response = ?data.parsed(),
+                        done_ms = now.elapsed().as_millis() as u64, "mailbox woken from IDLE");
+                    woke = Some(now);
+                }
+                Some(Ok(IdleResponse::Timeout | IdleResponse::ManualInterrupt)) => {}
             }
         } else {
             mailbox.status().set_state(&mailbox.connector, "polling");
@@ -284,21 +296,77 @@ async fn session(
     }
 }
 
+/// Which folder [`drain`] reads, and why now.
+struct Reading<'a> {
+    folder: &'a str,
+    /// The server offers `MOVE`.
+    can_move: bool,
+    /// When an IDLE notification for this folder arrived, if one started this read.
+    woke: Option<Instant>,
+}
+
+/// Milliseconds spent in each step of reading one batch, for the `mail batch committed` log line.
+struct Steps {
+    last: Instant,
+    taken: Vec<(&'static str, u128)>,
+}
+
+impl Steps {
+    fn start() -> Steps {
+        Steps {
+            last: Instant::now(),
+            taken: Vec::new(),
+        }
+    }
+
+    /// The step that just ended.
+    fn lap(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.taken.push((step, (now - self.last).as_millis()));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, ms)) in self.taken.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(f, "{sep}{step}:{ms}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Read a folder from its committed cursor to its end, one committed batch at a time.
 async fn drain(
     mailbox: &Mailbox,
     imap: &ImapConfig,
     session: &mut Session<Conn>,
-    folder: &str,
-    can_move: bool,
+    selected: &mut Option<(String, u32)>,
+    at: Reading<'_>,
     cancel: &CancellationToken,
 ) -> Result<(), String> {
-    let selected = timed(
-        &format!("selecting folder {folder}"),
-        session.select(folder),
-    )
-    .await?;
-    let validity = selected.uid_validity.unwrap_or(0);
+    let Reading {
+        folder,
+        can_move,
+        mut woke,
+    } = at;
+    let mut steps = Steps::start();
+    let validity = match selected {
+        Some((name, validity)) if name == folder => *validity,
+        _ => {
+            *selected = None;
+            let mailbox = timed(
+                &format!("selecting folder {folder}"),
+                session.select(folder),
+            )
+            .await?;
+            let validity = mailbox.uid_validity.unwrap_or(0);
+            *selected = Some((folder.to_string(), validity));
+            steps.lap("select");
+            validity
+        }
+    };
     let source = format!("mail/{}/{folder}", mailbox.connector);
     let stored = mailbox
         .state
@@ -340,6 +408,7 @@ async fn drain(
             .await?;
             let mut uids: Vec<u32> = found.into_iter().filter(|uid| *uid > last).collect();
             uids.sort_unstable();
+            steps.lap("search");
             if uids.is_empty() {
                 return Ok(());
             }
@@ -355,6 +424,7 @@ async fn drain(
                     .await
             })
             .await?;
+        steps.lap("list");
         let mut todo: Vec<(u32, u64)> = listed
             .iter()
             .filter_map(|f| Some((f.uid?, u64::from(f.size.unwrap_or(0)))))
@@ -399,6 +469,7 @@ async fn drain(
                     bodies.insert(uid, body.to_vec());
                 }
             }
+            steps.lap("fetch");
         }
         let mut messages = Vec::with_capacity(todo.len());
         let mut done_uids = Vec::with_capacity(todo.len());
@@ -425,6 +496,7 @@ async fn drain(
                 }
             }
         }
+        steps.lap("plugin");
         let new_last = todo.last().map(|(uid, _)| *uid).unwrap_or(last);
         let cursor = serde_json::json!({"uid_validity": validity, "last_uid": new_last});
         let summary = mailbox
@@ -438,6 +510,7 @@ async fn drain(
             )
             .await
             .map_err(|e| format!("committing messages of {folder}: {e}"))?;
+        steps.lap("commit");
         mailbox
             .state
             .metrics
@@ -446,8 +519,11 @@ async fn drain(
         for (location, reason) in &summary.failed {
             tracing::warn!(connector = %mailbox.connector, %location, %reason, "mail message failed");
         }
+        // `steps_ms`: where the batch's time went; `since_idle_wake_ms`: from the server's IDLE notification to durable.
+        let since_idle_wake_ms = woke.take().map(|w| w.elapsed().as_millis() as u64);
         tracing::info!(connector = %mailbox.connector, %folder, last_uid = new_last, new = summary.new,
-            duplicates = summary.duplicates, not_mine = summary.not_mine, failed = summary.failed.len(), "mail batch committed");
+            duplicates = summary.duplicates, not_mine = summary.not_mine, failed = summary.failed.len(),
+            steps_ms = %steps, since_idle_wake_ms, "mail batch committed");
         mailbox.status().committed(&mailbox.connector, &summary);
         mailbox.status().folder(
             &mailbox.connector,
@@ -501,7 +577,10 @@ async fn drain(
                     .await?;
                 }
             }
+            tracing::debug!(connector = %mailbox.connector, %folder, ms = steps.last.elapsed().as_millis() as u64,
+                "mail batch flagged or moved");
         }
+        steps = Steps::start();
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! settled connector plugin `ofx`: OFX 1.x (SGML) and 2.x (XML) bank and credit-card statements, and QFX,
 //! into `payment@1` records keyed by the account id and `FITID`.
 
+mod stream;
 mod tree;
 
 use std::str::FromStr;
@@ -10,12 +11,14 @@ use settled_plugin_api::chrono::NaiveDate;
 use settled_plugin_api::money::{minor_units, rescale_to_currency, uppercase_currency_code};
 use settled_plugin_api::rust_decimal::Decimal;
 use settled_plugin_api::sdk::payments;
+use settled_plugin_api::sdk::StreamParser;
 use settled_plugin_api::settings::settings_from_json;
 use settled_plugin_api::{
     FileRequest, Manifest, ParseReply, PaymentKind, PaymentRecord, Plugin, PluginError, Role,
     SniffReply, SniffRequest,
 };
 
+pub use stream::OfxStream;
 pub use tree::Element;
 
 /// Settings of an `ofx` connector instance (all optional).
@@ -73,6 +76,10 @@ impl Plugin for Ofx {
     fn parse(&self, request: FileRequest) -> Result<ParseReply, PluginError> {
         parse(&request.name, &request.content, &self.settings).map(payments)
     }
+
+    fn stream_parser(&self, name: &str) -> Option<Box<dyn StreamParser>> {
+        Some(Box::new(OfxStream::new(name, &self.settings)))
+    }
 }
 
 /// How sure we are that a file is OFX: the `OFXHEADER` header or an `<OFX>` root decide; the extension alone is a hint.
@@ -98,52 +105,20 @@ pub fn sniff(name: &str, head: &[u8]) -> u8 {
 }
 
 /// Parse a whole OFX/QFX file into payment records, in file order. Any bad transaction fails the whole file.
+///
+/// The same parser as [`OfxStream`], fed the file in one piece.
 pub fn parse(
     name: &str,
     bytes: &[u8],
     settings: &Settings,
 ) -> Result<Vec<PaymentRecord>, PluginError> {
-    if bytes.is_empty() {
-        return Err(PluginError::bad_input("file", "empty file"));
-    }
-    let text = decode(bytes)?;
-    let (body_start, body_line) = body_start(&text)?;
-    let roots = tree::parse(&text[body_start..], body_line)?;
-    let Some(ofx) = roots.iter().find(|r| r.name == "OFX") else {
-        return Err(PluginError::bad_input("line 1", "no <OFX> element"));
-    };
-    let mut records = Vec::new();
-    let mut statements = 0;
-    let mut counters = [0usize; 2];
-    collect_statements(ofx, &mut |stmt| {
-        statements += 1;
-        let slot = usize::from(stmt.name == "CCSTMTRS");
-        counters[slot] += 1;
-        statement(name, stmt, counters[slot], settings, &mut records)
-    })?;
-    if statements == 0 {
-        return Err(PluginError::bad_input(
-            "OFX",
-            "no bank (STMTRS) or credit-card (CCSTMTRS) statement in the file",
-        ));
-    }
+    let mut stream = OfxStream::new(name, settings);
+    let mut records = stream.feed_payments(bytes)?;
+    records.extend(stream.finish_payments()?);
     Ok(records)
 }
 
-fn collect_statements(
-    element: &Element,
-    f: &mut dyn FnMut(&Element) -> Result<(), PluginError>,
-) -> Result<(), PluginError> {
-    for child in &element.children {
-        if child.name == "STMTRS" || child.name == "CCSTMTRS" {
-            f(child)?;
-        } else if child.value.is_none() {
-            collect_statements(child, f)?;
-        }
-    }
-    Ok(())
-}
-
+/// A whole statement's records (a statement that arrived inside an element that was kept whole).
 fn statement(
     file: &str,
     stmt: &Element,
@@ -152,28 +127,7 @@ fn statement(
     out: &mut Vec<PaymentRecord>,
 ) -> Result<(), PluginError> {
     let path = format!("{}[{index}]", stmt.name);
-    let currency = match (stmt.leaf("CURDEF"), &settings.default_currency) {
-        (Some(c), _) => currency_code(
-            c,
-            &format!("{path}/CURDEF, line {}", line_of(stmt, "CURDEF")),
-        )?,
-        (None, Some(c)) => c.to_ascii_uppercase(),
-        (None, None) => {
-            return Err(PluginError::bad_input(
-                format!("{path}, line {}", stmt.line),
-                "statement has no CURDEF and no `default_currency` is configured",
-            ))
-        }
-    };
-    let account = ["BANKACCTFROM", "CCACCTFROM"]
-        .iter()
-        .find_map(|a| stmt.child(a).and_then(|acct| acct.leaf("ACCTID")))
-        .ok_or_else(|| {
-            PluginError::bad_input(
-                format!("{path}, line {}", stmt.line),
-                "statement has no BANKACCTFROM/ACCTID or CCACCTFROM/ACCTID",
-            )
-        })?;
+    let (account, currency) = header(stmt, &path, settings)?;
     let Some(list) = stmt.child("BANKTRANLIST") else {
         return Ok(());
     };
@@ -184,9 +138,49 @@ fn statement(
         .enumerate()
     {
         let trn_path = format!("{path}/STMTTRN[{}]", i + 1);
-        out.push(transaction(file, trn, &trn_path, account, &currency)?);
+        out.push(transaction(file, trn, &trn_path, &account, &currency)?);
     }
     Ok(())
+}
+
+/// A statement's account id and currency, or the error naming what is missing or wrong.
+fn header(
+    stmt: &Element,
+    path: &str,
+    settings: &Settings,
+) -> Result<(String, String), PluginError> {
+    match header_so_far(stmt, path, settings)? {
+        (Some(account), Some(currency)) => Ok((account, currency)),
+        (_, None) => Err(PluginError::bad_input(
+            format!("{path}, line {}", stmt.line),
+            "statement has no CURDEF and no `default_currency` is configured",
+        )),
+        (None, Some(_)) => Err(PluginError::bad_input(
+            format!("{path}, line {}", stmt.line),
+            "statement has no BANKACCTFROM/ACCTID or CCACCTFROM/ACCTID",
+        )),
+    }
+}
+
+/// What a statement's elements so far say of its account and currency; an error for a bad `CURDEF`.
+fn header_so_far(
+    stmt: &Element,
+    path: &str,
+    settings: &Settings,
+) -> Result<(Option<String>, Option<String>), PluginError> {
+    let currency = match (stmt.leaf("CURDEF"), &settings.default_currency) {
+        (Some(c), _) => Some(currency_code(
+            c,
+            &format!("{path}/CURDEF, line {}", line_of(stmt, "CURDEF")),
+        )?),
+        (None, Some(c)) => Some(c.to_ascii_uppercase()),
+        (None, None) => None,
+    };
+    let account = ["BANKACCTFROM", "CCACCTFROM"]
+        .iter()
+        .find_map(|a| stmt.child(a).and_then(|acct| acct.leaf("ACCTID")))
+        .map(str::to_string);
+    Ok((account, currency))
 }
 
 fn line_of(parent: &Element, name: &str) -> usize {
@@ -260,57 +254,6 @@ fn transaction(
     record.end_to_end_id = end_to_end_id;
     record.source_position = Some(format!("{file}#{path}"));
     Ok(record)
-}
-
-/// Decode by BOM, the XML declaration's `encoding`, or the SGML `ENCODING`/`CHARSET` headers.
-fn decode(bytes: &[u8]) -> Result<String, PluginError> {
-    if let Some((encoding, bom_len)) = encoding_rs::Encoding::for_bom(bytes) {
-        return decode_with(encoding, &bytes[bom_len..]);
-    }
-    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(1024)]).to_ascii_uppercase();
-    let label = if head.trim_start().starts_with("<?XML") {
-        xml_encoding(&head)
-    } else {
-        sgml_encoding(&head)?
-    };
-    match label {
-        Some(label) => match encoding_rs::Encoding::for_label(label.as_bytes()) {
-            Some(encoding) => decode_with(encoding, bytes),
-            None => Err(PluginError::bad_input(
-                "header",
-                format!("unsupported character set `{label}`"),
-            )),
-        },
-        // No charset named: UTF-8 when it is valid, else the Windows code page most OFX producers use.
-        None => match std::str::from_utf8(bytes) {
-            Ok(text) => Ok(text.to_string()),
-            Err(_) => decode_with(encoding_rs::WINDOWS_1252, bytes),
-        },
-    }
-}
-
-fn decode_with(
-    encoding: &'static encoding_rs::Encoding,
-    bytes: &[u8],
-) -> Result<String, PluginError> {
-    if encoding == encoding_rs::UTF_8 {
-        return match std::str::from_utf8(bytes) {
-            Ok(text) => Ok(text.to_string()),
-            Err(e) => {
-                let line = bytes[..e.valid_up_to()]
-                    .iter()
-                    .filter(|b| **b == b'\n')
-                    .count()
-                    + 1;
-                Err(PluginError::bad_input(
-                    format!("line {line}"),
-                    "invalid utf-8 byte sequence (binary data or a wrong charset header)",
-                ))
-            }
-        };
-    }
-    let (text, _) = encoding.decode_without_bom_handling(bytes);
-    Ok(text.into_owned())
 }
 
 fn xml_encoding(head_upper: &str) -> Option<String> {

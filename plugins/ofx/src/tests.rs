@@ -314,3 +314,126 @@ fn plugin_configures_and_parses_through_the_trait() {
     }
     assert_eq!(Ofx::manifest().roles, vec![Role::File]);
 }
+
+/// The records (or error) of a file fed to a parse session in pieces of `size` bytes.
+fn streamed(name: &str, bytes: &[u8], size: usize) -> Result<Vec<PaymentRecord>, PluginError> {
+    let mut stream = OfxStream::new(name, &Settings::default());
+    let mut records = Vec::new();
+    for piece in bytes.chunks(size) {
+        records.extend(stream.feed_payments(piece)?);
+    }
+    records.extend(stream.finish_payments()?);
+    Ok(records)
+}
+
+fn outcome(r: Result<Vec<PaymentRecord>, PluginError>) -> String {
+    match r {
+        Ok(records) => format!("{records:?}"),
+        Err(e) => format!("{:?}: {}", e.location, e.message),
+    }
+}
+
+#[test]
+fn every_fixture_gives_the_same_records_in_pieces_of_any_size() {
+    for name in ["bank_medium.ofx", "suncorp.ofx", "anzcc.ofx", "8859-1.qfx"] {
+        let bytes = fixture(name);
+        let whole = outcome(parse(name, &bytes, &Settings::default()));
+        for size in [1, 2, 7, 100, 1023, 1024, 4096] {
+            assert_eq!(
+                outcome(streamed(name, &bytes, size)),
+                whole,
+                "{name} in pieces of {size}"
+            );
+        }
+    }
+}
+
+#[test]
+fn transactions_come_out_as_they_arrive() {
+    let trns: String = (1..=100)
+        .map(|i| {
+            format!(
+                "<STMTTRN><TRNTYPE>CREDIT<DTPOSTED>20240102<TRNAMT>{i}.00<FITID>{i}</STMTTRN>\n"
+            )
+        })
+        .collect();
+    let file = sgml(&trns);
+    let mut stream = OfxStream::new("t.ofx", &Settings::default());
+    // Records handed out by each feed of 256 bytes (a transaction is about 75).
+    let mut per_feed = Vec::new();
+    for piece in file.chunks(256) {
+        match stream.feed_payments(piece) {
+            Ok(records) => per_feed.push(records.len()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let at_end = stream
+        .finish_payments()
+        .map(|r| r.len())
+        .unwrap_or_default();
+    let before_end: usize = per_feed.iter().sum();
+    assert_eq!(before_end + at_end, 100);
+    assert!(at_end <= 1, "{at_end} records were held until the end");
+    // The first 1 KiB waits for the character set; after that no feed holds back more than its own transactions.
+    assert!(per_feed.iter().all(|n| *n <= 14), "{per_feed:?}");
+}
+
+#[test]
+fn statements_out_of_order_or_behind_empty_leaves_give_the_same_records() {
+    let trns = "<STMTTRN><TRNTYPE>CREDIT<DTPOSTED>20240102<TRNAMT>1.00<FITID>1</STMTTRN>\n<STMTTRN><TRNTYPE>DEBIT<DTPOSTED>20240103<TRNAMT>-2.00<FITID>2<MEMO></STMTTRN>";
+    let files = [
+        // CURDEF and the account after the transactions: kept until the statement closes.
+        format!("{SGML_HEAD}<OFX><BANKMSGSRSV1><STMTTRNRS><STMTRS><BANKTRANLIST>{trns}</BANKTRANLIST><BANKACCTFROM><ACCTID>A1</BANKACCTFROM><CURDEF>EUR</STMTRS></STMTTRNRS></BANKMSGSRSV1></OFX>"),
+        // An empty SGML leaf before the list holds the list until the statement closes and shows it was a leaf.
+        format!("{SGML_HEAD}<OFX><BANKMSGSRSV1><STMTTRNRS><STMTRS><CURDEF>EUR<BANKACCTFROM><ACCTID>A1</BANKACCTFROM><MKTGINFO><BANKTRANLIST>{trns}</BANKTRANLIST></STMTRS></STMTTRNRS></BANKMSGSRSV1></OFX>"),
+        // An unknown aggregate closed by its end tag hides the list: no transactions.
+        format!("<?xml version=\"1.0\"?><OFX><BANKMSGSRSV1><STMTTRNRS><STMTRS><CURDEF>EUR</CURDEF><BANKACCTFROM><ACCTID>A1</ACCTID></BANKACCTFROM><X><BANKTRANLIST>{trns}</BANKTRANLIST></X></STMTRS></STMTTRNRS></BANKMSGSRSV1></OFX>"),
+        // Two statements, the second a credit card.
+        format!("{SGML_HEAD}<OFX><BANKMSGSRSV1><STMTTRNRS><STMTRS><CURDEF>EUR<BANKACCTFROM><ACCTID>A1</BANKACCTFROM><BANKTRANLIST>{trns}</BANKTRANLIST></STMTRS></STMTTRNRS></BANKMSGSRSV1><CREDITCARDMSGSRSV1><CCSTMTTRNRS><CCSTMTRS><CURDEF>USD<CCACCTFROM><ACCTID>C9</CCACCTFROM><BANKTRANLIST>{trns}</BANKTRANLIST></CCSTMTRS></CCSTMTTRNRS></CREDITCARDMSGSRSV1></OFX>"),
+    ];
+    let counts: Vec<usize> = files
+        .iter()
+        .map(|file| {
+            let whole = parse_ok("t.ofx", file.as_bytes());
+            for size in [1, 5, 64] {
+                assert_eq!(
+                    outcome(streamed("t.ofx", file.as_bytes(), size)),
+                    format!("{whole:?}"),
+                    "{file} in pieces of {size}"
+                );
+            }
+            whole.len()
+        })
+        .collect();
+    assert_eq!(counts, [2, 2, 0, 4]);
+}
+
+#[test]
+fn a_syntax_error_after_a_bad_transaction_is_the_error_reported() {
+    let trns = "<STMTTRN><TRNTYPE>CREDIT<DTPOSTED>20240102<TRNAMT>1.001<FITID>1</STMTTRN>\n<STMTTRN>junk</STMTTRN>";
+    check_err(
+        &sgml(trns),
+        "line 10, column 10",
+        "unexpected text `junk` inside <STMTTRN>",
+    );
+    let only_bad_amount =
+        "<STMTTRN><TRNTYPE>CREDIT<DTPOSTED>20240102<TRNAMT>1.001<FITID>1</STMTTRN>";
+    check_err(
+        &sgml(only_bad_amount),
+        "STMTRS[1]/STMTTRN[1]/TRNAMT, line 9",
+        "amount `1.001` has more decimals than EUR allows (2)",
+    );
+}
+
+#[test]
+fn utf16_with_a_byte_order_mark_streams() {
+    let text = String::from_utf8_lossy(&sgml(
+        "<STMTTRN><TRNTYPE>CREDIT<DTPOSTED>20240102<TRNAMT>1.00<FITID>1<NAME>Café</STMTTRN>",
+    ))
+    .replace("CHARSET:1252", "CHARSET:NONE");
+    let mut bytes = vec![0xFF, 0xFE];
+    bytes.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+    let whole = parse_ok("t.ofx", &bytes);
+    assert_eq!(whole[0].counterparty_name.as_deref(), Some("Café"));
+    assert_eq!(outcome(streamed("t.ofx", &bytes, 3)), format!("{whole:?}"));
+}

@@ -66,55 +66,181 @@ fn is_known_aggregate(name: &str) -> bool {
 /// document, however hostile, can make the tree (and dropping it) exhaust the plugin's stack.
 pub const MAX_DEPTH: usize = 256;
 
-struct Open {
-    element: Element,
-    /// Opened without text and not a known aggregate: may turn out to be an empty SGML leaf.
-    tentative: bool,
+/// Most text held for one unfinished piece of the document (a tag, a leaf with its text, a comment) between feeds.
+pub const MAX_TOKEN: usize = 16 * 1024 * 1024;
+
+/// What an open element is to the reader of the document, decided by [`Build::open`] when it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Kept as a tree and handed over whole when it is complete (and everything inside a tentative element).
+    Keep,
+    /// The `<OFX>` root whose statements count.
+    Ofx,
+    /// An aggregate between `<OFX>` and a statement.
+    Path,
+    /// A statement read as it arrives.
+    Statement,
+    /// The statement's transaction list: each transaction is handed over as it closes.
+    List,
 }
 
-/// Parse the body of an OFX document (everything from the first `<`) into its root elements.
-/// `first_line` is the line number of `body`'s first byte in the file.
-pub fn parse(body: &str, first_line: usize) -> Result<Vec<Element>, PluginError> {
-    let mut cursor = Cursor {
-        text: body,
-        pos: 0,
-        line: first_line,
-    };
-    let mut roots: Vec<Element> = Vec::new();
-    let mut stack: Vec<Open> = Vec::new();
-    // Name of the last closed element, for error messages about text that follows it.
-    let mut after: Option<String> = None;
+/// An element still open.
+pub struct Open {
+    /// The element with the children attached to it so far.
+    pub element: Element,
+    /// Opened without text and not a known aggregate: may turn out to be an empty SGML leaf.
+    tentative: bool,
+    /// What [`Build::open`] made of it.
+    pub role: Role,
+}
 
-    while let Some(token) = cursor.next_token()? {
+/// The reader of the document: told of each element as it opens and when it is complete.
+pub trait Build {
+    /// The role of a (non-tentative) element opening below `stack` (outermost first).
+    fn open(&mut self, stack: &[Open], name: &str) -> Role;
+    /// A complete element that belongs to the top of `stack` (a root when `stack` is empty). `role` is the role it
+    /// was opened with, [`Role::Keep`] for leaves and for elements that were kept inside a tentative one.
+    fn attach(&mut self, stack: &mut [Open], element: Element, role: Role);
+}
+
+/// The body of an OFX document read in pieces of any size. Between feeds it holds the unfinished tail (at most
+/// [`MAX_TOKEN`]) and the open elements (at most [`MAX_DEPTH`]) with what [`Build::attach`] kept in them.
+pub struct TreeStream {
+    /// Text received and not parsed yet.
+    pending: String,
+    /// Line of `pending`'s first character.
+    line: usize,
+    /// Characters on that line before `pending` (for columns).
+    column_base: usize,
+    stack: Vec<Open>,
+    /// Name of the last closed element, for error messages about text that follows it.
+    after: Option<String>,
+}
+
+/// Why a step stopped: it needs text that has not arrived, or the document is bad.
+enum Stop {
+    More,
+    Bad(PluginError),
+}
+
+impl From<PluginError> for Stop {
+    fn from(e: PluginError) -> Stop {
+        Stop::Bad(e)
+    }
+}
+
+impl TreeStream {
+    /// A body whose first character is on line `first_line` of the file.
+    pub fn new(first_line: usize) -> TreeStream {
+        TreeStream {
+            pending: String::new(),
+            line: first_line,
+            column_base: 0,
+            stack: Vec::new(),
+            after: None,
+        }
+    }
+
+    /// The next piece of the body; with `last`, the end of the document.
+    pub fn feed(
+        &mut self,
+        text: &str,
+        last: bool,
+        build: &mut dyn Build,
+    ) -> Result<(), PluginError> {
+        self.pending.push_str(text);
+        let pending = std::mem::take(&mut self.pending);
+        let mut cursor = Cursor {
+            text: &pending,
+            pos: 0,
+            line: self.line,
+            column_base: self.column_base,
+            last,
+        };
+        loop {
+            let (pos, line, after) = (cursor.pos, cursor.line, self.after.clone());
+            match self.step(&mut cursor, build) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(Stop::More) => {
+                    (cursor.pos, cursor.line, self.after) = (pos, line, after);
+                    break;
+                }
+                Err(Stop::Bad(e)) => return Err(e),
+            }
+        }
+        let consumed = &pending[..cursor.pos];
+        self.column_base = match consumed.rfind('\n') {
+            Some(nl) => consumed[nl + 1..].chars().count(),
+            None => self.column_base + consumed.chars().count(),
+        };
+        self.line = cursor.line;
+        self.pending = pending[cursor.pos..].to_string();
+        if self.pending.len() > MAX_TOKEN {
+            return Err(PluginError::bad_input(
+                format!("line {}", self.line),
+                format!(
+                    "one tag or text is longer than {} MiB: not an ofx document",
+                    MAX_TOKEN / (1024 * 1024)
+                ),
+            ));
+        }
+        if last {
+            while let Some(open) = self.stack.pop() {
+                if !open.tentative {
+                    return Err(PluginError::bad_input(
+                        format!("line {}", open.element.line),
+                        format!(
+                            "truncated file: <{}> opened here is never closed",
+                            open.element.name
+                        ),
+                    ));
+                }
+                demote(open.element, &mut self.stack, build);
+            }
+        }
+        Ok(())
+    }
+
+    /// One token; false at the end of the text.
+    fn step(&mut self, cursor: &mut Cursor<'_>, build: &mut dyn Build) -> Result<bool, Stop> {
+        let Some(token) = cursor.next_token()? else {
+            return Ok(false);
+        };
         match token {
             Token::Text { text, line, pos } => {
                 if text.trim().is_empty() {
-                    continue;
+                    return Ok(true);
                 }
-                let context = match (&after, stack.last()) {
+                let context = match (&self.after, self.stack.last()) {
                     (Some(closed), _) => format!("after </{closed}>"),
                     (None, Some(open)) => format!("inside <{}>", open.element.name),
                     (None, None) => "outside any element".to_string(),
                 };
-                return Err(PluginError::bad_input(
+                Err(PluginError::bad_input(
                     format!("line {line}, column {}", cursor.column_at(pos)),
                     format!("unexpected text `{}` {context}", excerpt(&text)),
-                ));
+                )
+                .into())
             }
             Token::Start { name, line, empty } => {
-                after = None;
-                if stack.len() >= MAX_DEPTH {
+                if self.stack.len() >= MAX_DEPTH {
                     return Err(PluginError::bad_input(
                         format!("line {line}"),
                         format!("<{name}> is nested deeper than {MAX_DEPTH} elements"),
-                    ));
+                    )
+                    .into());
                 }
                 if empty {
-                    push_child(&mut stack, &mut roots, leaf(name, String::new(), line));
-                    continue;
+                    self.after = None;
+                    build.attach(&mut self.stack, leaf(name, String::new(), line), Role::Keep);
+                    return Ok(true);
                 }
                 let (value_line, value_pos) = (cursor.line, cursor.pos);
                 let value = cursor.leaf_text()?;
+                // What follows the text decides what the element is: it must have arrived.
+                cursor.need_tag()?;
+                self.after = None;
                 let value_is_blank = value.trim().is_empty();
                 if is_known_aggregate(&name) {
                     if !value_is_blank {
@@ -133,46 +259,36 @@ pub fn parse(body: &str, first_line: usize) -> Result<Vec<Element>, PluginError>
                         return Err(PluginError::bad_input(
                             format!("line {line}, column {column}"),
                             format!("unexpected text `{}` inside <{name}>", excerpt(&value)),
-                        ));
+                        )
+                        .into());
                     }
-                    stack.push(Open {
+                    let role = build.open(&self.stack, &name);
+                    self.stack.push(Open {
                         element: aggregate(name, line),
                         tentative: false,
+                        role,
                     });
                 } else if !value_is_blank || cursor.at_end_tag(&name) {
                     cursor.skip_end_tag(&name);
-                    push_child(
-                        &mut stack,
-                        &mut roots,
-                        leaf(name, value.trim().to_string(), line),
-                    );
+                    let element = leaf(name, value.trim().to_string(), line);
+                    build.attach(&mut self.stack, element, Role::Keep);
                 } else {
-                    stack.push(Open {
+                    self.stack.push(Open {
                         element: aggregate(name, line),
                         tentative: true,
+                        role: Role::Keep,
                     });
                 }
+                Ok(true)
             }
             Token::End { name, line, pos } => {
                 let at = || format!("line {line}, column {}", cursor.column_at(pos));
-                close(&mut stack, &mut roots, &name, &at)?;
-                after = Some(name);
+                close(&mut self.stack, build, &name, &at)?;
+                self.after = Some(name);
+                Ok(true)
             }
         }
     }
-    while let Some(open) = stack.pop() {
-        if !open.tentative {
-            return Err(PluginError::bad_input(
-                format!("line {}", open.element.line),
-                format!(
-                    "truncated file: <{}> opened here is never closed",
-                    open.element.name
-                ),
-            ));
-        }
-        demote(open.element, &mut stack, &mut roots);
-    }
-    Ok(roots)
 }
 
 fn leaf(name: String, value: String, line: usize) -> Element {
@@ -193,30 +309,23 @@ fn aggregate(name: String, line: usize) -> Element {
     }
 }
 
-fn push_child(stack: &mut [Open], roots: &mut Vec<Element>, element: Element) {
-    match stack.last_mut() {
-        Some(open) => open.element.children.push(element),
-        None => roots.push(element),
-    }
-}
-
 /// A tentative aggregate that was never closed was an empty SGML leaf: its "children" are its siblings.
-fn demote(element: Element, stack: &mut [Open], roots: &mut Vec<Element>) {
+fn demote(element: Element, stack: &mut [Open], build: &mut dyn Build) {
     let Element {
         name,
         children,
         line,
         ..
     } = element;
-    push_child(stack, roots, leaf(name, String::new(), line));
+    build.attach(stack, leaf(name, String::new(), line), Role::Keep);
     for child in children {
-        push_child(stack, roots, child);
+        build.attach(stack, child, Role::Keep);
     }
 }
 
 fn close(
     stack: &mut Vec<Open>,
-    roots: &mut Vec<Element>,
+    build: &mut dyn Build,
     name: &str,
     at: &dyn Fn() -> String,
 ) -> Result<(), PluginError> {
@@ -228,7 +337,7 @@ fn close(
     }
     while let Some(open) = stack.pop() {
         if open.element.name == name {
-            push_child(stack, roots, open.element);
+            build.attach(stack, open.element, open.role);
             return Ok(());
         }
         if !open.tentative {
@@ -240,7 +349,7 @@ fn close(
                 ),
             ));
         }
-        demote(open.element, stack, roots);
+        demote(open.element, stack, build);
     }
     Ok(())
 }
@@ -278,6 +387,10 @@ struct Cursor<'a> {
     text: &'a str,
     pos: usize,
     line: usize,
+    /// Characters on `text`'s first line before it.
+    column_base: usize,
+    /// Whether `text` runs to the end of the document; otherwise reaching its end means waiting for more.
+    last: bool,
 }
 
 impl Cursor<'_> {
@@ -291,8 +404,10 @@ impl Cursor<'_> {
 
     /// 1-based column of a byte offset; only computed for errors, as OFX files may be one long line.
     fn column_at(&self, pos: usize) -> usize {
-        let start = self.text[..pos].rfind('\n').map_or(0, |i| i + 1);
-        self.text[start..pos].chars().count() + 1
+        match self.text[..pos].rfind('\n') {
+            Some(nl) => self.text[nl + 1..pos].chars().count() + 1,
+            None => self.column_base + self.text[..pos].chars().count() + 1,
+        }
     }
 
     fn advance(&mut self, len: usize) {
@@ -304,15 +419,24 @@ impl Cursor<'_> {
         self.pos = end;
     }
 
-    fn error(&self, message: impl Into<String>) -> PluginError {
-        PluginError::bad_input(
+    fn error(&self, message: impl Into<String>) -> Stop {
+        Stop::Bad(PluginError::bad_input(
             format!("line {}, column {}", self.line, self.column()),
             message,
-        )
+        ))
+    }
+
+    /// Reached the end of the text: the end of the document, or wait for more.
+    fn incomplete(&self, message: impl Into<String>) -> Stop {
+        if self.last {
+            self.error(message)
+        } else {
+            Stop::More
+        }
     }
 
     /// Skips comments and processing instructions; true when something was skipped.
-    fn skip_markup(&mut self) -> Result<bool, PluginError> {
+    fn skip_markup(&mut self) -> Result<bool, Stop> {
         for (open, close) in [("<!--", "-->"), ("<?", "?>"), ("<!DOCTYPE", ">")] {
             if self.rest().starts_with(open) {
                 match self.rest().find(close) {
@@ -320,14 +444,14 @@ impl Cursor<'_> {
                         self.advance(end + close.len());
                         return Ok(true);
                     }
-                    None => return Err(self.error(format!("`{open}` is never closed"))),
+                    None => return Err(self.incomplete(format!("`{open}` is never closed"))),
                 }
             }
         }
         Ok(false)
     }
 
-    fn next_token(&mut self) -> Result<Option<Token>, PluginError> {
+    fn next_token(&mut self) -> Result<Option<Token>, Stop> {
         loop {
             if self.pos >= self.text.len() {
                 return Ok(None);
@@ -344,7 +468,7 @@ impl Cursor<'_> {
             return Ok(Some(Token::Text { text, line, pos }));
         }
         let Some(end) = rest.find('>') else {
-            return Err(self.error("truncated file: tag is never closed with `>`"));
+            return Err(self.incomplete("truncated file: tag is never closed with `>`"));
         };
         let inner = &rest[1..end];
         let (closing, inner) = match inner.strip_prefix('/') {
@@ -373,13 +497,13 @@ impl Cursor<'_> {
     }
 
     /// Text (and CDATA sections) up to the next tag, entities decoded.
-    fn text_run(&mut self) -> Result<String, PluginError> {
+    fn text_run(&mut self) -> Result<String, Stop> {
         let mut out = String::new();
         loop {
             let rest = self.rest();
             if let Some(cdata) = rest.strip_prefix("<![CDATA[") {
                 let Some(end) = cdata.find("]]>") else {
-                    return Err(self.error("CDATA section is never closed"));
+                    return Err(self.incomplete("CDATA section is never closed"));
                 };
                 check_text(&cdata[..end]).map_err(|m| self.error(m))?;
                 out.push_str(&cdata[..end]);
@@ -390,10 +514,25 @@ impl Cursor<'_> {
                 self.skip_markup()?;
                 continue;
             }
-            if rest.is_empty() || rest.starts_with('<') {
+            if rest.starts_with('<') {
+                // `<` at the end of what arrived may begin a CDATA section or a comment, which the text goes on after.
+                if !self.last && ("<![CDATA[".starts_with(rest) || "<!--".starts_with(rest)) {
+                    return Err(Stop::More);
+                }
                 return Ok(out);
             }
-            let end = rest.find('<').unwrap_or(rest.len());
+            if rest.is_empty() {
+                return if self.last { Ok(out) } else { Err(Stop::More) };
+            }
+            let Some(end) = rest.find('<') else {
+                if !self.last {
+                    return Err(Stop::More);
+                }
+                check_text(rest).map_err(|m| self.error(m))?;
+                decode_entities(rest, &mut out);
+                self.advance(rest.len());
+                continue;
+            };
             let raw = &rest[..end];
             check_text(raw).map_err(|m| self.error(m))?;
             decode_entities(raw, &mut out);
@@ -402,8 +541,17 @@ impl Cursor<'_> {
     }
 
     /// The value after a start tag: text up to the next tag (empty when a tag follows at once).
-    fn leaf_text(&mut self) -> Result<String, PluginError> {
+    fn leaf_text(&mut self) -> Result<String, Stop> {
         self.text_run()
+    }
+
+    /// The tag that follows has arrived whole (or the document ends).
+    fn need_tag(&self) -> Result<(), Stop> {
+        if self.last || self.rest().contains('>') {
+            Ok(())
+        } else {
+            Err(Stop::More)
+        }
     }
 
     fn at_end_tag(&self, name: &str) -> bool {
@@ -477,9 +625,90 @@ fn decode_entities(raw: &str, out: &mut String) {
     out.push_str(rest);
 }
 
+/// The whole tree of a body, every element kept (for tests).
+#[cfg(test)]
+pub fn parse(body: &str, first_line: usize) -> Result<Vec<Element>, PluginError> {
+    let mut keep = KeepAll(Vec::new());
+    let mut tree = TreeStream::new(first_line);
+    tree.feed(body, true, &mut keep)?;
+    Ok(keep.0)
+}
+
+/// A [`Build`] that keeps every element, giving the roots.
+#[cfg(test)]
+struct KeepAll(Vec<Element>);
+
+#[cfg(test)]
+impl Build for KeepAll {
+    fn open(&mut self, _: &[Open], _: &str) -> Role {
+        Role::Keep
+    }
+
+    fn attach(&mut self, stack: &mut [Open], element: Element, _: Role) {
+        match stack.last_mut() {
+            Some(open) => open.element.children.push(element),
+            None => self.0.push(element),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The body fed one character at a time.
+    fn trickled(body: &str, first_line: usize) -> Result<Vec<Element>, PluginError> {
+        let mut keep = KeepAll(Vec::new());
+        let mut tree = TreeStream::new(first_line);
+        let mut buf = [0u8; 4];
+        for c in body.chars() {
+            tree.feed(c.encode_utf8(&mut buf), false, &mut keep)?;
+        }
+        tree.feed("", true, &mut keep)?;
+        Ok(keep.0)
+    }
+
+    #[test]
+    fn any_split_of_the_body_gives_the_same_tree_or_error() {
+        let bodies = [
+            "<OFX><STATUS><CODE>0<SEVERITY>INFO</STATUS></OFX>",
+            "<OFX>\n <NAME><![CDATA[A <b> ]]></NAME>\n <!-- a > comment --><MEMO>Fish &amp; Chips &#233;</MEMO>\n <X></X><Y/></OFX>",
+            "<OFX><STMTTRN><MEMO><NAME>x</STMTTRN></OFX>",
+            "<OFX>\n<STATUS></STATUS>garbage\n</OFX>",
+            "<OFX><STMTTRN>junk<TRNAMT>1</STMTTRN></OFX>",
+            "<OFX>\n<STMTTRN><TRNAMT>1",
+            "<OFX><STMTTRN></STATUS></OFX>",
+            "<OFX><NAME>a\u{1}b</OFX>",
+            "<?xml version=\"1.0\"?>\n<OFX><NAME>x</NAME><MEMO>é</MEMO>\n</OFX> ",
+            "<OFX><NAME>unfinished <!-- comment",
+        ];
+        for body in bodies {
+            let whole = parse(body, 3).map_err(|e| (e.location, e.message));
+            let split = trickled(body, 3).map_err(|e| (e.location, e.message));
+            assert_eq!(format!("{whole:?}"), format!("{split:?}"), "{body}");
+        }
+    }
+
+    #[test]
+    fn one_endless_text_is_refused_naming_its_line() {
+        let mut keep = KeepAll(Vec::new());
+        let mut tree = TreeStream::new(1);
+        let chunk = "x".repeat(1024 * 1024);
+        let mut fed = tree.feed("<OFX>\n<MEMO>", false, &mut keep);
+        let mut sent = 0;
+        while fed.is_ok() && sent <= MAX_TOKEN + chunk.len() {
+            fed = tree.feed(&chunk, false, &mut keep);
+            sent += chunk.len();
+        }
+        let err = fed.err().map(|e| (e.location, e.message));
+        assert_eq!(
+            err,
+            Some((
+                Some("line 2".to_string()),
+                "one tag or text is longer than 16 MiB: not an ofx document".to_string()
+            ))
+        );
+    }
 
     fn tree(body: &str) -> Vec<Element> {
         match parse(body, 1) {
