@@ -447,7 +447,9 @@ async fn checkpoints(engine: Engine, every: Duration, cancel: CancellationToken)
         let engine = engine.clone();
         match tokio::task::spawn_blocking(move || engine.checkpoint()).await {
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::error!(%error, "checkpoint failed: the journal still holds every change"),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "checkpoint failed: the journal still holds every change")
+            }
             Err(error) => tracing::error!(%error, "checkpoint panicked"),
         }
     }

@@ -139,7 +139,9 @@ fn defer_invoice(store: &Store, inv: &Invoice) -> EngineResult<()> {
     };
     if let Some(row) = open_invoice(inv, &name) {
         store.replay_deferred(&open_key, Some(&row));
-        store.replay_deferred(&due_key, Some(&inv.id));
+        if store.get_raw::<String>(&due_key)?.is_none() {
+            store.replay_deferred(&due_key, Some(&inv.id));
+        }
     }
     Ok(())
 }

@@ -310,7 +310,12 @@ impl Engine {
         }
         let started = std::time::Instant::now();
         let written = store.write_back(newest)?;
-        tracing::debug!(written, position = newest, elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint");
+        tracing::debug!(
+            written,
+            position = newest,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "checkpoint"
+        );
         Ok(written)
     }
 

@@ -372,7 +372,10 @@ impl Store {
         let tree = self.tree()?;
         let pending: Vec<(String, Option<sled::IVec>)> = self
             .read_overlay()
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -461,7 +464,10 @@ impl Store {
             written += part.len();
             if abort_after.is_some_and(|n| written >= n) {
                 let _ = open.db.flush();
-                tracing::error!(written, "{ABORT_CHECKPOINT_ENV}: aborting in the middle of a checkpoint");
+                tracing::error!(
+                    written,
+                    "{ABORT_CHECKPOINT_ENV}: aborting in the middle of a checkpoint"
+                );
                 std::process::abort();
             }
         }
@@ -563,7 +569,10 @@ impl Store {
         kind: &str,
     ) -> Box<dyn Iterator<Item = StoreResult<T>> + '_> {
         let prefix = format!("e/{kind}/");
-        let (tree, merged) = match self.tree().and_then(|t| Ok((t, self.scan_merged(&prefix)?))) {
+        let (tree, merged) = match self
+            .tree()
+            .and_then(|t| Ok((t, self.scan_merged(&prefix)?)))
+        {
             Ok(both) => both,
             Err(e) => return Box::new(std::iter::once(Err(e))),
         };
@@ -695,7 +704,12 @@ impl Store {
         let overlay_empty = self.read_overlay().is_empty();
         if !overlay_empty {
             let overlay = self.read_overlay();
-            superseded.extend(ws.pending.keys().filter(|k| overlay.contains_key(*k)).cloned());
+            superseded.extend(
+                ws.pending
+                    .keys()
+                    .filter(|k| overlay.contains_key(*k))
+                    .cloned(),
+            );
         }
         for (key, value) in ws.pending {
             if let Some((kind, id, n)) = blocks::blocked_key(&key) {
