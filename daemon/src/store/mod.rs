@@ -1060,10 +1060,8 @@ impl<S: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Me
                 }
             }
             // The overlay's value of this key (over sled's, which was skipped above when equal).
-            if let Some((key, value)) = self.overlay.next() {
-                if let Some(value) = value {
-                    return Some(Ok((key, value)));
-                }
+            if let Some((key, Some(value))) = self.overlay.next() {
+                return Some(Ok((key, value)));
             }
         }
     }

@@ -21,7 +21,7 @@ struct Statement {
 }
 
 fn total_cents(k: usize) -> i64 {
-    if k % 4 == 0 {
+    if k.is_multiple_of(4) {
         50
     } else {
         100_000
