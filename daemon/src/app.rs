@@ -208,6 +208,9 @@ pub fn init(data_dir: Option<PathBuf>, force: bool) -> anyhow::Result<()> {
 pub fn backup(options: &RunOptions, file: &Path) -> anyhow::Result<()> {
     let config = load_config(options)?;
     let store = Store::open(&config.data_dir(), &StoreOptions::default())?;
+    // The invoices as the journal leaves them: replayed (by the engine) and written back before the dump.
+    let engine = Engine::new(store.clone(), config.clone(), Box::new(SystemClock))?;
+    engine.checkpoint()?;
     let n = crate::store::backup_to(&store, file)?;
     println!("backed up {n} records to {}", file.display());
     Ok(())
@@ -332,6 +335,11 @@ impl Daemon {
             self.state.engine.clone(),
             cancel.clone(),
         ));
+        tasks.spawn(checkpoints(
+            self.state.engine.clone(),
+            Duration::from_secs(self.config.journal.checkpoint_every_secs),
+            cancel.clone(),
+        ));
         if self.state.host.is_some() {
             // Before the listener serves uploads, whose spool files must not be taken for leftovers.
             let unfinished = api::unfinished_imports(&self.state);
@@ -388,6 +396,9 @@ impl Daemon {
         if let Some(host) = &self.state.host {
             host.shutdown().await;
         }
+        if let Err(error) = self.state.engine.checkpoint() {
+            tracing::error!(%error, "the last checkpoint failed: the next start replays the journal");
+        }
         self.state.engine.store().flush()?;
         tracing::info!("settled stopped cleanly");
         Ok(())
@@ -419,6 +430,27 @@ async fn reopen_closed_store(engine: Engine, cancel: CancellationToken) {
             Ok(Ok(false)) => {}
             Ok(Err(error)) => tracing::debug!(%error, "the store cannot be reopened yet"),
             Err(error) => tracing::error!(%error, "reopening the store panicked"),
+        }
+    }
+}
+
+/// Write the invoice payment state ingested payments deferred back to the store every `every` (see `[journal]`).
+async fn checkpoints(engine: Engine, every: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let engine = engine.clone();
+        match tokio::task::spawn_blocking(move || engine.checkpoint()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "checkpoint failed: the journal still holds every change")
+            }
+            Err(error) => tracing::error!(%error, "checkpoint panicked"),
         }
     }
 }

@@ -174,7 +174,16 @@ pub(crate) fn load_index(store: &Store, config: &Config) -> EngineResult<MatchIn
     Ok(index)
 }
 
-fn open_invoice(inv: &Invoice, account_name: &str) -> Option<OpenInvoice> {
+/// The invoice's `i/open-due/` key (under its due date, so the overdue filter is a range scan).
+pub(super) fn due_key(inv: &Invoice) -> String {
+    format!(
+        "{}/{}",
+        inv.due_date.map(|d| d.to_string()).unwrap_or_default(),
+        inv.id
+    )
+}
+
+pub(super) fn open_invoice(inv: &Invoice, account_name: &str) -> Option<OpenInvoice> {
     if inv.state != InvoiceState::Issued || inv.kind != InvoiceKind::Invoice {
         return None;
     }
@@ -192,25 +201,33 @@ fn open_invoice(inv: &Invoice, account_name: &str) -> Option<OpenInvoice> {
 }
 
 impl Tx<'_> {
-    /// Save an invoice, keep the open-invoice indexes in step and announce a changed payment status.
+    /// Save an invoice, keep the open-invoice indexes in step and announce a changed payment status. While
+    /// [`Tx::defer_invoices`] is set (an ingested payment's allocations, which its `payment.recorded` event lists), the
+    /// invoice and its open-invoice rows are deferred writes: the journal rebuilds them (`engine/journal.rs`).
     pub(crate) fn save_invoice(&mut self, inv: &mut Invoice, actor: &str) -> EngineResult<()> {
         self.publish_status(inv, actor);
-        self.put("invoice", &inv.id, inv);
+        let defer = self.defer_invoices;
+        let invoice_key = format!("e/invoice/{}", inv.id);
+        let open_key = format!("i/open-invoice/{}", inv.id);
+        if defer {
+            self.ws.put_deferred(&invoice_key, Some(&*inv));
+        } else {
+            self.ws.put_raw(&invoice_key, inv);
+        }
         let open = inv.state == InvoiceState::Issued
             && inv.kind == InvoiceKind::Invoice
             && invoice::balance(inv) > Decimal::ZERO;
-        let due_key = format!(
-            "{}/{}",
-            inv.due_date.map(|d| d.to_string()).unwrap_or_default(),
-            inv.id
-        );
+        let due_key = format!("i/open-due/{}", due_key(inv));
         if open {
             let before = self.state.index.get(&inv.id);
             // A payment that leaves the invoice open does not move it in the due-date index: no write.
             let indexed = before
                 .is_some_and(|o| o.balance > Decimal::ZERO && Some(o.due_date) == inv.due_date);
             if !indexed {
-                self.ws.index("open-due", &due_key, &inv.id);
+                match defer {
+                    true => self.ws.put_deferred(&due_key, Some(&inv.id)),
+                    false => self.ws.put_raw(&due_key, &inv.id),
+                }
             }
             // The index already knows the customer's name for invoices it has seen; the store is the fallback.
             let known = before.map(|o| o.account_name.clone());
@@ -222,12 +239,20 @@ impl Tx<'_> {
                     .unwrap_or_default(),
             };
             if let Some(o) = open_invoice(inv, &name) {
-                self.ws.put_raw(&format!("i/open-invoice/{}", inv.id), &o);
+                match defer {
+                    true => self.ws.put_deferred(&open_key, Some(&o)),
+                    false => self.ws.put_raw(&open_key, &o),
+                }
                 self.index_update(IndexUpdate::Upsert(o));
             }
         } else {
-            self.ws.unindex("open-invoice", &inv.id);
-            self.ws.unindex("open-due", &due_key);
+            if defer {
+                self.ws.put_deferred::<()>(&open_key, None);
+                self.ws.put_deferred::<()>(&due_key, None);
+            } else {
+                self.ws.remove_raw(&open_key);
+                self.ws.remove_raw(&due_key);
+            }
             self.index_update(IndexUpdate::Remove(inv.id.clone()));
         }
         Ok(())

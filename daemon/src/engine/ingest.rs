@@ -537,6 +537,10 @@ impl IngestRun<'_> {
         if let Some(ticket) = &self.last_ticket {
             self.engine.durable(ticket).await?;
         }
+        // A file import ends with a checkpoint: the next start replays nothing of it.
+        if self.journal.is_some() && self.last_ticket.is_some() {
+            self.engine.checkpoint()?;
+        }
         Ok(self.summary)
     }
 }
@@ -670,6 +674,9 @@ fn ingest_payment(
             fee,
         } => {
             let mut pay = tx.new_payment(draft(&record, currency.clone(), received_on, plugin))?;
+            // Each allocation below is listed in this payment's `payment.recorded` event, so the invoices it changes
+            // are deferred writes, rebuilt from the journal after a crash. (An error fails the whole write set.)
+            tx.defer_invoices = true;
             let mut made = Vec::with_capacity(allocations.len() + 1);
             let mut partially = false;
             for proposed in &allocations {
@@ -709,6 +716,7 @@ fn ingest_payment(
                 made.push(alloc);
                 partially = invoice::balance(&inv) > Decimal::ZERO;
             }
+            tx.defer_invoices = false;
             if surplus > Decimal::ZERO {
                 if let Some(account) = pay.account_id.clone() {
                     tx.add_credit(

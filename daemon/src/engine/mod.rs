@@ -8,6 +8,7 @@ mod billing;
 mod external;
 mod imports;
 mod ingest;
+mod journal;
 mod leads;
 mod mail;
 mod outbox;
@@ -116,6 +117,7 @@ impl Engine {
             invoice: parse(&config.numbering.invoice)?,
             credit_note: parse(&config.numbering.credit_note)?,
         };
+        journal::replay(&store)?;
         let index = billing::load_index(&store, &config)?;
         billing::backfill_invoice_refs(&store, &index)?;
         let (durable_events, _) = tokio::sync::watch::channel(store.last_event_id());
@@ -204,6 +206,7 @@ impl Engine {
             state: &mut state,
             index_undo: Vec::new(),
             index_reload: false,
+            defer_invoices: false,
         };
         let result = f(&mut tx);
         let Tx {
@@ -228,6 +231,12 @@ impl Engine {
         }
         match self.inner.store.apply(ws) {
             Ok(ticket) => {
+                if self.inner.store.deferred_len() >= self.inner.config.journal.checkpoint_dirty {
+                    // Bounds the overlay's memory; a failure closes the store, which this write's ticket then reports.
+                    if let Err(e) = self.checkpoint_locked() {
+                        tracing::error!(error = %e, "checkpoint failed");
+                    }
+                }
                 if ticket.outbox {
                     self.inner
                         .outbox_unannounced
@@ -276,8 +285,38 @@ impl Engine {
         if !self.inner.store.reopen()? {
             return Ok(false);
         }
+        journal::replay(&self.inner.store)?;
         state.index = billing::load_index(&self.inner.store, &self.inner.config)?;
         Ok(true)
+    }
+
+    /// Write the deferred invoice payment state back to sled with the journal position it covers (see
+    /// `engine/journal.rs`). Returns the keys written; nothing while the store is closed, or when nothing is deferred
+    /// and the checkpoint is at the newest event already.
+    pub fn checkpoint(&self) -> EngineResult<usize> {
+        let _state = self.lock_state();
+        self.checkpoint_locked()
+    }
+
+    /// [`Engine::checkpoint`], the writer lock held by the caller.
+    fn checkpoint_locked(&self) -> EngineResult<usize> {
+        let store = &self.inner.store;
+        if store.failure().is_some() {
+            return Ok(0);
+        }
+        let newest = store.last_event_id();
+        if store.deferred_len() == 0 && store.checkpoint()? == Some(newest) {
+            return Ok(0);
+        }
+        let started = std::time::Instant::now();
+        let written = store.write_back(newest)?;
+        tracing::debug!(
+            written,
+            position = newest,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "checkpoint"
+        );
+        Ok(written)
     }
 
     /// Take back the in-memory effects of a write set that was not applied (or whose store closed).
@@ -328,6 +367,9 @@ pub(crate) struct Tx<'a> {
     index_undo: Vec<billing::IndexUpdate>,
     /// A change was made that has no undo step (a new payer link): rebuild the index if the write set fails.
     index_reload: bool,
+    /// Invoices saved now are deferred writes: the caller's `payment.recorded` event lists the allocations that
+    /// changed them, so the journal can rebuild them (see `engine/journal.rs`).
+    pub defer_invoices: bool,
 }
 
 /// An index with no invoices, for while the store is closed.

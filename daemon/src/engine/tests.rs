@@ -48,6 +48,13 @@ impl World {
         }
     }
 
+    /// The process dies and starts again: the overlay of deferred writes is lost, the engine replays the journal.
+    fn restart(&mut self) {
+        let store = self.engine.store().clone();
+        store.clear_deferred();
+        self.engine = Engine::new(store, Config::default(), Box::new(self.clock.clone())).unwrap();
+    }
+
     fn advance(&self, days: i64) {
         *self.clock.0.lock().unwrap() += Duration::days(days);
     }
@@ -740,6 +747,65 @@ async fn a_restarted_engine_rebuilds_the_open_invoice_index_from_the_store() {
 }
 
 #[tokio::test]
+async fn an_ingested_payment_defers_its_invoice_and_a_restart_replays_it_from_the_journal() {
+    let mut w = World::new();
+    let inv = w.issued_invoice("Journal", "100.00").await;
+    let number = inv.number.clone().unwrap();
+    let pay = |id: &str, amount: &str| payment_record(id, amount, "Journal", &number);
+    w.engine
+        .ingest("bank", "camt", None, vec![pay("j1", "30.00")])
+        .await
+        .unwrap();
+    assert!(
+        w.engine.store().deferred_len() >= 2,
+        "the invoice and its open-invoice row wait in memory"
+    );
+    assert_eq!(w.invoice(&inv.id)["amount_paid"], "30.00");
+    w.restart();
+    assert_eq!(
+        w.engine.store().deferred_len(),
+        2,
+        "replayed: the invoice and its open-invoice row"
+    );
+    let v = w.invoice(&inv.id);
+    assert_eq!(
+        (v["amount_paid"].as_str(), status(&v)),
+        (Some("30.00"), "partially_paid")
+    );
+    assert_eq!(w.engine.open_invoice_count(), 1);
+    assert!(w.engine.checkpoint().unwrap() >= 2);
+    assert_eq!(w.engine.store().deferred_len(), 0);
+    // After the checkpoint, a payment that closes the invoice; the process dies before the next one.
+    w.engine
+        .ingest("bank", "camt", None, vec![pay("j2", "70.00")])
+        .await
+        .unwrap();
+    w.restart();
+    let v = w.invoice(&inv.id);
+    assert_eq!(
+        (v["amount_paid"].as_str(), status(&v)),
+        (Some("100.00"), "paid")
+    );
+    assert_eq!(
+        v["allocations"].as_array().unwrap().len(),
+        2,
+        "each allocation once: {v}"
+    );
+    assert_eq!(w.engine.open_invoice_count(), 0);
+    // A replay over a store whose invoice was written through meanwhile counts nothing twice.
+    w.engine.checkpoint().unwrap();
+    w.restart();
+    w.restart();
+    assert_eq!(w.invoice(&inv.id)["amount_paid"], "100.00");
+    let paid = w
+        .events()
+        .iter()
+        .filter(|e| e.as_str() == "invoice.payment_status_changed")
+        .count();
+    assert_eq!(paid, 3, "unpaid, partially paid, paid: each announced once");
+}
+
+#[tokio::test]
 async fn an_external_id_is_recognised_whether_the_payment_was_allocated_by_hand_or_automatically() {
     let w = World::new();
     let inv = w.issued_invoice("Either Way", "30.00").await;
@@ -1103,6 +1169,11 @@ enum CreditStep {
     CreditNote(usize, Option<i64>),
     ApplyCredit(usize, Option<i64>),
     Reverse(usize, Option<i64>),
+    /// A bank payment naming the invoice's number: reconciled, its invoice changes deferred to the overlay.
+    Ingest(usize, i64),
+    Checkpoint,
+    /// The process dies: what only the overlay held is lost, and a new engine replays the journal.
+    Restart,
 }
 
 fn credit_step() -> impl proptest::strategy::Strategy<Value = CreditStep> {
@@ -1115,6 +1186,9 @@ fn credit_step() -> impl proptest::strategy::Strategy<Value = CreditStep> {
         2 => (0usize..3, amount()).prop_map(|(i, c)| CreditStep::CreditNote(i, c)),
         3 => (0usize..3, amount()).prop_map(|(i, c)| CreditStep::ApplyCredit(i, c)),
         3 => (0usize..4, amount()).prop_map(|(i, c)| CreditStep::Reverse(i, c)),
+        3 => (0usize..3, cents()).prop_map(|(i, c)| CreditStep::Ingest(i, c)),
+        1 => Just(CreditStep::Checkpoint),
+        2 => Just(CreditStep::Restart),
     ]
 }
 
@@ -1202,11 +1276,15 @@ proptest::proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
-            let w = World::new();
+            let mut w = World::new();
             let mut invoices = Vec::new();
+            let mut numbers = Vec::new();
             for amount in ["100.00", "50.00", "30.00"] {
-                invoices.push(w.issued_invoice("Prop Credit", amount).await.id);
+                let inv = w.issued_invoice("Prop Credit", amount).await;
+                invoices.push(inv.id);
+                numbers.push(inv.number.unwrap());
             }
+            let mut lines = 0;
             let mut payments: Vec<String> = Vec::new();
             let mut received = Decimal::ZERO;
             let amount = |c: Option<i64>| c.map(|c| Decimal::new(c, 2).to_string());
@@ -1239,6 +1317,45 @@ proptest::proptest! {
                         if let Ok(r) = done {
                             received -= r.reversed;
                         }
+                    }
+                    CreditStep::Ingest(i, cents) => {
+                        lines += 1;
+                        let line = format!("line-{lines}");
+                        let paid = Decimal::new(*cents, 2).to_string();
+                        let record = payment_record(&line, &paid, "Prop Credit", &numbers[*i]);
+                        w.engine.ingest("bank", "camt", None, vec![record]).await.unwrap();
+                        let seen = w.engine.store().seen(&format!("pay:camt:{line}")).unwrap().unwrap();
+                        if let Some(id) = seen["payment_id"].as_str() {
+                            let pay: crate::domain::payment::Payment = w.engine.get("payment", id).unwrap();
+                            // What reached an invoice or the customer's credit (not what waits in review).
+                            let mut reached = pay.unallocated;
+                            for a in &pay.allocations {
+                                let a: crate::domain::payment::Allocation = w.engine.get("allocation", a).unwrap();
+                                reached += a.amount;
+                            }
+                            if reached > Decimal::ZERO {
+                                payments.push(pay.id);
+                                received += reached;
+                            }
+                        }
+                    }
+                    CreditStep::Checkpoint => {
+                        w.engine.checkpoint().unwrap();
+                        assert_eq!(w.engine.store().deferred_len(), 0);
+                    }
+                    CreditStep::Restart => {
+                        let before: Vec<Invoice> = invoices.iter().map(|id| w.engine.get("invoice", id).unwrap()).collect();
+                        let open = w.engine.open_invoice_count();
+                        w.restart();
+                        let after: Vec<Invoice> = invoices.iter().map(|id| w.engine.get("invoice", id).unwrap()).collect();
+                        for (b, a) in before.iter().zip(&after) {
+                            assert_eq!(
+                                (&b.allocations, b.amount_paid, b.amount_credited, b.announced_status),
+                                (&a.allocations, a.amount_paid, a.amount_credited, a.announced_status),
+                                "{}", b.id
+                            );
+                        }
+                        assert_eq!(w.engine.open_invoice_count(), open);
                     }
                 }
                 check_credit_invariants(&w, &invoices, &payments, received);

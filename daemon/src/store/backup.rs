@@ -21,9 +21,9 @@ pub fn backup_to(store: &Store, file: &Path) -> StoreResult<u64> {
     let header = serde_json::json!({"format": FORMAT, "schema": SCHEMA_VERSION, "created_at": chrono::Utc::now()});
     writeln!(out, "{header}").map_err(io)?;
     let mut count = 0u64;
-    for item in store.tree()?.iter() {
-        let (k, v) = item?;
-        let key = String::from_utf8_lossy(&k).to_string();
+    // Deferred writes included (a checkpoint runs first in `settled backup`, but a store in use may hold some).
+    for item in store.scan_merged("")? {
+        let (key, v) = item?;
         let value: serde_json::Value = super::decode(&key, &v)?;
         let line = serde_json::json!({"k": key, "v": value});
         writeln!(out, "{line}").map_err(io)?;

@@ -14,7 +14,14 @@
 //! - `d/<sink>/...`       outbox delivery state per sink instance (cursor, done above it, retries, dead letters, pause;
 //!   see `outbox`)
 //! - `n/<series>/<period>` number-series counters, `n/id/<kind>` id counters
-//! - `m/schema`           schema version; `m/invoice-ref-index` marks the `invoice-ref` index as filled for older invoices
+//! - `m/schema`           schema version; `m/invoice-ref-index` marks the `invoice-ref` index as filled for older invoices;
+//!   `m/checkpoint` the audit event id up to which deferred writes are in sled (see below)
+//!
+//! Deferred writes ([`WriteSet::put_deferred`]): the payment state an ingested payment gives its invoice (the invoice,
+//! its `i/open-invoice/` and `i/open-due/` rows) goes to an in-memory overlay instead of sled. Every read looks at the
+//! overlay first. The journal (allocation records and `payment.recorded` events, which are written through) is the
+//! truth: [`Store::write_back`] writes the overlay to sled in key order with the event id it covers (`m/checkpoint`),
+//! and after a crash the engine replays the events after it into the overlay (`engine/journal.rs`).
 //!
 //! Only the engine writes. It holds one writer lock, reads, then applies one [`WriteSet`] as a sled `Batch` (atomic within the tree),
 //! and answers the caller only after [`Store::durable`] saw a flush that covers the write.
@@ -160,8 +167,19 @@ struct Inner {
     path: PathBuf,
     options: StoreOptions,
     handle: RwLock<Handle>,
+    /// Deferred writes not yet in sled, key -> latest value (`None`: removed); see [`WriteSet::put_deferred`].
+    overlay: RwLock<Overlay>,
     _lock: File,
 }
+
+/// The overlay of deferred writes, in key order (scans merge it with sled's keys).
+type Overlay = BTreeMap<String, Option<sled::IVec>>;
+
+/// Where a test asks a checkpoint to abort the process (see [`Store::write_back`]).
+const ABORT_CHECKPOINT_ENV: &str = "SETTLED_TEST_ABORT_CHECKPOINT_AFTER";
+
+/// The key holding the audit event id up to which every deferred write is in sled.
+const CHECKPOINT_KEY: &str = "m/checkpoint";
 
 /// The sled database while it can be used, or why it was closed.
 enum Handle {
@@ -232,6 +250,7 @@ impl Store {
                 path: dir.to_path_buf(),
                 options: options.clone(),
                 handle: RwLock::new(Handle::Open(Arc::new(open))),
+                overlay: RwLock::new(Overlay::new()),
                 _lock: lock,
             }),
         })
@@ -256,6 +275,8 @@ impl Store {
             .and_then(|open| probe_write(&open).map(|()| open))
         {
             Ok(open) => {
+                // Deferred writes may come from batches that never reached the disk: the engine replays the journal.
+                self.write_overlay().clear();
                 *self.write_handle() = Handle::Open(Arc::new(open));
                 Ok(true)
             }
@@ -328,6 +349,137 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn read_overlay(&self) -> std::sync::RwLockReadGuard<'_, Overlay> {
+        // The overlay is changed by whole inserts and removals, never left half-written.
+        self.inner
+            .overlay
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_overlay(&self) -> std::sync::RwLockWriteGuard<'_, Overlay> {
+        self.inner
+            .overlay
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The keys under `prefix` in key order, the overlay's deferred writes merged over sled's.
+    fn scan_merged(
+        &self,
+        prefix: &str,
+    ) -> StoreResult<impl Iterator<Item = StoreResult<(String, sled::IVec)>>> {
+        let tree = self.tree()?;
+        let pending: Vec<(String, Option<sled::IVec>)> = self
+            .read_overlay()
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(MergedScan {
+            sled: tree.scan_prefix(prefix.as_bytes()).peekable(),
+            overlay: pending.into_iter().peekable(),
+        })
+    }
+
+    /// How many deferred writes wait in the overlay.
+    pub fn deferred_len(&self) -> usize {
+        self.read_overlay().len()
+    }
+
+    /// The audit event id up to which every deferred write is in sled (`None`: a store that never deferred).
+    pub fn checkpoint(&self) -> StoreResult<Option<u64>> {
+        let tree = self.tree()?;
+        match tree.get(CHECKPOINT_KEY)? {
+            None => Ok(None),
+            Some(v) => decode(CHECKPOINT_KEY, &v).map(Some),
+        }
+    }
+
+    /// Note that everything up to the newest event is in sled, unless a checkpoint is noted already (a store of the
+    /// layout before deferred writes has every invoice written through).
+    pub fn init_checkpoint(&self) -> StoreResult<()> {
+        let open = self.open_handle()?;
+        let position = open.next_event.load(Ordering::SeqCst) - 1;
+        let _ = open.tree.compare_and_swap(
+            CHECKPOINT_KEY,
+            None as Option<&[u8]>,
+            Some(encode(&position)),
+        )?;
+        Ok(())
+    }
+
+    /// Put a value into the overlay without a write set: the engine's replay of the journal after a restart.
+    pub(crate) fn replay_deferred<T: Serialize>(&self, key: &str, value: Option<&T>) {
+        let value = value.map(|v| sled::IVec::from(encode(v)));
+        self.write_overlay().insert(key.to_string(), value);
+    }
+
+    /// Forget every deferred write (the engine replays the journal into an empty overlay).
+    pub(crate) fn clear_deferred(&self) {
+        self.write_overlay().clear();
+    }
+
+    /// Write the overlay back to sled in key order, then note `position` (the newest event id, which the overlay
+    /// covers) in `m/checkpoint`, and empty the overlay. The caller holds the engine's writer lock, so nothing is
+    /// deferred meanwhile. A crash halfway leaves the previous `m/checkpoint`: the engine replays the journal after it,
+    /// and its replay is idempotent (an allocation already listed on the invoice is not counted again).
+    ///
+    /// Test-only: with `SETTLED_TEST_ABORT_CHECKPOINT_AFTER=N` in the environment, the process aborts once N keys of
+    /// a checkpoint are written and flushed (a checkpoint cut short by a crash).
+    pub fn write_back(&self, position: u64) -> StoreResult<usize> {
+        let open = self.open_handle()?;
+        let entries: Vec<(String, Option<sled::IVec>)> = self
+            .read_overlay()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let abort_after = std::env::var(ABORT_CHECKPOINT_ENV)
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok());
+        let fail = |source: sled::Error| {
+            self.close(open.generation, &source);
+            StoreError::WriteFailed {
+                path: self.inner.path.clone(),
+                source,
+            }
+        };
+        let mut written = 0usize;
+        for part in entries.chunks(CHECKPOINT_BATCH) {
+            let part = match abort_after {
+                Some(n) => &part[..part.len().min(n.saturating_sub(written))],
+                None => part,
+            };
+            let mut batch = sled::Batch::default();
+            for (key, value) in part {
+                match value {
+                    Some(bytes) => batch.insert(key.as_bytes(), bytes.clone()),
+                    None => batch.remove(key.as_bytes()),
+                }
+            }
+            open.tree.apply_batch(batch).map_err(fail)?;
+            written += part.len();
+            if abort_after.is_some_and(|n| written >= n) {
+                let _ = open.db.flush();
+                tracing::error!(
+                    written,
+                    "{ABORT_CHECKPOINT_ENV}: aborting in the middle of a checkpoint"
+                );
+                std::process::abort();
+            }
+        }
+        // The marker must not reach the disk before what it covers.
+        open.db.flush().map_err(fail)?;
+        open.tree
+            .insert(CHECKPOINT_KEY, encode(&position))
+            .map_err(fail)?;
+        self.write_overlay().clear();
+        Ok(written)
+    }
+
     fn write_handle(&self) -> std::sync::RwLockWriteGuard<'_, Handle> {
         self.inner
             .handle
@@ -354,6 +506,9 @@ impl Store {
                 Some(raw) => decode(key, raw.get().as_bytes()).map(Some),
             };
         }
+        if let Some(value) = self.read_overlay().get(key) {
+            return value.as_ref().map(|v| decode(key, v)).transpose();
+        }
         match open.tree.get(key.as_bytes())? {
             None => Ok(None),
             Some(v) => decode(key, &v).map(Some),
@@ -369,9 +524,9 @@ impl Store {
     pub fn index_prefix(&self, index: &str, prefix: &str) -> StoreResult<Vec<String>> {
         let key = index_key(index, prefix);
         let mut out = Vec::new();
-        for item in self.tree()?.scan_prefix(key.as_bytes()) {
+        for item in self.scan_merged(&key)? {
             let (k, v) = item?;
-            out.push(decode(&String::from_utf8_lossy(&k), &v)?);
+            out.push(decode(&k, &v)?);
         }
         Ok(out)
     }
@@ -380,9 +535,9 @@ impl Store {
     pub fn index_values<T: DeserializeOwned>(&self, index: &str) -> StoreResult<Vec<T>> {
         let key = index_key(index, "");
         let mut out = Vec::new();
-        for item in self.tree()?.scan_prefix(key.as_bytes()) {
+        for item in self.scan_merged(&key)? {
             let (k, v) = item?;
-            out.push(decode(&String::from_utf8_lossy(&k), &v)?);
+            out.push(decode(&k, &v)?);
         }
         Ok(out)
     }
@@ -395,9 +550,8 @@ impl Store {
     /// Every `(key, value)` under a raw key prefix, in key order (the outbox's `d/<sink>/` rows).
     pub fn scan_raw<T: DeserializeOwned>(&self, prefix: &str) -> StoreResult<Vec<(String, T)>> {
         let mut out = Vec::new();
-        for item in self.tree()?.scan_prefix(prefix.as_bytes()) {
-            let (k, v) = item?;
-            let key = String::from_utf8_lossy(&k).to_string();
+        for item in self.scan_merged(prefix)? {
+            let (key, v) = item?;
             let value = decode(&key, &v)?;
             out.push((key, value));
         }
@@ -414,17 +568,18 @@ impl Store {
         &self,
         kind: &str,
     ) -> Box<dyn Iterator<Item = StoreResult<T>> + '_> {
-        let tree = match self.tree() {
-            Ok(tree) => tree,
+        let prefix = format!("e/{kind}/");
+        let (tree, merged) = match self
+            .tree()
+            .and_then(|t| Ok((t, self.scan_merged(&prefix)?)))
+        {
+            Ok(both) => both,
             Err(e) => return Box::new(std::iter::once(Err(e))),
         };
-        let prefix = format!("e/{kind}/");
-        let own_keys = tree
-            .scan_prefix(prefix.as_bytes())
-            .map(|item| -> StoreResult<T> {
-                let (k, v) = item?;
-                decode(&String::from_utf8_lossy(&k), &v)
-            });
+        let own_keys = merged.map(|item| -> StoreResult<T> {
+            let (k, v) = item?;
+            decode(&k, &v)
+        });
         if !blocks::BLOCKED.contains(&kind) {
             return Box::new(own_keys);
         }
@@ -486,6 +641,7 @@ impl Store {
     pub fn begin(&self) -> WriteSet {
         WriteSet {
             pending: HashMap::new(),
+            deferred: HashMap::new(),
             events: Vec::new(),
         }
     }
@@ -500,13 +656,13 @@ impl Store {
     ) -> StoreResult<Vec<String>> {
         let start = index_key(index, prefix);
         let mut rows: BTreeMap<String, String> = BTreeMap::new();
-        for item in self.tree()?.scan_prefix(start.as_bytes()) {
-            let (k, v) = item?;
-            let key = String::from_utf8_lossy(&k).into_owned();
+        for item in self.scan_merged(&start)? {
+            let (key, v) = item?;
             let id = decode(&key, &v)?;
             rows.insert(key, id);
         }
-        for (key, value) in ws.pending.iter().filter(|(k, _)| k.starts_with(&start)) {
+        let own = ws.deferred.iter().chain(ws.pending.iter());
+        for (key, value) in own.filter(|(k, _)| k.starts_with(&start)) {
             match value {
                 Some(bytes) => {
                     rows.insert(key.clone(), decode(key, bytes)?);
@@ -521,7 +677,7 @@ impl Store {
 
     /// Read a key as the write set will leave it: its own pending writes first, then the store.
     pub fn get_in<T: DeserializeOwned>(&self, ws: &WriteSet, key: &str) -> StoreResult<Option<T>> {
-        match ws.pending.get(key) {
+        match ws.pending.get(key).or_else(|| ws.deferred.get(key)) {
             Some(Some(bytes)) => decode(key, bytes).map(Some),
             Some(None) => Ok(None),
             None => self.get_raw(key),
@@ -543,6 +699,18 @@ impl Store {
         let outbox = ws.has_outbox();
         let mut batch = sled::Batch::default();
         let mut blocked: BTreeMap<String, Vec<blocks::Change>> = BTreeMap::new();
+        // Keys written through that the overlay holds an older deferred value of: dropped from it once applied.
+        let mut superseded = Vec::new();
+        let overlay_empty = self.read_overlay().is_empty();
+        if !overlay_empty {
+            let overlay = self.read_overlay();
+            superseded.extend(
+                ws.pending
+                    .keys()
+                    .filter(|k| overlay.contains_key(*k))
+                    .cloned(),
+            );
+        }
         for (key, value) in ws.pending {
             if let Some((kind, id, n)) = blocks::blocked_key(&key) {
                 blocked
@@ -586,6 +754,15 @@ impl Store {
         }
         open.next_event
             .store(first_event + event_ids.len() as u64, Ordering::SeqCst);
+        if !superseded.is_empty() || !ws.deferred.is_empty() {
+            let mut overlay = self.write_overlay();
+            for key in superseded {
+                overlay.remove(&key);
+            }
+            for (key, value) in ws.deferred {
+                overlay.insert(key, value.map(sled::IVec::from));
+            }
+        }
         Ok(CommitTicket {
             seq: open.commit.written(),
             generation: open.generation,
@@ -747,24 +924,47 @@ pub struct CommitTicket {
 pub struct WriteSet {
     /// key -> new value (`None`: removed); the last write of a key wins.
     pending: HashMap<String, Option<Vec<u8>>>,
+    /// key -> new value for the overlay, not sled ([`WriteSet::put_deferred`]).
+    deferred: HashMap<String, Option<Vec<u8>>>,
     events: Vec<Event>,
 }
 
 impl WriteSet {
     /// Write an entity.
     pub fn put<T: Serialize>(&mut self, kind: &str, id: &str, value: &T) {
-        self.pending
-            .insert(entity_key(kind, id), Some(encode(value)));
+        self.through(entity_key(kind, id), Some(encode(value)));
     }
 
     /// Write any key (cursors, published statuses).
     pub fn put_raw<T: Serialize>(&mut self, key: &str, value: &T) {
-        self.pending.insert(key.to_string(), Some(encode(value)));
+        self.through(key.to_string(), Some(encode(value)));
     }
 
     /// Remove any key (outbox delivery rows).
     pub fn remove_raw(&mut self, key: &str) {
-        self.pending.insert(key.to_string(), None);
+        self.through(key.to_string(), None);
+    }
+
+    /// A write to sled; it supersedes a deferred write of the key in this set.
+    fn through(&mut self, key: String, value: Option<Vec<u8>>) {
+        if !self.deferred.is_empty() {
+            self.deferred.remove(&key);
+        }
+        self.pending.insert(key, value);
+    }
+
+    /// Write (`Some`) or remove (`None`) a key in the store's in-memory overlay instead of sled, for state the journal
+    /// can rebuild (an invoice's payment state after an ingested payment, see `engine/journal.rs`): every read sees
+    /// it at once, sled gets it at the next checkpoint ([`Store::write_back`]). A key this set writes through stays
+    /// written through, so nothing the journal cannot rebuild is left to the overlay.
+    pub fn put_deferred<T: Serialize>(&mut self, key: &str, value: Option<&T>) {
+        let value = value.map(encode);
+        match self.pending.get_mut(key) {
+            Some(through) => *through = value,
+            None => {
+                self.deferred.insert(key.to_string(), value);
+            }
+        }
     }
 
     /// True when an event of this set is flagged for the outbox.
@@ -774,13 +974,12 @@ impl WriteSet {
 
     /// Point an index entry at an id.
     pub fn index(&mut self, index: &str, key: &str, id: &str) {
-        self.pending
-            .insert(index_key(index, key), Some(encode(&id)));
+        self.through(index_key(index, key), Some(encode(&id)));
     }
 
     /// Remove an index entry.
     pub fn unindex(&mut self, index: &str, key: &str) {
-        self.pending.insert(index_key(index, key), None);
+        self.through(index_key(index, key), None);
     }
 
     /// Record an idempotency key with what it produced. The common `{"payment_id": id}` is stored as the bare id (a
@@ -825,7 +1024,46 @@ impl WriteSet {
 
     /// True when nothing but counters was written.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.pending.keys().all(|k| k.starts_with("n/"))
+        self.events.is_empty()
+            && self.deferred.is_empty()
+            && self.pending.keys().all(|k| k.starts_with("n/"))
+    }
+}
+
+/// Keys written back per sled batch by a checkpoint.
+const CHECKPOINT_BATCH: usize = 512;
+
+/// A prefix scan of sled with the overlay's deferred writes merged in (an overlay value wins; `None` hides the key).
+struct MergedScan<S: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
+    sled: std::iter::Peekable<S>,
+    overlay: std::iter::Peekable<std::vec::IntoIter<(String, Option<sled::IVec>)>>,
+}
+
+impl<S: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for MergedScan<S> {
+    type Item = StoreResult<(String, sled::IVec)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let order = match (self.sled.peek(), self.overlay.peek()) {
+                (None, None) => return None,
+                (Some(Err(_)), _) => return self.sled.next().map(|r| Err(r.unwrap_err().into())),
+                (Some(Ok(_)), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(Ok((k, _))), Some((o, _))) => k.as_ref().cmp(o.as_bytes()),
+            };
+            if order != std::cmp::Ordering::Greater {
+                let Some(Ok((k, v))) = self.sled.next() else {
+                    continue;
+                };
+                if order == std::cmp::Ordering::Less {
+                    return Some(Ok((String::from_utf8_lossy(&k).into_owned(), v)));
+                }
+            }
+            // The overlay's value of this key (over sled's, which was skipped above when equal).
+            if let Some((key, Some(value))) = self.overlay.next() {
+                return Some(Ok((key, value)));
+            }
+        }
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use serde_json::json;
 
 fn open(dir: &Path) -> Store {
     Store::open(dir, &StoreOptions::default()).expect("store opens")
@@ -669,5 +670,112 @@ fn an_index_prefix_read_through_a_write_set_sees_its_own_writes_and_removals() {
     assert_eq!(
         store.index_prefix("paid-by", "e2e:x/").unwrap(),
         ["pay_1", "pay_2"]
+    );
+}
+
+#[test]
+fn deferred_writes_are_read_and_scanned_over_sled_until_a_checkpoint_writes_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut ws = store.begin();
+    ws.put("invoice", "inv_1", &json!({"paid": "0"}));
+    ws.put("invoice", "inv_2", &json!({"paid": "0"}));
+    ws.index("open-invoice", "inv_1", "inv_1");
+    ws.index("open-invoice", "inv_2", "inv_2");
+    ws.event("t", "issued", "invoice", "inv_1", json!({}), false);
+    store.apply(ws).unwrap();
+    let on_disk = |key: &str| -> Option<serde_json::Value> {
+        store
+            .tree()
+            .unwrap()
+            .get(key)
+            .unwrap()
+            .map(|v| serde_json::from_slice(&v).unwrap())
+    };
+
+    let mut ws = store.begin();
+    ws.put_deferred("e/invoice/inv_1", Some(&json!({"paid": "5"})));
+    ws.put_deferred::<()>("i/open-invoice/inv_1", None);
+    // The write set reads its own deferred writes.
+    assert_eq!(
+        store
+            .get_in::<serde_json::Value>(&ws, "e/invoice/inv_1")
+            .unwrap(),
+        Some(json!({"paid": "5"}))
+    );
+    assert_eq!(
+        store.index_prefix_in(&ws, "open-invoice", "").unwrap(),
+        ["inv_2"]
+    );
+    store.apply(ws).unwrap();
+    assert_eq!(store.deferred_len(), 2);
+    // Every read sees the overlay; sled does not have it.
+    assert_eq!(
+        store.get::<serde_json::Value>("invoice", "inv_1").unwrap(),
+        Some(json!({"paid": "5"}))
+    );
+    assert_eq!(on_disk("e/invoice/inv_1"), Some(json!({"paid": "0"})));
+    assert_eq!(store.index_prefix("open-invoice", "").unwrap(), ["inv_2"]);
+    assert_eq!(
+        store.index_values::<String>("open-invoice").unwrap(),
+        ["inv_2"]
+    );
+    let scanned: Vec<serde_json::Value> = store.scan("invoice").map(Result::unwrap).collect();
+    assert_eq!(scanned, [json!({"paid": "5"}), json!({"paid": "0"})]);
+
+    // A write-through of the same key in a later write set supersedes the deferred value.
+    let mut ws = store.begin();
+    ws.put("invoice", "inv_1", &json!({"paid": "7"}));
+    // Within one write set, a key written through stays written through.
+    ws.put("invoice", "inv_2", &json!({"paid": "1"}));
+    ws.put_deferred("e/invoice/inv_2", Some(&json!({"paid": "2"})));
+    store.apply(ws).unwrap();
+    assert_eq!(on_disk("e/invoice/inv_1"), Some(json!({"paid": "7"})));
+    assert_eq!(on_disk("e/invoice/inv_2"), Some(json!({"paid": "2"})));
+    assert_eq!(
+        store.deferred_len(),
+        1,
+        "only the open-invoice removal waits"
+    );
+    assert_eq!(store.index_prefix("open-invoice", "").unwrap(), ["inv_2"]);
+
+    // A checkpoint writes the overlay to sled with the position it covers, and empties it.
+    assert_eq!(store.checkpoint().unwrap(), None);
+    assert_eq!(store.write_back(1).unwrap(), 1);
+    assert_eq!(store.deferred_len(), 0);
+    assert_eq!(store.checkpoint().unwrap(), Some(1));
+    assert_eq!(on_disk("i/open-invoice/inv_1"), None);
+    assert_eq!(store.index_prefix("open-invoice", "").unwrap(), ["inv_2"]);
+}
+
+#[test]
+fn a_reopened_store_has_no_deferred_writes_and_a_store_without_a_checkpoint_gets_one_at_its_newest_event(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut ws = store.begin();
+    ws.event("t", "a", "x", "1", json!({}), false);
+    ws.event("t", "b", "x", "1", json!({}), false);
+    store.apply(ws).unwrap();
+    store.init_checkpoint().unwrap();
+    assert_eq!(store.checkpoint().unwrap(), Some(2));
+    let mut ws = store.begin();
+    ws.event("t", "c", "x", "1", json!({}), false);
+    ws.put_deferred("e/invoice/inv_1", Some(&json!({"paid": "5"})));
+    store.apply(ws).unwrap();
+    // Set once: a later start must replay from the checkpoint, not skip what was deferred since.
+    store.init_checkpoint().unwrap();
+    assert_eq!(store.checkpoint().unwrap(), Some(2));
+    store.flush().unwrap();
+    // A failed write closes the store; reopening drops what only the overlay held.
+    store.close(
+        store.open_handle().unwrap().generation,
+        &sled::Error::Unsupported("test".into()),
+    );
+    assert!(store.reopen().unwrap());
+    assert_eq!(store.deferred_len(), 0);
+    assert_eq!(
+        store.get::<serde_json::Value>("invoice", "inv_1").unwrap(),
+        None
     );
 }

@@ -103,6 +103,8 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub child: Option<Child>,
+    /// Extra environment of the process [`Daemon::spawn`] starts next (test-only hooks).
+    pub env: Vec<(String, String)>,
     log: PathBuf,
     http: reqwest::blocking::Client,
 }
@@ -146,6 +148,7 @@ impl Daemon {
             dir,
             port,
             child: None,
+            env: Vec::new(),
             log: PathBuf::new(),
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -181,6 +184,7 @@ impl Daemon {
         cmd.args(["run", "--config"])
             .arg(self.dir.path().join("settled.toml"))
             .env("SETTLED_API_TOKEN", TOKEN)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);

@@ -16,6 +16,7 @@ mod harness;
 mod hledger;
 mod imports;
 mod inbox;
+mod journal;
 mod large_files;
 mod lifecycle;
 mod mailbox;

@@ -1,0 +1,147 @@
+//! The journal is the truth for an invoice's payment state: an ingested payment's allocations are listed in its
+//! `payment.recorded` event (and stored as allocation records), both written through in the payment's write set,
+//! while the invoice it pays (its `amount_paid`, `allocations`, `announced_status`, `updated_at`, and its
+//! `i/open-invoice/` and `i/open-due/` rows) is a deferred write held in the store's overlay
+//! ([`crate::store::WriteSet::put_deferred`]). A checkpoint writes the overlay to sled with the event id it covers
+//! (`m/checkpoint`); at start and after the store reopens, [`replay`] rebuilds the overlay from the events after it.
+//!
+//! Replay is idempotent whatever mix of written-through, checkpointed and lost writes an invoice had: an allocation
+//! counts only if the invoice does not list its id yet, and `invoice.payment_status_changed` events are applied in
+//! order (every change of `announced_status` has one), so the last one wins.
+
+use std::collections::HashMap;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use super::billing::{due_key, open_invoice};
+use super::EngineResult;
+use crate::domain::invoice::{self, Invoice, InvoiceKind, InvoiceState, PaymentStatus};
+use crate::domain::party::Account;
+use crate::reconcile::OpenInvoice;
+use crate::store::Store;
+
+/// One allocation as a `payment.recorded` event lists it.
+#[derive(Deserialize)]
+struct Listed {
+    id: String,
+    invoice_id: String,
+    amount: Decimal,
+}
+
+/// An invoice replay touched: as read, and as the journal leaves it.
+struct Touched {
+    before: Invoice,
+    after: Invoice,
+}
+
+/// Rebuild the overlay from the events after the checkpoint (a store without one gets one at its newest event: it
+/// has deferred nothing). Returns how many events were read.
+pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
+    store.clear_deferred();
+    store.init_checkpoint()?;
+    let from = store.checkpoint()?.unwrap_or(0);
+    let mut touched: HashMap<String, Touched> = HashMap::new();
+    let mut read = 0u64;
+    for event in store.events_from(from)? {
+        let event = event?;
+        read += 1;
+        match event.kind.as_str() {
+            "payment.recorded" => {
+                let listed: Vec<Listed> = match event.data.get("allocations") {
+                    Some(list) => serde_json::from_value(list.clone()).unwrap_or_default(),
+                    None => continue,
+                };
+                for a in listed {
+                    let Some(t) = touch(store, &mut touched, &a.invoice_id)? else {
+                        continue;
+                    };
+                    if !t.after.allocations.contains(&a.id) {
+                        t.after.amount_paid += a.amount;
+                        t.after.allocations.push(a.id);
+                        t.after.updated_at = event.at;
+                    }
+                }
+            }
+            "invoice.payment_status_changed" => {
+                let Some(to) = event
+                    .data
+                    .get("to")
+                    .and_then(|to| serde_json::from_value::<PaymentStatus>(to.clone()).ok())
+                else {
+                    continue;
+                };
+                if let Some(t) = touch(store, &mut touched, &event.entity_id)? {
+                    t.after.announced_status = Some(to);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut ids: Vec<&String> = touched.keys().collect();
+    ids.sort();
+    for id in ids {
+        let t = &touched[id];
+        if t.before != t.after {
+            defer_invoice(store, &t.after)?;
+        }
+    }
+    if read > 0 {
+        tracing::info!(
+            events = read,
+            after = from,
+            invoices = store.deferred_len(),
+            "replayed the journal after the last checkpoint"
+        );
+    }
+    Ok(read)
+}
+
+fn touch<'a>(
+    store: &Store,
+    touched: &'a mut HashMap<String, Touched>,
+    id: &str,
+) -> EngineResult<Option<&'a mut Touched>> {
+    if !touched.contains_key(id) {
+        let Some(inv) = store.get::<Invoice>("invoice", id)? else {
+            return Ok(None);
+        };
+        touched.insert(
+            id.to_string(),
+            Touched {
+                before: inv.clone(),
+                after: inv,
+            },
+        );
+    }
+    Ok(touched.get_mut(id))
+}
+
+/// Put an invoice and its open-invoice rows into the overlay, as `save_invoice` leaves them.
+fn defer_invoice(store: &Store, inv: &Invoice) -> EngineResult<()> {
+    store.replay_deferred(&format!("e/invoice/{}", inv.id), Some(inv));
+    let open = inv.state == InvoiceState::Issued
+        && inv.kind == InvoiceKind::Invoice
+        && invoice::balance(inv) > Decimal::ZERO;
+    let open_key = format!("i/open-invoice/{}", inv.id);
+    let due_key = format!("i/open-due/{}", due_key(inv));
+    if !open {
+        store.replay_deferred::<()>(&open_key, None);
+        store.replay_deferred::<()>(&due_key, None);
+        return Ok(());
+    }
+    let name = match store.get_raw::<OpenInvoice>(&open_key)? {
+        Some(row) => row.account_name,
+        None => store
+            .get::<Account>("account", &inv.account_id)?
+            .map(|a| a.name)
+            .unwrap_or_default(),
+    };
+    if let Some(row) = open_invoice(inv, &name) {
+        store.replay_deferred(&open_key, Some(&row));
+        if store.get_raw::<String>(&due_key)?.is_none() {
+            store.replay_deferred(&due_key, Some(&inv.id));
+        }
+    }
+    Ok(())
+}
