@@ -87,8 +87,10 @@ pub(super) async fn check(
     let engine = state.engine.clone();
     let plugin = instance.plugin.clone();
     // Settled's own invoices the other system has, linked or not yet.
-    let sent: std::collections::BTreeSet<String> =
-        theirs.iter().filter_map(|t| t.host_number.clone()).collect();
+    let sent: std::collections::BTreeSet<String> = theirs
+        .iter()
+        .filter_map(|t| t.host_number.clone())
+        .collect();
     let ours = tokio::task::spawn_blocking(move || -> Result<Vec<Invoice>, ApiError> {
         let mut ours = Vec::new();
         for inv in engine.store().scan::<Invoice>("invoice") {
@@ -281,9 +283,15 @@ mod tests {
         let ours = [ours("TRY-1", "100.00", "0", Some("1"))];
         let theirs = [theirs("1", "100.00", "0", None)];
         let diffs = compare(&ours, &theirs, "tryton", today());
-        let fields: Vec<_> = diffs.iter().map(|d| (d.invoice.as_str(), d.field)).collect();
+        let fields: Vec<_> = diffs
+            .iter()
+            .map(|d| (d.invoice.as_str(), d.field))
+            .collect();
         assert_eq!(fields, [("TRY-1", "balance"), ("TRY-1", "status")]);
-        assert_eq!((diffs[0].settled.as_str(), diffs[0].other.as_str()), ("100.00", "0"));
+        assert_eq!(
+            (diffs[0].settled.as_str(), diffs[0].other.as_str()),
+            ("100.00", "0")
+        );
     }
 
     #[test]
@@ -291,7 +299,10 @@ mod tests {
         let ours = [ours("TRY-1", "100.00", "0", Some("1"))];
         let theirs = [theirs("2", "10.00", "10.00", None)];
         let diffs = compare(&ours, &theirs, "tryton", today());
-        let fields: Vec<_> = diffs.iter().map(|d| (d.invoice.as_str(), d.field)).collect();
+        let fields: Vec<_> = diffs
+            .iter()
+            .map(|d| (d.invoice.as_str(), d.field))
+            .collect();
         assert_eq!(fields, [("TRY-1", "invoice"), ("TRY-2", "invoice")]);
     }
 }

@@ -1797,9 +1797,7 @@ async fn run(cmd: &ApiCommand, opts: &ClientOpts, output: Output<'_>) -> anyhow:
         }
         ApiCommand::Status => status(&client, &requests, opts.json, out).await,
         ApiCommand::Sync(_) => {
-            let request = requests
-                .first()
-                .ok_or_else(|| anyhow!("no sync request"))?;
+            let request = requests.first().ok_or_else(|| anyhow!("no sync request"))?;
             sync::check(&client, request, opts.json, out, width).await
         }
         _ => {

@@ -70,7 +70,10 @@ pub(super) fn invoice_refusal(r: &InvoiceRecord) -> Option<DomainError> {
         for (i, t) in r.taxes.iter().enumerate() {
             let field = format!("taxes[{i}]");
             if t.rate < Decimal::ZERO || t.base < Decimal::ZERO || t.amount < Decimal::ZERO {
-                return Some(DomainError::invalid(field, "rate, base and amount must not be negative"));
+                return Some(DomainError::invalid(
+                    field,
+                    "rate, base and amount must not be negative",
+                ));
             }
             for amount in [t.base, t.amount] {
                 if let Err(e) = check_scale(&field, amount, &currency) {
@@ -81,17 +84,25 @@ pub(super) fn invoice_refusal(r: &InvoiceRecord) -> Option<DomainError> {
         let (bases, amounts) = r
             .taxes
             .iter()
-            .fold((Decimal::ZERO, Decimal::ZERO), |(b, a), t| (b + t.base, a + t.amount));
+            .fold((Decimal::ZERO, Decimal::ZERO), |(b, a), t| {
+                (b + t.base, a + t.amount)
+            });
         if amounts != r.tax {
             return Some(DomainError::invalid(
                 "taxes",
-                format!("the tax amounts add up to {amounts}, not to the tax {}", r.tax),
+                format!(
+                    "the tax amounts add up to {amounts}, not to the tax {}",
+                    r.tax
+                ),
             ));
         }
         if bases > r.untaxed {
             return Some(DomainError::invalid(
                 "taxes",
-                format!("the tax bases add up to {bases}, more than untaxed {}", r.untaxed),
+                format!(
+                    "the tax bases add up to {bases}, more than untaxed {}",
+                    r.untaxed
+                ),
             ));
         }
     }

@@ -30,8 +30,8 @@ use serde_json::{json, Value};
 use settled_plugin_api::chrono::NaiveDateTime;
 use settled_plugin_api::settings::settings_from_json;
 use settled_plugin_api::{
-    HttpRequestSpec, InvoiceRecord, InvoiceRecordLine, InvoiceRecordTax, Manifest, Plugin, PluginError, PollReply,
-    PollResponse, PollStart, Record, Role, SinkInput, SinkStep,
+    HttpRequestSpec, InvoiceRecord, InvoiceRecordLine, InvoiceRecordTax, Manifest, Plugin,
+    PluginError, PollReply, PollResponse, PollStart, Record, Role, SinkInput, SinkStep,
 };
 
 use rpc::Session;
@@ -444,7 +444,9 @@ fn tax_groups(row: &Value) -> Vec<InvoiceRecordTax> {
     let untaxed = rpc::to_decimal(&row["untaxed_amount"]).unwrap_or_default();
     let (bases, amounts) = groups
         .iter()
-        .fold((Decimal::ZERO, Decimal::ZERO), |(b, a), t| (b + t.base, a + t.amount));
+        .fold((Decimal::ZERO, Decimal::ZERO), |(b, a), t| {
+            (b + t.base, a + t.amount)
+        });
     let negative = groups
         .iter()
         .any(|t| t.rate < Decimal::ZERO || t.base < Decimal::ZERO || t.amount < Decimal::ZERO);

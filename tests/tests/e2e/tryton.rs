@@ -298,7 +298,8 @@ fn payments(d: &Daemon) -> Vec<Value> {
 }
 
 #[test]
-fn payments_entered_by_hand_in_tryton_show_in_settled_as_paid_elsewhere_once_and_are_not_sent_back() {
+fn payments_entered_by_hand_in_tryton_show_in_settled_as_paid_elsewhere_once_and_are_not_sent_back()
+{
     let mut t = Tryton::start();
     let (id, number) = t.post_invoice("Seeded Customer", "200.00");
     let d = daemon(&t);
@@ -341,7 +342,9 @@ fn payments_entered_by_hand_in_tryton_show_in_settled_as_paid_elsewhere_once_and
     );
     // Polled again (the write date is past), nothing more is recorded; the sink sent nothing back to Tryton.
     let pages = poll_pages(&d);
-    d.eventually("two more polls", || (poll_pages(&d) >= pages + 2).then_some(()));
+    d.eventually("two more polls", || {
+        (poll_pages(&d) >= pages + 2).then_some(())
+    });
     d.eventually("nothing pending for Tryton", || {
         (sink(&d)["pending"] == 0).then_some(())
     });
@@ -355,7 +358,8 @@ fn payments_entered_by_hand_in_tryton_show_in_settled_as_paid_elsewhere_once_and
 }
 
 #[test]
-fn settled_sync_check_agrees_after_the_walk_and_names_an_invoice_paid_in_tryton_behind_settleds_back() {
+fn settled_sync_check_agrees_after_the_walk_and_names_an_invoice_paid_in_tryton_behind_settleds_back(
+) {
     let mut t = Tryton::start();
     let (id, tryton_number) = t.post_invoice("Seeded Customer", "200.00");
     // One poll at start-up only: the change made in Tryton below stays unseen by settled.
@@ -422,7 +426,11 @@ fn kill_9_in_the_middle_of_the_pay_wizard_pays_the_tryton_invoice_exactly_once_a
     assert_eq!(proxy.wait_held(), 200, "{:#?}", proxy.log());
     d.kill9();
     proxy.release();
-    assert_eq!(t.payment_lines(id), 1, "Tryton took the payment before the kill");
+    assert_eq!(
+        t.payment_lines(id),
+        1,
+        "Tryton took the payment before the kill"
+    );
     d.spawn();
     d.eventually("the payment event delivered after the restart", || {
         let s = sink(&d);
@@ -465,14 +473,19 @@ fn a_tryton_invoice_with_vat_keeps_its_tax_per_rate_and_posts_a_balanced_transac
     let bal = d.eventually("the invoice posted in hledger-web", || {
         Some(web.balances()).filter(|b| b.contains_key("revenue"))
     });
-    assert_eq!(bal.get("revenue").map(String::as_str), Some("EUR -200.00"), "{bal:?}");
+    assert_eq!(
+        bal.get("revenue").map(String::as_str),
+        Some("EUR -200.00"),
+        "{bal:?}"
+    );
     assert_eq!(
         bal.get("liabilities:vat:21").map(String::as_str),
         Some("EUR -42.00"),
         "{bal:?}"
     );
     assert_eq!(
-        bal.get("assets:receivable:Seeded Customer").map(String::as_str),
+        bal.get("assets:receivable:Seeded Customer")
+            .map(String::as_str),
         Some("EUR 242.00"),
         "{bal:?}"
     );
