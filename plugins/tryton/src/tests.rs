@@ -91,7 +91,8 @@ fn a_polled_invoice_becomes_an_invoice_record_and_moves_the_cursor() {
         "party.": {"name": "Acme"}, "currency.": {"code": "EUR"},
         "untaxed_amount": d("100.00"), "tax_amount": d("21.00"), "total_amount": d("121.00"), "amount_to_pay": d("121.00"),
         "lines_to_pay.": [{"maturity_date": {"__class__": "date", "year": 2027, "month": 1, "day": 5}}],
-        "lines.": [{"description": "work", "quantity": 2.0, "unit_price": d("50.0000"), "amount": d("100.00")}]});
+        "lines.": [{"description": "work", "quantity": 2.0, "unit_price": d("50.0000"), "amount": d("100.00")}],
+        "taxes.": [{"base": d("100.00"), "amount": d("21.00"), "tax.": {"rate": d("0.2100000000")}}]});
     let reply = t
         .poll_reply(PollResponse {
             cursor: None,
@@ -111,6 +112,26 @@ fn a_polled_invoice_becomes_an_invoice_record_and_moves_the_cursor() {
     assert_eq!(inv.total, Decimal::new(12100, 2));
     assert_eq!(inv.due_date, NaiveDate::from_ymd_opt(2027, 1, 5));
     assert_eq!(inv.lines.len(), 1);
+    assert_eq!(
+        inv.taxes,
+        [InvoiceRecordTax {
+            rate: Decimal::new(21, 0),
+            base: Decimal::new(10000, 2),
+            amount: Decimal::new(2100, 2)
+        }]
+    );
+}
+
+#[test]
+fn tax_lines_that_do_not_add_up_to_the_tax_give_no_groups() {
+    let d = |s: &str| json!({"__class__": "Decimal", "decimal": s});
+    let row = |rate: serde_json::Value| {
+        json!({"untaxed_amount": d("100.00"), "tax_amount": d("21.00"),
+            "taxes.": [{"base": d("100.00"), "amount": d("20.00"), "tax.": {"rate": rate}}]})
+    };
+    assert_eq!(tax_groups(&row(d("0.21"))), []);
+    // A fixed tax has no rate.
+    assert_eq!(tax_groups(&row(json!(null))), []);
 }
 
 #[test]
