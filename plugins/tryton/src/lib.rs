@@ -71,7 +71,8 @@ impl Default for Settings {
     }
 }
 
-/// What the plugin looked up once per session: ids of the accounts, journal, taxes, currencies and payment method.
+/// What the plugin looked up once per instance, each part when a conversation first needed it: ids of the accounts,
+/// journal, taxes and currencies (for invoices) and of the payment method (for payments).
 #[derive(Debug, Clone, Default)]
 pub struct Setup {
     receivable: Option<i64>,
@@ -82,6 +83,8 @@ pub struct Setup {
     /// `(code, id)`.
     currencies: Vec<(String, i64)>,
     payment_method: Option<i64>,
+    /// The look-ups made so far (phase names of `sink::SETUP`).
+    looked_up: Vec<&'static str>,
 }
 
 /// Where a poll stands: the next request depends on what the session needs.

@@ -212,3 +212,80 @@ fn a_sink_conversation_starts_with_a_login() {
     assert_eq!(body(&request)["method"], "common.db.login");
     assert_eq!(state["phase"], "login");
 }
+
+/// The methods a first conversation calls until it reaches `until`, answering every call with `[]` (the login with a
+/// session, the preferences with `{}`).
+fn first_calls(event: serde_json::Value, until: &str) -> Vec<String> {
+    let t = tryton();
+    let mut calls = Vec::new();
+    let mut state = json!(null);
+    let mut response = None;
+    loop {
+        let step = t
+            .step(&SinkInput {
+                event: event.clone(),
+                attempt: 1,
+                now: 0,
+                state: state.clone(),
+                response: response.take(),
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let SinkStep::Request {
+            request,
+            state: next,
+        } = step
+        else {
+            panic!("{step:?} after {calls:?}")
+        };
+        let method = body(&request)["method"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        calls.push(method.clone());
+        if method == until || calls.len() > 20 {
+            return calls;
+        }
+        response = Some(match method.as_str() {
+            "common.db.login" => answer(json!([1, "key"])),
+            "model.res.user.get_preferences" => answer(json!({})),
+            _ => answer(json!([])),
+        });
+        state = next;
+    }
+}
+
+#[test]
+fn a_first_conversation_looks_up_only_what_its_event_needs() {
+    let invoice = first_calls(
+        json!({"id": 3, "type": "invoice.issued", "entity": "invoice", "entity_id": "inv_1",
+            "data": {"number": "INV-2026-001", "total": "121.00", "currency": "EUR", "customer": "Acme"}}),
+        "model.account.invoice.search_read",
+    );
+    assert_eq!(
+        invoice,
+        [
+            "common.db.login",
+            "model.res.user.get_preferences",
+            "model.account.account.search_read",
+            "model.account.journal.search_read",
+            "model.account.tax.search_read",
+            "model.currency.currency.search_read",
+            "model.account.invoice.search_read",
+        ]
+    );
+    let payment = first_calls(
+        json!({"id": 4, "type": "payment.recorded", "entity": "payment", "entity_id": "pay_1",
+            "data": {"amount": "121.00", "currency": "EUR", "allocations": [{"id": "alc_1", "kind": "payment",
+                "amount": "121.00", "invoice_number": "INV-2026-001"}]}}),
+        "model.account.invoice.search_read",
+    );
+    assert_eq!(
+        payment,
+        [
+            "common.db.login",
+            "model.res.user.get_preferences",
+            "model.account.invoice.payment.method.search_read",
+            "model.account.invoice.search_read",
+        ]
+    );
+}
