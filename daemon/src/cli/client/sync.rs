@@ -79,11 +79,11 @@ fn render(value: &Value, width: Option<usize>) -> String {
     }
     let mut table = Table::new(&[
         ("INVOICE", Align::Left),
-        ("ID", Align::Left),
-        ("THERE", Align::Left),
+        ("SETTLED ID", Align::Left),
+        ("THEIR ID", Align::Left),
         ("FIELD", Align::Left),
         ("SETTLED", Align::Right),
-        ("THERE", Align::Right),
+        ("THEIRS", Align::Right),
     ]);
     for d in &differences {
         table.push(vec![
