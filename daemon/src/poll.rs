@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use settled_plugin_api::{PollResponse, PollStart, Role};
+use settled_plugin_api::{PollResponse, PollStart, Record, Role};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
@@ -26,9 +26,16 @@ pub const DEFAULT_EVERY_SECS: u64 = 60;
 /// Pages one tick may read when the plugin keeps saying `more` (a bound on a plugin that never stops).
 pub const MAX_PAGES: usize = 100;
 
-/// The state of every poll connector, by connector name.
+/// Pages [`read_all`] may read (50 invoices a page with the `tryton` plugin's default: 100,000 invoices).
+pub const READ_ALL_PAGES: usize = 2000;
+
+/// The state of every poll connector, by connector name, and each connector's turn: one conversation with its
+/// plugin at a time (the scheduled poll or a [`read_all`]), since a plugin keeps where a poll stands in its instance.
 #[derive(Debug, Clone, Default)]
-pub struct Pollers(Arc<Mutex<BTreeMap<String, PollStatus>>>);
+pub struct Pollers(
+    Arc<Mutex<BTreeMap<String, PollStatus>>>,
+    Arc<Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+);
 
 /// One poll connector as `settled plugins` and `/v1/plugins` show it.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -61,6 +68,12 @@ impl Pollers {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, PollStatus>> {
         // Plain counters: a panic while holding the lock cannot leave them inconsistent in a harmful way.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lock a conversation with `connector`'s poll holds.
+    fn turn(&self, connector: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(turns.entry(connector.to_string()).or_default())
     }
 
     fn update(&self, connector: &str, f: impl FnOnce(&mut PollStatus)) {
@@ -119,19 +132,64 @@ impl Pollers {
     }
 }
 
+/// The HTTP client polls use and the largest answer handed to a plugin (`[outbox] max_response_mib` in bytes).
+fn http(state: &AppState) -> Result<(reqwest::Client, usize), String> {
+    let outbox = &state.engine.config().outbox;
+    let max_body =
+        usize::try_from(outbox.max_response_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    let http = deliver::http_client(outbox.request_timeout_ms).map_err(|e| e.to_string())?;
+    Ok((http, max_body))
+}
+
+/// Read everything `connector`'s poll gives from the beginning (no cursor), page after page, committing nothing:
+/// what the remote system has now, for `settled sync check`. Waits for the connector's turn, so it never mixes with
+/// the scheduled poll's conversation.
+pub async fn read_all(
+    state: &AppState,
+    host: &PluginHost,
+    connector: &str,
+) -> Result<Vec<Record>, String> {
+    let (http, max_body) = http(state)?;
+    let turn = state.metrics.pollers.turn(connector);
+    let _turn = turn.lock().await;
+    let mut cursor: Option<String> = None;
+    let mut records = Vec::new();
+    for _ in 0..READ_ALL_PAGES {
+        let request = host
+            .poll_start(
+                connector,
+                PollStart {
+                    cursor: cursor.clone(),
+                },
+            )
+            .await
+            .map_err(|e| format!("plugin poll_start: {e}"))?;
+        let response = deliver::perform(&http, &request, max_body).await?;
+        let reply = host
+            .poll_response(
+                connector,
+                PollResponse {
+                    cursor: cursor.clone(),
+                    response,
+                },
+            )
+            .await
+            .map_err(|e| format!("plugin poll_response: {e}"))?;
+        records.extend(reply.records);
+        if !reply.more {
+            return Ok(records);
+        }
+        cursor = reply.cursor;
+    }
+    Err(format!(
+        "the poll of `{connector}` still had more after {READ_ALL_PAGES} pages"
+    ))
+}
+
 /// Poll every `poll` connector until `cancel` fires.
 pub async fn run(state: AppState, host: Arc<PluginHost>, cancel: CancellationToken) {
-    let max_body = usize::try_from(
-        state
-            .engine
-            .config()
-            .outbox
-            .max_response_mib
-            .saturating_mul(1024 * 1024),
-    )
-    .unwrap_or(usize::MAX);
-    let http = match deliver::http_client(state.engine.config().outbox.request_timeout_ms) {
-        Ok(http) => http,
+    let (http, max_body) = match http(&state) {
+        Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %e, "poll connectors not started");
             return;
@@ -244,6 +302,8 @@ impl Poller {
 
     /// One request and its commit. True when the plugin asks to be polled again at once.
     async fn page(&self) -> Result<bool, String> {
+        let turn = self.status().turn(&self.connector);
+        let _turn = turn.lock().await;
         let engine = &self.state.engine;
         let cursor = engine
             .poll_cursor(&self.connector)

@@ -35,7 +35,9 @@ pub const ABI_MAJOR: u32 = 1;
 ///   `mail` replies may list attachments for the file pipeline (`MailAttachment`).
 /// - 1.3: the host runs the `poll` role on a schedule; the record kind `invoice@1` (an invoice kept in another
 ///   system). The table is unchanged.
-pub const ABI_MINOR: u32 = 3;
+/// - 1.4: `invoice@1` records may carry their tax per rate (`taxes`); a host before 1.4 refuses records that do.
+///   The table is unchanged.
+pub const ABI_MINOR: u32 = 4;
 /// Name of the exported header static, NUL-terminated for `dlsym`.
 pub const HEADER_SYMBOL: &[u8] = b"SETTLED_PLUGIN_HEADER\0";
 /// Name of the exported init function, NUL-terminated for `dlsym`.

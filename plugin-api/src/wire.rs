@@ -217,6 +217,11 @@ pub struct InvoiceRecord {
     /// Lines, where the other system gives them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<InvoiceRecordLine>,
+    /// The tax per rate, where the other system gives it: each group's base and amount, adding up to `untaxed`
+    /// and `tax`. The host keeps them as the invoice's VAT breakdown (a ledger sink posts one VAT account per
+    /// rate); absent, the tax is one amount without a rate. Added in ABI 1.4.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taxes: Vec<InvoiceRecordTax>,
     /// Where it came from: `tryton account.invoice 42`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_position: Option<String>,
@@ -237,6 +242,21 @@ pub struct InvoiceRecordLine {
     /// The line's amount without tax.
     #[serde(with = "rust_decimal::serde::str")]
     pub net: Decimal,
+}
+
+/// One tax rate of an [`InvoiceRecord`]. Added in ABI 1.4.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceRecordTax {
+    /// The rate as a percent number (`"21"` for 21 %).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub rate: Decimal,
+    /// The amount the rate applies to.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub base: Decimal,
+    /// The tax.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
 }
 
 /// `lead@1`: a lead captured from a form, mail or import.

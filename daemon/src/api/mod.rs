@@ -11,6 +11,7 @@ pub mod limits;
 pub mod listener;
 pub(crate) mod metrics;
 mod outbox;
+pub mod sync;
 
 use std::sync::Arc;
 
@@ -105,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/outbox", get(outbox::status))
         .route("/v1/outbox/:sink/:action", post(outbox::action))
         .route("/v1/outbox/:sink/retry/:event", post(outbox::retry))
+        .route("/v1/sync/:connector/check", get(sync::check))
         .route("/metrics", get(metrics::render))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -6,6 +6,7 @@
 //! whose message is the daemon's own (`<message> (field <field>)`); the caller prints them as `error: {err:#}`.
 
 mod render;
+mod sync;
 mod upload;
 
 use std::io::Write;
@@ -133,6 +134,8 @@ pub enum ApiCommand {
     Plugins,
     /// Outbox delivery to sink connectors: lag, retries, dead letters; pause, resume, replay, retry
     Outbox(OutboxArgs),
+    /// Compare invoices with an accounting package a connector keeps in step (`settled sync check tryton`)
+    Sync(sync::SyncArgs),
     /// Check that the daemon is up and show what needs attention
     Status,
 }
@@ -906,6 +909,7 @@ pub fn request_for(cmd: &ApiCommand) -> Vec<ApiRequest> {
         ApiCommand::Imports(args) => vec![read_request("imports", args)],
         ApiCommand::Plugins => vec![ApiRequest::get("/v1/plugins".into())],
         ApiCommand::Outbox(args) => vec![outbox_request(args)],
+        ApiCommand::Sync(args) => vec![sync::request(args)],
         ApiCommand::Status => {
             let count_page = PageArgs {
                 after: None,
@@ -974,6 +978,7 @@ fn list_page(cmd: &ApiCommand) -> Option<&PageArgs> {
         | ApiCommand::Import(_)
         | ApiCommand::Plugins
         | ApiCommand::Outbox(_)
+        | ApiCommand::Sync(_)
         | ApiCommand::Status => None,
     }
 }
@@ -1766,7 +1771,7 @@ fn view_for(cmd: &ApiCommand) -> View {
         ApiCommand::Payments(_) => Kind::Payment,
         ApiCommand::Review(_) => Kind::Review,
         ApiCommand::Imports(_) => Kind::Import,
-        ApiCommand::Import(_) | ApiCommand::Status => return View::Detail,
+        ApiCommand::Import(_) | ApiCommand::Status | ApiCommand::Sync(_) => return View::Detail,
     };
     match list_page(cmd) {
         Some(_) => View::List(kind),
@@ -1802,6 +1807,10 @@ async fn run(cmd: &ApiCommand, opts: &ClientOpts, output: Output<'_>) -> anyhow:
             follow_events(&client, first, args, opts.json, out, width, poll).await
         }
         ApiCommand::Status => status(&client, &requests, opts.json, out).await,
+        ApiCommand::Sync(_) => {
+            let request = requests.first().ok_or_else(|| anyhow!("no sync request"))?;
+            sync::check(&client, request, opts.json, out, width).await
+        }
         _ => {
             for req in &requests {
                 let answer = client.send(req).await?;

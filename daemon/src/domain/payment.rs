@@ -31,6 +31,9 @@ pub enum AllocationKind {
     Credit,
     /// Written off.
     WriteOff,
+    /// Paid in another system that keeps the invoice (an accounting package): recorded there by a person, read back
+    /// by its poll connector. Its payment has that system as its source and is never sent back to it.
+    PaidElsewhere,
 }
 
 /// Money applied to one invoice, with why (rule, evidence, confidence) for reconciliation.

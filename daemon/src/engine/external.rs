@@ -1,15 +1,24 @@
 //! Invoices kept in another system (`invoice@1` records from a `poll` connector, e.g. Tryton): an invoice born there
 //! becomes an issued invoice of external origin here, reconciled like settled's own; an invoice settled issued and
 //! sent there comes back with settled's number (`host_number`) and is only linked to its id there.
+//!
+//! Every time the poll reads such an invoice again (its write date moved there), what the other system says is left
+//! to pay is compared with settled's balance: when less is left there, the difference was paid there (a person
+//! entered a payment in the accounting package) and becomes a payment of that system's origin with one allocation of
+//! kind `paid_elsewhere` ([`paid_elsewhere`]). Nothing is edited, so re-reading the same state records nothing more.
+
+use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
-use settled_plugin_api::InvoiceRecord;
+use settled_plugin_api::{InvoiceRecord, InvoiceRecordTax};
 
+use super::billing::{allocations_json, PaymentDraft};
 use super::ingest::ImportSummary;
 use super::{EngineResult, Tx};
-use crate::domain::invoice::{ExternalRef, Invoice, InvoiceKind, InvoiceLine, InvoiceState};
+use crate::domain::invoice::{self, ExternalRef, Invoice, InvoiceKind, InvoiceLine, InvoiceState};
 use crate::domain::money::{check_scale, Currency};
-use crate::domain::totals::Totals;
+use crate::domain::payment::AllocationKind;
+use crate::domain::totals::{TaxGroup, Totals};
 use crate::domain::DomainError;
 
 /// The dedupe key of an external invoice: `inv:<plugin>:<its id there>`.
@@ -57,6 +66,46 @@ pub(super) fn invoice_refusal(r: &InvoiceRecord) -> Option<DomainError> {
             format!("{} is more than the total {}", r.amount_due, r.total),
         ));
     }
+    if !r.taxes.is_empty() {
+        for (i, t) in r.taxes.iter().enumerate() {
+            let field = format!("taxes[{i}]");
+            if t.rate < Decimal::ZERO || t.base < Decimal::ZERO || t.amount < Decimal::ZERO {
+                return Some(DomainError::invalid(
+                    field,
+                    "rate, base and amount must not be negative",
+                ));
+            }
+            for amount in [t.base, t.amount] {
+                if let Err(e) = check_scale(&field, amount, &currency) {
+                    return Some(e);
+                }
+            }
+        }
+        let (bases, amounts) = r
+            .taxes
+            .iter()
+            .fold((Decimal::ZERO, Decimal::ZERO), |(b, a), t| {
+                (b + t.base, a + t.amount)
+            });
+        if amounts != r.tax {
+            return Some(DomainError::invalid(
+                "taxes",
+                format!(
+                    "the tax amounts add up to {amounts}, not to the tax {}",
+                    r.tax
+                ),
+            ));
+        }
+        if bases > r.untaxed {
+            return Some(DomainError::invalid(
+                "taxes",
+                format!(
+                    "the tax bases add up to {bases}, more than untaxed {}",
+                    r.untaxed
+                ),
+            ));
+        }
+    }
     if r.due_date.is_some_and(|due| due < r.issue_date) {
         return Some(DomainError::invalid(
             "due_date",
@@ -78,6 +127,7 @@ pub(super) fn ingest_invoice(
     if let Some(produced) = tx.seen(&key)? {
         summary.duplicates += 1;
         if let Some(id) = produced["invoice_id"].as_str() {
+            paid_elsewhere(tx, plugin, actor, id, &r)?;
             summary.ids.push(id.to_string());
         }
         return Ok(());
@@ -106,6 +156,7 @@ pub(super) fn ingest_invoice(
                 );
             }
             tx.ws.seen(&key, &serde_json::json!({"invoice_id": inv.id}));
+            paid_elsewhere(tx, plugin, actor, &inv.id, &r)?;
             summary.duplicates += 1;
             summary.ids.push(inv.id);
             return Ok(());
@@ -158,7 +209,7 @@ pub(super) fn ingest_invoice(
             lines_net: r.untaxed,
             document_discount: Decimal::ZERO,
             subtotal: r.untaxed,
-            taxes: Vec::new(),
+            taxes: tax_groups(r.untaxed, &r.taxes),
             tax_total: r.tax,
             total: r.total,
         },
@@ -186,13 +237,107 @@ pub(super) fn ingest_invoice(
         &id,
         serde_json::json!({"number": r.number, "kind": inv.kind, "rf_reference": null, "total": inv.totals.total,
             "currency": inv.currency, "issue_date": inv.issue_date, "due_date": inv.due_date, "account_id": inv.account_id,
-            "customer": account.name, "subtotal": inv.totals.subtotal, "taxes": [],
+            "customer": account.name, "subtotal": inv.totals.subtotal, "taxes": inv.totals.taxes,
             "tax_total": inv.totals.tax_total, "external_refs": inv.external_refs, "source": r.source_position}),
         true,
     );
     tx.save_invoice(&mut inv, actor)?;
     tx.ws.seen(&key, &serde_json::json!({"invoice_id": id}));
+    // Polled when it was already (partly) paid there.
+    paid_elsewhere(tx, plugin, actor, &id, &r)?;
     summary.new += 1;
     summary.ids.push(id);
+    Ok(())
+}
+
+/// The VAT groups of an external invoice, by ascending rate: the record's groups merged per rate, and what of
+/// `untaxed` no group covers as a 0 % group, so the groups' bases add up to `untaxed` (checked not to exceed it by
+/// [`invoice_refusal`]). None when the record has none.
+fn tax_groups(untaxed: Decimal, taxes: &[InvoiceRecordTax]) -> Vec<TaxGroup> {
+    if taxes.is_empty() {
+        return Vec::new();
+    }
+    let mut by_rate: BTreeMap<Decimal, (Decimal, Decimal)> = BTreeMap::new();
+    for t in taxes {
+        let group = by_rate.entry(t.rate.normalize()).or_default();
+        group.0 += t.base;
+        group.1 += t.amount;
+    }
+    let uncovered = untaxed - taxes.iter().map(|t| t.base).sum::<Decimal>();
+    if uncovered > Decimal::ZERO {
+        by_rate.entry(Decimal::ZERO).or_default().0 += uncovered;
+    }
+    by_rate
+        .into_iter()
+        .map(|(rate, (base, amount))| TaxGroup { rate, base, amount })
+        .collect()
+}
+
+/// When the other system has less left to pay on invoice `invoice_id` than settled, the difference was paid there:
+/// record it as a payment of that system's origin (source `plugin`, reference its invoice number) with one
+/// allocation of kind [`AllocationKind::PaidElsewhere`], announced as `payment.recorded` like any payment. Sinks of
+/// that system recognise the kind and do not send it back. Nothing happens when settled knows as much or more
+/// (its own payment not delivered there yet), so reading the same invoice again records nothing.
+fn paid_elsewhere(
+    tx: &mut Tx<'_>,
+    plugin: &str,
+    actor: &str,
+    invoice_id: &str,
+    r: &InvoiceRecord,
+) -> EngineResult<()> {
+    let mut inv: Invoice = tx.get("invoice", invoice_id)?;
+    if inv.state != InvoiceState::Issued
+        || inv.kind != InvoiceKind::Invoice
+        || inv.currency.code() != r.currency
+    {
+        return Ok(());
+    }
+    let amount = invoice::balance(&inv) - r.amount_due;
+    if amount <= Decimal::ZERO {
+        return Ok(());
+    }
+    let paid_there = r.total - r.amount_due;
+    let mut pay = tx.new_payment(PaymentDraft {
+        amount,
+        currency: inv.currency.clone(),
+        received_on: tx.today,
+        payer: Some(r.customer.clone()),
+        reference: Some(r.number.clone()),
+        external_id: Some(format!("{}:paid:{paid_there}", r.external_id)),
+        source: plugin,
+        bank_account: None,
+        payer_account: None,
+    })?;
+    pay.account_id = Some(inv.account_id.clone());
+    let evidence = format!(
+        "{plugin} has {} {} left to pay on invoice {} (id {}), settled had {}",
+        r.amount_due,
+        r.currency,
+        r.number,
+        r.external_id,
+        invoice::balance(&inv)
+    );
+    let made = tx.allocate(
+        &pay,
+        &mut inv,
+        amount,
+        AllocationKind::PaidElsewhere,
+        "paid_elsewhere",
+        &evidence,
+        100,
+        actor,
+    )?;
+    pay.allocations.push(made.id.clone());
+    tx.put("payment", &pay.id, &pay);
+    tx.event(
+        actor,
+        "payment.recorded",
+        "payment",
+        &pay.id,
+        serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(tx, &[made]),
+            "to_credit": pay.unallocated, "payer": pay.payer, "received_on": pay.received_on,
+            "paid_elsewhere": {"system": plugin, "external_id": r.external_id, "number": r.number}}),
+        true,
+    );
     Ok(())
 }

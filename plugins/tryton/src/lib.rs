@@ -12,7 +12,10 @@
 //!   whose error says what to do in Tryton.
 //!
 //! **Poll** (Tryton -> settled): posted and paid customer invoices, oldest change first, from the cursor
-//! `<write_date>/<id>`, become `invoice@1` records; those settled created come back with its number as `host_number`.
+//! `<write_date>/<id>`, become `invoice@1` records with their taxes per rate; those settled created come back with
+//! its number as `host_number`. A payment entered in Tryton moves the invoice's write date, so the invoice is read
+//! again and the host records what Tryton has as paid beyond what settled knows (allocations of kind
+//! `paid_elsewhere`, which the sink never sends back: it pays only allocations of kind `payment`).
 //!
 //! The session lives in the instance: the plugin logs in when it has none and again when Tryton answers 401.
 
@@ -27,8 +30,8 @@ use serde_json::{json, Value};
 use settled_plugin_api::chrono::NaiveDateTime;
 use settled_plugin_api::settings::settings_from_json;
 use settled_plugin_api::{
-    HttpRequestSpec, InvoiceRecord, InvoiceRecordLine, Manifest, Plugin, PluginError, PollReply,
-    PollResponse, PollStart, Record, Role, SinkInput, SinkStep,
+    HttpRequestSpec, InvoiceRecord, InvoiceRecordLine, InvoiceRecordTax, Manifest, Plugin,
+    PluginError, PollReply, PollResponse, PollStart, Record, Role, SinkInput, SinkStep,
 };
 
 use rpc::Session;
@@ -68,7 +71,8 @@ impl Default for Settings {
     }
 }
 
-/// What the plugin looked up once per session: ids of the accounts, journal, taxes, currencies and payment method.
+/// What the plugin looked up once per instance, each part when a conversation first needed it: ids of the accounts,
+/// journal, taxes and currencies (for invoices) and of the payment method (for payments).
 #[derive(Debug, Clone, Default)]
 pub struct Setup {
     receivable: Option<i64>,
@@ -79,6 +83,8 @@ pub struct Setup {
     /// `(code, id)`.
     currencies: Vec<(String, i64)>,
     payment_method: Option<i64>,
+    /// The look-ups made so far (phase names of `sink::SETUP`).
+    looked_up: Vec<&'static str>,
 }
 
 /// Where a poll stands: the next request depends on what the session needs.
@@ -346,6 +352,9 @@ const POLL_FIELDS: &[&str] = &[
     "lines.quantity",
     "lines.unit_price",
     "lines.amount",
+    "taxes.base",
+    "taxes.amount",
+    "taxes.tax.rate",
 ];
 
 fn parse_cursor(cursor: &str) -> Result<(NaiveDateTime, i64), PluginError> {
@@ -390,6 +399,7 @@ fn invoice_record(row: &Value) -> Result<InvoiceRecord, PluginError> {
         })
         .collect();
     Ok(InvoiceRecord {
+        taxes: tax_groups(row),
         external_id: id.to_string(),
         number: row["number"].as_str().unwrap_or_default().to_string(),
         host_number: row["reference"]
@@ -415,6 +425,38 @@ fn invoice_record(row: &Value) -> Result<InvoiceRecord, PluginError> {
         lines,
         source_position: Some(at),
     })
+}
+
+/// The invoice's tax lines (`account.invoice.tax`) as per-rate groups; none when a line has no percentage rate or
+/// the lines do not add up to the invoice's tax (the host then keeps the tax as one amount).
+fn tax_groups(row: &Value) -> Vec<InvoiceRecordTax> {
+    let groups: Option<Vec<InvoiceRecordTax>> = row["taxes."]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            Some(InvoiceRecordTax {
+                rate: (rpc::to_decimal(&t["tax."]["rate"])? * Decimal::ONE_HUNDRED).normalize(),
+                base: rpc::to_decimal(&t["base"])?,
+                amount: rpc::to_decimal(&t["amount"])?,
+            })
+        })
+        .collect();
+    let groups = groups.unwrap_or_default();
+    let tax = rpc::to_decimal(&row["tax_amount"]).unwrap_or_default();
+    let untaxed = rpc::to_decimal(&row["untaxed_amount"]).unwrap_or_default();
+    let (bases, amounts) = groups
+        .iter()
+        .fold((Decimal::ZERO, Decimal::ZERO), |(b, a), t| {
+            (b + t.base, a + t.amount)
+        });
+    let negative = groups
+        .iter()
+        .any(|t| t.rate < Decimal::ZERO || t.base < Decimal::ZERO || t.amount < Decimal::ZERO);
+    if amounts != tax || bases > untaxed || negative {
+        return Vec::new();
+    }
+    groups
 }
 
 impl Plugin for Tryton {

@@ -12,7 +12,8 @@ use crate::{Setup, Tryton};
 
 /// Requests the host lets one conversation make.
 const MAX_REQUESTS: u64 = 16;
-/// Requests paying one allocation takes at most (find the invoice, find the payment, the wizard's five calls).
+/// Requests paying one allocation takes at most (find the invoice, find the payment, the wizard's five calls). A
+/// first conversation also logs in (two calls) and looks up the payment methods (one), so it pays at least one.
 const REQUESTS_PER_PAYMENT: u64 = 7;
 
 /// Logins one conversation may make (a session that expires again at once is not retried forever).
@@ -214,7 +215,11 @@ impl Tryton {
             st.insert("phase".into(), json!("login"));
             return Ok(request_step(st, self.login_request()));
         };
-        let setup = match self.setup(&mut st, &session, response) {
+        let needed: &[usize] = match event["type"].as_str().unwrap_or_default() {
+            "invoice.issued" => &[0, 1, 2, 3],
+            _ => &[4],
+        };
+        let setup = match self.setup(&mut st, &session, response, needed) {
             Ok(Ok(setup)) => setup,
             Ok(Err(request)) => return Ok(request_step(st, request)),
             Err(stop) => return Ok(stop.into()),
@@ -244,14 +249,23 @@ impl Tryton {
         })
     }
 
-    /// The instance's setup, or the next look-up to make for it.
+    /// The instance's setup with what `needed` (indexes into [`SETUP`]) looks up, or the next look-up to make for
+    /// it. Each look-up is made once per instance, when a conversation first needs it: an invoice needs the
+    /// accounts, journal, taxes and currencies, a payment only the payment methods.
     fn setup(
         &self,
         st: &mut Map<String, Value>,
         session: &Session,
         response: Option<&HttpResponseSpec>,
+        needed: &[usize],
     ) -> Result<Result<Setup, HttpRequestSpec>, Stop> {
-        if let Some(setup) = self.live().setup.clone() {
+        let mut setup = self.live().setup.clone().unwrap_or_default();
+        let missing: Vec<usize> = needed
+            .iter()
+            .copied()
+            .filter(|i| !setup.looked_up.contains(&SETUP[*i].0))
+            .collect();
+        if missing.is_empty() {
             return Ok(Ok(setup));
         }
         let phase = st
@@ -259,16 +273,17 @@ impl Tryton {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let mut next = 0;
-        if let Some(i) = SETUP.iter().position(|(p, ..)| *p == phase) {
+        let mut next = missing.first().copied();
+        if let Some(at) = missing.iter().position(|i| SETUP[*i].0 == phase) {
+            let i = missing[at];
             let Some(r) = response else {
                 return Err(Stop::Retry("setup answer missing".into()));
             };
             let found = answer(r, &format!("looking up ({})", SETUP[i].1))?;
             st.insert(format!("found_{}", SETUP[i].0), found);
-            next = i + 1;
+            next = missing.get(at + 1).copied();
         }
-        if let Some((phase, method, domain, fields)) = SETUP.get(next) {
+        if let Some((phase, method, domain, fields)) = next.map(|i| SETUP[i]) {
             st.insert("phase".into(), json!(phase));
             let domain: Value = serde_json::from_str(domain).unwrap_or_default();
             let fields: Value = serde_json::from_str(fields).unwrap_or_default();
@@ -279,39 +294,49 @@ impl Tryton {
             )));
         }
         let found = |phase: &str| rows(st.get(&format!("found_{phase}")).unwrap_or(&Value::Null));
-        let accounts = found("setup_accounts");
         let wanted = self.settings.payment_method.trim();
-        let setup = Setup {
-            receivable: accounts
-                .iter()
-                .find(|a| truthy(&a["type."]["receivable"]))
-                .and_then(|a| a["id"].as_i64()),
-            revenue: accounts
-                .iter()
-                .find(|a| truthy(&a["type."]["revenue"]))
-                .and_then(|a| a["id"].as_i64()),
-            journal: found("setup_journal")
-                .first()
-                .and_then(|j| j["id"].as_i64()),
-            taxes: found("setup_taxes")
-                .iter()
-                .filter_map(|t| {
-                    Some((
-                        rpc::to_decimal(&t["rate"])? * Decimal::ONE_HUNDRED,
-                        t["id"].as_i64()?,
-                        t["name"].as_str().unwrap_or_default().to_string(),
-                    ))
-                })
-                .collect(),
-            currencies: found("setup_currencies")
-                .iter()
-                .filter_map(|c| Some((c["code"].as_str()?.to_string(), c["id"].as_i64()?)))
-                .collect(),
-            payment_method: found("setup_methods")
-                .iter()
-                .find(|m| wanted.is_empty() || m["name"].as_str() == Some(wanted))
-                .and_then(|m| m["id"].as_i64()),
-        };
+        for i in missing {
+            let (phase, ..) = SETUP[i];
+            let rows = found(phase);
+            match phase {
+                "setup_accounts" => {
+                    setup.receivable = rows
+                        .iter()
+                        .find(|a| truthy(&a["type."]["receivable"]))
+                        .and_then(|a| a["id"].as_i64());
+                    setup.revenue = rows
+                        .iter()
+                        .find(|a| truthy(&a["type."]["revenue"]))
+                        .and_then(|a| a["id"].as_i64());
+                }
+                "setup_journal" => setup.journal = rows.first().and_then(|j| j["id"].as_i64()),
+                "setup_taxes" => {
+                    setup.taxes = rows
+                        .iter()
+                        .filter_map(|t| {
+                            Some((
+                                rpc::to_decimal(&t["rate"])? * Decimal::ONE_HUNDRED,
+                                t["id"].as_i64()?,
+                                t["name"].as_str().unwrap_or_default().to_string(),
+                            ))
+                        })
+                        .collect();
+                }
+                "setup_currencies" => {
+                    setup.currencies = rows
+                        .iter()
+                        .filter_map(|c| Some((c["code"].as_str()?.to_string(), c["id"].as_i64()?)))
+                        .collect();
+                }
+                _ => {
+                    setup.payment_method = rows
+                        .iter()
+                        .find(|m| wanted.is_empty() || m["name"].as_str() == Some(wanted))
+                        .and_then(|m| m["id"].as_i64());
+                }
+            }
+            setup.looked_up.push(phase);
+        }
         st.retain(|k, _| !k.starts_with("found_"));
         st.insert("phase".into(), json!("begin"));
         st.insert("setup_done".into(), json!(true));

@@ -91,7 +91,8 @@ fn a_polled_invoice_becomes_an_invoice_record_and_moves_the_cursor() {
         "party.": {"name": "Acme"}, "currency.": {"code": "EUR"},
         "untaxed_amount": d("100.00"), "tax_amount": d("21.00"), "total_amount": d("121.00"), "amount_to_pay": d("121.00"),
         "lines_to_pay.": [{"maturity_date": {"__class__": "date", "year": 2027, "month": 1, "day": 5}}],
-        "lines.": [{"description": "work", "quantity": 2.0, "unit_price": d("50.0000"), "amount": d("100.00")}]});
+        "lines.": [{"description": "work", "quantity": 2.0, "unit_price": d("50.0000"), "amount": d("100.00")}],
+        "taxes.": [{"base": d("100.00"), "amount": d("21.00"), "tax.": {"rate": d("0.2100000000")}}]});
     let reply = t
         .poll_reply(PollResponse {
             cursor: None,
@@ -111,6 +112,26 @@ fn a_polled_invoice_becomes_an_invoice_record_and_moves_the_cursor() {
     assert_eq!(inv.total, Decimal::new(12100, 2));
     assert_eq!(inv.due_date, NaiveDate::from_ymd_opt(2027, 1, 5));
     assert_eq!(inv.lines.len(), 1);
+    assert_eq!(
+        inv.taxes,
+        [InvoiceRecordTax {
+            rate: Decimal::new(21, 0),
+            base: Decimal::new(10000, 2),
+            amount: Decimal::new(2100, 2)
+        }]
+    );
+}
+
+#[test]
+fn tax_lines_that_do_not_add_up_to_the_tax_give_no_groups() {
+    let d = |s: &str| json!({"__class__": "Decimal", "decimal": s});
+    let row = |rate: serde_json::Value| {
+        json!({"untaxed_amount": d("100.00"), "tax_amount": d("21.00"),
+            "taxes.": [{"base": d("100.00"), "amount": d("20.00"), "tax.": {"rate": rate}}]})
+    };
+    assert_eq!(tax_groups(&row(d("0.21"))), []);
+    // A fixed tax has no rate.
+    assert_eq!(tax_groups(&row(json!(null))), []);
 }
 
 #[test]
@@ -190,4 +211,81 @@ fn a_sink_conversation_starts_with_a_login() {
     };
     assert_eq!(body(&request)["method"], "common.db.login");
     assert_eq!(state["phase"], "login");
+}
+
+/// The methods a first conversation calls until it reaches `until`, answering every call with `[]` (the login with a
+/// session, the preferences with `{}`).
+fn first_calls(event: serde_json::Value, until: &str) -> Vec<String> {
+    let t = tryton();
+    let mut calls = Vec::new();
+    let mut state = json!(null);
+    let mut response = None;
+    loop {
+        let step = t
+            .step(&SinkInput {
+                event: event.clone(),
+                attempt: 1,
+                now: 0,
+                state: state.clone(),
+                response: response.take(),
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let SinkStep::Request {
+            request,
+            state: next,
+        } = step
+        else {
+            panic!("{step:?} after {calls:?}")
+        };
+        let method = body(&request)["method"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        calls.push(method.clone());
+        if method == until || calls.len() > 20 {
+            return calls;
+        }
+        response = Some(match method.as_str() {
+            "common.db.login" => answer(json!([1, "key"])),
+            "model.res.user.get_preferences" => answer(json!({})),
+            _ => answer(json!([])),
+        });
+        state = next;
+    }
+}
+
+#[test]
+fn a_first_conversation_looks_up_only_what_its_event_needs() {
+    let invoice = first_calls(
+        json!({"id": 3, "type": "invoice.issued", "entity": "invoice", "entity_id": "inv_1",
+            "data": {"number": "INV-2026-001", "total": "121.00", "currency": "EUR", "customer": "Acme"}}),
+        "model.account.invoice.search_read",
+    );
+    assert_eq!(
+        invoice,
+        [
+            "common.db.login",
+            "model.res.user.get_preferences",
+            "model.account.account.search_read",
+            "model.account.journal.search_read",
+            "model.account.tax.search_read",
+            "model.currency.currency.search_read",
+            "model.account.invoice.search_read",
+        ]
+    );
+    let payment = first_calls(
+        json!({"id": 4, "type": "payment.recorded", "entity": "payment", "entity_id": "pay_1",
+            "data": {"amount": "121.00", "currency": "EUR", "allocations": [{"id": "alc_1", "kind": "payment",
+                "amount": "121.00", "invoice_number": "INV-2026-001"}]}}),
+        "model.account.invoice.search_read",
+    );
+    assert_eq!(
+        payment,
+        [
+            "common.db.login",
+            "model.res.user.get_preferences",
+            "model.account.invoice.payment.method.search_read",
+            "model.account.invoice.search_read",
+        ]
+    );
 }

@@ -15,7 +15,7 @@ use crate::proxy::Proxy;
 const EVENTS: &str = r#"["invoice.issued", "payment.recorded", "payment.reversed"]"#;
 
 /// A running `hledger-web` serving the API from one journal file; killed on drop.
-struct HledgerWeb {
+pub(crate) struct HledgerWeb {
     journal: PathBuf,
     log: PathBuf,
     port: u16,
@@ -24,7 +24,7 @@ struct HledgerWeb {
 
 impl HledgerWeb {
     /// A journal file in `dir` (empty) and the port hledger-web will listen on, not started yet.
-    fn prepare(dir: &Path) -> HledgerWeb {
+    pub(crate) fn prepare(dir: &Path) -> HledgerWeb {
         let journal = dir.join("books.journal");
         std::fs::write(&journal, "").expect("writing the journal");
         HledgerWeb {
@@ -35,12 +35,12 @@ impl HledgerWeb {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Start it and wait until `/transactions` answers.
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let log = File::options()
             .create(true)
             .append(true)
@@ -72,7 +72,7 @@ impl HledgerWeb {
     }
 
     /// Balances per account by the `hledger` CLI (which refuses a journal that does not balance).
-    fn balances(&self) -> BTreeMap<String, String> {
+    pub(crate) fn balances(&self) -> BTreeMap<String, String> {
         let out = Command::new("hledger")
             .arg("-f")
             .arg(&self.journal)

@@ -1,6 +1,7 @@
-//! An HTTP proxy on loopback in front of a real peer (hledger-web), for the faults a real peer will not produce on
-//! demand: it can garble the peer's answers to reads, and hold the peer's answer to a write after the peer took it
-//! (so the test can kill the daemon between the peer's 2xx and the daemon's cursor commit).
+//! An HTTP proxy on loopback in front of a real peer (hledger-web, Tryton), for the faults a real peer will not
+//! produce on demand: it can garble the peer's answers to reads, and hold the peer's answer to a write (the next one,
+//! or the next whose body holds given strings) after the peer took it (so the test can kill the daemon between the
+//! peer's 2xx and the daemon's cursor commit).
 //!
 //! One request per connection (`connection: close`), forwarded with a blocking reqwest client.
 
@@ -23,8 +24,9 @@ pub struct Forwarded {
 struct State {
     /// Answer this many `GET`s with `200` and this body instead of the peer's answer.
     garble: Option<(usize, Vec<u8>)>,
-    /// Hold the peer's answer to the next `PUT`/`POST` until [`Proxy::release`].
-    hold_next_write: bool,
+    /// Hold the peer's answer to the next `PUT`/`POST` whose body holds each of these strings (any write when
+    /// empty) until [`Proxy::release`].
+    hold_write: Option<Vec<String>>,
     /// A write is held: the peer's status.
     held: Option<u16>,
     released: bool,
@@ -76,7 +78,14 @@ impl Proxy {
 
     /// Forward the next write (`PUT`/`POST`) to the peer, then hold its answer until [`Proxy::release`].
     pub fn hold_next_write(&self) {
-        self.state.0.lock().unwrap().hold_next_write = true;
+        self.hold_write_containing(&[]);
+    }
+
+    /// Forward the next write whose body holds every one of `needles` to the peer, then hold its answer until
+    /// [`Proxy::release`] (Tryton's JSON-RPC calls are all `POST`s: the method and arguments tell them apart).
+    pub fn hold_write_containing(&self, needles: &[&str]) {
+        self.state.0.lock().unwrap().hold_write =
+            Some(needles.iter().map(|n| n.to_string()).collect());
     }
 
     /// Wait until a held write was answered by the peer; its status.
@@ -135,10 +144,11 @@ fn forward(
     );
     for (name, value) in headers
         .iter()
-        .filter(|(n, _)| n == "content-type" || n == "accept")
+        .filter(|(n, _)| n == "content-type" || n == "accept" || n == "authorization")
     {
         req = req.header(name.as_str(), value.as_str());
     }
+    let text = String::from_utf8_lossy(&body).to_string();
     let (peer_status, mut answer) = match req.body(body).send() {
         Ok(resp) => {
             let status = resp.status().as_u16();
@@ -157,8 +167,12 @@ fn forward(
                 answer = garbage.clone();
             }
         }
-    } else if st.hold_next_write {
-        st.hold_next_write = false;
+    } else if st
+        .hold_write
+        .as_ref()
+        .is_some_and(|needles| needles.iter().all(|n| text.contains(n.as_str())))
+    {
+        st.hold_write = None;
         st.held = Some(peer_status);
         st.log.push(Forwarded {
             method: method.clone(),

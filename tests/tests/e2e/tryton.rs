@@ -4,21 +4,28 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{import_json, invoice, issue_invoice, Daemon, Setup};
+use crate::harness::{cli, import_json, invoice, issue_invoice, Daemon, Setup};
+use crate::hledger::HledgerWeb;
+use crate::proxy::Proxy;
 use crate::tryton_server::{Tryton, DATABASE, PASSWORD, USER};
 
 const EVENTS: &str = r#"["invoice.issued", "payment.recorded", "payment.reversed"]"#;
 
+/// The config of a daemon with the Tryton connector `erp` (talking to `url`, polling every `poll_every_secs`) and a
+/// `camt` connector, with `more` appended.
+fn config(url: &str, poll_every_secs: u64, extra_settings: &str, more: &str) -> String {
+    format!(
+        "[outbox]\nretry_schedule_ms = [200, 400, 800, 1600, 3200]\nrequest_timeout_ms = 20000\n\
+         [[connector]]\nname = \"erp\"\nplugin = \"tryton\"\nevents = {EVENTS}\npoll_every_secs = {poll_every_secs}\n\
+         settings = {{ url = \"{url}\", database = \"{DATABASE}\", user = \"{USER}\", password = \"{PASSWORD}\"{extra_settings} }}\n\
+         [[connector]]\nname = \"camt\"\nplugin = \"camt\"\n{more}"
+    )
+}
+
 fn daemon_with(t: &Tryton, extra_settings: &str) -> Daemon {
     Daemon::start(Setup {
         plugins: vec!["tryton", "camt"],
-        config: format!(
-            "[outbox]\nretry_schedule_ms = [200, 400, 800, 1600, 3200]\nrequest_timeout_ms = 20000\n\
-             [[connector]]\nname = \"erp\"\nplugin = \"tryton\"\nevents = {EVENTS}\npoll_every_secs = 1\n\
-             settings = {{ url = \"{}\", database = \"{DATABASE}\", user = \"{USER}\", password = \"{PASSWORD}\"{extra_settings} }}\n\
-             [[connector]]\nname = \"camt\"\nplugin = \"camt\"\n",
-            t.url()
-        ),
+        config: config(&t.url(), 1, extra_settings, ""),
     })
 }
 
@@ -273,4 +280,213 @@ fn a_poll_page_with_an_invoice_settled_sent_links_it_and_creates_no_duplicate() 
     assert_eq!(poller["connector"], "erp", "{poller}");
     assert_eq!(poller["records"], 0, "{poller}");
     assert!(poller["duplicates"].as_u64() >= Some(1), "{poller}");
+}
+
+/// The poller's committed pages so far.
+fn poll_pages(d: &Daemon) -> u64 {
+    d.ok("GET", "/v1/plugins", None)["pollers"][0]["pages"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// The payments settled recorded, oldest first.
+fn payments(d: &Daemon) -> Vec<Value> {
+    d.ok("GET", "/v1/payments", None)["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn payments_entered_by_hand_in_tryton_show_in_settled_as_paid_elsewhere_once_and_are_not_sent_back()
+{
+    let mut t = Tryton::start();
+    let (id, number) = t.post_invoice("Seeded Customer", "200.00");
+    let d = daemon(&t);
+    let inv = settled_invoice(&d, &number);
+    assert_eq!(inv["payment_status"], "unpaid", "{inv}");
+    // Part first: the rest stays open in settled too.
+    t.pay(id, "100.00");
+    let part = d.eventually("the partial payment from Tryton in settled", || {
+        Some(invoice(&d, &inv)).filter(|i| i["balance"] == "142.00")
+    });
+    assert_eq!(part["payment_status"], "partially_paid", "{part}");
+    t.pay(id, "142.00");
+    let paid = d.eventually("the invoice paid in settled", || {
+        Some(invoice(&d, &inv)).filter(|i| i["payment_status"] == "paid")
+    });
+    assert_eq!(paid["balance"], "0.00", "{paid}");
+    let kinds: Vec<(&str, &str)> = paid["allocations"]
+        .as_array()
+        .expect("allocations")
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap_or_default(),
+                a["amount"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [("paid_elsewhere", "100.00"), ("paid_elsewhere", "142.00")],
+        "{paid}"
+    );
+    let recorded = payments(&d);
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert!(
+        recorded
+            .iter()
+            .all(|p| p["source"] == "tryton" && p["reference"] == number.as_str()),
+        "{recorded:?}"
+    );
+    // Polled again (the write date is past), nothing more is recorded; the sink sent nothing back to Tryton.
+    let pages = poll_pages(&d);
+    d.eventually("two more polls", || {
+        (poll_pages(&d) >= pages + 2).then_some(())
+    });
+    d.eventually("nothing pending for Tryton", || {
+        (sink(&d)["pending"] == 0).then_some(())
+    });
+    assert_eq!(payments(&d).len(), 2, "{:?}", payments(&d));
+    assert_eq!(t.payment_lines(id), 2);
+    let s = sink(&d);
+    assert!(
+        s["dead_letters"].as_array().is_some_and(Vec::is_empty),
+        "{s}"
+    );
+}
+
+#[test]
+fn settled_sync_check_agrees_after_the_walk_and_names_an_invoice_paid_in_tryton_behind_settleds_back(
+) {
+    let mut t = Tryton::start();
+    let (id, tryton_number) = t.post_invoice("Seeded Customer", "200.00");
+    // One poll at start-up only: the change made in Tryton below stays unseen by settled.
+    let d = Daemon::start(Setup {
+        plugins: vec!["tryton", "camt"],
+        config: config(&t.url(), 3600, "", ""),
+    });
+    settled_invoice(&d, &tryton_number);
+    let ours = issue_invoice(&d, "Check Walkers", vat_line("50.00", "21"));
+    let number = ours["number"].as_str().expect("number");
+    tryton_invoice(&d, &mut t, number, "posted");
+    import_json(&d, "walk.xml", &camt_paying("WALK-1", "121.00", number));
+    tryton_invoice(&d, &mut t, number, "paid");
+    let agree = cli(&d, &["sync", "check", "erp"]);
+    assert!(agree.status.success(), "{agree}");
+    assert!(agree.stdout.contains("no differences"), "{agree}");
+    // Behind settled's back: a payment entered in Tryton.
+    t.pay(id, "42.00");
+    let differ = cli(&d, &["sync", "check", "erp"]);
+    assert_eq!(differ.status.code(), Some(1), "{differ}");
+    let line = differ
+        .stdout
+        .lines()
+        .find(|l| l.contains(&tryton_number) && l.contains("balance"))
+        .unwrap_or_else(|| panic!("no balance line for {tryton_number}: {differ}"));
+    assert!(
+        line.contains("242.00") && line.contains("200.00"),
+        "{line}\n{differ}"
+    );
+    assert!(
+        !differ.stdout.contains(number),
+        "only the edited invoice differs: {differ}"
+    );
+    let api = d.ok("GET", "/v1/sync/erp/check", None);
+    let fields: Vec<(&str, &str)> = api["differences"]
+        .as_array()
+        .expect("differences")
+        .iter()
+        .map(|x| {
+            (
+                x["invoice"].as_str().unwrap_or_default(),
+                x["field"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(fields, [(tryton_number.as_str(), "balance")], "{api}");
+}
+
+#[test]
+fn kill_9_in_the_middle_of_the_pay_wizard_pays_the_tryton_invoice_exactly_once_after_restart() {
+    let mut t = Tryton::start();
+    let proxy = Proxy::start(&t.url());
+    let mut d = Daemon::start(Setup {
+        plugins: vec!["tryton", "camt"],
+        config: config(&proxy.url(), 1, "", ""),
+    });
+    let inv = issue_invoice(&d, "Crash Payers", vat_line("50.00", "21"));
+    let number = inv["number"].as_str().expect("number");
+    let posted = tryton_invoice(&d, &mut t, number, "posted");
+    let id = posted["id"].as_i64().expect("id");
+    // The wizard's step that enters the payment: Tryton commits it, the daemon never hears back.
+    proxy.hold_write_containing(&["wizard.account.invoice.pay.execute", "\"choice\""]);
+    import_json(&d, "crash.xml", &camt_paying("CRASH-1", "121.00", number));
+    assert_eq!(proxy.wait_held(), 200, "{:#?}", proxy.log());
+    d.kill9();
+    proxy.release();
+    assert_eq!(
+        t.payment_lines(id),
+        1,
+        "Tryton took the payment before the kill"
+    );
+    d.spawn();
+    d.eventually("the payment event delivered after the restart", || {
+        let s = sink(&d);
+        (s["pending"] == 0 && s["delivered_total"].as_u64() >= Some(1)).then_some(())
+    });
+    assert_eq!(t.payment_lines(id), 1, "paid exactly once");
+    let paid = tryton_invoice(&d, &mut t, number, "paid");
+    assert_eq!(paid["to_pay"], "0", "{paid}");
+    let s = sink(&d);
+    assert!(
+        s["dead_letters"].as_array().is_some_and(Vec::is_empty),
+        "{s}"
+    );
+    assert_eq!(invoice(&d, &inv)["payment_status"], "paid");
+    assert_eq!(payments(&d).len(), 1, "{:?}", payments(&d));
+}
+
+#[test]
+fn a_tryton_invoice_with_vat_keeps_its_tax_per_rate_and_posts_a_balanced_transaction_to_hledger() {
+    let mut t = Tryton::start();
+    let (_, number) = t.post_invoice("Seeded Customer", "200.00");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut web = HledgerWeb::prepare(dir.path());
+    web.start();
+    let books = format!(
+        "[[connector]]\nname = \"books\"\nplugin = \"hledger\"\nevents = [\"invoice.issued\"]\n\
+         settings = {{ url = \"{}\" }}\n",
+        web.url()
+    );
+    let d = Daemon::start(Setup {
+        plugins: vec!["tryton", "camt", "hledger"],
+        config: config(&t.url(), 1, "", &books),
+    });
+    let inv = settled_invoice(&d, &number);
+    assert_eq!(
+        inv["taxes"],
+        json!([{"rate": "21", "base": "200.00", "amount": "42.00"}]),
+        "{inv}"
+    );
+    let bal = d.eventually("the invoice posted in hledger-web", || {
+        Some(web.balances()).filter(|b| b.contains_key("revenue"))
+    });
+    assert_eq!(
+        bal.get("revenue").map(String::as_str),
+        Some("EUR -200.00"),
+        "{bal:?}"
+    );
+    assert_eq!(
+        bal.get("liabilities:vat:21").map(String::as_str),
+        Some("EUR -42.00"),
+        "{bal:?}"
+    );
+    assert_eq!(
+        bal.get("assets:receivable:Seeded Customer")
+            .map(String::as_str),
+        Some("EUR 242.00"),
+        "{bal:?}"
+    );
 }
