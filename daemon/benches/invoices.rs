@@ -3,6 +3,11 @@
 //! a fresh child process.
 //!
 //! Run: `CARGO_TARGET_DIR=/work/target-bench cargo bench -p settled --bench invoices`
+//!
+//! The bench uses jemalloc, the daemon's allocator, so resident memory is what the daemon would hold.
+//! `SETTLED_BENCH_STORE=DIR` keeps the filled store in `DIR` (it is several GiB): a later run that finds a store there
+//! skips filling and only measures the cold starts. `SETTLED_BENCH_CACHE_MIB=N` opens the store in the cold-start
+//! children with an N MiB sled cache instead of the daemon's default.
 
 mod common;
 
@@ -27,6 +32,9 @@ const INGEST_BATCH: u64 = 10_000;
 const COLD_STARTS: usize = 3;
 const CHILD_ARG: &str = "cold-start";
 
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(CHILD_ARG) {
@@ -38,8 +46,80 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let root = tempfile::tempdir().context("creating the bench temp dir")?;
-    let data = root.path().join("data");
-    let store = Store::open(&data, &StoreOptions::default()).context("opening the store")?;
+    let data = match std::env::var_os("SETTLED_BENCH_STORE") {
+        Some(dir) => PathBuf::from(dir),
+        None => root.path().join("data"),
+    };
+    if data.join("db").exists() {
+        println!(
+            "store: reusing {} ({} on disk)\n",
+            data.display(),
+            fmt_mib(common::dir_bytes(&data) / 1024)
+        );
+    } else {
+        fill(&data).await?;
+    }
+    let cache =
+        std::env::var("SETTLED_BENCH_CACHE_MIB").unwrap_or_else(|_| "64 (the default)".into());
+    println!("cold-start children: sled cache {cache} MiB\n");
+    let mut rows = Vec::new();
+    let mut readies = Vec::new();
+    // The last child returns freed memory to the system at once (jemalloc's decay off): the difference to the others
+    // is memory sled and the engine freed during start-up that jemalloc still holds (it gives it back after ~10 s).
+    for run in 1..=COLD_STARTS + 1 {
+        let no_decay = run > COLD_STARTS;
+        let cold = spawn_cold_start(&data, no_decay)?;
+        if !no_decay {
+            readies.push(cold.ready);
+        }
+        rows.push(vec![
+            if no_decay {
+                format!("{run} (jemalloc decay off)")
+            } else {
+                run.to_string()
+            },
+            fmt_dur(cold.ready),
+            fmt_dur(cold.open),
+            fmt_mib(cold.rss_before_kib),
+            format!(
+                "{} ({} anon)",
+                fmt_mib(cold.rss_store_kib),
+                fmt_mib(cold.anon_store_kib)
+            ),
+            format!(
+                "{} ({} anon)",
+                fmt_mib(cold.rss_kib),
+                fmt_mib(cold.anon_kib)
+            ),
+            fmt_mib(cold.hwm_kib),
+            fmt_int(cold.open_invoices),
+        ]);
+    }
+    table(
+        &[
+            "cold start",
+            "Store::open + Engine::new",
+            "of which Store::open",
+            "VmRSS before",
+            "VmRSS after Store::open",
+            "VmRSS after Engine::new",
+            "VmHWM",
+            "open invoices loaded",
+        ],
+        &rows,
+    );
+    readies.sort_unstable();
+    println!(
+        "\nmedian ready time {} (OS page cache warm: the files were just written)",
+        fmt_dur(readies[readies.len() / 2])
+    );
+    println!("load after the run: {}", common::loadavg());
+    Ok(())
+}
+
+/// Issue the invoices and fill the store to `DOCUMENTS` documents, printing what it took.
+async fn fill(data: &Path) -> anyhow::Result<()> {
+    let store = Store::open(data, &StoreOptions::default()).context("opening the store")?;
     let engine = Engine::new(store, Config::default(), Box::new(SystemClock))
         .context("building the engine")?;
 
@@ -59,7 +139,7 @@ async fn run() -> anyhow::Result<()> {
     let open_invoices = engine.open_invoice_count();
     engine.store().flush().context("flushing the store")?;
     drop(engine);
-    let disk = common::dir_bytes(&data);
+    let disk = common::dir_bytes(data);
 
     println!(
         "issue: {TASKS} concurrent tasks, each invoice = create_invoice + issue_invoice (two durable writes)\n"
@@ -94,41 +174,6 @@ async fn run() -> anyhow::Result<()> {
         fmt_mib(disk / 1024)
     );
 
-    let mut rows = Vec::new();
-    let mut readies = Vec::new();
-    for run in 1..=COLD_STARTS {
-        let cold = spawn_cold_start(&data)?;
-        readies.push(cold.ready);
-        rows.push(vec![
-            run.to_string(),
-            fmt_dur(cold.ready),
-            fmt_dur(cold.open),
-            fmt_mib(cold.rss_before_kib),
-            fmt_mib(cold.rss_store_kib),
-            fmt_mib(cold.rss_kib),
-            fmt_mib(cold.hwm_kib),
-            fmt_int(cold.open_invoices),
-        ]);
-    }
-    table(
-        &[
-            "cold start",
-            "Store::open + Engine::new",
-            "of which Store::open",
-            "VmRSS before",
-            "VmRSS after Store::open",
-            "VmRSS after Engine::new",
-            "VmHWM",
-            "open invoices loaded",
-        ],
-        &rows,
-    );
-    readies.sort_unstable();
-    println!(
-        "\nmedian ready time {} (OS page cache warm: the files were just written)",
-        fmt_dur(readies[readies.len() / 2])
-    );
-    println!("load after the run: {}", common::loadavg());
     Ok(())
 }
 
@@ -252,17 +297,21 @@ struct Cold {
     rss_before_kib: u64,
     rss_store_kib: u64,
     rss_kib: u64,
+    anon_store_kib: u64,
+    anon_kib: u64,
     hwm_kib: u64,
     open_invoices: u64,
 }
 
-fn spawn_cold_start(data: &Path) -> anyhow::Result<Cold> {
+fn spawn_cold_start(data: &Path, no_decay: bool) -> anyhow::Result<Cold> {
     let exe: PathBuf = std::env::current_exe().context("locating the bench executable")?;
-    let out = std::process::Command::new(exe)
-        .arg(CHILD_ARG)
-        .arg(data)
-        .output()
-        .context("running the cold-start child")?;
+    let mut child = std::process::Command::new(exe);
+    child.arg(CHILD_ARG).arg(data);
+    if no_decay {
+        // tikv-jemallocator's jemalloc reads its options from this variable (its symbols carry the `_rjem_` prefix).
+        child.env("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0");
+    }
+    let out = child.output().context("running the cold-start child")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
@@ -283,7 +332,9 @@ fn spawn_cold_start(data: &Path) -> anyhow::Result<Cold> {
         open: Duration::from_nanos(field("open_ns")?),
         rss_before_kib: field("rss_before_kib")?,
         rss_store_kib: field("rss_store_kib")?,
+        anon_store_kib: field("anon_store_kib")?,
         rss_kib: field("rss_kib")?,
+        anon_kib: field("anon_kib")?,
         hwm_kib: field("hwm_kib")?,
         open_invoices: field("open_invoices")?,
     })
@@ -292,18 +343,27 @@ fn spawn_cold_start(data: &Path) -> anyhow::Result<Cold> {
 /// The child: open the store and build the engine as the daemon does, then report time and memory on one line.
 fn cold_start(dir: &Path) -> anyhow::Result<()> {
     let rss_before = common::status_kib("VmRSS").unwrap_or(0);
+    let mut options = StoreOptions::default();
+    if let Some(mib) = std::env::var("SETTLED_BENCH_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        options.cache_bytes = mib * 1024 * 1024;
+    }
     let t = Instant::now();
-    let store = Store::open(dir, &StoreOptions::default()).context("opening the store")?;
+    let store = Store::open(dir, &options).context("opening the store")?;
     let opened = t.elapsed();
     let rss_store = common::status_kib("VmRSS").unwrap_or(0);
+    let anon_store = common::status_kib("RssAnon").unwrap_or(0);
     let engine = Engine::new(store, Config::default(), Box::new(SystemClock))
         .context("building the engine")?;
     let ready = t.elapsed();
     println!(
-        "ready_ns={} open_ns={} rss_before_kib={rss_before} rss_store_kib={rss_store} rss_kib={} hwm_kib={} open_invoices={}",
+        "ready_ns={} open_ns={} rss_before_kib={rss_before} rss_store_kib={rss_store} anon_store_kib={anon_store} rss_kib={} anon_kib={} hwm_kib={} open_invoices={}",
         ready.as_nanos(),
         opened.as_nanos(),
         common::status_kib("VmRSS").unwrap_or(0),
+        common::status_kib("RssAnon").unwrap_or(0),
         common::status_kib("VmHWM").unwrap_or(0),
         engine.open_invoice_count()
     );

@@ -35,7 +35,7 @@ use settled_plugin_api::{
 pub use child::child_main;
 use child::{ChildFailure, ProcInstance, ProcOutcome};
 pub use connectors::ReloadReport;
-use native::{NativeInstance, NativeLib, Reply, Workers};
+use native::{NativeInstance, NativeLib, NoAnswer, Reply, Workers};
 pub use session::ParseSession;
 
 /// Most recent load errors kept per plugin file.
@@ -1007,15 +1007,17 @@ impl PluginHost {
                     .get_or_try_init(|| open_in_process(loaded))
                     .await?
                     .clone();
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                self.workers.run(Box::new(move || {
-                    let _ = tx.send(lib.create(&settings));
-                }));
-                match tokio::time::timeout(timeout, rx).await {
-                    Ok(Ok(Ok(instance))) => Backend::Native(Arc::new(instance)),
-                    Ok(Ok(Err(reply))) => return Err(describe_configure_failure(reply)),
-                    Ok(Err(_)) => return Err("configure ended without an answer".to_string()),
-                    Err(_) => {
+                match self
+                    .workers
+                    .call(timeout, move || lib.create(&settings))
+                    .await
+                {
+                    Ok(Ok(instance)) => Backend::Native(Arc::new(instance)),
+                    Ok(Err(reply)) => return Err(describe_configure_failure(reply)),
+                    Err(NoAnswer::NotRun) => {
+                        return Err("configure ended without an answer".to_string())
+                    }
+                    Err(NoAnswer::TimedOut) => {
                         return Err(format!(
                             "configure did not return within {} ms",
                             timeout.as_millis()
@@ -1161,19 +1163,18 @@ impl Target {
         op: &str,
         payload: Vec<u8>,
     ) -> Result<Reply, ChildFailure> {
-        let timeout = self.timeout;
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let native = Arc::clone(native);
         let op = op.to_string();
-        self.workers.run(Box::new(move || {
-            let _ = tx.send(native.call(&op, &payload));
-        }));
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(ChildFailure::Crashed(
+        match self
+            .workers
+            .call(self.timeout, move || native.call(&op, &payload))
+            .await
+        {
+            Ok(reply) => Ok(reply),
+            Err(NoAnswer::TimedOut) => Err(ChildFailure::Timeout),
+            Err(NoAnswer::NotRun) => Err(ChildFailure::Crashed(
                 "the call thread ended without an answer".to_string(),
             )),
-            Err(_) => Err(ChildFailure::Timeout),
         }
     }
 

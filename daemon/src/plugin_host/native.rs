@@ -4,9 +4,13 @@
 //! A library is never closed: `dlclose` after Rust code ran is unsound (thread-locals, leaked callbacks),
 //! so each loaded version stays mapped until the process exits.
 
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 use libloading::os::unix::{Library, Symbol, RTLD_LOCAL, RTLD_NOW};
 use settled_plugin_api::abi::{
@@ -309,60 +313,307 @@ impl Drop for NativeInstance {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Threads that run in-process plugin calls so that the async runtime can time them out.
+/// How long an idle worker keeps looking for its next call before it sleeps: calls that come back to back find it
+/// awake, so handing one over costs no wake-up of a sleeping thread.
+const WORKER_SPIN: Duration = Duration::from_micros(100);
+/// How long a caller looks for the answer before its task sleeps: a short call is answered without a wake-up.
+const CALLER_SPIN: Duration = Duration::from_micros(50);
+/// How often the watchdog looks at running calls: a call is reported timed out at most this much after its deadline.
+const WATCHDOG_TICK: Duration = Duration::from_millis(10);
+/// After this long without a call the watchdog sleeps until the next one.
+const WATCHDOG_IDLE: Duration = Duration::from_secs(1);
+
+/// Why a timed job gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoAnswer {
+    /// The watchdog found it still running at its deadline; its thread is left to it.
+    TimedOut,
+    /// It never ran (no thread could be started for it).
+    NotRun,
+}
+
+/// Threads that run in-process plugin calls, and the watchdog that times them out.
+///
+/// A call runs on a worker thread, not on the caller's: a plugin call that never returns must leave the caller (and the
+/// record it is processing) free to be answered "timed out", which no watchdog can do for a thread stuck in the plugin.
+/// What costs time in such a hand-over is waking sleeping threads, so neither side sleeps on short calls: an idle worker
+/// keeps looking for its next call for [`WORKER_SPIN`], the caller looks for the answer for [`CALLER_SPIN`] before its
+/// task waits, and the deadline is kept by one watchdog thread instead of a runtime timer per call.
 ///
 /// Plain threads, not `spawn_blocking`: a hung plugin call must not keep the runtime from shutting down.
-/// A hung thread is simply abandoned; idle threads exit when the pool is dropped.
-#[derive(Default)]
+/// A hung thread is simply abandoned; idle threads and the watchdog exit when the pool is dropped.
 pub(crate) struct Workers {
-    idle: Mutex<Vec<mpsc::Sender<Job>>>,
+    idle: Mutex<Vec<Arc<Worker>>>,
+    watchdog: Arc<Watchdog>,
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers {
+            idle: Mutex::new(Vec::new()),
+            watchdog: Arc::new(Watchdog::default()),
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for worker in lock(&self.idle).drain(..) {
+            worker.closed.store(true, Ordering::SeqCst);
+            worker.thread.unpark();
+        }
+        self.watchdog.close();
+    }
+}
+
+/// One worker thread and its mailbox.
+struct Worker {
+    thread: Thread,
+    job: Mutex<Option<Job>>,
+    has_job: AtomicBool,
+    closed: AtomicBool,
+}
+
+impl Worker {
+    /// The next job: looked for without sleeping for [`WORKER_SPIN`], then parked for. `None` once the pool is gone.
+    fn next_job(&self) -> Option<Job> {
+        let started = Instant::now();
+        let mut spinning = true;
+        loop {
+            if self.has_job.swap(false, Ordering::Acquire) {
+                if let Some(job) = lock(&self.job).take() {
+                    return Some(job);
+                }
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            if spinning {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+                spinning = started.elapsed() < WORKER_SPIN;
+            } else {
+                // Spurious wake-ups and early unparks are fine: the loop looks again.
+                std::thread::park();
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Workers {
-    /// Runs `job` on an idle worker, or on a new one if all are busy.
-    pub(crate) fn run(self: &Arc<Self>, job: Job) {
-        let mut job = job;
-        loop {
-            let idle = self
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
-            match idle {
-                Some(worker) => match worker.send(job) {
-                    Ok(()) => return,
-                    Err(mpsc::SendError(back)) => job = back,
-                },
-                None => break,
-            }
+    /// Runs `job` on an idle worker, or on a new one if all are busy. `false` when no thread could be started for it.
+    pub(crate) fn run(self: &Arc<Self>, job: Job) -> bool {
+        let idle = lock(&self.idle).pop();
+        if let Some(worker) = idle {
+            *lock(&worker.job) = Some(job);
+            worker.has_job.store(true, Ordering::Release);
+            worker.thread.unpark();
+            return true;
         }
         let pool = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("settled-plugin-call".to_string())
             .spawn(move || worker_loop(pool, job));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a plugin call thread");
+        match spawned {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a plugin call thread");
+                false
+            }
+        }
+    }
+
+    /// Runs `job` on a worker and waits for its answer until `timeout`, which the watchdog enforces.
+    pub(crate) async fn call<T: Send + 'static>(
+        self: &Arc<Self>,
+        timeout: Duration,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NoAnswer> {
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<Option<T>>();
+        let answer = Arc::new(Answer(Mutex::new(Some(tx))));
+        let watched = Watched {
+            watchdog: &self.watchdog,
+            id: self
+                .watchdog
+                .watch(Instant::now() + timeout, Arc::clone(&answer) as _),
+        };
+        let run = self.run(Box::new(move || {
+            let out = job();
+            answer.give(Some(out));
+        }));
+        if !run {
+            return Err(NoAnswer::NotRun);
+        }
+        let started = Instant::now();
+        let answered = loop {
+            match rx.try_recv() {
+                Ok(answered) => break Some(answered),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => break None,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+            }
+            if started.elapsed() >= CALLER_SPIN {
+                break rx.await.ok();
+            }
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        };
+        drop(watched);
+        match answered {
+            Some(Some(out)) => Ok(out),
+            Some(None) => Err(NoAnswer::TimedOut),
+            // Both the job and the watchdog let go of the answer without giving one: the job was dropped unrun.
+            None => Err(NoAnswer::NotRun),
         }
     }
 }
 
 fn worker_loop(pool: Weak<Workers>, first: Job) {
+    let me = Arc::new(Worker {
+        thread: std::thread::current(),
+        job: Mutex::new(None),
+        has_job: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+    });
     let mut job = first;
     loop {
         job();
-        // A fresh channel each round: when the pool is dropped, its senders go and `recv` ends the thread.
-        let (tx, rx) = mpsc::channel::<Job>();
         match pool.upgrade() {
-            Some(pool) => pool
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(tx),
+            Some(pool) => lock(&pool.idle).push(Arc::clone(&me)),
             None => return,
         }
-        match rx.recv() {
-            Ok(next) => job = next,
-            Err(_) => return,
+        match me.next_job() {
+            Some(next) => job = next,
+            None => return,
+        }
+    }
+}
+
+/// Where a timed job's answer goes: given once, by the job or (as `None`, timed out) by the watchdog.
+struct Answer<T>(Mutex<Option<tokio::sync::oneshot::Sender<Option<T>>>>);
+
+impl<T> Answer<T> {
+    fn give(&self, answer: Option<T>) {
+        if let Some(tx) = lock(&self.0).take() {
+            let _ = tx.send(answer);
+        }
+    }
+}
+
+/// What the watchdog can do to a running call: answer it "timed out".
+trait Expire: Send + Sync {
+    fn expire(&self);
+}
+
+impl<T: Send> Expire for Answer<T> {
+    fn expire(&self) {
+        self.give(None);
+    }
+}
+
+/// One thread keeping the deadlines of running calls. It ticks every [`WATCHDOG_TICK`] while calls run and sleeps after
+/// [`WATCHDOG_IDLE`] without any, so an idle daemon has no timer waking up.
+#[derive(Default)]
+struct Watchdog {
+    state: Mutex<WatchState>,
+    thread: OnceLock<Thread>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    next_id: u64,
+    running: HashMap<u64, (Instant, Arc<dyn Expire>)>,
+    last_call: Option<Instant>,
+    asleep: bool,
+    closed: bool,
+}
+
+/// A registered call; unregistered when dropped (answered, or the caller gave up waiting).
+struct Watched<'a> {
+    watchdog: &'a Arc<Watchdog>,
+    id: u64,
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        lock(&self.watchdog.state).running.remove(&self.id);
+    }
+}
+
+impl Watchdog {
+    fn watch(self: &Arc<Self>, deadline: Instant, call: Arc<dyn Expire>) -> u64 {
+        let mut state = lock(&self.state);
+        let id = state.next_id;
+        state.next_id += 1;
+        state.running.insert(id, (deadline, call));
+        state.last_call = Some(Instant::now());
+        let wake = std::mem::replace(&mut state.asleep, false);
+        drop(state);
+        let thread = self.thread.get_or_init(|| {
+            let watchdog = Arc::downgrade(self);
+            std::thread::Builder::new()
+                .name("settled-plugin-watchdog".to_string())
+                .spawn(move || watchdog_loop(&watchdog))
+                .map(|handle| handle.thread().clone())
+                // Without a watchdog thread calls are still answered, only not timed out; say so once.
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "cannot start the plugin call watchdog: in-process calls will not time out");
+                    std::thread::current()
+                })
+        });
+        if wake {
+            thread.unpark();
+        }
+        id
+    }
+
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+}
+
+fn watchdog_loop(watchdog: &Weak<Watchdog>) {
+    loop {
+        let Some(dog) = watchdog.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut state = lock(&dog.state);
+        if state.closed {
+            return;
+        }
+        let overdue: Vec<u64> = state
+            .running
+            .iter()
+            .filter(|(_, (deadline, _))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        let expired: Vec<Arc<dyn Expire>> = overdue
+            .iter()
+            .filter_map(|id| state.running.remove(id).map(|(_, call)| call))
+            .collect();
+        let idle = state.running.is_empty()
+            && state
+                .last_call
+                .is_none_or(|last| now.duration_since(last) >= WATCHDOG_IDLE);
+        state.asleep = idle;
+        drop(state);
+        for call in expired {
+            call.expire();
+        }
+        drop(dog);
+        if idle {
+            std::thread::park();
+        } else {
+            std::thread::park_timeout(WATCHDOG_TICK);
         }
     }
 }
@@ -370,6 +621,7 @@ fn worker_loop(pool: Weak<Workers>, first: Job) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
 
     fn check(status: Status, bytes: &[u8], expected: Reply) {
         assert_eq!(
@@ -460,16 +712,50 @@ mod tests {
         let (release_tx, release_rx) = mpsc::channel::<()>();
         // The first job blocks until released; the second must still run on another thread.
         let t1 = tx.clone();
-        pool.run(Box::new(move || {
+        assert!(pool.run(Box::new(move || {
             let _ = release_rx.recv();
-            let _ = t1.send(1);
-        }));
+            let _ = t1.send((1, std::thread::current().id()));
+        })));
         let t2 = tx.clone();
-        pool.run(Box::new(move || {
-            let _ = t2.send(2);
-        }));
-        assert_eq!(rx.recv().ok(), Some(2));
+        assert!(pool.run(Box::new(move || {
+            let _ = t2.send((2, std::thread::current().id()));
+        })));
+        let (second, second_thread) = rx.recv().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(second, 2);
         let _ = release_tx.send(());
-        assert_eq!(rx.recv().ok(), Some(1));
+        let (first, first_thread) = rx.recv().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first, 1);
+        assert_ne!(first_thread, second_thread);
+        // Both are idle now: the next job runs on one of them, no third thread.
+        while lock(&pool.idle).len() < 2 {
+            std::thread::yield_now();
+        }
+        let t3 = tx.clone();
+        assert!(pool.run(Box::new(move || {
+            let _ = t3.send((3, std::thread::current().id()));
+        })));
+        let (third, third_thread) = rx.recv().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(third, 3);
+        assert!([first_thread, second_thread].contains(&third_thread));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_watchdog_answers_a_call_that_overruns_its_timeout_and_the_pool_serves_on() {
+        let pool = Arc::new(Workers::default());
+        assert_eq!(pool.call(Duration::from_secs(10), || 7).await, Ok(7));
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let started = Instant::now();
+        let hung = pool
+            .call(Duration::from_millis(100), move || {
+                let _ = release_rx.recv();
+                1
+            })
+            .await;
+        assert_eq!(hung, Err(NoAnswer::TimedOut));
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        // The hung job keeps its thread; other calls run on another one and answer themselves.
+        assert_eq!(pool.call(Duration::from_secs(10), || 8).await, Ok(8));
+        assert!(lock(&pool.watchdog.state).running.is_empty());
+        let _ = release_tx.send(());
     }
 }
