@@ -9,7 +9,9 @@
 //! - `v/<20-digit seq>`   the append-only audit log (`events`), in blocks of up to 64 consecutive events keyed by the
 //!   first one's id; events flagged `outbox` are also the outbox for sink plugins, which read it with a cursor of their
 //!   own ([`Store::outbox_after`]), so a change costs no key of its own
-//! - `s/<key>`            idempotency keys of everything ingested (`seen`)
+//! - `S/<20-digit n>`     idempotency keys of everything ingested (`seen`), appended as blocks of `[key, produced]`
+//!   pairs, one per write set, and found through an in-memory fingerprint index built at open (see [`seen`]); schema 2
+//!   kept one `s/<key>` each
 //! - `c/<source>`         per-source cursors
 //! - `d/<sink>/...`       outbox delivery state per sink instance (cursor, done above it, retries, dead letters, pause;
 //!   see `outbox`)
@@ -28,6 +30,7 @@ mod backup;
 mod blocks;
 mod commit;
 mod migrate;
+mod seen;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -42,8 +45,8 @@ pub use backup::{backup_to, restore_from};
 use commit::GroupCommit;
 
 /// The schema version this build writes and understands (2: payments, allocations, review items and events in
-/// blocks; stores and backups of schema 1 are converted when opened or restored).
-pub const SCHEMA_VERSION: u64 = 2;
+/// blocks; 3: `seen` keys in blocks too). Stores and backups of schemas 1 and 2 are converted when opened or restored.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Errors of the store, split by who is at fault.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +163,8 @@ struct Inner {
     path: PathBuf,
     options: StoreOptions,
     handle: RwLock<Handle>,
+    /// How the seen index reduces a key to 64 bits (tests inject one that collides).
+    fingerprint: seen::Fingerprint,
     _lock: File,
 }
 
@@ -177,6 +182,8 @@ struct Open {
     commit: GroupCommit,
     /// Which opening this is (1 for the first): a commit ticket only counts for the opening that applied it.
     generation: u64,
+    /// Where each `seen` key is, read from the blocks at open and kept in step by [`Store::apply`].
+    seen: RwLock<seen::SeenIndex>,
 }
 
 /// Why the store is closed.
@@ -221,17 +228,27 @@ impl Default for StoreOptions {
 impl Store {
     /// Open (or create) the store in `dir`, taking an exclusive lock on it and checking the schema version.
     pub fn open(dir: &Path, options: &StoreOptions) -> StoreResult<Store> {
+        Store::open_with(dir, options, seen::fingerprint)
+    }
+
+    /// [`Store::open`] with the seen index's fingerprint function chosen (tests make keys collide with it).
+    pub(crate) fn open_with(
+        dir: &Path,
+        options: &StoreOptions,
+        fingerprint: seen::Fingerprint,
+    ) -> StoreResult<Store> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             context: format!("creating data directory {}", dir.display()),
             source,
         })?;
         let lock = lock_dir(dir)?;
-        let open = open_sled(dir, options, 1)?;
+        let open = open_sled(dir, options, 1, fingerprint)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: dir.to_path_buf(),
                 options: options.clone(),
                 handle: RwLock::new(Handle::Open(Arc::new(open))),
+                fingerprint,
                 _lock: lock,
             }),
         })
@@ -252,8 +269,13 @@ impl Store {
             Handle::Open(_) => return Ok(false),
             Handle::Closed(failure) => failure.generation,
         };
-        match open_sled(&self.inner.path, &self.inner.options, generation + 1)
-            .and_then(|open| probe_write(&open).map(|()| open))
+        match open_sled(
+            &self.inner.path,
+            &self.inner.options,
+            generation + 1,
+            self.inner.fingerprint,
+        )
+        .and_then(|open| probe_write(&open).map(|()| open))
         {
             Ok(open) => {
                 *self.write_handle() = Handle::Open(Arc::new(open));
@@ -387,9 +409,48 @@ impl Store {
         Ok(out)
     }
 
-    /// Has this idempotency key been ingested? Returns what it produced.
+    /// Has this idempotency key been ingested? Returns what it produced (when recorded more than once, the last).
     pub fn seen(&self, key: &str) -> StoreResult<Option<serde_json::Value>> {
-        Ok(self.get_raw(&format!("s/{key}"))?.map(expand_seen))
+        let open = self.open_handle()?;
+        let index = open.seen.read().unwrap_or_else(|p| p.into_inner());
+        match index.get(&open.tree, key)? {
+            None => Ok(None),
+            Some(raw) => decode(&format!("seen {key}"), raw.get().as_bytes())
+                .map(|value| Some(expand_seen(value))),
+        }
+    }
+
+    /// [`Store::seen`] as the write set will leave it: its own seen keys first, then the store.
+    pub fn seen_in(&self, ws: &WriteSet, key: &str) -> StoreResult<Option<serde_json::Value>> {
+        match ws.seen.get(key) {
+            Some(bytes) => {
+                decode(&format!("seen {key}"), bytes).map(|value| Some(expand_seen(value)))
+            }
+            None => self.seen(key),
+        }
+    }
+
+    /// Compare the in-memory seen index with the seen blocks on disk (and look for keys left in the schema 2 layout):
+    /// every difference in words, none when they agree. For `settled check`.
+    pub fn verify_seen(&self) -> StoreResult<Vec<String>> {
+        let open = self.open_handle()?;
+        let index = open.seen.read().unwrap_or_else(|p| p.into_inner());
+        index.differences(&open.tree)
+    }
+
+    /// The seen index: keys it holds (a key recorded twice counts twice) and the bytes it takes on the heap.
+    pub fn seen_index_size(&self) -> StoreResult<(usize, usize)> {
+        let open = self.open_handle()?;
+        let index = open.seen.read().unwrap_or_else(|p| p.into_inner());
+        Ok((index.len(), index.heap_bytes()))
+    }
+
+    /// Build the seen index again from disk (after a restore wrote the tree directly).
+    fn reload_seen(&self) -> StoreResult<()> {
+        let open = self.open_handle()?;
+        let fresh = seen::SeenIndex::load(&open.tree, self.inner.fingerprint)?;
+        *open.seen.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
     }
 
     /// Every `(key, value)` under a raw key prefix, in key order (the outbox's `d/<sink>/` rows).
@@ -486,6 +547,7 @@ impl Store {
     pub fn begin(&self) -> WriteSet {
         WriteSet {
             pending: HashMap::new(),
+            seen: HashMap::new(),
             events: Vec::new(),
         }
     }
@@ -559,6 +621,15 @@ impl Store {
         for (kind, changes) in blocked {
             blocks::write(&open.tree, &kind, changes, &mut batch)?;
         }
+        // Seen keys in key order, so a write set always makes the same blocks.
+        let mut seen: Vec<(String, Vec<u8>)> = ws.seen.into_iter().collect();
+        seen.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if !seen.is_empty() {
+            let index = open.seen.read().unwrap_or_else(|p| p.into_inner());
+            for (n, block) in index.blocks_for(&seen)? {
+                batch.insert(seen::block_key(n).as_bytes(), block);
+            }
+        }
         let first_event = open.next_event.load(Ordering::SeqCst);
         let mut event_ids = Vec::with_capacity(ws.events.len());
         let mut encoded = Vec::with_capacity(ws.events.len());
@@ -586,6 +657,12 @@ impl Store {
         }
         open.next_event
             .store(first_event + event_ids.len() as u64, Ordering::SeqCst);
+        if !seen.is_empty() {
+            open.seen
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(&seen);
+        }
         Ok(CommitTicket {
             seq: open.commit.written(),
             generation: open.generation,
@@ -648,7 +725,12 @@ impl Store {
 
 /// Open sled in `dir` (waiting for a just-dropped handle of this process to let go of its files), check the schema,
 /// migrate an older one, and find the last event id.
-fn open_sled(dir: &Path, options: &StoreOptions, generation: u64) -> StoreResult<Open> {
+fn open_sled(
+    dir: &Path,
+    options: &StoreOptions,
+    generation: u64,
+    fingerprint: seen::Fingerprint,
+) -> StoreResult<Open> {
     let config = sled::Config::new()
         .path(dir.join("db"))
         .cache_capacity(options.cache_bytes)
@@ -692,7 +774,7 @@ fn open_sled(dir: &Path, options: &StoreOptions, generation: u64) -> StoreResult
             let found = String::from_utf8_lossy(&v).to_string();
             match found.parse::<u64>().ok() {
                 Some(SCHEMA_VERSION) => {}
-                Some(1) => migrate::from_v1(&tree)?,
+                Some(from @ 1..SCHEMA_VERSION) => migrate::upgrade(&tree, from)?,
                 _ => {
                     return Err(StoreError::UnknownSchema {
                         path: dir.to_path_buf(),
@@ -703,6 +785,7 @@ fn open_sled(dir: &Path, options: &StoreOptions, generation: u64) -> StoreResult
         }
     }
     let next_event = last_event(&tree)? + 1;
+    let seen = RwLock::new(seen::SeenIndex::load(&tree, fingerprint)?);
     let commit = GroupCommit::new(db.clone());
     Ok(Open {
         db,
@@ -710,6 +793,7 @@ fn open_sled(dir: &Path, options: &StoreOptions, generation: u64) -> StoreResult
         next_event: AtomicU64::new(next_event),
         commit,
         generation,
+        seen,
     })
 }
 
@@ -747,6 +831,8 @@ pub struct CommitTicket {
 pub struct WriteSet {
     /// key -> new value (`None`: removed); the last write of a key wins.
     pending: HashMap<String, Option<Vec<u8>>>,
+    /// seen key -> what it produced, encoded; the last write of a key wins.
+    seen: HashMap<String, Vec<u8>>,
     events: Vec<Event>,
 }
 
@@ -792,7 +878,7 @@ impl WriteSet {
             }
             _ => encode(produced),
         };
-        self.pending.insert(format!("s/{key}"), Some(value));
+        self.seen.insert(key.to_string(), value);
     }
 
     /// Commit a source's cursor with the records it covers.
@@ -825,7 +911,9 @@ impl WriteSet {
 
     /// True when nothing but counters was written.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.pending.keys().all(|k| k.starts_with("n/"))
+        self.events.is_empty()
+            && self.seen.is_empty()
+            && self.pending.keys().all(|k| k.starts_with("n/"))
     }
 }
 
