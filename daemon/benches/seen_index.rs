@@ -25,7 +25,10 @@ fn arg(name: &str, default: usize) -> usize {
 
 /// A bank line's dedupe key, as `ingest` makes it: `pay:<plugin>:<external id>`.
 fn key(n: usize) -> String {
-    format!("pay:bank-csv:2026-11-27-{n:09}-REF{:08x}", n.wrapping_mul(2_654_435_761))
+    format!(
+        "pay:bank-csv:2026-11-27-{n:09}-REF{:08x}",
+        n.wrapping_mul(2_654_435_761)
+    )
 }
 
 fn rss_kib() -> u64 {
@@ -92,9 +95,7 @@ fn main() {
         "| write {keys} keys, write sets of 250, then flush | {write:.2} s ({:.0} keys/s) |",
         keys as f64 / write
     );
-    println!(
-        "| open the store again (sled + building the index) | {open:.3} s |"
-    );
+    println!("| open the store again (sled + building the index) | {open:.3} s |");
     println!(
         "| index: {entries} entries, heap | {:.1} MiB ({:.1} bytes a key) |",
         bytes as f64 / 1_048_576.0,
