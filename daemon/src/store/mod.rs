@@ -621,14 +621,17 @@ impl Store {
         for (kind, changes) in blocked {
             blocks::write(&open.tree, &kind, changes, &mut batch)?;
         }
-        // Seen keys in key order, so a write set always makes the same blocks.
+        // Seen keys in key order, so a write set always makes the same blocks. The index stays locked from numbering
+        // the blocks until it records them, so no other write can take the same numbers.
         let mut seen: Vec<(String, Vec<u8>)> = ws.seen.into_iter().collect();
         seen.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut seen_index = None;
         if !seen.is_empty() {
-            let index = open.seen.read().unwrap_or_else(|p| p.into_inner());
+            let index = open.seen.write().unwrap_or_else(|p| p.into_inner());
             for (n, block) in index.blocks_for(&seen)? {
                 batch.insert(seen::block_key(n).as_bytes(), block);
             }
+            seen_index = Some(index);
         }
         let first_event = open.next_event.load(Ordering::SeqCst);
         let mut event_ids = Vec::with_capacity(ws.events.len());
@@ -657,11 +660,8 @@ impl Store {
         }
         open.next_event
             .store(first_event + event_ids.len() as u64, Ordering::SeqCst);
-        if !seen.is_empty() {
-            open.seen
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .record(&seen);
+        if let Some(mut index) = seen_index {
+            index.record(&seen);
         }
         Ok(CommitTicket {
             seq: open.commit.written(),
