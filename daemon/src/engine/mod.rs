@@ -432,9 +432,7 @@ impl Tx<'_> {
 
     /// Has this idempotency key been ingested (by the store or earlier in this write set)?
     pub fn seen(&self, key: &str) -> EngineResult<Option<serde_json::Value>> {
-        Ok(self
-            .get_raw(&format!("s/{key}"))?
-            .map(crate::store::expand_seen))
+        Ok(self.store.seen_in(&self.ws, key)?)
     }
 
     /// A new id for a kind: `<prefix>_<8-digit sequence>`, so ids sort by creation.

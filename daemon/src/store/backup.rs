@@ -77,7 +77,7 @@ pub fn restore_from(store: &Store, file: &Path) -> StoreResult<u64> {
         return Err(bad(1, "not a settled backup (format field missing)".into()));
     }
     let schema = header["schema"].as_u64();
-    if schema != Some(SCHEMA_VERSION) && schema != Some(1) {
+    if !schema.is_some_and(|v| (1..=SCHEMA_VERSION).contains(&v)) {
         return Err(bad(
             1,
             format!(
@@ -105,9 +105,10 @@ pub fn restore_from(store: &Store, file: &Path) -> StoreResult<u64> {
         count += 1;
     }
     tree.apply_batch(batch)?;
-    if schema == Some(1) {
-        super::migrate::from_v1(&tree)?;
+    if let Some(older @ 1..SCHEMA_VERSION) = schema {
+        super::migrate::upgrade(&tree, older)?;
     }
+    store.reload_seen()?;
     store.flush()?;
     Ok(count)
 }

@@ -1,5 +1,11 @@
+//! Conversions of older stores, run at open (and after restoring an older backup), one schema after the other.
+//!
+//! Schema 2 -> 3: the `s/<key>` seen keys move into `S/` blocks (see `seen`), up to a block's worth per atomic batch
+//! that removes them and writes their block, so a conversion cut short continues with the keys still left and no key
+//! is lost or kept twice.
+//!
 //! Schema 1 -> 2. Schema 1 covers two layouts: the first release's, and the one that followed it without a version bump.
-//! Both end up in the current one:
+//! Both end up in schema 2:
 //! - payments, allocations, review items and audit events move from a key each into blocks;
 //! - an old `o/` outbox row becomes the `outbox` flag on the event it was made from;
 //! - an invoice's `i/alloc-by-invoice/` rows become its `allocations` list, and its `p/` key its `announced_status`;
@@ -13,12 +19,73 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Deserialize;
 
 use super::blocks::{self, MAX_BLOCK};
+use super::seen;
 use super::{decode, encode, seq_key, StoreResult, SCHEMA_VERSION};
 
 /// Records moved per batch.
 const PER_BATCH: usize = MAX_BLOCK * 16;
 
-pub(super) fn from_v1(tree: &sled::Tree) -> StoreResult<()> {
+/// Convert a store of schema `from` (1 or 2) to [`SCHEMA_VERSION`].
+pub(super) fn upgrade(tree: &sled::Tree, from: u64) -> StoreResult<()> {
+    if from < 2 {
+        from_v1(tree)?;
+    }
+    from_v2(tree, None)
+}
+
+/// Schema 2 -> 3: `s/<key>` into seen blocks. `stop_after` blocks, in tests: a conversion cut short.
+pub(super) fn from_v2(tree: &sled::Tree, stop_after: Option<usize>) -> StoreResult<()> {
+    // A conversion cut short left blocks: new ones follow them.
+    let mut next = match tree.scan_prefix(seen::PREFIX.as_bytes()).keys().next_back() {
+        None => 1,
+        Some(key) => seen::block_number(&key?)? + 1,
+    };
+    let mut moved = 0usize;
+    let mut written = 0usize;
+    loop {
+        if stop_after.is_some_and(|stop| written >= stop) {
+            return Ok(());
+        }
+        let rows = tree
+            .scan_prefix(seen::OLD_PREFIX.as_bytes())
+            .take(seen::MAX_BLOCK)
+            .collect::<Result<Vec<_>, _>>()?;
+        if rows.is_empty() {
+            break;
+        }
+        let mut batch = sled::Batch::default();
+        for (k, _) in &rows {
+            batch.remove(k);
+        }
+        let entries = rows
+            .iter()
+            .map(|(k, v)| (std::str::from_utf8(&k[seen::OLD_PREFIX.len()..]), &v[..]))
+            .map(|(k, v)| k.map(|k| (k, v)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| super::StoreError::Io {
+                context: "converting seen keys".into(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?;
+        batch.insert(
+            seen::block_key(next).as_bytes(),
+            seen::encode_block(entries),
+        );
+        tree.apply_batch(batch)?;
+        next += 1;
+        moved += rows.len();
+        written += 1;
+    }
+    tree.insert(b"m/schema", SCHEMA_VERSION.to_string().as_bytes())?;
+    tree.flush()?;
+    tracing::info!(
+        seen_keys = moved,
+        "store converted from schema 2 to {SCHEMA_VERSION}"
+    );
+    Ok(())
+}
+
+/// Schema 1 -> 2.
+fn from_v1(tree: &sled::Tree) -> StoreResult<()> {
     let mut moved = 0usize;
     for kind in blocks::BLOCKED {
         moved += entities_into_blocks(tree, kind)?;
@@ -47,12 +114,9 @@ pub(super) fn from_v1(tree: &sled::Tree) -> StoreResult<()> {
     moved += fold_into_invoices(tree, "p/", |invoice, status| {
         invoice["announced_status"] = status;
     })?;
-    tree.insert(b"m/schema", SCHEMA_VERSION.to_string().as_bytes())?;
+    tree.insert(b"m/schema", b"2")?;
     tree.flush()?;
-    tracing::info!(
-        records = moved,
-        "store converted from schema 1 to {SCHEMA_VERSION}"
-    );
+    tracing::info!(records = moved, "store converted from schema 1 to 2");
     Ok(())
 }
 

@@ -9,7 +9,9 @@
 //! - `v/<20-digit seq>`   the append-only audit log (`events`), in blocks of up to 64 consecutive events keyed by the
 //!   first one's id; events flagged `outbox` are also the outbox for sink plugins, which read it with a cursor of their
 //!   own ([`Store::outbox_after`]), so a change costs no key of its own
-//! - `s/<key>`            idempotency keys of everything ingested (`seen`)
+//! - `S/<20-digit n>`     idempotency keys of everything ingested (`seen`), appended as blocks of `[key, produced]`
+//!   pairs, one per write set, and found through an in-memory fingerprint index built at open (see [`seen`]); schema 2
+//!   kept one `s/<key>` each
 //! - `c/<source>`         per-source cursors
 //! - `d/<sink>/...`       outbox delivery state per sink instance (cursor, done above it, retries, dead letters, pause;
 //!   see `outbox`)
@@ -35,6 +37,7 @@ mod backup;
 mod blocks;
 mod commit;
 mod migrate;
+mod seen;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -49,8 +52,8 @@ pub use backup::{backup_to, restore_from};
 use commit::GroupCommit;
 
 /// The schema version this build writes and understands (2: payments, allocations, review items and events in
-/// blocks; stores and backups of schema 1 are converted when opened or restored).
-pub const SCHEMA_VERSION: u64 = 2;
+/// blocks; 3: `seen` keys in blocks too). Stores and backups of schemas 1 and 2 are converted when opened or restored.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Errors of the store, split by who is at fault.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +172,8 @@ struct Inner {
     handle: RwLock<Handle>,
     /// Deferred writes not yet in sled, key -> latest value (`None`: removed); see [`WriteSet::put_deferred`].
     overlay: RwLock<Overlay>,
+    /// How the seen index reduces a key to 64 bits (tests inject one that collides).
+    fingerprint: seen::Fingerprint,
     _lock: File,
 }
 
@@ -195,6 +200,8 @@ struct Open {
     commit: GroupCommit,
     /// Which opening this is (1 for the first): a commit ticket only counts for the opening that applied it.
     generation: u64,
+    /// Where each `seen` key is, read from the blocks at open and kept in step by [`Store::apply`].
+    seen: RwLock<seen::SeenIndex>,
 }
 
 /// Why the store is closed.
@@ -239,18 +246,28 @@ impl Default for StoreOptions {
 impl Store {
     /// Open (or create) the store in `dir`, taking an exclusive lock on it and checking the schema version.
     pub fn open(dir: &Path, options: &StoreOptions) -> StoreResult<Store> {
+        Store::open_with(dir, options, seen::fingerprint)
+    }
+
+    /// [`Store::open`] with the seen index's fingerprint function chosen (tests make keys collide with it).
+    pub(crate) fn open_with(
+        dir: &Path,
+        options: &StoreOptions,
+        fingerprint: seen::Fingerprint,
+    ) -> StoreResult<Store> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             context: format!("creating data directory {}", dir.display()),
             source,
         })?;
         let lock = lock_dir(dir)?;
-        let open = open_sled(dir, options, 1)?;
+        let open = open_sled(dir, options, 1, fingerprint)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: dir.to_path_buf(),
                 options: options.clone(),
                 handle: RwLock::new(Handle::Open(Arc::new(open))),
                 overlay: RwLock::new(Overlay::new()),
+                fingerprint,
                 _lock: lock,
             }),
         })
@@ -271,8 +288,13 @@ impl Store {
             Handle::Open(_) => return Ok(false),
             Handle::Closed(failure) => failure.generation,
         };
-        match open_sled(&self.inner.path, &self.inner.options, generation + 1)
-            .and_then(|open| probe_write(&open).map(|()| open))
+        match open_sled(
+            &self.inner.path,
+            &self.inner.options,
+            generation + 1,
+            self.inner.fingerprint,
+        )
+        .and_then(|open| probe_write(&open).map(|()| open))
         {
             Ok(open) => {
                 // Deferred writes may come from batches that never reached the disk: the engine replays the journal.
@@ -542,9 +564,48 @@ impl Store {
         Ok(out)
     }
 
-    /// Has this idempotency key been ingested? Returns what it produced.
+    /// Has this idempotency key been ingested? Returns what it produced (when recorded more than once, the last).
     pub fn seen(&self, key: &str) -> StoreResult<Option<serde_json::Value>> {
-        Ok(self.get_raw(&format!("s/{key}"))?.map(expand_seen))
+        let open = self.open_handle()?;
+        let index = open.seen.read().unwrap_or_else(|p| p.into_inner());
+        match index.get(&open.tree, key)? {
+            None => Ok(None),
+            Some(raw) => decode(&format!("seen {key}"), raw.get().as_bytes())
+                .map(|value| Some(expand_seen(value))),
+        }
+    }
+
+    /// [`Store::seen`] as the write set will leave it: its own seen keys first, then the store.
+    pub fn seen_in(&self, ws: &WriteSet, key: &str) -> StoreResult<Option<serde_json::Value>> {
+        match ws.seen.get(key) {
+            Some(bytes) => {
+                decode(&format!("seen {key}"), bytes).map(|value| Some(expand_seen(value)))
+            }
+            None => self.seen(key),
+        }
+    }
+
+    /// Compare the in-memory seen index with the seen blocks on disk (and look for keys left in the schema 2 layout):
+    /// every difference in words, none when they agree. For `settled check`.
+    pub fn verify_seen(&self) -> StoreResult<Vec<String>> {
+        let open = self.open_handle()?;
+        let index = open.seen.read().unwrap_or_else(|p| p.into_inner());
+        index.differences(&open.tree)
+    }
+
+    /// The seen index: keys it holds (a key recorded twice counts twice) and the bytes it takes on the heap.
+    pub fn seen_index_size(&self) -> StoreResult<(usize, usize)> {
+        let open = self.open_handle()?;
+        let index = open.seen.read().unwrap_or_else(|p| p.into_inner());
+        Ok((index.len(), index.heap_bytes()))
+    }
+
+    /// Build the seen index again from disk (after a restore wrote the tree directly).
+    fn reload_seen(&self) -> StoreResult<()> {
+        let open = self.open_handle()?;
+        let fresh = seen::SeenIndex::load(&open.tree, self.inner.fingerprint)?;
+        *open.seen.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
     }
 
     /// Every `(key, value)` under a raw key prefix, in key order (the outbox's `d/<sink>/` rows).
@@ -642,6 +703,7 @@ impl Store {
         WriteSet {
             pending: HashMap::new(),
             deferred: HashMap::new(),
+            seen: HashMap::new(),
             events: Vec::new(),
         }
     }
@@ -727,6 +789,18 @@ impl Store {
         for (kind, changes) in blocked {
             blocks::write(&open.tree, &kind, changes, &mut batch)?;
         }
+        // Seen keys in key order, so a write set always makes the same blocks. The index stays locked from numbering
+        // the blocks until it records them, so no other write can take the same numbers.
+        let mut seen: Vec<(String, Vec<u8>)> = ws.seen.into_iter().collect();
+        seen.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut seen_index = None;
+        if !seen.is_empty() {
+            let index = open.seen.write().unwrap_or_else(|p| p.into_inner());
+            for (n, block) in index.blocks_for(&seen)? {
+                batch.insert(seen::block_key(n).as_bytes(), block);
+            }
+            seen_index = Some(index);
+        }
         let first_event = open.next_event.load(Ordering::SeqCst);
         let mut event_ids = Vec::with_capacity(ws.events.len());
         let mut encoded = Vec::with_capacity(ws.events.len());
@@ -762,6 +836,9 @@ impl Store {
             for (key, value) in ws.deferred {
                 overlay.insert(key, value.map(sled::IVec::from));
             }
+        }
+        if let Some(mut index) = seen_index {
+            index.record(&seen);
         }
         Ok(CommitTicket {
             seq: open.commit.written(),
@@ -825,7 +902,12 @@ impl Store {
 
 /// Open sled in `dir` (waiting for a just-dropped handle of this process to let go of its files), check the schema,
 /// migrate an older one, and find the last event id.
-fn open_sled(dir: &Path, options: &StoreOptions, generation: u64) -> StoreResult<Open> {
+fn open_sled(
+    dir: &Path,
+    options: &StoreOptions,
+    generation: u64,
+    fingerprint: seen::Fingerprint,
+) -> StoreResult<Open> {
     let config = sled::Config::new()
         .path(dir.join("db"))
         .cache_capacity(options.cache_bytes)
@@ -869,7 +951,7 @@ fn open_sled(dir: &Path, options: &StoreOptions, generation: u64) -> StoreResult
             let found = String::from_utf8_lossy(&v).to_string();
             match found.parse::<u64>().ok() {
                 Some(SCHEMA_VERSION) => {}
-                Some(1) => migrate::from_v1(&tree)?,
+                Some(from @ 1..SCHEMA_VERSION) => migrate::upgrade(&tree, from)?,
                 _ => {
                     return Err(StoreError::UnknownSchema {
                         path: dir.to_path_buf(),
@@ -880,6 +962,7 @@ fn open_sled(dir: &Path, options: &StoreOptions, generation: u64) -> StoreResult
         }
     }
     let next_event = last_event(&tree)? + 1;
+    let seen = RwLock::new(seen::SeenIndex::load(&tree, fingerprint)?);
     let commit = GroupCommit::new(db.clone());
     Ok(Open {
         db,
@@ -887,6 +970,7 @@ fn open_sled(dir: &Path, options: &StoreOptions, generation: u64) -> StoreResult
         next_event: AtomicU64::new(next_event),
         commit,
         generation,
+        seen,
     })
 }
 
@@ -926,6 +1010,8 @@ pub struct WriteSet {
     pending: HashMap<String, Option<Vec<u8>>>,
     /// key -> new value for the overlay, not sled ([`WriteSet::put_deferred`]).
     deferred: HashMap<String, Option<Vec<u8>>>,
+    /// seen key -> what it produced, encoded; the last write of a key wins.
+    seen: HashMap<String, Vec<u8>>,
     events: Vec<Event>,
 }
 
@@ -991,7 +1077,7 @@ impl WriteSet {
             }
             _ => encode(produced),
         };
-        self.pending.insert(format!("s/{key}"), Some(value));
+        self.seen.insert(key.to_string(), value);
     }
 
     /// Commit a source's cursor with the records it covers.
@@ -1026,6 +1112,7 @@ impl WriteSet {
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
             && self.deferred.is_empty()
+            && self.seen.is_empty()
             && self.pending.keys().all(|k| k.starts_with("n/"))
     }
 }

@@ -530,8 +530,16 @@ fn a_seen_payment_id_is_stored_bare_and_read_back_as_what_it_produced() {
     );
     ws.seen("pay:csv:2", &serde_json::json!({"ignored": "outgoing"}));
     store.apply(ws).unwrap();
-    let raw = store.tree().unwrap().get(b"s/pay:csv:1").unwrap().unwrap();
-    assert_eq!(&raw[..], b"\"pay_00000001\"");
+    let raw = store
+        .tree()
+        .unwrap()
+        .get(seen::block_key(1).as_bytes())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &raw[..],
+        &br#"[["pay:csv:1","pay_00000001"],["pay:csv:2",{"ignored":"outgoing"}]]"#[..]
+    );
     assert_eq!(
         store.seen("pay:csv:1").unwrap(),
         Some(serde_json::json!({"payment_id": "pay_00000001"}))
@@ -541,6 +549,313 @@ fn a_seen_payment_id_is_stored_bare_and_read_back_as_what_it_produced() {
         Some(serde_json::json!({"ignored": "outgoing"}))
     );
     assert_eq!(store.seen("pay:csv:3").unwrap(), None);
+}
+
+/// Write sets of `per` seen keys `<prefix>:<n>` for n in `range`, each producing `{"payment_id": "pay_<n>"}`.
+fn record_seen(store: &Store, prefix: &str, range: std::ops::Range<u32>, per: usize) {
+    let keys: Vec<u32> = range.collect();
+    for chunk in keys.chunks(per) {
+        let mut ws = store.begin();
+        for n in chunk {
+            ws.seen(
+                &format!("{prefix}:{n}"),
+                &serde_json::json!({"payment_id": format!("pay_{n}")}),
+            );
+        }
+        store.apply(ws).unwrap();
+    }
+}
+
+fn seen_payment(store: &Store, key: &str) -> Option<String> {
+    store
+        .seen(key)
+        .unwrap()
+        .map(|v| v["payment_id"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn seen_keys_take_one_block_per_write_set_no_key_of_their_own_and_are_found_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        record_seen(&store, "pay:csv", 0..750, 250);
+        // A write set above a block's capacity makes more than one.
+        record_seen(&store, "pay:big", 0..1100, 1100);
+        assert_eq!(keys_under(&store, "S/").len(), 3 + 3);
+        assert!(keys_under(&store, "s/").is_empty());
+        assert_eq!(seen_payment(&store, "pay:csv:0").as_deref(), Some("pay_0"));
+        assert_eq!(store.verify_seen().unwrap(), Vec::<String>::new());
+        store.flush().unwrap();
+    }
+    let store = open(dir.path());
+    for n in [0, 249, 250, 749] {
+        assert_eq!(
+            seen_payment(&store, &format!("pay:csv:{n}")),
+            Some(format!("pay_{n}"))
+        );
+    }
+    assert_eq!(
+        seen_payment(&store, "pay:big:1099").as_deref(),
+        Some("pay_1099")
+    );
+    assert_eq!(store.seen("pay:csv:750").unwrap(), None);
+    assert_eq!(store.seen_index_size().unwrap().0, 1850);
+    // New blocks continue after the ones read at open.
+    record_seen(&store, "pay:more", 0..1, 1);
+    assert_eq!(
+        keys_under(&store, "S/").last().unwrap(),
+        &seen::block_key(7)
+    );
+    assert_eq!(store.verify_seen().unwrap(), Vec::<String>::new());
+}
+
+/// Every key collides with every other.
+fn one_fingerprint(_: &str) -> u64 {
+    7
+}
+
+/// Sixteen fingerprints for all keys: collisions within and across the merged arrays and the recent entries.
+fn sixteen_fingerprints(key: &str) -> u64 {
+    seen::fingerprint(key) & 0xf
+}
+
+fn open_colliding(dir: &Path, fingerprint: seen::Fingerprint) -> Store {
+    Store::open_with(dir, &StoreOptions::default(), fingerprint).expect("store opens")
+}
+
+#[test]
+fn keys_whose_fingerprints_collide_are_told_apart_by_their_exact_key_before_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_colliding(dir.path(), one_fingerprint);
+        record_seen(&store, "pay:csv", 0..3, 2);
+        assert_eq!(seen_payment(&store, "pay:csv:0").as_deref(), Some("pay_0"));
+        assert_eq!(seen_payment(&store, "pay:csv:2").as_deref(), Some("pay_2"));
+        assert_eq!(
+            store.seen("pay:csv:3").unwrap(),
+            None,
+            "a fingerprint hit is not a key hit"
+        );
+        store.flush().unwrap();
+    }
+    let store = open_colliding(dir.path(), one_fingerprint);
+    for n in 0..3 {
+        assert_eq!(
+            seen_payment(&store, &format!("pay:csv:{n}")),
+            Some(format!("pay_{n}"))
+        );
+    }
+    assert_eq!(store.seen("pay:other:1").unwrap(), None);
+    assert_eq!(store.verify_seen().unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn collisions_stay_exact_across_merges_of_the_in_memory_index() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_colliding(dir.path(), sixteen_fingerprints);
+        // More than a merge's worth (16k) in write sets of 500: merged, then recent entries on top.
+        record_seen(&store, "k", 0..17_000, 500);
+        for n in [0, 8_191, 16_383, 16_999] {
+            assert_eq!(
+                seen_payment(&store, &format!("k:{n}")),
+                Some(format!("pay_{n}"))
+            );
+        }
+        assert_eq!(store.seen("k:17000").unwrap(), None);
+        assert_eq!(store.verify_seen().unwrap(), Vec::<String>::new());
+        store.flush().unwrap();
+    }
+    let store = open_colliding(dir.path(), sixteen_fingerprints);
+    record_seen(&store, "k", 17_000..17_010, 5);
+    for n in [1, 12_345, 17_009] {
+        assert_eq!(
+            seen_payment(&store, &format!("k:{n}")),
+            Some(format!("pay_{n}"))
+        );
+    }
+    assert_eq!(store.seen("k:17010").unwrap(), None);
+}
+
+#[test]
+fn a_seen_key_recorded_again_answers_what_it_produced_last_even_when_fingerprints_collide() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = serde_json::json!({"invoice_id": "inv_1b"});
+    let second = serde_json::json!({"invoice_id": "inv_2b"});
+    {
+        let store = open_colliding(dir.path(), one_fingerprint);
+        let mut ws = store.begin();
+        ws.seen("inv:tryton:1", &serde_json::json!({"invoice_id": "inv_1"}));
+        ws.seen("inv:tryton:2", &serde_json::json!({"invoice_id": "inv_2"}));
+        // Within one write set the last write wins.
+        ws.seen("inv:tryton:2", &second);
+        store.apply(ws).unwrap();
+        let mut ws = store.begin();
+        ws.seen("inv:tryton:1", &first);
+        store.apply(ws).unwrap();
+        assert_eq!(store.seen("inv:tryton:1").unwrap(), Some(first.clone()));
+        assert_eq!(store.seen("inv:tryton:2").unwrap(), Some(second.clone()));
+        store.flush().unwrap();
+    }
+    let store = open_colliding(dir.path(), one_fingerprint);
+    assert_eq!(store.seen("inv:tryton:1").unwrap(), Some(first));
+    assert_eq!(store.seen("inv:tryton:2").unwrap(), Some(second));
+}
+
+#[test]
+fn a_write_set_sees_its_own_seen_keys_before_it_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    record_seen(&store, "pay:csv", 0..1, 1);
+    let mut ws = store.begin();
+    ws.seen("pay:csv:1", &serde_json::json!({"payment_id": "pay_1"}));
+    ws.seen("pay:csv:0", &serde_json::json!({"ignored": "again"}));
+    assert_eq!(
+        store.seen_in(&ws, "pay:csv:1").unwrap(),
+        Some(serde_json::json!({"payment_id": "pay_1"}))
+    );
+    assert_eq!(
+        store.seen_in(&ws, "pay:csv:0").unwrap(),
+        Some(serde_json::json!({"ignored": "again"}))
+    );
+    assert_eq!(
+        seen_payment(&store, "pay:csv:0").as_deref(),
+        Some("pay_0"),
+        "the store answers what was applied"
+    );
+    assert_eq!(store.seen("pay:csv:1").unwrap(), None);
+    assert!(!ws.is_empty());
+    store.apply(ws).unwrap();
+    assert_eq!(seen_payment(&store, "pay:csv:1").as_deref(), Some("pay_1"));
+}
+
+/// A schema 2 store: `count` seen keys `pay:csv:<n>` of their own, alternately stored bare and as objects.
+fn write_v2_seen(dir: &Path, count: u32) {
+    let store = open(dir);
+    let tree = store.tree().unwrap();
+    tree.insert(b"m/schema", b"2").unwrap();
+    for n in 0..count {
+        let value = if n % 2 == 0 {
+            serde_json::json!(format!("pay_{n}"))
+        } else {
+            serde_json::json!({"payment_id": format!("pay_{n}")})
+        };
+        tree.insert(
+            format!("s/pay:csv:{n}").as_bytes(),
+            serde_json::to_vec(&value).unwrap(),
+        )
+        .unwrap();
+    }
+    store.flush().unwrap();
+}
+
+/// Every key in the seen blocks, in block order.
+fn seen_block_keys(store: &Store) -> Vec<String> {
+    let mut out = Vec::new();
+    for (_, block) in store
+        .scan_raw::<Vec<(String, serde_json::Value)>>("S/")
+        .unwrap()
+    {
+        out.extend(block.into_iter().map(|(k, _)| k));
+    }
+    out
+}
+
+#[test]
+fn a_schema_2_store_converts_its_seen_keys_into_blocks_even_when_the_conversion_was_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    write_v2_seen(dir.path(), 1200);
+    // A conversion that stops (a crash) after its first block.
+    {
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
+        let tree = db.open_tree("settled").unwrap();
+        migrate::from_v2(&tree, Some(1)).unwrap();
+        assert_eq!(tree.get(b"m/schema").unwrap().unwrap(), &b"2"[..]);
+        assert_eq!(tree.scan_prefix(b"S/").count(), 1);
+        assert_eq!(tree.scan_prefix(b"s/").count(), 1200 - seen::MAX_BLOCK);
+        db.flush().unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.get_raw::<u64>("m/schema").unwrap(), Some(3));
+    assert!(keys_under(&store, "s/").is_empty());
+    assert_eq!(
+        keys_under(&store, "S/").len(),
+        1200_usize.div_ceil(seen::MAX_BLOCK)
+    );
+    let mut keys = seen_block_keys(&store);
+    assert_eq!(keys.len(), 1200, "no key lost or kept twice");
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 1200);
+    for n in [0, 1, 511, 512, 1199] {
+        assert_eq!(
+            seen_payment(&store, &format!("pay:csv:{n}")),
+            Some(format!("pay_{n}"))
+        );
+    }
+    assert_eq!(store.seen("pay:csv:1200").unwrap(), None);
+    assert_eq!(store.verify_seen().unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn backups_of_schema_2_and_3_restore_with_their_seen_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("v2.jsonl");
+    let lines = [
+        r#"{"format":"settled-backup","schema":2}"#,
+        r#"{"k":"m/schema","v":2}"#,
+        r#"{"k":"s/pay:csv:1","v":"pay_1"}"#,
+        r#"{"k":"s/mail:m:<a@b>","v":{"lead_id":"lead_1"}}"#,
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let store = open(&dir.path().join("from-2"));
+    assert_eq!(restore_from(&store, &file).unwrap(), 3);
+    assert_eq!(seen_payment(&store, "pay:csv:1").as_deref(), Some("pay_1"));
+    assert_eq!(
+        store.seen("mail:m:<a@b>").unwrap(),
+        Some(serde_json::json!({"lead_id": "lead_1"}))
+    );
+    assert!(keys_under(&store, "s/").is_empty());
+    assert_eq!(store.get_raw::<u64>("m/schema").unwrap(), Some(3));
+    assert_eq!(store.verify_seen().unwrap(), Vec::<String>::new());
+
+    let again = dir.path().join("v3.jsonl");
+    backup_to(&store, &again).unwrap();
+    let store = open(&dir.path().join("from-3"));
+    restore_from(&store, &again).unwrap();
+    assert_eq!(seen_payment(&store, "pay:csv:1").as_deref(), Some("pay_1"));
+    assert_eq!(store.verify_seen().unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn verify_seen_names_blocks_the_index_does_not_know_and_keys_left_in_the_old_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    record_seen(&store, "pay:csv", 0..2, 2);
+    assert_eq!(store.verify_seen().unwrap(), Vec::<String>::new());
+    let tree = store.tree().unwrap();
+    tree.insert(
+        seen::block_key(2).as_bytes(),
+        &br#"[["pay:csv:9","pay_9"]]"#[..],
+    )
+    .unwrap();
+    tree.insert(b"s/pay:csv:8", &br#""pay_8""#[..]).unwrap();
+    let differences = store.verify_seen().unwrap();
+    assert_eq!(differences.len(), 3, "{differences:?}");
+    assert!(differences[0].contains("s/pay:csv:8"), "{differences:?}");
+    assert!(
+        differences
+            .iter()
+            .any(|d| d.contains("key pay:csv:9 in block S/00000000000000000002 is missing")),
+        "{differences:?}"
+    );
+    assert!(
+        differences.iter().any(|d| d.contains("next block")),
+        "{differences:?}"
+    );
 }
 
 #[tokio::test]
@@ -566,6 +881,7 @@ async fn a_change_applied_before_a_failed_flush_is_never_durable_even_after_the_
         serde_json::json!({}),
         false,
     );
+    ws.seen("pay:t:kept", &serde_json::json!({"payment_id": "pay_kept"}));
     let kept = store.apply(ws).unwrap();
     store.durable(&kept).await.unwrap();
 
@@ -587,6 +903,10 @@ async fn a_change_applied_before_a_failed_flush_is_never_durable_even_after_the_
             &id,
             serde_json::json!({}),
             false,
+        );
+        ws.seen(
+            &format!("pay:t:{id}"),
+            &serde_json::json!({"payment_id": id}),
         );
         let ticket = store.apply(ws).unwrap();
         if let Err(e) = store.durable(&ticket).await {
@@ -621,6 +941,13 @@ async fn a_change_applied_before_a_failed_flush_is_never_durable_even_after_the_
         store.get::<serde_json::Value>("lead", &lost_id).unwrap(),
         None
     );
+    // The seen index was read back from disk too: the lost write's key is not seen, the confirmed one is.
+    assert_eq!(store.seen(&format!("pay:t:{lost_id}")).unwrap(), None);
+    assert_eq!(
+        seen_payment(&store, "pay:t:kept").as_deref(),
+        Some("pay_kept")
+    );
+    assert_eq!(store.verify_seen().unwrap(), Vec::<String>::new());
     let confirmed = store.last_event_id();
     assert_eq!(
         store.events_after(0, 10_000).unwrap().len() as u64,
@@ -642,8 +969,17 @@ async fn a_change_applied_before_a_failed_flush_is_never_durable_even_after_the_
         serde_json::json!({}),
         false,
     );
+    ws.seen(
+        "pay:t:after",
+        &serde_json::json!({"payment_id": "pay_after"}),
+    );
     let next = store.apply(ws).unwrap();
     store.durable(&next).await.unwrap();
+    assert_eq!(
+        seen_payment(&store, "pay:t:after").as_deref(),
+        Some("pay_after")
+    );
+    assert_eq!(store.verify_seen().unwrap(), Vec::<String>::new());
     assert_eq!(
         next.event_ids,
         vec![confirmed + 1],

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{run, settled, Daemon, Setup, TOKEN};
+use crate::harness::{fixture, import_json, run, settled, Daemon, Setup, TOKEN};
 
 #[test]
 fn an_unknown_config_key_stops_start_up_naming_the_file_line_and_key() {
@@ -66,7 +66,7 @@ fn a_store_with_an_unknown_schema_version_is_refused_with_the_restore_command() 
     let r = run(cmd);
     assert!(r.status.success(), "{r}");
     let text = std::fs::read_to_string(&backup).unwrap().replace(
-        "{\"k\":\"m/schema\",\"v\":2}",
+        "{\"k\":\"m/schema\",\"v\":3}",
         "{\"k\":\"m/schema\",\"v\":99}",
     );
     assert!(
@@ -76,7 +76,7 @@ fn a_store_with_an_unknown_schema_version_is_refused_with_the_restore_command() 
     let newer = d.dir.path().join("newer");
     std::fs::create_dir_all(&newer).unwrap();
     // Restore refuses a backup of another schema...
-    std::fs::write(&backup, text.replacen("\"schema\":2", "\"schema\":99", 1)).unwrap();
+    std::fs::write(&backup, text.replacen("\"schema\":3", "\"schema\":99", 1)).unwrap();
     let mut cmd = settled(d.dir.path());
     cmd.arg("restore")
         .arg(&backup)
@@ -227,6 +227,85 @@ fn backup_and_restore_move_every_record_to_a_new_data_dir() {
     // Numbering continues after the restored counter.
     let next = crate::harness::issue_invoice(&d, "Backup Two", crate::harness::one_line("1.00"));
     assert_ne!(next["number"], inv["number"]);
+}
+
+/// A backup of schema 3 rewritten as schema 2 wrote it: every seen key `s/<key>` of its own instead of in `S/` blocks.
+fn as_schema_2_backup(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut row: serde_json::Value = serde_json::from_str(line).unwrap();
+        if row["format"] == "settled-backup" {
+            row["schema"] = json!(2);
+        } else if row["k"] == "m/schema" {
+            row["v"] = json!(2);
+        } else if row["k"].as_str().unwrap().starts_with("S/") {
+            for pair in row["v"].as_array().unwrap() {
+                let key = format!("s/{}", pair[0].as_str().unwrap());
+                out.push_str(&format!("{}\n", json!({"k": key, "v": pair[1]})));
+            }
+            continue;
+        }
+        out.push_str(&format!("{row}\n"));
+    }
+    out
+}
+
+#[test]
+fn a_bank_file_imported_again_after_a_restart_a_kill_9_and_a_restore_from_schema_2_records_nothing_twice(
+) {
+    let mut d = Daemon::start(Setup {
+        plugins: vec!["camt"],
+        ..Setup::default()
+    });
+    let statement = std::fs::read_to_string(fixture("real/camt/camt053.v8.xml")).unwrap();
+    let first = import_json(&d, "statement.xml", &statement);
+    let new = first["new"].as_u64().unwrap();
+    assert!(new > 0, "{first}");
+    let payments = |d: &Daemon| d.ok("GET", "/v1/payments", None);
+    let recorded = payments(&d);
+    let again = |d: &Daemon, when: &str| {
+        let summary = import_json(d, "statement.xml", &statement);
+        assert_eq!(summary["new"], 0, "{when}: {summary}");
+        assert!(
+            summary["duplicates"].as_u64().unwrap() >= new,
+            "{when}: {summary}"
+        );
+        assert_eq!(payments(d), recorded, "{when}");
+    };
+    again(&d, "while running");
+    d.terminate();
+    d.spawn();
+    again(&d, "after a restart");
+    d.kill9();
+    d.spawn();
+    again(&d, "after kill -9");
+
+    // The same store as schema 2 kept it, through a backup: restored, converted, and still recognising every line.
+    d.terminate();
+    let file = d.dir.path().join("backup.jsonl");
+    let mut cmd = settled(d.dir.path());
+    cmd.arg("backup")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(d.data_dir());
+    let r = run(cmd);
+    assert!(r.status.success(), "{r}");
+    let old = as_schema_2_backup(&std::fs::read_to_string(&file).unwrap());
+    assert!(old.contains("{\"k\":\"s/pay:camt:"), "{old}");
+    std::fs::write(&file, old).unwrap();
+    let older = d.dir.path().join("from-schema-2");
+    let mut cmd = settled(d.dir.path());
+    cmd.arg("restore").arg(&file).arg("--data-dir").arg(&older);
+    let r = run(cmd);
+    assert!(r.status.success(), "{r}");
+    let config = std::fs::read_to_string(d.dir.path().join("settled.toml")).unwrap();
+    let config = config.replace(
+        &d.data_dir().display().to_string(),
+        &older.display().to_string(),
+    );
+    std::fs::write(d.dir.path().join("settled.toml"), config).unwrap();
+    d.spawn();
+    again(&d, "after restoring a schema 2 backup");
 }
 
 #[test]

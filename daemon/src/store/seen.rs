@@ -1,0 +1,380 @@
+//! `seen`: the idempotency keys of everything ingested, appended in blocks and found through an in-memory index.
+//!
+//! A key of its own per ingested line (`s/<key>`, schema 2) cost sled a random insert in a large tree (16-25 µs in
+//! BENCHMARKS.md) plus a look-up that nearly always missed. Now:
+//! - a write set's seen keys are appended as one block `S/<20-digit n>` (more than [`MAX_BLOCK`] make more blocks), a
+//!   JSON array of `[key, produced]` pairs; block numbers only grow, and blocks are never rewritten;
+//! - at open every block is read once into a [`SeenIndex`]: a sorted array of 64-bit fingerprints of the keys, each with
+//!   the number of the block that holds it (12 bytes a key), plus the entries recorded since (a small B-tree, merged into
+//!   the arrays as it grows);
+//! - a look-up hashes the key: no fingerprint, never seen (no store read, the common case of a new line); otherwise the
+//!   blocks the fingerprint points at are read, newest first, and the exact key is searched in them. Two keys with the
+//!   same fingerprint therefore never hide each other, and a key recorded again is answered by its newest block.
+//!
+//! The index belongs to one opening of the store: [`Store::reopen`](super::Store::reopen) builds a new one from disk, so a
+//! write whose flush failed is forgotten with the rest of it.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{StoreError, StoreResult};
+
+/// Key prefix of seen blocks.
+pub(super) const PREFIX: &str = "S/";
+
+/// The key prefix of schema 2's one key per seen entry (converted by `migrate`).
+pub(super) const OLD_PREFIX: &str = "s/";
+
+/// Entries per block at most: a bulk write set of 250 records makes one block of about 9 KB.
+pub(super) const MAX_BLOCK: usize = 512;
+
+/// Entries recorded since the last merge that make the next one: at least this many, and at least an eighth of the
+/// merged arrays, so merging costs amortised O(1) per entry.
+const MERGE_AT: usize = 16 * 1024;
+
+/// Decoded blocks kept for the next look-ups: re-reading a file asks for its keys in the order they were written.
+const CACHED_BLOCKS: usize = 4;
+
+/// How a key is reduced to 64 bits (tests inject one that collides).
+pub(crate) type Fingerprint = fn(&str) -> u64;
+
+/// SipHash with a key drawn once per process: fingerprints are never stored, so they need not be stable, and a sender
+/// cannot choose keys that collide on purpose (a collision would only cost a block read anyway).
+pub(crate) fn fingerprint(key: &str) -> u64 {
+    static STATE: OnceLock<std::hash::RandomState> = OnceLock::new();
+    STATE.get_or_init(std::hash::RandomState::new).hash_one(key)
+}
+
+pub(super) fn block_key(n: u32) -> String {
+    format!("{PREFIX}{n:020}")
+}
+
+pub(super) fn block_number(key: &[u8]) -> StoreResult<u32> {
+    let text = String::from_utf8_lossy(key);
+    text.strip_prefix(PREFIX)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            corrupt(
+                &text,
+                "a seen block key is `S/` and a block number below 2^32",
+            )
+        })
+}
+
+fn corrupt(key: &str, message: &str) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_string(),
+        source: <serde_json::Error as serde::de::Error>::custom(message),
+    }
+}
+
+/// A stored block: `[key, produced]` pairs.
+type Block = Vec<(String, Box<RawValue>)>;
+
+/// One entry read for the index only: the key, borrowed where it has no escapes, and the value skipped.
+#[derive(Deserialize)]
+struct KeyOnly<'a>(#[serde(borrow)] Cow<'a, str>, IgnoredAny);
+
+/// `[[key, produced], ...]` from values already encoded.
+pub(super) fn encode_block<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+    let mut out = vec![b'['];
+    for (i, (key, value)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        out.extend_from_slice(&super::encode(key));
+        out.push(b',');
+        out.extend_from_slice(value);
+        out.push(b']');
+    }
+    out.push(b']');
+    out
+}
+
+/// The in-memory index of one opening: fingerprint -> blocks holding a key with it.
+pub(super) struct SeenIndex {
+    fingerprint: Fingerprint,
+    /// Merged entries sorted by `(fingerprint, block)`, each pair once, as two arrays (no padding between a u64 and a u32).
+    fingerprints: Vec<u64>,
+    blocks: Vec<u32>,
+    /// Entries recorded since the last merge; their blocks are newer than every merged one.
+    recent: BTreeSet<(u64, u32)>,
+    /// The number the next block gets.
+    next_block: u32,
+    /// The last blocks read, newest use last.
+    cache: Mutex<Vec<(u32, Arc<Block>)>>,
+}
+
+impl SeenIndex {
+    /// Read every block of `tree` into a new index.
+    pub(super) fn load(tree: &sled::Tree, fingerprint: Fingerprint) -> StoreResult<SeenIndex> {
+        let mut entries: Vec<(u64, u32)> = Vec::new();
+        let mut next_block = 1;
+        for item in tree.scan_prefix(PREFIX.as_bytes()) {
+            let (k, v) = item?;
+            let n = block_number(&k)?;
+            let keys: Vec<KeyOnly<'_>> =
+                serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    source,
+                })?;
+            entries.extend(keys.iter().map(|KeyOnly(key, _)| (fingerprint(key), n)));
+            next_block = n
+                .checked_add(1)
+                .ok_or_else(|| corrupt(&block_key(n), "the last possible seen block is taken"))?;
+        }
+        // A block holding two keys of one fingerprint needs to be named once.
+        entries.sort_unstable();
+        entries.dedup();
+        let (fingerprints, blocks) = entries.into_iter().unzip();
+        Ok(SeenIndex {
+            fingerprint,
+            fingerprints,
+            blocks,
+            recent: BTreeSet::new(),
+            next_block,
+            cache: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Entries: `(fingerprint, block)` pairs, about one per key recorded (a key recorded again counts again).
+    pub(super) fn len(&self) -> usize {
+        self.fingerprints.len() + self.recent.len()
+    }
+
+    /// Bytes the index holds on the heap (what its arrays and B-tree reserve; the B-tree estimated at its node size).
+    pub(super) fn heap_bytes(&self) -> usize {
+        // A B-tree leaf holds up to 11 entries; nodes are about two thirds full after random inserts.
+        let btree = self.recent.len() * std::mem::size_of::<(u64, u32)>() * 3 / 2;
+        self.fingerprints.capacity() * 8 + self.blocks.capacity() * 4 + btree
+    }
+
+    /// Split `entries` (a write set's seen keys with their encoded values) into blocks numbered from
+    /// [`next_block`](Self::next_block): `(block key, block bytes)` for the batch.
+    pub(super) fn blocks_for(
+        &self,
+        entries: &[(String, Vec<u8>)],
+    ) -> StoreResult<Vec<(u32, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for (i, chunk) in entries.chunks(MAX_BLOCK).enumerate() {
+            let n = u32::try_from(i)
+                .ok()
+                .and_then(|i| self.next_block.checked_add(i))
+                .ok_or_else(|| corrupt(PREFIX, "the last possible seen block is taken"))?;
+            out.push((
+                n,
+                encode_block(chunk.iter().map(|(k, v)| (k.as_str(), v.as_slice()))),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// After the batch holding `blocks_for(entries)` was applied: index its keys.
+    pub(super) fn record(&mut self, entries: &[(String, Vec<u8>)]) {
+        let mut n = self.next_block;
+        for chunk in entries.chunks(MAX_BLOCK) {
+            for (key, _) in chunk {
+                self.recent.insert(((self.fingerprint)(key), n));
+            }
+            n += 1;
+        }
+        self.next_block = n;
+        if self.recent.len() >= MERGE_AT.max(self.fingerprints.len() / 8) {
+            self.merge();
+        }
+    }
+
+    /// Move the recent entries into the sorted arrays.
+    fn merge(&mut self) {
+        let total = self.fingerprints.len() + self.recent.len();
+        let mut fingerprints = Vec::with_capacity(total);
+        let mut blocks = Vec::with_capacity(total);
+        let mut old = self
+            .fingerprints
+            .iter()
+            .copied()
+            .zip(self.blocks.iter().copied())
+            .peekable();
+        for new in std::mem::take(&mut self.recent) {
+            while let Some(entry) = old.next_if(|entry| *entry < new) {
+                fingerprints.push(entry.0);
+                blocks.push(entry.1);
+            }
+            fingerprints.push(new.0);
+            blocks.push(new.1);
+        }
+        for entry in old {
+            fingerprints.push(entry.0);
+            blocks.push(entry.1);
+        }
+        self.fingerprints = fingerprints;
+        self.blocks = blocks;
+    }
+
+    /// The blocks that may hold `key`, newest first.
+    fn candidates(&self, key: &str) -> Vec<u32> {
+        let fp = (self.fingerprint)(key);
+        let mut out: Vec<u32> = self
+            .recent
+            .range((fp, 0)..=(fp, u32::MAX))
+            .rev()
+            .map(|(_, n)| *n)
+            .collect();
+        let from = self.fingerprints.partition_point(|have| *have < fp);
+        let to = from + self.fingerprints[from..].partition_point(|have| *have == fp);
+        out.extend(self.blocks[from..to].iter().rev());
+        out
+    }
+
+    /// What `key` produced when it was last recorded, as stored (JSON), or `None` when it never was.
+    pub(super) fn get(&self, tree: &sled::Tree, key: &str) -> StoreResult<Option<Box<RawValue>>> {
+        for n in self.candidates(key) {
+            let block = self.block(tree, n)?;
+            if let Some((_, value)) = block.iter().rev().find(|(have, _)| have == key) {
+                return Ok(Some(value.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A block, from the cache or the store. A block the index names but the store lacks is corruption.
+    fn block(&self, tree: &sled::Tree, n: u32) -> StoreResult<Arc<Block>> {
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(at) = cache.iter().position(|(have, _)| *have == n) {
+            let hit = cache.remove(at);
+            let block = hit.1.clone();
+            cache.push(hit);
+            return Ok(block);
+        }
+        let key = block_key(n);
+        let bytes = tree.get(key.as_bytes())?.ok_or_else(|| {
+            corrupt(
+                &key,
+                "the seen index names this block but the store has no such key",
+            )
+        })?;
+        let block: Arc<Block> = Arc::new(super::decode(&key, &bytes)?);
+        if cache.len() >= CACHED_BLOCKS {
+            cache.remove(0);
+        }
+        cache.push((n, block.clone()));
+        Ok(block)
+    }
+
+    /// Compare this index with one read afresh from `tree`: every difference in words (none when they agree).
+    pub(super) fn differences(&self, tree: &sled::Tree) -> StoreResult<Vec<String>> {
+        let mut out = Vec::new();
+        let mut old_keys = 0usize;
+        for key in tree.scan_prefix(OLD_PREFIX.as_bytes()).keys() {
+            let key = key?;
+            old_keys += 1;
+            if old_keys <= 10 {
+                out.push(format!(
+                    "seen key {} is in the schema 2 layout, which dedupe no longer reads",
+                    String::from_utf8_lossy(&key)
+                ));
+            }
+        }
+        if old_keys > 10 {
+            out.push(format!(
+                "... {} more seen keys in the schema 2 layout",
+                old_keys - 10
+            ));
+        }
+        let disk = SeenIndex::load(tree, self.fingerprint)?;
+        if disk.next_block > self.next_block {
+            out.push(format!(
+                "the store holds seen block {} but the index would write the next block as {}",
+                block_key(disk.next_block - 1),
+                block_key(self.next_block)
+            ));
+        }
+        let mut mine: Vec<(u64, u32)> = self.entries().collect();
+        mine.sort_unstable();
+        let theirs: Vec<(u64, u32)> = disk.entries().collect();
+        let (missing, extra) = sorted_differences(&theirs, &mine);
+        // Name the keys of entries one side lacks: read their blocks (few, unless something is badly wrong).
+        let named = |(fp, n): (u64, u32)| -> StoreResult<String> {
+            let key = block_key(n);
+            let Some(bytes) = tree.get(key.as_bytes())? else {
+                return Ok(format!("block {key}, which the store does not hold"));
+            };
+            let block: Block = super::decode(&key, &bytes)?;
+            let keys: Vec<&str> = block
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .filter(|k| (self.fingerprint)(k) == fp)
+                .collect();
+            Ok(match keys.as_slice() {
+                [] => format!("block {key}, which holds no key with that fingerprint"),
+                _ => format!("key {} in block {key}", keys.join(", ")),
+            })
+        };
+        for entry in missing.iter().take(10) {
+            out.push(format!(
+                "{} is missing from the in-memory seen index",
+                named(*entry)?
+            ));
+        }
+        for entry in extra.iter().take(10) {
+            out.push(format!(
+                "the in-memory seen index points at {}",
+                named(*entry)?
+            ));
+        }
+        if missing.len() > 10 || extra.len() > 10 {
+            out.push(format!(
+                "{} entries missing from the seen index and {} it holds that the store does not, in all",
+                missing.len(),
+                extra.len()
+            ));
+        }
+        Ok(out)
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.fingerprints
+            .iter()
+            .copied()
+            .zip(self.blocks.iter().copied())
+            .chain(self.recent.iter().copied())
+    }
+}
+
+/// What sorted `a` holds that sorted `b` lacks, and the other way round.
+fn sorted_differences<T: Ord + Copy>(a: &[T], b: &[T]) -> (Vec<T>, Vec<T>) {
+    let (mut only_a, mut only_b) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x == y => {
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x < y => {
+                only_a.push(*x);
+                i += 1;
+            }
+            (Some(x), None) => {
+                only_a.push(*x);
+                i += 1;
+            }
+            (_, Some(y)) => {
+                only_b.push(*y);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (only_a, only_b)
+}
