@@ -104,6 +104,12 @@ fn finished_as_a_clean_import(d: &Daemon, invoices: &[Value], statement: &Statem
         "every line counted once: {import}"
     );
     assert_eq!(import["counts"]["review"], 0, "{import}");
+    // `settled check` recomputes every balance from the journal and compares it with what the daemon serves.
+    let r = crate::harness::check(d, &["--online"]);
+    assert!(
+        r.status.code() == Some(0) && r.stdout.contains(": no differences"),
+        "{r}"
+    );
     for (k, inv) in invoices.iter().enumerate() {
         let v = crate::harness::invoice(d, inv);
         let paid = statement.paid[k];
