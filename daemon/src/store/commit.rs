@@ -126,13 +126,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let commit = group(&dir);
         let seq = commit.written();
-        // Polled once (it starts the flush), then dropped, as when a client hangs up mid-request.
-        let abandoned = tokio::time::timeout(Duration::ZERO, commit.wait(seq)).await;
-        assert!(abandoned.is_err(), "the flush finished at its first poll");
-        assert!(!commit.flushing.load(Ordering::SeqCst));
+        // A writer took the flag and went away without flushing (its future dropped mid-flush, as when a client hangs
+        // up mid-request): only its guard's drop says so. Set up by hand, so no race decides what is tested.
+        assert!(commit
+            .flushing
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok());
+        let abandoned = Flushing(&commit);
+        let next = {
+            let commit = Arc::clone(&commit);
+            tokio::spawn(async move { commit.wait(seq).await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(
+            *commit.flushed.borrow(),
+            0,
+            "nothing flushed while the flag is held"
+        );
+        drop(abandoned);
         // A hang guard, not a timing assertion: without the take-over this would wait forever.
-        let next = tokio::time::timeout(Duration::from_secs(30), commit.wait(seq)).await;
-        assert!(matches!(next, Ok(Ok(()))), "{next:?}");
+        let next = tokio::time::timeout(Duration::from_secs(30), next).await;
+        assert!(matches!(next, Ok(Ok(Ok(())))), "{next:?}");
+        assert!(!commit.flushing.load(Ordering::SeqCst));
         assert!(*commit.flushed.borrow() >= seq);
     }
 }
