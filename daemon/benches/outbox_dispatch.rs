@@ -32,15 +32,6 @@ use sha2::Sha256;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const TOKEN: &str = "bench-token-0123456789";
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// What the receiver saw: arrival time per webhook-id, the event's `at`, and bad signatures.
 #[derive(Default)]
 struct Seen {
@@ -192,8 +183,8 @@ fn start_daemon(dir: &Path, receiver: &str) -> anyhow::Result<Settled> {
 }
 
 async fn bench() -> anyhow::Result<()> {
-    let events = arg("--events", 100_000);
-    let samples = arg("--samples", 200);
+    let events = common::arg("--events", 100_000);
+    let samples = common::arg("--samples", 200);
     let dir = tempfile::tempdir()?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let rx = Rx {

@@ -25,15 +25,6 @@ const INVOICES_PER_ACCOUNT: usize = 10;
 /// The daemon refuses API tokens shorter than 32 bytes.
 const BENCH_TOKEN: &str = "reconcile-import-bench-token-0123456789abcdef";
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn release_dir() -> PathBuf {
     common::profile_dir().expect("locating target/release")
 }
@@ -47,8 +38,8 @@ struct Issued {
 }
 
 fn main() {
-    let lines = arg("--lines", 1_000_000);
-    let invoices = arg("--invoices", 200_000);
+    let lines = common::arg("--lines", 1_000_000);
+    let invoices = common::arg("--invoices", 200_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -399,7 +390,7 @@ fn import_with_daemon(dir: &Path, data: &Path, csv: &Path) -> (f64, u64, String)
         format!(
             "data_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n{}[plugins]\ndir = \"{}\"\n",
             data.display(),
-            match arg("--cache-mib", 0) {
+            match common::arg("--cache-mib", 0) {
                 0 => String::new(),
                 mib => format!("cache_mib = {mib}\n"),
             },

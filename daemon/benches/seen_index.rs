@@ -14,15 +14,6 @@ use std::time::Instant;
 
 use settled::store::{Store, StoreOptions};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// A bank line's dedupe key, as `ingest` makes it: `pay:<plugin>:<external id>`.
 fn key(n: usize) -> String {
     format!(
@@ -44,7 +35,7 @@ fn rss_kib() -> u64 {
 }
 
 fn main() {
-    let keys = arg("--keys", 1_000_000);
+    let keys = common::arg("--keys", 1_000_000);
     let restore = !std::env::args().any(|a| a == "--no-restore");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");

@@ -12,6 +12,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+/// The number after `name` on the command line (`--lines 1000`), or `default`.
+pub fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Run a benchmark on a multi-threaded tokio runtime, after printing its markdown heading and the machine it runs on.
 pub fn run_bench(
     name: &str,
