@@ -111,6 +111,24 @@ pub(crate) struct PaymentDraft<'a> {
     pub payer_account: Option<String>,
 }
 
+/// Announce a recorded payment (`payment.recorded`, an outbox event) with what every such event carries: amount,
+/// currency, the allocations made with their audit trail ([`allocations_json`]), what went to credit and the day it was
+/// received; `extra` (a JSON object) adds what the caller knows besides.
+pub(crate) fn payment_recorded(
+    tx: &mut Tx<'_>,
+    actor: &str,
+    pay: &Payment,
+    made: &[Allocation],
+    extra: serde_json::Value,
+) {
+    let mut body = serde_json::json!({"amount": pay.amount, "currency": pay.currency,
+        "allocations": allocations_json(tx, made), "to_credit": pay.unallocated, "received_on": pay.received_on});
+    if let (Some(body), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    tx.event(actor, "payment.recorded", "payment", &pay.id, body, true);
+}
+
 /// The allocations of a payment as its `payment.recorded` event carries them: each with its rule, evidence and
 /// confidence, so the audit log explains every allocation without an event of its own.
 /// Each also names the invoice's number and, when it is kept in other systems too, its ids there
@@ -689,7 +707,10 @@ impl Engine {
         self.write(|tx| {
             // The same idempotency key as API payments reconciled automatically (`ingest`), so an external id
             // is recognised whichever way the payment was first recorded.
-            let seen_key = input.external_id.as_ref().map(|ext| format!("pay:api:{ext}"));
+            let seen_key = input
+                .external_id
+                .as_ref()
+                .map(|ext| format!("pay:api:{ext}"));
             if let Some(key) = &seen_key {
                 if let Some(existing) = tx.seen(key)? {
                     if let Some(id) = existing["payment_id"].as_str() {
@@ -724,12 +745,29 @@ impl Engine {
                 let Some(inv) = invoices.iter_mut().find(|i| &i.id == invoice_id) else {
                     continue;
                 };
-                made.push(tx.allocate(&pay, inv, *part, AllocationKind::Payment, "manual", "allocated by hand", 100, actor)?);
+                made.push(tx.allocate(
+                    &pay,
+                    inv,
+                    *part,
+                    AllocationKind::Payment,
+                    "manual",
+                    "allocated by hand",
+                    100,
+                    actor,
+                )?);
             }
             pay.allocations.extend(made.iter().map(|a| a.id.clone()));
             if plan.surplus > Decimal::ZERO {
                 if let Some(account) = pay.account_id.clone() {
-                    tx.add_credit(&account, &currency, plan.surplus, CreditSource::Overpayment { payment_id: pay.id.clone() }, actor)?;
+                    tx.add_credit(
+                        &account,
+                        &currency,
+                        plan.surplus,
+                        CreditSource::Overpayment {
+                            payment_id: pay.id.clone(),
+                        },
+                        actor,
+                    )?;
                     pay.unallocated = plan.surplus;
                 }
             }
@@ -740,14 +778,12 @@ impl Engine {
                 index_paid(tx, &pay.id, input.external_id.as_deref(), None);
             }
             tx.put("payment", &pay.id, &pay);
-            tx.event(
+            payment_recorded(
+                tx,
                 actor,
-                "payment.recorded",
-                "payment",
-                &pay.id,
-                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(tx, &made),
-                    "to_credit": pay.unallocated, "payer": pay.payer, "received_on": pay.received_on}),
-                true,
+                &pay,
+                &made,
+                serde_json::json!({"payer": pay.payer}),
             );
             Ok((pay, false))
         })

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use settled_plugin_api::{InvoiceRecord, InvoiceRecordTax};
 
-use super::billing::{allocations_json, PaymentDraft};
+use super::billing::{payment_recorded, PaymentDraft};
 use super::ingest::ImportSummary;
 use super::{EngineResult, Tx};
 use crate::domain::invoice::{self, ExternalRef, Invoice, InvoiceKind, InvoiceLine, InvoiceState};
@@ -329,15 +329,8 @@ fn paid_elsewhere(
     )?;
     pay.allocations.push(made.id.clone());
     tx.put("payment", &pay.id, &pay);
-    tx.event(
-        actor,
-        "payment.recorded",
-        "payment",
-        &pay.id,
-        serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(tx, &[made]),
-            "to_credit": pay.unallocated, "payer": pay.payer, "received_on": pay.received_on,
-            "paid_elsewhere": {"system": plugin, "external_id": r.external_id, "number": r.number}}),
-        true,
-    );
+    let extra = serde_json::json!({"payer": pay.payer,
+        "paid_elsewhere": {"system": plugin, "external_id": r.external_id, "number": r.number}});
+    payment_recorded(tx, actor, &pay, &[made], extra);
     Ok(())
 }

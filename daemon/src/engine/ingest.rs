@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use settled_plugin_api::{EntryStatus, LeadRecord, PaymentKind, PaymentRecord, Record};
 
-use super::billing::{allocations_json, index_paid, AllocationJson, PaymentDraft, PaymentInput};
+use super::billing::{index_paid, payment_recorded, AllocationJson, PaymentDraft, PaymentInput};
 use super::reversal::{self, Original};
 use super::{Engine, EngineResult, ImportJournal, Tx};
 use crate::domain::invoice::{self, Invoice};
@@ -315,30 +315,53 @@ impl Engine {
                     amount: a
                         .amount
                         .as_ref()
-                        .map(|x| parse_positive_amount(&format!("allocations[{i}].amount"), x.as_str(), &pay.currency))
+                        .map(|x| {
+                            parse_positive_amount(
+                                &format!("allocations[{i}].amount"),
+                                x.as_str(),
+                                &pay.currency,
+                            )
+                        })
                         .transpose()?,
                 });
             }
             let mut invoices = Vec::with_capacity(requests.len());
             for (i, r) in requests.iter().enumerate() {
-                invoices.push(
-                    tx.get::<Invoice>("invoice", &r.invoice_id)
-                        .map_err(|e| super::sales::field_not_found(e, &format!("allocations[{i}].invoice_id")))?,
-                );
+                invoices.push(tx.get::<Invoice>("invoice", &r.invoice_id).map_err(|e| {
+                    super::sales::field_not_found(e, &format!("allocations[{i}].invoice_id"))
+                })?);
             }
             let refs: Vec<&Invoice> = invoices.iter().collect();
-            let plan = payment::plan_allocations(pay.amount, &pay.currency, &requests, &refs, tx.today)?;
+            let plan =
+                payment::plan_allocations(pay.amount, &pay.currency, &requests, &refs, tx.today)?;
             let mut made = Vec::with_capacity(plan.parts.len());
             for (invoice_id, part) in &plan.parts {
                 let Some(inv) = invoices.iter_mut().find(|i| &i.id == invoice_id) else {
                     continue;
                 };
-                made.push(tx.allocate(&pay, inv, *part, AllocationKind::Payment, "manual", "allocated in review", 100, actor)?);
+                made.push(tx.allocate(
+                    &pay,
+                    inv,
+                    *part,
+                    AllocationKind::Payment,
+                    "manual",
+                    "allocated in review",
+                    100,
+                    actor,
+                )?);
             }
             pay.allocations.extend(made.iter().map(|a| a.id.clone()));
             pay.account_id = invoices.first().map(|i| i.account_id.clone());
             if let (Some(account), true) = (pay.account_id.clone(), plan.surplus > Decimal::ZERO) {
-                tx.add_credit(&account, &pay.currency.clone(), plan.surplus, CreditSource::Overpayment { payment_id: pay.id.clone() }, actor)?;
+                tx.add_credit(
+                    &account,
+                    &pay.currency.clone(),
+                    plan.surplus,
+                    CreditSource::Overpayment {
+                        payment_id: pay.id.clone(),
+                    },
+                    actor,
+                )?;
                 pay.unallocated = plan.surplus;
             }
             if let Some(account) = pay.account_id.clone() {
@@ -347,7 +370,12 @@ impl Engine {
                 }
             }
             if !made.is_empty() {
-                index_paid(tx, &pay.id, Some(&item.record.external_id), item.record.end_to_end_id.as_deref());
+                index_paid(
+                    tx,
+                    &pay.id,
+                    Some(&item.record.external_id),
+                    item.record.end_to_end_id.as_deref(),
+                );
             }
             tx.put("payment", &pay.id, &pay);
             item.status = ReviewStatus::Allocated;
@@ -355,16 +383,15 @@ impl Engine {
             item.resolution = Some(format!("allocated to {}", pay.allocations.join(", ")));
             tx.ws.unindex("open-review", &item.id);
             tx.put("review", &item.id, &item);
-            tx.event(actor, "review.allocated", "review", &item.id, serde_json::json!({"payment_id": pay.id}), false);
             tx.event(
                 actor,
-                "payment.recorded",
-                "payment",
-                &pay.id,
-                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(tx, &made), "to_credit": pay.unallocated,
-                    "received_on": pay.received_on}),
-                true,
+                "review.allocated",
+                "review",
+                &item.id,
+                serde_json::json!({"payment_id": pay.id}),
+                false,
             );
+            payment_recorded(tx, actor, &pay, &made, serde_json::json!({}));
             Ok(item)
         })
         .await
@@ -749,16 +776,9 @@ fn ingest_payment(
                 );
             }
             tx.put("payment", &pay.id, &pay);
-            tx.event(
-                actor,
-                "payment.recorded",
-                "payment",
-                &pay.id,
-                serde_json::json!({"amount": pay.amount, "currency": pay.currency, "allocations": allocations_json(tx, &made),
-                    "to_credit": pay.unallocated, "fee": fee, "external_id": record.external_id, "source": record.source_position,
-                    "received_on": pay.received_on}),
-                true,
-            );
+            let extra = serde_json::json!({"fee": fee, "external_id": record.external_id,
+                "source": record.source_position});
+            payment_recorded(tx, actor, &pay, &made, extra);
             tx.ws
                 .seen(&seen_key, &serde_json::json!({"payment_id": pay.id}));
             summary.new += 1;
