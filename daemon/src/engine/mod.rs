@@ -231,12 +231,7 @@ impl Engine {
         }
         match self.inner.store.apply(ws) {
             Ok(ticket) => {
-                if self.inner.store.deferred_len() >= self.inner.config.journal.checkpoint_dirty {
-                    // Bounds the overlay's memory; a failure closes the store, which this write's ticket then reports.
-                    if let Err(e) = self.checkpoint_locked() {
-                        tracing::error!(error = %e, "checkpoint failed");
-                    }
-                }
+                self.checkpoint_if_full();
                 if ticket.outbox {
                     self.inner
                         .outbox_unannounced
@@ -281,6 +276,8 @@ impl Engine {
     /// Reopen a store that closed after a failed write, and rebuild the in-memory index from what is on disk.
     /// Returns `false` when the store was open.
     pub fn recover_store(&self) -> EngineResult<bool> {
+        // A checkpoint still writing belongs to the closed opening: let it stop before the overlay is rebuilt.
+        let _turn = self.inner.store.checkpoint_turn();
         let mut state = self.lock_state();
         if !self.inner.store.reopen()? {
             return Ok(false);
@@ -291,32 +288,54 @@ impl Engine {
     }
 
     /// Write the deferred invoice payment state back to sled with the journal position it covers (see
-    /// `engine/journal.rs`). Returns the keys written; nothing while the store is closed, or when nothing is deferred
-    /// and the checkpoint is at the newest event already.
+    /// `engine/journal.rs`), waiting for a checkpoint already running first. Writers go on while it writes: only its
+    /// snapshot of the overlay is taken under the writer lock. Returns the keys written; nothing while the store is
+    /// closed, or when nothing is deferred and the checkpoint is at the newest event already.
     pub fn checkpoint(&self) -> EngineResult<usize> {
-        let _state = self.lock_state();
-        self.checkpoint_locked()
+        let store = &self.inner.store;
+        let turn = store.checkpoint_turn();
+        let snapshot = {
+            let _state = self.lock_state();
+            if store.failure().is_some() {
+                return Ok(0);
+            }
+            let newest = store.last_event_id();
+            if store.deferred_len() == 0 && store.checkpoint()? == Some(newest) {
+                return Ok(0);
+            }
+            store.snapshot_overlay(turn, newest)
+        };
+        Ok(write_snapshot(store, snapshot)?)
     }
 
-    /// [`Engine::checkpoint`], the writer lock held by the caller.
-    fn checkpoint_locked(&self) -> EngineResult<usize> {
+    /// Called by a writer (holding the writer lock) after each write set: once `[journal] checkpoint_dirty` keys are
+    /// deferred, a checkpoint starts on its own thread; at twice that while it runs, the writer waits for it, which
+    /// bounds the overlay's memory. A failure closes the store, which the next write reports.
+    fn checkpoint_if_full(&self) {
         let store = &self.inner.store;
-        if store.failure().is_some() {
-            return Ok(0);
+        let dirty = store.deferred_len();
+        let limit = self.inner.config.journal.checkpoint_dirty;
+        if dirty < limit {
+            return;
         }
-        let newest = store.last_event_id();
-        if store.deferred_len() == 0 && store.checkpoint()? == Some(newest) {
-            return Ok(0);
+        match store.try_checkpoint_turn() {
+            Some(turn) => {
+                let snapshot = store.snapshot_overlay(turn, store.last_event_id());
+                let store = store.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("settled-checkpoint".into())
+                    .spawn(move || {
+                        if let Err(e) = write_snapshot(&store, snapshot) {
+                            tracing::error!(error = %e, "checkpoint failed: the journal still holds every change");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "cannot start a checkpoint thread");
+                }
+            }
+            None if dirty >= limit.saturating_mul(2) => store.wait_for_checkpoint(),
+            None => {}
         }
-        let started = std::time::Instant::now();
-        let written = store.write_back(newest)?;
-        tracing::debug!(
-            written,
-            position = newest,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "checkpoint"
-        );
-        Ok(written)
     }
 
     /// Take back the in-memory effects of a write set that was not applied (or whose store closed).
@@ -476,3 +495,20 @@ impl Tx<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// Write a checkpoint's snapshot, logging how long it took.
+fn write_snapshot(
+    store: &Store,
+    snapshot: crate::store::CheckpointSnapshot,
+) -> EngineResult<usize> {
+    let started = std::time::Instant::now();
+    let position = snapshot.position();
+    let written = store.write_snapshot(snapshot)?;
+    tracing::debug!(
+        written,
+        position,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "checkpoint"
+    );
+    Ok(written)
+}

@@ -35,6 +35,7 @@
 
 mod backup;
 mod blocks;
+mod checkpoint;
 mod commit;
 mod migrate;
 mod seen;
@@ -49,6 +50,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use backup::{backup_to, restore_from};
+pub use checkpoint::{CheckpointSnapshot, CheckpointTurn};
 use commit::GroupCommit;
 
 /// The schema version this build writes and understands (2: payments, allocations, review items and events in
@@ -172,6 +174,10 @@ struct Inner {
     handle: RwLock<Handle>,
     /// Deferred writes not yet in sled, key -> latest value (`None`: removed); see [`WriteSet::put_deferred`].
     overlay: RwLock<Overlay>,
+    /// Bumped whenever the overlay is emptied for a replay, so a checkpoint that ran meanwhile leaves it alone.
+    overlay_epoch: AtomicU64,
+    /// The running checkpoint, if any (`checkpoint.rs`).
+    checkpoints: checkpoint::Checkpoints,
     /// How the seen index reduces a key to 64 bits (tests inject one that collides).
     fingerprint: seen::Fingerprint,
     _lock: File,
@@ -267,6 +273,8 @@ impl Store {
                 options: options.clone(),
                 handle: RwLock::new(Handle::Open(Arc::new(open))),
                 overlay: RwLock::new(Overlay::new()),
+                overlay_epoch: AtomicU64::new(0),
+                checkpoints: checkpoint::Checkpoints::default(),
                 fingerprint,
                 _lock: lock,
             }),
@@ -298,7 +306,7 @@ impl Store {
         {
             Ok(open) => {
                 // Deferred writes may come from batches that never reached the disk: the engine replays the journal.
-                self.write_overlay().clear();
+                self.clear_deferred();
                 *self.write_handle() = Handle::Open(Arc::new(open));
                 Ok(true)
             }
@@ -442,64 +450,9 @@ impl Store {
 
     /// Forget every deferred write (the engine replays the journal into an empty overlay).
     pub(crate) fn clear_deferred(&self) {
-        self.write_overlay().clear();
-    }
-
-    /// Write the overlay back to sled in key order, then note `position` (the newest event id, which the overlay
-    /// covers) in `m/checkpoint`, and empty the overlay. The caller holds the engine's writer lock, so nothing is
-    /// deferred meanwhile. A crash halfway leaves the previous `m/checkpoint`: the engine replays the journal after it,
-    /// and its replay is idempotent (an allocation already listed on the invoice is not counted again).
-    ///
-    /// Test-only: with `SETTLED_TEST_ABORT_CHECKPOINT_AFTER=N` in the environment, the process aborts once N keys of
-    /// a checkpoint are written and flushed (a checkpoint cut short by a crash).
-    pub fn write_back(&self, position: u64) -> StoreResult<usize> {
-        let open = self.open_handle()?;
-        let entries: Vec<(String, Option<sled::IVec>)> = self
-            .read_overlay()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let abort_after = std::env::var(ABORT_CHECKPOINT_ENV)
-            .ok()
-            .and_then(|n| n.parse::<usize>().ok());
-        let fail = |source: sled::Error| {
-            self.close(open.generation, &source);
-            StoreError::WriteFailed {
-                path: self.inner.path.clone(),
-                source,
-            }
-        };
-        let mut written = 0usize;
-        for part in entries.chunks(CHECKPOINT_BATCH) {
-            let part = match abort_after {
-                Some(n) => &part[..part.len().min(n.saturating_sub(written))],
-                None => part,
-            };
-            let mut batch = sled::Batch::default();
-            for (key, value) in part {
-                match value {
-                    Some(bytes) => batch.insert(key.as_bytes(), bytes.clone()),
-                    None => batch.remove(key.as_bytes()),
-                }
-            }
-            open.tree.apply_batch(batch).map_err(fail)?;
-            written += part.len();
-            if abort_after.is_some_and(|n| written >= n) {
-                let _ = open.db.flush();
-                tracing::error!(
-                    written,
-                    "{ABORT_CHECKPOINT_ENV}: aborting in the middle of a checkpoint"
-                );
-                std::process::abort();
-            }
-        }
-        // The marker must not reach the disk before what it covers.
-        open.db.flush().map_err(fail)?;
-        open.tree
-            .insert(CHECKPOINT_KEY, encode(&position))
-            .map_err(fail)?;
-        self.write_overlay().clear();
-        Ok(written)
+        let mut overlay = self.write_overlay();
+        overlay.clear();
+        self.inner.overlay_epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     fn write_handle(&self) -> std::sync::RwLockWriteGuard<'_, Handle> {
@@ -818,6 +771,13 @@ impl Store {
                 blocks::encode_events(block.iter().map(Vec::as_slice)),
             );
         }
+        if !superseded.is_empty() {
+            // A checkpoint writing its snapshot beside us must not put its older value of these keys after ours.
+            self.inner
+                .checkpoints
+                .lock_through()
+                .extend(superseded.iter().cloned());
+        }
         if let Err(source) = open.tree.apply_batch(batch) {
             // sled may hold part of the batch in its page cache: only reopening drops it.
             self.close(open.generation, &source);
@@ -1116,9 +1076,6 @@ impl WriteSet {
             && self.pending.keys().all(|k| k.starts_with("n/"))
     }
 }
-
-/// Keys written back per sled batch by a checkpoint.
-const CHECKPOINT_BATCH: usize = 512;
 
 /// A prefix scan of sled with the overlay's deferred writes merged in (an overlay value wins; `None` hides the key).
 struct MergedScan<S: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {

@@ -1115,3 +1115,65 @@ fn a_reopened_store_has_no_deferred_writes_and_a_store_without_a_checkpoint_gets
         None
     );
 }
+
+#[test]
+fn a_checkpoint_running_beside_writers_never_puts_its_older_value_over_a_newer_one_and_keeps_later_deferred_writes(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let on_disk = |key: &str| -> Option<serde_json::Value> {
+        store
+            .tree()
+            .unwrap()
+            .get(key)
+            .unwrap()
+            .map(|v| serde_json::from_slice(&v).unwrap())
+    };
+    let mut ws = store.begin();
+    ws.event("t", "a", "x", "1", json!({}), false);
+    for id in ["inv_1", "inv_2", "inv_3"] {
+        ws.put_deferred(&format!("e/invoice/{id}"), Some(&json!({"paid": "1"})));
+    }
+    store.apply(ws).unwrap();
+    let turn = store.checkpoint_turn();
+    assert!(
+        store.try_checkpoint_turn().is_none(),
+        "one checkpoint at a time"
+    );
+    let snapshot = store.snapshot_overlay(turn, 1);
+    assert_eq!(snapshot.len(), 3);
+    // While the snapshot waits to be written: inv_1 is written through (a reversal), inv_2 deferred again.
+    let mut ws = store.begin();
+    ws.put("invoice", "inv_1", &json!({"paid": "0"}));
+    ws.put_deferred("e/invoice/inv_2", Some(&json!({"paid": "2"})));
+    store.apply(ws).unwrap();
+    assert_eq!(store.write_snapshot(snapshot).unwrap(), 3);
+    assert!(
+        store.try_checkpoint_turn().is_some(),
+        "the turn is given back"
+    );
+    assert_eq!(store.checkpoint().unwrap(), Some(1));
+    assert_eq!(
+        on_disk("e/invoice/inv_1"),
+        Some(json!({"paid": "0"})),
+        "the write-through is not overwritten by the snapshot's older value"
+    );
+    assert_eq!(on_disk("e/invoice/inv_2"), Some(json!({"paid": "1"})));
+    assert_eq!(on_disk("e/invoice/inv_3"), Some(json!({"paid": "1"})));
+    assert_eq!(
+        store.deferred_len(),
+        1,
+        "only the value deferred after the snapshot stays in the overlay"
+    );
+    assert_eq!(
+        store.get::<serde_json::Value>("invoice", "inv_2").unwrap(),
+        Some(json!({"paid": "2"}))
+    );
+
+    // An overlay emptied for a replay while a checkpoint writes is not touched by it.
+    let snapshot = store.snapshot_overlay(store.checkpoint_turn(), 1);
+    store.clear_deferred();
+    store.replay_deferred("e/invoice/inv_2", Some(&json!({"paid": "2"})));
+    store.write_snapshot(snapshot).unwrap();
+    assert_eq!(store.deferred_len(), 1);
+}
