@@ -73,7 +73,11 @@ fn main() {
 
     // settled: the release daemon, bank-csv in process isolation, `settled import`.
     eprintln!("importing through settled...");
+    let load_before = common::loadavg();
     let (settled_secs, settled_rss, summary) = import_with_daemon(dir.path(), &data, &csv_path);
+    let load_after = common::loadavg();
+    // Cold start of the store the import left (it ended with a checkpoint, then the daemon was killed).
+    let restart = restart_daemon(dir.path());
 
     // (b) hledger and (c) ledger, when installed.
     let rules = dir.path().join("bank.rules");
@@ -99,6 +103,7 @@ fn main() {
         })
         .flatten();
     eprintln!("ledger...");
+    let load_ledger = common::loadavg();
     let ledger = others
         .then(|| {
             timed(
@@ -150,6 +155,14 @@ fn main() {
             None => println!("| {name} | not installed | - | - | - |"),
         }
     }
+    println!(
+        "\nLoad average (1/5/15 min): {load_before} before the settled import, {load_after} after it, {load_ledger} before ledger.\n"
+    );
+    println!(
+        "Cold start of the store the import left (killed after the import's final checkpoint, started again): ready_ms={}, \
+         resident memory at ready {} MiB.\n",
+        restart.0, restart.1
+    );
     println!("\nImport summary: {summary}\n");
     sled_floor(&data, lines, invoices, settled_secs);
     matching_scaling(&runtime);
@@ -445,6 +458,61 @@ fn import_with_daemon(dir: &Path, data: &Path, csv: &Path) -> (f64, u64, String)
     (secs, rss, summary)
 }
 
+/// Start the daemon again on the store `import_with_daemon` left: (the `ready_ms` it logs, resident MiB at ready).
+fn restart_daemon(dir: &Path) -> (u64, u64) {
+    let bin = release_dir().join("settled");
+    let log_path = dir.join("daemon-restart.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut daemon = Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(dir.join("settled.toml"))
+        .env("SETTLED_API_TOKEN", BENCH_TOKEN)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start settled");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let ready_ms = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("settled ready")) {
+            let plain: String = strip_ansi(line);
+            eprintln!("daemon (restart): {plain}");
+            break plain
+                .split("ready_ms=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+        assert!(Instant::now() < deadline, "the daemon did not start again");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let rss = common::proc_status_kib(daemon.id(), "VmRSS").unwrap_or(0) / 1024;
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    (ready_ms, rss)
+}
+
+/// A log line without its colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// (seconds, peak RSS MiB) of an external command, or None when it is not installed.
 fn timed(cmd: &mut Command) -> Option<(f64, u64)> {
     let program = cmd.get_program().to_string_lossy().to_string();
@@ -582,12 +650,24 @@ fn block_len(value: &[u8]) -> usize {
     block.len()
 }
 
-/// The floor sled sets for this import: the keys the daemon wrote for each line, with the value sizes it wrote, applied to a
-/// fresh sled store (same cache and mode as the daemon) holding the same number of invoices, in write sets of 250 lines and
-/// with no parsing, matching or JSON at all. 70% of lines settle an invoice: payment, allocation and audit event appended
-/// (to blocks of 64, as the daemon stores them), a `seen` key, the invoice and its open-invoice row rewritten, and on an
-/// invoice's first payment a status event. The other 30% go to review: payment, review item and
-/// audit event (blocks), an open-review row and a `seen` key.
+/// Which writes a floor run makes for each line.
+#[derive(Clone, Copy, PartialEq)]
+enum FloorLayout {
+    /// Before issue 14: the invoice and its open-invoice row rewritten on every line that pays it, a `seen` key a line.
+    PerLine,
+    /// The journal alone: payment, allocation or review item, audit events and `seen` pairs appended in blocks; no
+    /// invoice written. What any layout must make durable for a line.
+    JournalOnly,
+    /// The journal plus checkpoints: the invoices paid since the last checkpoint and their open-invoice rows written
+    /// back in key order once `[journal] checkpoint_dirty` (100,000) keys wait. Today's layout.
+    Checkpointed,
+}
+
+/// The floor sled sets for this import: the keys the daemon writes for each line, with the value sizes it wrote, applied to
+/// a fresh sled store (same cache and mode as the daemon) holding the same number of invoices, in write sets of 250 lines,
+/// with no parsing, matching or JSON at all, for each [`FloorLayout`]. 70% of lines settle an invoice (payment, allocation
+/// and audit event; on an invoice's first payment a status event), the other 30% go to review (payment, review item, audit
+/// event, an open-review row).
 fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
     let sizes = {
         let db = sled::Config::new()
@@ -597,17 +677,55 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
         let tree = db.open_tree("settled").expect("tree");
         let size = |prefix: &str| mean_record_len(&tree, prefix, 2_000, |_| 1);
         let record = |prefix: &str| mean_record_len(&tree, prefix, 200, block_len);
-        [
-            record("b/payment/"),
-            record("b/allocation/"),
-            record("v/"),
-            size("s/pay:"),
-            size("e/invoice/"),
-            size("i/open-invoice/"),
-            record("b/review/"),
-        ]
+        FloorSizes {
+            payment: record("b/payment/"),
+            allocation: record("b/allocation/"),
+            event: record("v/"),
+            seen: record("S/"),
+            invoice: size("e/invoice/"),
+            open_row: size("i/open-invoice/"),
+            review: record("b/review/"),
+        }
     };
-    let [payment, allocation, event, seen, invoice, open_row, review] = sizes;
+    println!("### sled floor for the same writes\n");
+    println!("Record sizes read back from the daemon's store after the import (bytes, a block's share for blocked records): \
+              payment {}, allocation {}, audit event {}, seen pair {}, invoice {}, open-invoice row {}, review item {}.\n",
+        sizes.payment, sizes.allocation, sizes.event, sizes.seen, sizes.invoice, sizes.open_row, sizes.review);
+    println!("| sled alone, the daemon's keys and value sizes for {lines} lines, 250 lines per batch | seconds | lines/s | keys written | keys per line | µs per key | load average before |");
+    println!("|---|---|---|---|---|---|---|");
+    for (layout, what) in [
+        (FloorLayout::PerLine, "before issue 14: invoice and open-invoice row rewritten per line, a `seen` key per line"),
+        (FloorLayout::JournalOnly, "journal only: payment, allocation or review item, events and `seen` pairs appended in blocks"),
+        (FloorLayout::Checkpointed, "journal + checkpoints of the invoices paid, every 100,000 keys (today's layout)"),
+    ] {
+        let load = common::loadavg();
+        let (secs, keys) = floor_run(layout, &sizes, lines, invoices);
+        println!(
+            "| {what} | {secs:.1} | {:.0} | {keys} | {:.1} | {:.1} | {load} |",
+            lines as f64 / secs,
+            keys as f64 / lines as f64,
+            secs * 1e6 / keys as f64
+        );
+    }
+    println!(
+        "| settled import (above), for comparison | {settled_secs:.1} | {:.0} | - | - | - | - |\n",
+        lines as f64 / settled_secs
+    );
+}
+
+/// Mean sizes of what the daemon wrote, in bytes.
+struct FloorSizes {
+    payment: usize,
+    allocation: usize,
+    event: usize,
+    seen: usize,
+    invoice: usize,
+    open_row: usize,
+    review: usize,
+}
+
+/// One floor run: (seconds, keys written), the final flush included.
+fn floor_run(layout: FloorLayout, sizes: &FloorSizes, lines: usize, invoices: usize) -> (f64, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = sled::Config::new()
         .path(dir.path().join("db"))
@@ -617,13 +735,12 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
         .expect("sled");
     let tree = db.open_tree("settled").expect("tree");
     let value = |len: usize| vec![b'x'; len];
+    let invoice_key = |i: usize| format!("e/invoice/inv_{i:08}");
+    let open_key = |i: usize| format!("i/open-invoice/inv_{i:08}");
     let mut batch = sled::Batch::default();
     for i in 0..invoices {
-        batch.insert(format!("e/invoice/inv_{i:08}").as_bytes(), value(invoice));
-        batch.insert(
-            format!("i/open-invoice/inv_{i:08}").as_bytes(),
-            value(open_row),
-        );
+        batch.insert(invoice_key(i).as_bytes(), value(sizes.invoice));
+        batch.insert(open_key(i).as_bytes(), value(sizes.open_row));
         if i % 250 == 249 {
             tree.apply_batch(std::mem::take(&mut batch)).expect("seed");
         }
@@ -632,55 +749,66 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
     db.flush().expect("flush");
     let mut rng = Lcg(7);
     let mut paid_once = vec![false; invoices];
+    let mut dirty = std::collections::BTreeSet::new();
     let mut w = FloorWriter::default();
     let t = Instant::now();
     for line in 0..lines {
-        w.record("b/payment/", payment);
-        w.record("v/", event);
-        // Distinct, scattered like the hashes of real external ids (an odd multiplier is a bijection on u64).
-        let seen_key = format!(
-            "s/pay:bank-csv:{:016x}",
-            (line as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        );
-        // The daemon looks the key up before writing it.
-        assert!(tree.get(seen_key.as_bytes()).expect("get").is_none());
-        w.put(&seen_key, seen);
+        w.record("b/payment/", sizes.payment, 64);
+        w.record("v/", sizes.event, 64);
+        if layout == FloorLayout::PerLine {
+            // Distinct, scattered like the hashes of real external ids (an odd multiplier is a bijection on u64).
+            let seen_key = format!(
+                "s/pay:bank-csv:{:016x}",
+                (line as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            );
+            // The layout before the seen blocks looked the key up before writing it.
+            assert!(tree.get(seen_key.as_bytes()).expect("get").is_none());
+            w.put(&seen_key, sizes.seen);
+        } else {
+            w.record("S/", sizes.seen, 512);
+        }
         if rng.next() % 10 < 7 {
             let inv = (rng.next() as usize) % invoices.max(1);
-            w.record("b/allocation/", allocation);
-            w.put(&format!("e/invoice/inv_{inv:08}"), invoice);
-            w.put(&format!("i/open-invoice/inv_{inv:08}"), open_row);
+            w.record("b/allocation/", sizes.allocation, 64);
+            match layout {
+                FloorLayout::PerLine => {
+                    w.put(&invoice_key(inv), sizes.invoice);
+                    w.put(&open_key(inv), sizes.open_row);
+                }
+                FloorLayout::JournalOnly => {}
+                FloorLayout::Checkpointed => {
+                    dirty.insert(inv);
+                }
+            }
             if !std::mem::replace(&mut paid_once[inv], true) {
-                w.record("v/", event);
+                w.record("v/", sizes.event, 64);
             }
         } else {
-            w.record("b/review/", review);
+            w.record("b/review/", sizes.review, 64);
             w.append("i/open-review/", 16);
         }
         if line % 250 == 249 {
             tree.apply_batch(w.take()).expect("apply");
         }
+        if dirty.len() * 2 >= 100_000 {
+            for part in std::mem::take(&mut dirty)
+                .into_iter()
+                .collect::<Vec<_>>()
+                .chunks(256)
+            {
+                let mut batch = sled::Batch::default();
+                for &inv in part {
+                    batch.insert(invoice_key(inv).as_bytes(), value(sizes.invoice));
+                    batch.insert(open_key(inv).as_bytes(), value(sizes.open_row));
+                    w.keys += 2;
+                }
+                tree.apply_batch(batch).expect("checkpoint");
+            }
+        }
     }
     tree.apply_batch(w.take()).expect("apply");
-    let keys = w.keys;
     db.flush().expect("flush");
-    let secs = t.elapsed().as_secs_f64();
-    println!("### sled floor for the same writes\n");
-    println!("Record sizes read back from the daemon's store after the import (bytes, a block's share for blocked records): \
-              payment {payment}, allocation {allocation}, audit event {event}, seen {seen}, invoice {invoice}, open-invoice row \
-              {open_row}, review item {review}.\n");
-    println!("| what | seconds | lines/s | keys written | keys per line | µs per key |");
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| sled alone, the daemon's keys and value sizes for {lines} lines, 250 lines per batch | {secs:.1} | {:.0} | {keys} | {:.1} | {:.1} |",
-        lines as f64 / secs,
-        keys as f64 / lines as f64,
-        secs * 1e6 / keys as f64
-    );
-    println!(
-        "| settled import (above), for comparison | {settled_secs:.1} | {:.0} | - | - | - |\n",
-        lines as f64 / settled_secs
-    );
+    (t.elapsed().as_secs_f64(), w.keys)
 }
 
 #[derive(Default)]
@@ -688,8 +816,8 @@ struct FloorWriter {
     batch: sled::Batch,
     seq: u64,
     keys: u64,
-    /// Blocked records of the current batch, per prefix: (count, bytes).
-    blocked: std::collections::BTreeMap<&'static str, (usize, usize)>,
+    /// Blocked records of the current batch, per prefix: (count, bytes, records per block).
+    blocked: std::collections::BTreeMap<&'static str, (usize, usize, usize)>,
 }
 
 impl FloorWriter {
@@ -704,20 +832,20 @@ impl FloorWriter {
         self.put(&key, len);
     }
 
-    /// A record the daemon stores in a block of up to 64.
-    fn record(&mut self, prefix: &'static str, len: usize) {
-        let entry = self.blocked.entry(prefix).or_default();
+    /// A record the daemon stores in a block of up to `per_block`.
+    fn record(&mut self, prefix: &'static str, len: usize, per_block: usize) {
+        let entry = self.blocked.entry(prefix).or_insert((0, 0, per_block));
         entry.0 += 1;
         entry.1 += len;
     }
 
-    /// The batch, with this batch's blocked records written as blocks of 64.
+    /// The batch, with this batch's blocked records written as blocks.
     fn take(&mut self) -> sled::Batch {
-        for (prefix, (count, bytes)) in std::mem::take(&mut self.blocked) {
+        for (prefix, (count, bytes, per_block)) in std::mem::take(&mut self.blocked) {
             let each = bytes / count.max(1);
             let mut left = count;
             while left > 0 {
-                let n = left.min(64);
+                let n = left.min(per_block);
                 self.append(prefix, n * each);
                 left -= n;
             }

@@ -260,8 +260,9 @@ impl Default for Imports {
 pub struct Journal {
     /// Seconds between background checkpoints while changes wait (default 60, at least 1).
     pub checkpoint_every_secs: u64,
-    /// Changed keys (an invoice and its open-invoice rows count about 2) held in memory before a checkpoint is written at
-    /// once (default 100000, about 70 MiB at most; at least 1).
+    /// Changed keys (an invoice and its open-invoice rows count about 2) held in memory before a checkpoint starts on its
+    /// own thread while writes go on; writers wait for it only when twice as many wait (default 100000, about 70 MiB,
+    /// 140 MiB at most; at least 1).
     pub checkpoint_dirty: usize,
 }
 

@@ -174,15 +174,41 @@ impl IndexUpdate {
 }
 
 /// Build the reconciliation index from the store's open invoices.
+/// Open-invoice rows handed from the reading thread to the indexing one at a time.
+const LOAD_BATCH: usize = 1024;
+
 pub(crate) fn load_index(store: &Store, config: &Config) -> EngineResult<MatchIndex> {
     let n = &config.numbering;
     let shapes =
         crate::reconcile::shapes_from_patterns(&[n.invoice.as_str(), n.credit_note.as_str()]);
     let mut index = MatchIndex::new(shapes);
-    // The `open-invoice` index holds each open invoice's matching fields, so start-up is one prefix scan.
-    for open in store.index_values::<OpenInvoice>("open-invoice")? {
-        index.upsert(open);
-    }
+    // The `open-invoice` index holds each open invoice's matching fields, so start-up is one prefix scan. One thread
+    // reads and decodes the rows while this one indexes them: on two cores start-up takes the longer of the two.
+    std::thread::scope(|scope| -> EngineResult<()> {
+        let (send, receive) = std::sync::mpsc::sync_channel::<Vec<OpenInvoice>>(8);
+        let reader = scope.spawn(move || -> EngineResult<()> {
+            let mut batch = Vec::with_capacity(LOAD_BATCH);
+            for open in store.index_values_iter::<OpenInvoice>("open-invoice")? {
+                batch.push(open?);
+                if batch.len() == LOAD_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
+                    if send.send(full).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            let _ = send.send(batch);
+            Ok(())
+        });
+        for batch in receive {
+            for open in batch {
+                index.upsert(open);
+            }
+        }
+        reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })?;
     for item in store.index_prefix("payer", "")? {
         // Values are `payer-key\taccount-id`, keeping the key readable in backups.
         if let Some((key, account)) = item.split_once('\t') {

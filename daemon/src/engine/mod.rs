@@ -305,7 +305,7 @@ impl Engine {
             }
             store.snapshot_overlay(turn, newest)
         };
-        Ok(write_snapshot(store, snapshot)?)
+        write_snapshot(store, snapshot)
     }
 
     /// Called by a writer (holding the writer lock) after each write set: once `[journal] checkpoint_dirty` keys are

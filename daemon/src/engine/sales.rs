@@ -384,9 +384,16 @@ impl Engine {
     /// Expire every sent or draft quote whose validity passed. Returns how many expired.
     pub async fn expire_quotes(&self, actor: &str) -> EngineResult<usize> {
         let today = self.today();
-        let due: Vec<Quote> = self
+        /// The fields of a quote this pass looks at: the rest (lines, totals) is skipped, not decoded, every tick.
+        #[derive(Deserialize)]
+        struct Due {
+            id: String,
+            status: QuoteStatus,
+            valid_until: NaiveDate,
+        }
+        let due: Vec<Due> = self
             .store()
-            .scan::<Quote>("quote")
+            .scan::<Due>("quote")
             .filter_map(Result::ok)
             .filter(|q| {
                 matches!(q.status, QuoteStatus::Sent | QuoteStatus::Draft) && q.valid_until < today

@@ -508,13 +508,18 @@ impl Store {
 
     /// Every value under an index, decoded (for indexes whose values are records rather than ids).
     pub fn index_values<T: DeserializeOwned>(&self, index: &str) -> StoreResult<Vec<T>> {
+        self.index_values_iter(index)?.collect()
+    }
+
+    /// [`Store::index_values`] one value at a time.
+    pub fn index_values_iter<T: DeserializeOwned>(
+        &self,
+        index: &str,
+    ) -> StoreResult<impl Iterator<Item = StoreResult<T>>> {
         let key = index_key(index, "");
-        let mut out = Vec::new();
-        for item in self.scan_merged(&key)? {
-            let (k, v) = item?;
-            out.push(decode(&k, &v)?);
-        }
-        Ok(out)
+        Ok(self
+            .scan_merged(&key)?
+            .map(|item| item.and_then(|(k, v)| decode(&k, &v))))
     }
 
     /// Has this idempotency key been ingested? Returns what it produced (when recorded more than once, the last).

@@ -91,6 +91,16 @@ fn payment_exists(d: &Daemon, n: usize) -> bool {
 /// After the restart the daemon finishes the upload by itself; then every invoice is as a clean import leaves it, and
 /// the file imported again adds nothing.
 fn finished_as_a_clean_import(d: &Daemon, invoices: &[Value], statement: &Statement) {
+    finished_as_a_clean_import_plus(d, invoices, statement, &[0; INVOICES]);
+}
+
+/// [`finished_as_a_clean_import`], with `by_hand[k]` payments of 1.00 allocated to invoice `k` through the API.
+fn finished_as_a_clean_import_plus(
+    d: &Daemon,
+    invoices: &[Value],
+    statement: &Statement,
+    by_hand: &[usize; INVOICES],
+) {
     let import = d.eventually_within(
         "the import to be finished",
         Duration::from_secs(300),
@@ -112,7 +122,7 @@ fn finished_as_a_clean_import(d: &Daemon, invoices: &[Value], statement: &Statem
     );
     for (k, inv) in invoices.iter().enumerate() {
         let v = crate::harness::invoice(d, inv);
-        let paid = statement.paid[k];
+        let paid = statement.paid[k] + 100 * by_hand[k] as i64;
         let expected = format!("{}.{:02}", paid / 100, paid % 100);
         assert_eq!(v["amount_paid"], expected.as_str(), "invoice {k}: {v}");
         let status = if paid == total_cents(k) {
@@ -123,7 +133,8 @@ fn finished_as_a_clean_import(d: &Daemon, invoices: &[Value], statement: &Statem
         assert_eq!(v["payment_status"], status, "invoice {k}: {v}");
         let allocations = v["allocations"].as_array().map_or(0, Vec::len);
         assert_eq!(
-            allocations, statement.lines[k],
+            allocations,
+            statement.lines[k] + by_hand[k],
             "invoice {k}: each line once"
         );
     }
@@ -151,7 +162,7 @@ fn finished_as_a_clean_import(d: &Daemon, invoices: &[Value], statement: &Statem
     );
     let k = 1;
     let v = crate::harness::invoice(d, &invoices[k]);
-    let paid = statement.paid[k];
+    let paid = statement.paid[k] + 100 * by_hand[k] as i64;
     assert_eq!(
         v["amount_paid"],
         format!("{}.{:02}", paid / 100, paid % 100).as_str()
@@ -216,4 +227,54 @@ fn a_daemon_that_dies_halfway_through_a_checkpoint_restarts_to_the_balances_of_a
     d.env.clear();
     d.spawn();
     finished_as_a_clean_import(&d, &invoices, &statement);
+}
+
+#[test]
+fn checkpoints_running_beside_an_import_and_payments_entered_by_hand_leave_the_balances_of_a_clean_import_also_after_a_kill_9(
+) {
+    // A checkpoint starts on its own thread whenever 4 keys wait: with 24 invoices paid over and over, one runs beside
+    // nearly every write set of the import. Meanwhile payments entered through the API write the same invoices
+    // through; a checkpoint's older snapshot must never land over them.
+    let (mut d, invoices, statement) = seeded("[journal]\ncheckpoint_dirty = 4\n");
+    d.terminate();
+    d.env = vec![("RUST_LOG".into(), "info,settled::engine=debug".into())];
+    d.spawn();
+    let upload = upload(&d, &statement.csv);
+    let mut by_hand = [0usize; INVOICES];
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !payment_exists(&d, LINES / 10) {
+        assert!(
+            Instant::now() < deadline,
+            "nothing was committed\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The large invoices only (1,000.00 each, never paid in full by the file), so the file's lines go where they would.
+    for round in 0..3 {
+        for k in (0..INVOICES).filter(|k| !k.is_multiple_of(4)) {
+            let body = serde_json::json!({"amount": "1.00", "currency": "EUR",
+                "external_id": format!("by-hand-{round}-{k}"),
+                "allocations": [{"invoice_id": invoices[k]["id"]}]});
+            let (status, reply) = d.call("POST", "/v1/payments", Some(body));
+            assert_eq!(status, 201, "{reply}");
+            by_hand[k] += 1;
+        }
+    }
+    assert_eq!(
+        upload.join().expect("upload thread").expect("answered"),
+        200
+    );
+    let checkpoints = d
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("DEBUG") && l.contains("checkpoint") && l.contains("written"))
+        .count();
+    assert!(
+        checkpoints >= 10,
+        "{checkpoints} checkpoints ran during the import"
+    );
+    d.kill9();
+    d.spawn();
+    finished_as_a_clean_import_plus(&d, &invoices, &statement, &by_hand);
 }
