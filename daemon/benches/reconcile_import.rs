@@ -4,7 +4,8 @@
 //! Run: `cargo build --release --workspace && cargo bench -p settled --bench reconcile_import`
 //! (`-- --lines N --invoices M` to scale; needs `hledger` and `ledger` on PATH for the comparison rows, else they are skipped;
 //! `SETTLED_BENCH_SEED_CACHE=DIR` keeps the seeded store in DIR for later runs; `--settled-only` skips hledger and ledger;
-//! `--cache-mib N` sets the daemon's sled cache; `--skip-hledger` leaves hledger out).
+//! `--cache-mib N` sets the daemon's sled cache; `--checkpoint-dirty N` its `[journal] checkpoint_dirty`; `--skip-hledger`
+//! leaves hledger out).
 //! Prints a markdown report on stdout.
 
 #![allow(clippy::float_arithmetic)] // timings and throughput rates; no money is computed here
@@ -152,6 +153,9 @@ fn main() {
                 settled_secs / secs
             ),
             None if !others => println!("| {name} | skipped (--settled-only) | - | - | - |"),
+            None if name.contains("hledger") && std::env::args().any(|a| a == "--skip-hledger") => {
+                println!("| {name} | skipped (--skip-hledger) | - | - | - |")
+            }
             None => println!("| {name} | not installed | - | - | - |"),
         }
     }
@@ -403,13 +407,17 @@ fn import_with_daemon(dir: &Path, data: &Path, csv: &Path) -> (f64, u64, String)
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n{}[plugins]\ndir = \"{}\"\n",
+            "data_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n{}[plugins]\ndir = \"{}\"\n{}",
             data.display(),
             match common::arg("--cache-mib", 0) {
                 0 => String::new(),
                 mib => format!("cache_mib = {mib}\n"),
             },
-            plugins.display()
+            plugins.display(),
+            match common::arg("--checkpoint-dirty", 0) {
+                0 => String::new(),
+                n => format!("[journal]\ncheckpoint_dirty = {n}\n"),
+            },
         ),
     )
     .expect("config");

@@ -308,14 +308,13 @@ impl Engine {
         write_snapshot(store, snapshot)
     }
 
-    /// Called by a writer (holding the writer lock) after each write set: once `[journal] checkpoint_dirty` keys are
-    /// deferred, a checkpoint starts on its own thread; at twice that while it runs, the writer waits for it, which
-    /// bounds the overlay's memory. A failure closes the store, which the next write reports.
+    /// Called by a writer (holding the writer lock) after each write set: once `[journal] checkpoint_dirty` writes were
+    /// deferred since the last checkpoint's snapshot, a checkpoint starts on its own thread; with twice that many keys
+    /// in the overlay while it runs, the writer waits for it, which bounds the overlay's memory. A failure closes the store, which the next write reports.
     fn checkpoint_if_full(&self) {
         let store = &self.inner.store;
-        let dirty = store.deferred_len();
         let limit = self.inner.config.journal.checkpoint_dirty;
-        if dirty < limit {
+        if store.deferred_since_snapshot() < limit {
             return;
         }
         match store.try_checkpoint_turn() {
@@ -333,7 +332,7 @@ impl Engine {
                     tracing::error!(error = %e, "cannot start a checkpoint thread");
                 }
             }
-            None if dirty >= limit.saturating_mul(2) => store.wait_for_checkpoint(),
+            None if store.deferred_len() >= limit.saturating_mul(2) => store.wait_for_checkpoint(),
             None => {}
         }
     }

@@ -4,8 +4,10 @@
 //! to one position), then writes it to sled in key order without that lock, on its own thread when a bulk import
 //! triggers it: on two cores the import's writer and its checkpoint run side by side. Three rules keep it exact:
 //!
-//! - One checkpoint at a time ([`Checkpoints::begin`]); a writer that finds the overlay twice over its limit while one
-//!   runs waits for it, which bounds the overlay's memory.
+//! - One checkpoint at a time ([`Store::checkpoint_turn`]). The next starts once as many writes were deferred since the
+//!   last snapshot as the limit says ([`Store::deferred_since_snapshot`]; the overlay's size would not do, as what
+//!   changed while a checkpoint wrote stays in it); a writer that finds the overlay twice over the limit while one runs
+//!   waits for it, which bounds the overlay's memory.
 //! - A writer that writes a key through (a reversal rewriting an invoice the overlay holds) records the key under the
 //!   same lock the checkpoint holds while it filters and applies a batch, and the checkpoint skips recorded keys: its
 //!   older value never lands after the newer one.
@@ -120,6 +122,9 @@ impl Store {
     pub fn snapshot_overlay(&self, turn: CheckpointTurn, position: u64) -> CheckpointSnapshot {
         self.inner.checkpoints.lock_through().clear();
         let overlay = self.read_overlay();
+        self.inner
+            .deferred_since_snapshot
+            .store(0, Ordering::SeqCst);
         CheckpointSnapshot {
             turn,
             position,

@@ -43,7 +43,7 @@ mod seen;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::de::DeserializeOwned;
@@ -176,6 +176,9 @@ struct Inner {
     overlay: RwLock<Overlay>,
     /// Bumped whenever the overlay is emptied for a replay, so a checkpoint that ran meanwhile leaves it alone.
     overlay_epoch: AtomicU64,
+    /// Deferred writes since the last checkpoint's snapshot (a key written twice counts twice): what starts the next one.
+    /// The overlay's size would not do: entries changed while a checkpoint writes stay in it.
+    deferred_since_snapshot: AtomicUsize,
     /// The running checkpoint, if any (`checkpoint.rs`).
     checkpoints: checkpoint::Checkpoints,
     /// How the seen index reduces a key to 64 bits (tests inject one that collides).
@@ -274,6 +277,7 @@ impl Store {
                 handle: RwLock::new(Handle::Open(Arc::new(open))),
                 overlay: RwLock::new(Overlay::new()),
                 overlay_epoch: AtomicU64::new(0),
+                deferred_since_snapshot: AtomicUsize::new(0),
                 checkpoints: checkpoint::Checkpoints::default(),
                 fingerprint,
                 _lock: lock,
@@ -420,6 +424,11 @@ impl Store {
         self.read_overlay().len()
     }
 
+    /// Deferred writes made since the last checkpoint took its snapshot.
+    pub fn deferred_since_snapshot(&self) -> usize {
+        self.inner.deferred_since_snapshot.load(Ordering::SeqCst)
+    }
+
     /// The audit event id up to which every deferred write is in sled (`None`: a store that never deferred).
     pub fn checkpoint(&self) -> StoreResult<Option<u64>> {
         let tree = self.tree()?;
@@ -446,6 +455,9 @@ impl Store {
     pub(crate) fn replay_deferred<T: Serialize>(&self, key: &str, value: Option<&T>) {
         let value = value.map(|v| sled::IVec::from(encode(v)));
         self.write_overlay().insert(key.to_string(), value);
+        self.inner
+            .deferred_since_snapshot
+            .fetch_add(1, Ordering::SeqCst);
     }
 
     /// Forget every deferred write (the engine replays the journal into an empty overlay).
@@ -453,6 +465,9 @@ impl Store {
         let mut overlay = self.write_overlay();
         overlay.clear();
         self.inner.overlay_epoch.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .deferred_since_snapshot
+            .store(0, Ordering::SeqCst);
     }
 
     fn write_handle(&self) -> std::sync::RwLockWriteGuard<'_, Handle> {
@@ -798,6 +813,9 @@ impl Store {
             for key in superseded {
                 overlay.remove(&key);
             }
+            self.inner
+                .deferred_since_snapshot
+                .fetch_add(ws.deferred.len(), Ordering::SeqCst);
             for (key, value) in ws.deferred {
                 overlay.insert(key, value.map(sled::IVec::from));
             }
