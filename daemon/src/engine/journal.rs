@@ -83,8 +83,11 @@ pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
     for id in ids {
         let t = &touched[id];
         if t.before != t.after {
-            defer_invoice(store, &t.after)?;
+            store.replay_deferred(&format!("e/invoice/{}", t.after.id), Some(&t.after));
         }
+        // Even when the invoice itself is current: a checkpoint cut short writes every `e/invoice/` key before the
+        // `i/open-*` rows, so its rows may still be those of before.
+        defer_rows(store, &t.after)?;
     }
     if read > 0 {
         tracing::info!(
@@ -117,29 +120,37 @@ fn touch<'a>(
     Ok(touched.get_mut(id))
 }
 
-/// Put an invoice and its open-invoice rows into the overlay, as `save_invoice` leaves them.
-fn defer_invoice(store: &Store, inv: &Invoice) -> EngineResult<()> {
-    store.replay_deferred(&format!("e/invoice/{}", inv.id), Some(inv));
+/// Put an invoice's `i/open-invoice/` and `i/open-due/` rows into the overlay as `save_invoice` leaves them, where the
+/// store holds anything else.
+fn defer_rows(store: &Store, inv: &Invoice) -> EngineResult<()> {
     let open = inv.state == InvoiceState::Issued
         && inv.kind == InvoiceKind::Invoice
         && invoice::balance(inv) > Decimal::ZERO;
     let open_key = format!("i/open-invoice/{}", inv.id);
     let due_key = format!("i/open-due/{}", due_key(inv));
+    let row = store.get_raw::<OpenInvoice>(&open_key)?;
+    let due = store.get_raw::<String>(&due_key)?;
     if !open {
-        store.replay_deferred::<()>(&open_key, None);
-        store.replay_deferred::<()>(&due_key, None);
+        if row.is_some() {
+            store.replay_deferred::<()>(&open_key, None);
+        }
+        if due.is_some() {
+            store.replay_deferred::<()>(&due_key, None);
+        }
         return Ok(());
     }
-    let name = match store.get_raw::<OpenInvoice>(&open_key)? {
-        Some(row) => row.account_name,
+    let name = match &row {
+        Some(row) => row.account_name.clone(),
         None => store
             .get::<Account>("account", &inv.account_id)?
             .map(|a| a.name)
             .unwrap_or_default(),
     };
-    if let Some(row) = open_invoice(inv, &name) {
-        store.replay_deferred(&open_key, Some(&row));
-        if store.get_raw::<String>(&due_key)?.is_none() {
+    if let Some(wanted) = open_invoice(inv, &name) {
+        if row.as_ref() != Some(&wanted) {
+            store.replay_deferred(&open_key, Some(&wanted));
+        }
+        if due.is_none() {
             store.replay_deferred(&due_key, Some(&inv.id));
         }
     }
