@@ -422,17 +422,7 @@ fn import_with_daemon(dir: &Path, data: &Path, csv: &Path) -> (f64, u64, String)
     )
     .expect("config");
     let bin = release_dir().join("settled");
-    let log = std::fs::File::create(dir.join("daemon.log")).expect("log");
-    let mut daemon = Command::new(&bin)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("SETTLED_API_TOKEN", BENCH_TOKEN)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start settled");
+    let mut daemon = spawn_daemon(&config, &dir.join("daemon.log"));
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(120);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -466,21 +456,25 @@ fn import_with_daemon(dir: &Path, data: &Path, csv: &Path) -> (f64, u64, String)
     (secs, rss, summary)
 }
 
-/// Start the daemon again on the store `import_with_daemon` left: (the `ready_ms` it logs, resident MiB at ready).
-fn restart_daemon(dir: &Path) -> (u64, u64) {
-    let bin = release_dir().join("settled");
-    let log_path = dir.join("daemon-restart.log");
-    let log = std::fs::File::create(&log_path).expect("log");
-    let mut daemon = Command::new(&bin)
+/// `settled run --config CONFIG`, the release binary, logging to `log`.
+fn spawn_daemon(config: &Path, log: &Path) -> std::process::Child {
+    let log = std::fs::File::create(log).expect("log");
+    Command::new(release_dir().join("settled"))
         .args(["run", "--config"])
-        .arg(dir.join("settled.toml"))
+        .arg(config)
         .env("SETTLED_API_TOKEN", BENCH_TOKEN)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
-        .expect("start settled");
+        .expect("start settled")
+}
+
+/// Start the daemon again on the store `import_with_daemon` left: (the `ready_ms` it logs, resident MiB at ready).
+fn restart_daemon(dir: &Path) -> (u64, u64) {
+    let log_path = dir.join("daemon-restart.log");
+    let mut daemon = spawn_daemon(&dir.join("settled.toml"), &log_path);
     let deadline = Instant::now() + Duration::from_secs(300);
     let ready_ms = loop {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();

@@ -5,6 +5,16 @@ fn open(dir: &Path) -> Store {
     Store::open(dir, &StoreOptions::default()).expect("store opens")
 }
 
+/// A key as sled holds it, overlay or not.
+fn on_disk(store: &Store, key: &str) -> Option<serde_json::Value> {
+    store
+        .tree()
+        .unwrap()
+        .get(key)
+        .unwrap()
+        .map(|v| serde_json::from_slice(&v).unwrap())
+}
+
 #[tokio::test]
 async fn a_write_set_is_applied_atomically_with_its_events_and_outbox_rows() {
     let dir = tempfile::tempdir().unwrap();
@@ -1020,14 +1030,7 @@ fn deferred_writes_are_read_and_scanned_over_sled_until_a_checkpoint_writes_them
     ws.index("open-invoice", "inv_2", "inv_2");
     ws.event("t", "issued", "invoice", "inv_1", json!({}), false);
     store.apply(ws).unwrap();
-    let on_disk = |key: &str| -> Option<serde_json::Value> {
-        store
-            .tree()
-            .unwrap()
-            .get(key)
-            .unwrap()
-            .map(|v| serde_json::from_slice(&v).unwrap())
-    };
+    let on_disk = |key: &str| on_disk(&store, key);
 
     let mut ws = store.begin();
     ws.put_deferred("e/invoice/inv_1", Some(&json!({"paid": "5"})));
@@ -1121,14 +1124,7 @@ fn a_checkpoint_running_beside_writers_never_puts_its_older_value_over_a_newer_o
 ) {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let on_disk = |key: &str| -> Option<serde_json::Value> {
-        store
-            .tree()
-            .unwrap()
-            .get(key)
-            .unwrap()
-            .map(|v| serde_json::from_slice(&v).unwrap())
-    };
+    let on_disk = |key: &str| on_disk(&store, key);
     let mut ws = store.begin();
     ws.event("t", "a", "x", "1", json!({}), false);
     for id in ["inv_1", "inv_2", "inv_3"] {

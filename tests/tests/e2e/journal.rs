@@ -84,6 +84,30 @@ fn upload(d: &Daemon, csv: &str) -> std::thread::JoinHandle<reqwest::Result<u16>
     })
 }
 
+/// Wait until the test hook `SETTLED_TEST_ABORT_CHECKPOINT_AFTER` has aborted the daemon in a checkpoint.
+fn aborted_in_a_checkpoint(d: &mut Daemon, within: Duration) {
+    let mut child = d.child.take().expect("running");
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint hook did not fire\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "{status}");
+    assert!(
+        d.log_text()
+            .contains("aborting in the middle of a checkpoint"),
+        "{}",
+        d.log_text()
+    );
+}
+
 fn payment_exists(d: &Daemon, n: usize) -> bool {
     d.call("GET", &format!("/v1/payments/pay_{n:08}"), None).0 == 200
 }
@@ -203,26 +227,7 @@ fn a_daemon_that_dies_halfway_through_a_checkpoint_restarts_to_the_balances_of_a
     d.env = vec![("SETTLED_TEST_ABORT_CHECKPOINT_AFTER".into(), "15".into())];
     d.spawn();
     let upload = upload(&d, &statement.csv);
-    let mut child = d.child.take().expect("running");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the checkpoint hook did not fire\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(!status.success(), "{status}");
-    assert!(
-        d.log_text()
-            .contains("aborting in the middle of a checkpoint"),
-        "{}",
-        d.log_text()
-    );
+    aborted_in_a_checkpoint(&mut d, Duration::from_secs(300));
     assert!(upload.join().expect("upload thread").is_err());
     d.env.clear();
     d.spawn();
@@ -302,26 +307,7 @@ fn a_checkpoint_cut_short_after_an_invoice_but_before_its_index_rows_restarts_wi
     );
     assert_eq!(status, 201, "{body}");
     assert_eq!(crate::harness::invoice(&d, &inv)["payment_status"], "paid");
-    let mut child = d.child.take().expect("running");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint ran\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(!exit.success(), "{exit}");
-    assert!(
-        d.log_text()
-            .contains("aborting in the middle of a checkpoint"),
-        "{}",
-        d.log_text()
-    );
+    aborted_in_a_checkpoint(&mut d, Duration::from_secs(60));
     d.env.clear();
     d.spawn();
     let v = crate::harness::invoice(&d, &inv);
