@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::domain::numbering::SeriesPattern;
 use crate::domain::DomainError;
 use crate::reconcile::MatchIndex;
-use crate::store::{CommitTicket, Store, StoreError, WriteSet};
+use crate::store::{CheckpointTurn, CommitTicket, Store, StoreError, WriteSet};
 
 pub use billing::{IssueInput, PaymentInput};
 pub use imports::{Import, ImportCounts, ImportJournal, ImportStatus};
@@ -277,8 +277,7 @@ impl Engine {
     /// Returns `false` when the store was open.
     pub fn recover_store(&self) -> EngineResult<bool> {
         // A checkpoint still writing belongs to the closed opening: let it stop before the overlay is rebuilt.
-        let _turn = self.inner.store.checkpoint_turn();
-        let mut state = self.lock_state();
+        let (mut state, _turn) = self.lock_state_and_checkpoint_turn();
         if !self.inner.store.reopen()? {
             return Ok(false);
         }
@@ -293,9 +292,8 @@ impl Engine {
     /// closed, or when nothing is deferred and the checkpoint is at the newest event already.
     pub fn checkpoint(&self) -> EngineResult<usize> {
         let store = &self.inner.store;
-        let turn = store.checkpoint_turn();
         let snapshot = {
-            let _state = self.lock_state();
+            let (_state, turn) = self.lock_state_and_checkpoint_turn();
             if store.failure().is_some() {
                 return Ok(0);
             }
@@ -306,6 +304,20 @@ impl Engine {
             store.snapshot_overlay(turn, newest)
         };
         write_snapshot(store, snapshot)
+    }
+
+    /// The writer lock and the checkpoint turn, both. Lock order: a holder of the turn never waits for the writer lock
+    /// (the turn is taken only by one holding the writer lock, or by the checkpoint thread, which never takes it), so a
+    /// writer may wait for a running checkpoint while holding the writer lock ([`Engine::checkpoint_if_full`]). Hence
+    /// here: wait for a running checkpoint without the writer lock, then take the turn under it, or try again.
+    fn lock_state_and_checkpoint_turn(&self) -> (MutexGuard<'_, State>, CheckpointTurn) {
+        loop {
+            self.inner.store.wait_for_checkpoint();
+            let state = self.lock_state();
+            if let Some(turn) = self.inner.store.try_checkpoint_turn() {
+                return (state, turn);
+            }
+        }
     }
 
     /// Called by a writer (holding the writer lock) after each write set: once `[journal] checkpoint_dirty` writes were

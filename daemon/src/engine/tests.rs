@@ -1363,3 +1363,56 @@ proptest::proptest! {
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_waiting_for_a_running_checkpoint_and_a_checkpoint_waiting_for_the_writer_lock_never_deadlock(
+) {
+    let w = World::new();
+    let inv = w.issued_invoice("Deadlock", "100000.00").await;
+    let number = inv.number.clone().unwrap();
+    // A checkpoint after every deferred write, and a writer that waits for the running one once two keys wait (the
+    // invoice and its open-invoice row): the writer waits for checkpoints all the time.
+    let mut config = Config::default();
+    config.journal.checkpoint_dirty = 1;
+    let engine = Engine::new(w.engine.store().clone(), config, Box::new(w.clock.clone())).unwrap();
+    // Meanwhile checkpoints asked for from another thread, as the timer and the end of every import do.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checkpoints = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                engine.checkpoint().unwrap();
+            }
+        })
+    };
+    // The writer on a thread of its own, so a deadlock fails the test instead of hanging it.
+    let (done, finished) = std::sync::mpsc::channel();
+    let writer = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            for i in 0..300 {
+                let record = payment_record(&format!("d{i}"), "0.01", "Deadlock", &number);
+                runtime
+                    .block_on(engine.ingest("bank", "camt", None, vec![record]))
+                    .unwrap();
+            }
+            let _ = done.send(());
+        })
+    };
+    let finished = finished.recv_timeout(std::time::Duration::from_secs(120));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        finished.is_ok(),
+        "the writer and the checkpoints deadlocked"
+    );
+    writer.join().unwrap();
+    checkpoints.join().unwrap();
+    assert_eq!(
+        engine.show("invoice", &inv.id).unwrap()["amount_paid"],
+        "3.00"
+    );
+}

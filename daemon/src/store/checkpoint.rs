@@ -83,8 +83,10 @@ impl CheckpointSnapshot {
 }
 
 impl Store {
-    /// Take the checkpoint turn, waiting for a running checkpoint. A caller holding the engine's writer lock may wait:
-    /// a checkpoint never needs that lock, only the store's own.
+    /// Take the checkpoint turn, waiting for a running checkpoint. A caller holding the engine's writer lock may wait,
+    /// as long as no holder of the turn waits for that lock: the engine takes the turn only under the writer lock (and
+    /// `Engine::checkpoint` waits for a running checkpoint before it takes the writer lock), and a checkpoint's thread
+    /// never takes it.
     pub fn checkpoint_turn(&self) -> CheckpointTurn {
         let checkpoints = &self.inner.checkpoints;
         let mut running = checkpoints.lock_running();
