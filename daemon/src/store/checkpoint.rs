@@ -210,12 +210,4 @@ impl Store {
         drop(snapshot.turn);
         Ok(written)
     }
-
-    /// A whole checkpoint at `position`, for a caller holding the engine's writer lock and no checkpoint running
-    /// beside it (tests, and callers that write nothing else meanwhile).
-    pub fn write_back(&self, position: u64) -> StoreResult<usize> {
-        let turn = self.checkpoint_turn();
-        let snapshot = self.snapshot_overlay(turn, position);
-        self.write_snapshot(snapshot)
-    }
 }

@@ -22,7 +22,7 @@
 //! Deferred writes ([`WriteSet::put_deferred`]): the payment state an ingested payment gives its invoice (the invoice,
 //! its `i/open-invoice/` and `i/open-due/` rows) goes to an in-memory overlay instead of sled. Every read looks at the
 //! overlay first. The journal (allocation records and `payment.recorded` events, which are written through) is the
-//! truth: [`Store::write_back`] writes the overlay to sled in key order with the event id it covers (`m/checkpoint`),
+//! truth: [`Store::write_snapshot`] writes the overlay to sled in key order with the event id it covers (`m/checkpoint`),
 //! and after a crash the engine replays the events after it into the overlay (`engine/journal.rs`).
 //!
 //! Only the engine writes. It holds one writer lock, reads, then applies one [`WriteSet`] as a sled `Batch` (atomic within the tree),
@@ -189,7 +189,7 @@ struct Inner {
 /// The overlay of deferred writes, in key order (scans merge it with sled's keys).
 type Overlay = BTreeMap<String, Option<sled::IVec>>;
 
-/// Where a test asks a checkpoint to abort the process (see [`Store::write_back`]).
+/// Where a test asks a checkpoint to abort the process (see [`Store::write_snapshot`]).
 const ABORT_CHECKPOINT_ENV: &str = "SETTLED_TEST_ABORT_CHECKPOINT_AFTER";
 
 /// The key holding the audit event id up to which every deferred write is in sled.
@@ -1024,7 +1024,7 @@ impl WriteSet {
 
     /// Write (`Some`) or remove (`None`) a key in the store's in-memory overlay instead of sled, for state the journal
     /// can rebuild (an invoice's payment state after an ingested payment, see `engine/journal.rs`): every read sees
-    /// it at once, sled gets it at the next checkpoint ([`Store::write_back`]). A key this set writes through stays
+    /// it at once, sled gets it at the next checkpoint ([`Store::write_snapshot`]). A key this set writes through stays
     /// written through, so nothing the journal cannot rebuild is left to the overlay.
     pub fn put_deferred<T: Serialize>(&mut self, key: &str, value: Option<&T>) {
         let value = value.map(encode);

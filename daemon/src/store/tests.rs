@@ -1080,7 +1080,8 @@ fn deferred_writes_are_read_and_scanned_over_sled_until_a_checkpoint_writes_them
 
     // A checkpoint writes the overlay to sled with the position it covers, and empties it.
     assert_eq!(store.checkpoint().unwrap(), None);
-    assert_eq!(store.write_back(1).unwrap(), 1);
+    let snapshot = store.snapshot_overlay(store.checkpoint_turn(), 1);
+    assert_eq!(store.write_snapshot(snapshot).unwrap(), 1);
     assert_eq!(store.deferred_len(), 0);
     assert_eq!(store.checkpoint().unwrap(), Some(1));
     assert_eq!(on_disk("i/open-invoice/inv_1"), None);

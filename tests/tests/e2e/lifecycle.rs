@@ -204,18 +204,7 @@ fn backup_and_restore_move_every_record_to_a_new_data_dir() {
         .arg(d.data_dir());
     let r = run(cmd);
     assert!(r.status.success(), "{r}");
-    let moved = d.dir.path().join("moved");
-    let mut cmd = settled(d.dir.path());
-    cmd.arg("restore").arg(&file).arg("--data-dir").arg(&moved);
-    let r = run(cmd);
-    assert!(r.status.success(), "{r}");
-    // Point the daemon at the restored dir.
-    let config = std::fs::read_to_string(d.dir.path().join("settled.toml")).unwrap();
-    let config = config.replace(
-        &d.data_dir().display().to_string(),
-        &moved.display().to_string(),
-    );
-    std::fs::write(d.dir.path().join("settled.toml"), config).unwrap();
+    restore_and_point_at(&d, &file, &d.dir.path().join("moved"));
     d.spawn();
     let restored = d.ok(
         "GET",
@@ -230,6 +219,20 @@ fn backup_and_restore_move_every_record_to_a_new_data_dir() {
 }
 
 /// A backup of schema 3 rewritten as schema 2 wrote it: every seen key `s/<key>` of its own instead of in `S/` blocks.
+/// `settled restore FILE --data-dir DIR`, then point the (stopped) daemon's config at DIR.
+fn restore_and_point_at(d: &Daemon, file: &std::path::Path, dir: &std::path::Path) {
+    let mut cmd = settled(d.dir.path());
+    cmd.arg("restore").arg(file).arg("--data-dir").arg(dir);
+    let r = run(cmd);
+    assert!(r.status.success(), "{r}");
+    let config = std::fs::read_to_string(d.dir.path().join("settled.toml")).unwrap();
+    let config = config.replace(
+        &d.data_dir().display().to_string(),
+        &dir.display().to_string(),
+    );
+    std::fs::write(d.dir.path().join("settled.toml"), config).unwrap();
+}
+
 fn as_schema_2_backup(text: &str) -> String {
     let mut out = String::new();
     for line in text.lines() {
@@ -293,17 +296,7 @@ fn a_bank_file_imported_again_after_a_restart_a_kill_9_and_a_restore_from_schema
     let old = as_schema_2_backup(&std::fs::read_to_string(&file).unwrap());
     assert!(old.contains("{\"k\":\"s/pay:camt:"), "{old}");
     std::fs::write(&file, old).unwrap();
-    let older = d.dir.path().join("from-schema-2");
-    let mut cmd = settled(d.dir.path());
-    cmd.arg("restore").arg(&file).arg("--data-dir").arg(&older);
-    let r = run(cmd);
-    assert!(r.status.success(), "{r}");
-    let config = std::fs::read_to_string(d.dir.path().join("settled.toml")).unwrap();
-    let config = config.replace(
-        &d.data_dir().display().to_string(),
-        &older.display().to_string(),
-    );
-    std::fs::write(d.dir.path().join("settled.toml"), config).unwrap();
+    restore_and_point_at(&d, &file, &d.dir.path().join("from-schema-2"));
     d.spawn();
     again(&d, "after restoring a schema 2 backup");
 }
