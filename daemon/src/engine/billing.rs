@@ -113,16 +113,18 @@ pub(crate) struct PaymentDraft<'a> {
 
 /// Announce a recorded payment (`payment.recorded`, an outbox event) with what every such event carries: amount,
 /// currency, the allocations made with their audit trail ([`allocations_json`]), what went to credit and the day it was
-/// received; `extra` (a JSON object) adds what the caller knows besides.
+/// received; `extra` (a JSON object) adds what the caller knows besides. `known`: invoices the caller holds as saved
+/// (read again from the write set otherwise).
 pub(crate) fn payment_recorded(
     tx: &mut Tx<'_>,
     actor: &str,
     pay: &Payment,
     made: &[Allocation],
+    known: &[&Invoice],
     extra: serde_json::Value,
 ) {
     let mut body = serde_json::json!({"amount": pay.amount, "currency": pay.currency,
-        "allocations": allocations_json(tx, made), "to_credit": pay.unallocated, "received_on": pay.received_on});
+        "allocations": allocations_json(tx, made, known), "to_credit": pay.unallocated, "received_on": pay.received_on});
     if let (Some(body), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
         body.extend(extra);
     }
@@ -132,15 +134,27 @@ pub(crate) fn payment_recorded(
 /// The allocations of a payment as its `payment.recorded` event carries them: each with its rule, evidence and
 /// confidence, so the audit log explains every allocation without an event of its own.
 /// Each also names the invoice's number and, when it is kept in other systems too, its ids there
-/// (`invoice_external_refs`), so a sink that keeps invoices (an accounting package) finds its own.
-pub(crate) fn allocations_json(tx: &Tx<'_>, made: &[Allocation]) -> serde_json::Value {
+/// (`invoice_external_refs`), so a sink that keeps invoices (an accounting package) finds its own. An invoice in
+/// `known` (as saved in this write set) is not read again.
+pub(crate) fn allocations_json(
+    tx: &Tx<'_>,
+    made: &[Allocation],
+    known: &[&Invoice],
+) -> serde_json::Value {
     made.iter()
         .map(|a| {
-            let inv = tx.get::<Invoice>("invoice", &a.invoice_id).ok();
+            let read;
+            let inv = match known.iter().find(|i| i.id == a.invoice_id) {
+                Some(inv) => Some(*inv),
+                None => {
+                    read = tx.get::<Invoice>("invoice", &a.invoice_id).ok();
+                    read.as_ref()
+                }
+            };
             let mut json = serde_json::json!({"id": a.id, "invoice_id": a.invoice_id, "amount": a.amount, "kind": a.kind,
                 "rule": a.rule, "evidence": a.evidence, "confidence": a.confidence,
-                "invoice_number": inv.as_ref().and_then(|i| i.number.clone())});
-            if let Some(refs) = inv.map(|i| i.external_refs).filter(|r| !r.is_empty()) {
+                "invoice_number": inv.and_then(|i| i.number.clone())});
+            if let Some(refs) = inv.map(|i| &i.external_refs).filter(|r| !r.is_empty()) {
                 json["invoice_external_refs"] = serde_json::json!(refs);
             }
             json
@@ -809,6 +823,7 @@ impl Engine {
                 actor,
                 &pay,
                 &made,
+                &[],
                 serde_json::json!({"payer": pay.payer}),
             );
             Ok((pay, false))

@@ -391,7 +391,7 @@ impl Engine {
                 serde_json::json!({"payment_id": pay.id}),
                 false,
             );
-            payment_recorded(tx, actor, &pay, &made, serde_json::json!({}));
+            payment_recorded(tx, actor, &pay, &made, &[], serde_json::json!({}));
             Ok(item)
         })
         .await
@@ -705,6 +705,8 @@ fn ingest_payment(
             // are deferred writes, rebuilt from the journal after a crash. (An error fails the whole write set.)
             tx.defer_invoices = true;
             let mut made = Vec::with_capacity(allocations.len() + 1);
+            // As saved, for the event below (which names their numbers) not to read them again.
+            let mut paid = Vec::with_capacity(allocations.len() + 1);
             let mut partially = false;
             for proposed in &allocations {
                 let mut inv: Invoice = tx.get("invoice", &proposed.invoice_id)?;
@@ -727,6 +729,7 @@ fn ingest_payment(
                 if invoice::balance(&inv) > Decimal::ZERO {
                     partially = true;
                 }
+                paid.push(inv);
             }
             if let Some((invoice_id, amount)) = write_off {
                 let mut inv: Invoice = tx.get("invoice", &invoice_id)?;
@@ -742,6 +745,7 @@ fn ingest_payment(
                 )?;
                 made.push(alloc);
                 partially = invoice::balance(&inv) > Decimal::ZERO;
+                paid.push(inv);
             }
             tx.defer_invoices = false;
             if surplus > Decimal::ZERO {
@@ -778,7 +782,8 @@ fn ingest_payment(
             tx.put("payment", &pay.id, &pay);
             let extra = serde_json::json!({"fee": fee, "external_id": record.external_id,
                 "source": record.source_position});
-            payment_recorded(tx, actor, &pay, &made, extra);
+            let known: Vec<&Invoice> = paid.iter().collect();
+            payment_recorded(tx, actor, &pay, &made, &known, extra);
             tx.ws
                 .seen(&seen_key, &serde_json::json!({"payment_id": pay.id}));
             summary.new += 1;

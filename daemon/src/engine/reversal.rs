@@ -377,8 +377,8 @@ pub(crate) fn reverse(
         "payment",
         &pay.id,
         serde_json::json!({"amount": reversed, "currency": pay.currency, "payment_amount": pay.amount, "why": why,
-            "refund": refund, "allocations": allocations_json(tx, &made), "credit_taken_back": credit_taken,
-            "credit_reopened": allocations_json(tx, &undone.reopened), "credit_notes_taken_back": undone.credit_notes,
+            "refund": refund, "allocations": allocations_json(tx, &made, &[]), "credit_taken_back": credit_taken,
+            "credit_reopened": allocations_json(tx, &undone.reopened, &[]), "credit_notes_taken_back": undone.credit_notes,
             "fully_reversed": pay.state == PaymentState::Reversed, "excess": want.max(Decimal::ZERO)}),
         true,
     );
