@@ -815,7 +815,7 @@ impl Engine {
                 tx.ws.seen(key, &serde_json::json!({"payment_id": pay.id}));
             }
             if !made.is_empty() {
-                index_paid(tx, &pay.id, input.external_id.as_deref(), None);
+                index_paid(tx, &pay.id, input.external_id.as_deref(), None)?;
             }
             tx.put("payment", &pay.id, &pay);
             payment_recorded(
@@ -894,35 +894,60 @@ pub(crate) fn issue_in(
     Ok(inv)
 }
 
-/// Note a payment that pays something under its bank reference and end-to-end id (`i/paid-by/<key>/<payment id>`),
-/// so that a return arriving through any connector finds it (see `reversal`). Content-hash ids (sources without a
-/// reference) are left out: no other file repeats them.
+/// Note a payment that pays something under its bank reference and end-to-end id, so that a return arriving through
+/// any connector finds it (see `reversal`). The note is a `seen` entry `paid-by:<kind>:<reference>/` listing the
+/// payments (appended with the write set's other seen keys, not a key of its own per payment); stores written before
+/// it keep their `i/paid-by/<key>/<payment id>` rows, which [`paid_by`] reads too. Content-hash ids (sources without
+/// a reference) are left out: no other file repeats them.
 pub(crate) fn index_paid(
     tx: &mut Tx<'_>,
     payment_id: &str,
     external_id: Option<&str>,
     end_to_end_id: Option<&str>,
-) {
-    if let Some(reference) = external_id.filter(|r| !is_content_hash(r)) {
-        tx.ws.index(
-            "paid-by",
-            &paid_by_key("ref", reference, payment_id),
-            payment_id,
-        );
+) -> EngineResult<()> {
+    let references = [
+        ("ref", external_id.filter(|r| !is_content_hash(r))),
+        ("e2e", end_to_end_id.filter(|id| !id.trim().is_empty())),
+    ];
+    for (kind, reference) in references {
+        let Some(reference) = reference else {
+            continue;
+        };
+        let key = paid_by_seen_key(kind, reference);
+        let mut payments = paid_by_listed(tx.seen(&key)?);
+        if !payments.iter().any(|p| p == payment_id) {
+            payments.push(payment_id.to_string());
+            tx.ws
+                .seen(&key, &serde_json::json!({ "payments": payments }));
+        }
     }
-    if let Some(id) = end_to_end_id.filter(|id| !id.trim().is_empty()) {
-        tx.ws
-            .index("paid-by", &paid_by_key("e2e", id, payment_id), payment_id);
+    Ok(())
+}
+
+/// The payments noted under a reference ([`index_paid`]): the `seen` entry's list, then the rows of older stores.
+pub(crate) fn paid_by(tx: &Tx<'_>, kind: &str, reference: &str) -> EngineResult<Vec<String>> {
+    let mut payments = paid_by_listed(tx.seen(&paid_by_seen_key(kind, reference))?);
+    for id in tx.index_prefix("paid-by", &paid_by_prefix(kind, reference))? {
+        if !payments.contains(&id) {
+            payments.push(id);
+        }
     }
+    Ok(payments)
+}
+
+fn paid_by_seen_key(kind: &str, reference: &str) -> String {
+    format!("paid-by:{}", paid_by_prefix(kind, reference))
+}
+
+fn paid_by_listed(entry: Option<serde_json::Value>) -> Vec<String> {
+    entry
+        .and_then(|e| serde_json::from_value(e["payments"].clone()).ok())
+        .unwrap_or_default()
 }
 
 /// The `paid-by` index prefix of one reference: `<kind>:<reference, lower case, escaped>/`.
-pub(crate) fn paid_by_prefix(kind: &str, reference: &str) -> String {
+fn paid_by_prefix(kind: &str, reference: &str) -> String {
     format!("{kind}:{}/", escape_key(&reference.trim().to_lowercase()))
-}
-
-fn paid_by_key(kind: &str, reference: &str, payment_id: &str) -> String {
-    format!("{}{payment_id}", paid_by_prefix(kind, reference))
 }
 
 /// Note an issued invoice under its RF reference and number key (`i/invoice-ref/<key>`), so a return naming it finds

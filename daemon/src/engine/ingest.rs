@@ -375,7 +375,7 @@ impl Engine {
                     &pay.id,
                     Some(&item.record.external_id),
                     item.record.end_to_end_id.as_deref(),
-                );
+                )?;
             }
             tx.put("payment", &pay.id, &pay);
             item.status = ReviewStatus::Allocated;
@@ -777,7 +777,7 @@ fn ingest_payment(
                     &pay.id,
                     Some(&record.external_id),
                     record.end_to_end_id.as_deref(),
-                );
+                )?;
             }
             tx.put("payment", &pay.id, &pay);
             let extra = serde_json::json!({"fee": fee, "external_id": record.external_id,

@@ -1,8 +1,8 @@
 //! Returns, reversals, refunds and chargebacks: finding the payment one undoes, across connectors of the same bank
 //! account, and undoing exactly the amount it returned by compensating allocations (allocations are never edited).
 //!
-//! Finding the original: every payment that pays something is indexed under its bank reference and end-to-end id
-//! (`i/paid-by/<key>/<payment id>`, `billing::index_paid`); every issued invoice under its RF reference and number
+//! Finding the original: every payment that pays something is noted under its bank reference and end-to-end id
+//! (a `seen` entry `paid-by:<key>`, or in older stores `i/paid-by/<key>/<payment id>`; `billing::index_paid`); every issued invoice under its RF reference and number
 //! key (`i/invoice-ref/<key>`, written when it is issued). A return is looked up by the original's bank reference, its
 //! end-to-end id and the RF or invoice references in its text; the candidates are scored on that evidence plus
 //! amount and counterparty. One best candidate is the original; two equally good ones are never guessed between.
@@ -24,7 +24,7 @@ use settled_plugin_api::{PaymentKind, PaymentRecord};
 
 use serde::Deserialize;
 
-use super::billing::{allocations_json, invoice_ref_key, paid_by_prefix};
+use super::billing::{allocations_json, invoice_ref_key, paid_by};
 use super::views::DecimalText;
 use super::{Engine, EngineResult, Tx};
 use crate::domain::invoice::{self, Invoice};
@@ -166,7 +166,7 @@ pub(crate) fn find_original(
                 note(id, "bank reference");
             }
         }
-        for id in tx.index_prefix("paid-by", &paid_by_prefix("ref", original))? {
+        for id in paid_by(tx, "ref", original)? {
             note(&id, "bank reference");
         }
     }
@@ -176,7 +176,7 @@ pub(crate) fn find_original(
         .map(str::trim)
         .filter(|e| !e.is_empty())
     {
-        for id in tx.index_prefix("paid-by", &paid_by_prefix("e2e", end_to_end))? {
+        for id in paid_by(tx, "e2e", end_to_end)? {
             note(&id, "end-to-end id");
         }
     }

@@ -1416,3 +1416,49 @@ async fn a_writer_waiting_for_a_running_checkpoint_and_a_checkpoint_waiting_for_
         "3.00"
     );
 }
+
+#[tokio::test]
+async fn payments_noted_under_a_reference_are_found_from_seen_entries_and_from_the_rows_of_older_stores(
+) {
+    let w = World::new();
+    // A store written before the seen entries: its `i/paid-by/` row (as `index_paid` wrote it then).
+    w.engine
+        .write(|tx| {
+            tx.ws
+                .index("paid-by", "ref:t-77/pay_00000001", "pay_00000001");
+            Ok(())
+        })
+        .await
+        .unwrap();
+    // Two payments under the same reference, one of them in a later write set, one noted twice.
+    w.engine
+        .write(|tx| {
+            super::billing::index_paid(tx, "pay_00000002", Some("T-77"), Some("E2E-1"))?;
+            super::billing::index_paid(tx, "pay_00000002", Some("T-77"), None)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    w.engine
+        .write(|tx| super::billing::index_paid(tx, "pay_00000003", Some(" t-77 "), None))
+        .await
+        .unwrap();
+    let found = w
+        .engine
+        .write(|tx| {
+            Ok((
+                super::billing::paid_by(tx, "ref", "T-77")?,
+                super::billing::paid_by(tx, "e2e", "e2e-1")?,
+                super::billing::paid_by(tx, "ref", "T-78")?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        found.0,
+        ["pay_00000002", "pay_00000003", "pay_00000001"],
+        "seen entries first, then the old rows, each payment once"
+    );
+    assert_eq!(found.1, ["pay_00000002"]);
+    assert!(found.2.is_empty());
+}
