@@ -120,7 +120,7 @@ pub(crate) fn payment_recorded(
     actor: &str,
     pay: &Payment,
     made: &[Allocation],
-    known: &[&Invoice],
+    known: &[Invoice],
     extra: serde_json::Value,
 ) {
     let mut body = serde_json::json!({"amount": pay.amount, "currency": pay.currency,
@@ -139,13 +139,13 @@ pub(crate) fn payment_recorded(
 pub(crate) fn allocations_json(
     tx: &Tx<'_>,
     made: &[Allocation],
-    known: &[&Invoice],
+    known: &[Invoice],
 ) -> serde_json::Value {
     made.iter()
         .map(|a| {
             let read;
             let inv = match known.iter().find(|i| i.id == a.invoice_id) {
-                Some(inv) => Some(*inv),
+                Some(inv) => Some(inv),
                 None => {
                     read = tx.get::<Invoice>("invoice", &a.invoice_id).ok();
                     read.as_ref()

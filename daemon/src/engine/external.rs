@@ -331,6 +331,6 @@ fn paid_elsewhere(
     tx.put("payment", &pay.id, &pay);
     let extra = serde_json::json!({"payer": pay.payer,
         "paid_elsewhere": {"system": plugin, "external_id": r.external_id, "number": r.number}});
-    payment_recorded(tx, actor, &pay, &[made], &[&inv], extra);
+    payment_recorded(tx, actor, &pay, &[made], std::slice::from_ref(&inv), extra);
     Ok(())
 }

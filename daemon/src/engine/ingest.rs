@@ -782,8 +782,7 @@ fn ingest_payment(
             tx.put("payment", &pay.id, &pay);
             let extra = serde_json::json!({"fee": fee, "external_id": record.external_id,
                 "source": record.source_position});
-            let known: Vec<&Invoice> = paid.iter().collect();
-            payment_recorded(tx, actor, &pay, &made, &known, extra);
+            payment_recorded(tx, actor, &pay, &made, &paid, extra);
             tx.ws
                 .seen(&seen_key, &serde_json::json!({"payment_id": pay.id}));
             summary.new += 1;

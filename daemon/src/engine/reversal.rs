@@ -2,10 +2,11 @@
 //! account, and undoing exactly the amount it returned by compensating allocations (allocations are never edited).
 //!
 //! Finding the original: every payment that pays something is noted under its bank reference and end-to-end id
-//! (a `seen` entry `paid-by:<key>`, or in older stores `i/paid-by/<key>/<payment id>`; `billing::index_paid`); every issued invoice under its RF reference and number
-//! key (`i/invoice-ref/<key>`, written when it is issued). A return is looked up by the original's bank reference, its
-//! end-to-end id and the RF or invoice references in its text; the candidates are scored on that evidence plus
-//! amount and counterparty. One best candidate is the original; two equally good ones are never guessed between.
+//! (a `seen` entry `paid-by:<key>`, or in older stores `i/paid-by/<key>/<payment id>`; `billing::index_paid`); every
+//! issued invoice under its RF reference and number key (`i/invoice-ref/<key>`, written when it is issued). A return
+//! is looked up by the original's bank reference, its end-to-end id and the RF or invoice references in its text; the
+//! candidates are scored on that evidence plus amount and counterparty. One best candidate is the original; two
+//! equally good ones are never guessed between.
 //!
 //! Undoing part of a payment: newest first. What the payment left on the customer's credit balance counts as its
 //! newest part and is taken back first, then its allocations from the newest to the oldest. A write-off that came

@@ -221,16 +221,7 @@ impl MatchIndex {
             account,
         };
         if slot.is_open() {
-            self.open_count += 1;
-            if let Some(count) = self.account_open.get_mut(account as usize) {
-                *count += 1;
-            }
-            self.by_account
-                .insert((account, slot.invoice.issue_date, handle));
-            self.by_amount
-                .entry(slot.invoice.currency.clone())
-                .or_default()
-                .insert((slot.invoice.balance, handle));
+            self.list_open(&slot, handle);
         }
         self.by_id.insert(key_hash(&slot.invoice.id), handle);
         if let Some(place) = self.slots.get_mut(handle as usize) {
@@ -239,68 +230,74 @@ impl MatchIndex {
     }
 
     /// What a payment changes: an invoice known under the same id, number, reference, customer, currency and dates
-    /// gets its new balance, moved only in the indexes the balance keys (amounts, and open or not). Gives the invoice
+    /// gets its new balance, moved only in the indexes of open invoices (amounts, customers, counts). Gives the invoice
     /// back when anything else differs (or it is new), for the full re-index.
     fn update_balance(&mut self, inv: OpenInvoice) -> Option<OpenInvoice> {
         let Some(handle) = self.handle_of(&inv.id) else {
             return Some(inv);
         };
-        let Some(slot) = self.slots.get_mut(handle as usize).and_then(Option::as_mut) else {
+        let same = self.invoice(handle).is_some_and(|old| {
+            old.id == inv.id
+                && old.number == inv.number
+                && old.rf_reference == inv.rf_reference
+                && old.account_id == inv.account_id
+                && old.account_name == inv.account_name
+                && old.currency == inv.currency
+                && old.issue_date == inv.issue_date
+                && old.due_date == inv.due_date
+        });
+        let Some(old) = self
+            .slots
+            .get_mut(handle as usize)
+            .and_then(|place| place.take_if(|_| same))
+        else {
             return Some(inv);
         };
-        let old = &slot.invoice;
-        let same = old.id == inv.id
-            && old.number == inv.number
-            && old.rf_reference == inv.rf_reference
-            && old.account_id == inv.account_id
-            && old.account_name == inv.account_name
-            && old.currency == inv.currency
-            && old.issue_date == inv.issue_date
-            && old.due_date == inv.due_date;
-        if !same {
-            return Some(inv);
+        if old.is_open() {
+            self.unlist_open(&old, handle);
         }
-        let account = slot.account;
-        let was_open = slot.is_open();
-        let old_balance = std::mem::replace(&mut slot.invoice, inv).balance;
-        let now_open = slot.is_open();
-        let (currency, balance, issue_date) = (
-            slot.invoice.currency.clone(),
-            slot.invoice.balance,
-            slot.invoice.issue_date,
-        );
-        if was_open {
-            if let Some(amounts) = self.by_amount.get_mut(&currency) {
-                amounts.remove(&(old_balance, handle));
-                if amounts.is_empty() {
-                    self.by_amount.remove(&currency);
-                }
-            }
+        let slot = Slot {
+            invoice: inv,
+            account: old.account,
+        };
+        if slot.is_open() {
+            self.list_open(&slot, handle);
         }
-        if now_open {
-            self.by_amount
-                .entry(currency)
-                .or_default()
-                .insert((balance, handle));
-        }
-        match (was_open, now_open) {
-            (true, false) => {
-                self.open_count -= 1;
-                if let Some(count) = self.account_open.get_mut(account as usize) {
-                    *count = count.saturating_sub(1);
-                }
-                self.by_account.remove(&(account, issue_date, handle));
-            }
-            (false, true) => {
-                self.open_count += 1;
-                if let Some(count) = self.account_open.get_mut(account as usize) {
-                    *count += 1;
-                }
-                self.by_account.insert((account, issue_date, handle));
-            }
-            _ => {}
+        if let Some(place) = self.slots.get_mut(handle as usize) {
+            *place = Some(slot);
         }
         None
+    }
+
+    /// Enter an open invoice in the indexes of open invoices: by customer and issue date, by balance, and the counts.
+    fn list_open(&mut self, slot: &Slot, handle: Handle) {
+        self.open_count += 1;
+        if let Some(count) = self.account_open.get_mut(slot.account as usize) {
+            *count += 1;
+        }
+        self.by_account
+            .insert((slot.account, slot.invoice.issue_date, handle));
+        self.by_amount
+            .entry(slot.invoice.currency.clone())
+            .or_default()
+            .insert((slot.invoice.balance, handle));
+    }
+
+    /// Take an invoice out of the indexes of open invoices ([`MatchIndex::list_open`]).
+    fn unlist_open(&mut self, slot: &Slot, handle: Handle) {
+        let inv = &slot.invoice;
+        self.open_count -= 1;
+        if let Some(count) = self.account_open.get_mut(slot.account as usize) {
+            *count = count.saturating_sub(1);
+        }
+        self.by_account
+            .remove(&(slot.account, inv.issue_date, handle));
+        if let Some(amounts) = self.by_amount.get_mut(&inv.currency) {
+            amounts.remove(&(inv.balance, handle));
+            if amounts.is_empty() {
+                self.by_amount.remove(&inv.currency);
+            }
+        }
     }
 
     /// Forgets an invoice entirely (voided).
@@ -320,18 +317,7 @@ impl MatchIndex {
         self.by_rf
             .remove(key_hash(&rf::normalise(&inv.rf_reference)), handle);
         if slot.is_open() {
-            self.open_count -= 1;
-            if let Some(count) = self.account_open.get_mut(slot.account as usize) {
-                *count = count.saturating_sub(1);
-            }
-            self.by_account
-                .remove(&(slot.account, inv.issue_date, handle));
-            if let Some(amounts) = self.by_amount.get_mut(&inv.currency) {
-                amounts.remove(&(inv.balance, handle));
-                if amounts.is_empty() {
-                    self.by_amount.remove(&inv.currency);
-                }
-            }
+            self.unlist_open(&slot, handle);
         }
     }
 
