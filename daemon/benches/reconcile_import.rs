@@ -578,6 +578,7 @@ fn matching_scaling(_runtime: &tokio::runtime::Runtime) {
                 balance: rust_decimal::Decimal::new(10_000 + (i as i64 % 90_000), 2),
                 issue_date: date,
                 due_date: date,
+                payment: None,
             });
         }
         let build = t.elapsed().as_secs_f64();

@@ -823,12 +823,36 @@ impl Checker {
                     "{name}: open, but not in the daemon's reconciliation index"
                 )),
                 Some(o) => {
+                    let inv = invoices[id];
                     let served = balances.get(*id).copied().unwrap_or_default();
-                    if round_money(o.balance, &invoices[id].currency) != served {
+                    if round_money(o.balance, &inv.currency) != served {
                         report.differ(format!(
                             "{name}: balance {} in the reconciliation index, {served} as served",
                             o.balance
                         ));
+                    }
+                    // A payment is allocated from these figures without reading the invoice.
+                    if let Some(p) = &o.payment {
+                        let record = (inv.totals.total, inv.amount_paid, inv.amount_refunded);
+                        if (p.total, p.amount_paid, p.amount_refunded) != record
+                            || p.announced_status != inv.announced_status
+                            || p.external_refs != inv.external_refs
+                        {
+                            report.differ(format!(
+                                "{name}: the reconciliation index has total {}, paid {}, refunded {}, \
+                                 announced {:?}, {} external ids; the invoice {}, {}, {}, {:?}, {}",
+                                p.total,
+                                p.amount_paid,
+                                p.amount_refunded,
+                                p.announced_status,
+                                p.external_refs.len(),
+                                inv.totals.total,
+                                inv.amount_paid,
+                                inv.amount_refunded,
+                                inv.announced_status,
+                                inv.external_refs.len()
+                            ));
+                        }
                     }
                 }
             }

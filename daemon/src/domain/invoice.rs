@@ -633,17 +633,45 @@ pub fn payment_status(inv: &Invoice, today: NaiveDate) -> PaymentStatus {
     if inv.kind == InvoiceKind::CreditNote {
         return PaymentStatus::Paid;
     }
-    let balance = balance(inv);
-    if inv.amount_refunded > Decimal::ZERO && inv.amount_paid.is_zero() {
-        PaymentStatus::Refunded
-    } else if balance <= Decimal::ZERO && inv.totals.total > Decimal::ZERO {
-        PaymentStatus::Paid
-    } else if balance > Decimal::ZERO && inv.due_date.is_some_and(|due| due < today) {
-        PaymentStatus::Overdue
-    } else if inv.amount_paid > Decimal::ZERO && balance > Decimal::ZERO {
-        PaymentStatus::PartiallyPaid
-    } else {
-        PaymentStatus::Unpaid
+    let figures = StatusFigures {
+        total: inv.totals.total,
+        amount_paid: inv.amount_paid,
+        amount_refunded: inv.amount_refunded,
+        balance: balance(inv),
+        due_date: inv.due_date,
+    };
+    figures.status(today)
+}
+
+/// The figures of an issued invoice (not a credit note) its payment status is derived from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StatusFigures {
+    /// Invoice total.
+    pub total: Decimal,
+    /// Allocated payments minus reversals.
+    pub amount_paid: Decimal,
+    /// Reversed payments refunded to the payer.
+    pub amount_refunded: Decimal,
+    /// What is still owed ([`balance`]).
+    pub balance: Decimal,
+    /// Due date.
+    pub due_date: Option<NaiveDate>,
+}
+
+impl StatusFigures {
+    /// The derived payment status on `today` ([`payment_status`] of an issued invoice).
+    pub fn status(&self, today: NaiveDate) -> PaymentStatus {
+        if self.amount_refunded > Decimal::ZERO && self.amount_paid.is_zero() {
+            PaymentStatus::Refunded
+        } else if self.balance <= Decimal::ZERO && self.total > Decimal::ZERO {
+            PaymentStatus::Paid
+        } else if self.balance > Decimal::ZERO && self.due_date.is_some_and(|due| due < today) {
+            PaymentStatus::Overdue
+        } else if self.amount_paid > Decimal::ZERO && self.balance > Decimal::ZERO {
+            PaymentStatus::PartiallyPaid
+        } else {
+            PaymentStatus::Unpaid
+        }
     }
 }
 

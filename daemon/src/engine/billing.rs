@@ -9,7 +9,9 @@ use super::sales::field_not_found;
 use super::views::DecimalText;
 use super::{Engine, EngineResult, Tx};
 use crate::config::Config;
-use crate::domain::invoice::{self, Invoice, InvoiceKind, InvoiceState, PaymentStatus};
+use crate::domain::invoice::{
+    self, ExternalRef, Invoice, InvoiceKind, InvoiceState, PaymentStatus,
+};
 use crate::domain::money::{parse_positive_amount, Currency};
 use crate::domain::order::Order;
 use crate::domain::party::{self, Account, CreditSource, Reopen};
@@ -17,8 +19,8 @@ use crate::domain::payment::{
     self, Allocation, AllocationKind, AllocationRequest, Payment, PaymentState,
 };
 use crate::domain::{rf, DomainError};
-use crate::reconcile::{MatchIndex, OpenInvoice};
-use crate::store::Store;
+use crate::reconcile::{MatchIndex, OpenInvoice, PaymentFigures};
+use crate::store::{Patch, Store};
 
 /// `POST /v1/invoices` body.
 #[derive(Debug, Clone, Deserialize)]
@@ -120,7 +122,7 @@ pub(crate) fn payment_recorded(
     actor: &str,
     pay: &Payment,
     made: &[Allocation],
-    known: &[Invoice],
+    known: &[Named],
     extra: serde_json::Value,
 ) {
     let mut body = serde_json::json!({"amount": pay.amount, "currency": pay.currency,
@@ -139,7 +141,7 @@ pub(crate) fn payment_recorded(
 pub(crate) fn allocations_json(
     tx: &Tx<'_>,
     made: &[Allocation],
-    known: &[Invoice],
+    known: &[Named],
 ) -> serde_json::Value {
     made.iter()
         .map(|a| {
@@ -147,7 +149,10 @@ pub(crate) fn allocations_json(
             let inv = match known.iter().find(|i| i.id == a.invoice_id) {
                 Some(inv) => Some(inv),
                 None => {
-                    read = tx.get::<Invoice>("invoice", &a.invoice_id).ok();
+                    read = tx
+                        .get::<Invoice>("invoice", &a.invoice_id)
+                        .ok()
+                        .map(|inv| Named::from(&inv));
                     read.as_ref()
                 }
             };
@@ -160,6 +165,46 @@ pub(crate) fn allocations_json(
             json
         })
         .collect()
+}
+
+/// What a `payment.recorded` event names of an invoice a payment paid.
+pub(crate) struct Named {
+    pub id: String,
+    pub number: Option<String>,
+    pub external_refs: Vec<ExternalRef>,
+}
+
+impl From<&Invoice> for Named {
+    fn from(inv: &Invoice) -> Named {
+        Named {
+            id: inv.id.clone(),
+            number: inv.number.clone(),
+            external_refs: inv.external_refs.clone(),
+        }
+    }
+}
+
+/// An allocation [`Tx::allocate_open`] made, and what the caller needs of its invoice.
+pub(crate) struct Allocated {
+    pub allocation: Allocation,
+    pub named: Named,
+    pub account_id: String,
+    /// The invoice's balance after it.
+    pub balance: Decimal,
+}
+
+/// A change of an invoice's derived payment status, as `invoice.payment_status_changed` announces it.
+struct StatusChange<'a> {
+    id: &'a str,
+    number: Option<&'a str>,
+    from: Option<PaymentStatus>,
+    to: PaymentStatus,
+    total: Decimal,
+    amount_paid: Decimal,
+    balance: Decimal,
+    currency: &'a str,
+    issue_date: Option<NaiveDate>,
+    due_date: Option<NaiveDate>,
 }
 
 /// The `why` of an `account.credit_changed` event for credit from `source`.
@@ -255,6 +300,13 @@ pub(super) fn open_invoice(inv: &Invoice, account_name: &str) -> Option<OpenInvo
         balance: invoice::balance(inv),
         issue_date: inv.issue_date?,
         due_date: inv.due_date?,
+        payment: Some(PaymentFigures {
+            total: inv.totals.total,
+            amount_paid: inv.amount_paid,
+            amount_refunded: inv.amount_refunded,
+            announced_status: inv.announced_status,
+            external_refs: inv.external_refs.clone(),
+        }),
     })
 }
 
@@ -264,11 +316,17 @@ impl Tx<'_> {
     /// invoice and its open-invoice rows are deferred writes: the journal rebuilds them (`engine/journal.rs`).
     pub(crate) fn save_invoice(&mut self, inv: &mut Invoice, actor: &str) -> EngineResult<()> {
         self.publish_status(inv, actor);
+        self.store_invoice(inv)
+    }
+
+    /// [`Tx::save_invoice`] without announcing a status: for a change that announced it already, or that changes no
+    /// payment figure.
+    pub(crate) fn store_invoice(&mut self, inv: &Invoice) -> EngineResult<()> {
         let defer = self.defer_invoices;
         let invoice_key = format!("e/invoice/{}", inv.id);
         let open_key = format!("i/open-invoice/{}", inv.id);
         if defer {
-            self.ws.put_deferred(&invoice_key, Some(&*inv));
+            self.ws.put_deferred(&invoice_key, Some(inv));
         } else {
             self.ws.put_raw(&invoice_key, inv);
         }
@@ -328,20 +386,156 @@ impl Tx<'_> {
         if status == PaymentStatus::Draft {
             return true;
         }
+        self.announce(
+            actor,
+            &StatusChange {
+                id: &inv.id,
+                number: inv.number.as_deref(),
+                from: last,
+                to: status,
+                total: inv.totals.total,
+                amount_paid: inv.amount_paid,
+                balance: invoice::balance(inv),
+                currency: inv.currency.code(),
+                issue_date: inv.issue_date,
+                due_date: inv.due_date,
+            },
+        );
+        true
+    }
+
+    /// The `invoice.payment_status_changed` event of a change.
+    fn announce(&mut self, actor: &str, change: &StatusChange<'_>) {
         self.event(
             actor,
             "invoice.payment_status_changed",
             "invoice",
-            &inv.id,
+            change.id,
             serde_json::json!({
-                "number": inv.number, "from": last, "to": status,
-                "total": inv.totals.total, "amount_paid": inv.amount_paid,
-                "balance": invoice::balance(inv), "currency": inv.currency,
-                "issue_date": inv.issue_date, "due_date": inv.due_date,
+                "number": change.number, "from": change.from, "to": change.to,
+                "total": change.total, "amount_paid": change.amount_paid,
+                "balance": change.balance, "currency": change.currency,
+                "issue_date": change.issue_date, "due_date": change.due_date,
             }),
             true,
         );
-        true
+    }
+
+    /// [`Tx::allocate`] of an ingested payment to an open invoice without reading the invoice (the import's hot path):
+    /// the figures a payment changes are in the matching index, and the invoice record gets a [`Patch`] in the
+    /// overlay (amount paid, the allocation's id, announced status, `updated_at`), which the journal rebuilds after a
+    /// crash like any deferred write. The same checks, figures, events and rows as reading the invoice, allocating
+    /// and saving it. `None` when the index holds no figures for it (an invoice of a store from before they were
+    /// kept, or not open): the caller takes the usual way.
+    #[allow(clippy::too_many_arguments)] // each argument is one recorded fact of the allocation
+    pub(crate) fn allocate_open(
+        &mut self,
+        payment: &Payment,
+        invoice_id: &str,
+        amount: Decimal,
+        kind: AllocationKind,
+        rule: &str,
+        evidence: &str,
+        confidence: u8,
+        actor: &str,
+    ) -> EngineResult<Option<Allocated>> {
+        debug_assert!(self.defer_invoices, "only a journaled payment patches");
+        let Some(mut open) = self.state.index.get(invoice_id).cloned() else {
+            return Ok(None);
+        };
+        let Some(figures) = open.payment.as_mut() else {
+            return Ok(None);
+        };
+        if amount <= Decimal::ZERO {
+            return Err(DomainError::invalid("amount", "must be greater than zero").into());
+        }
+        if amount > open.balance {
+            return Err(DomainError::invalid(
+                "amount",
+                format!(
+                    "{amount} exceeds the balance {} of the invoice",
+                    open.balance
+                ),
+            )
+            .into());
+        }
+        // As `invoice::apply_payment` and `invoice::balance` compute them (exact decimal sums, same scale).
+        figures.amount_paid += amount;
+        open.balance -= amount;
+        let now = self.now;
+        let id = self.new_id("allocation", "alc")?;
+        let allocation = Allocation {
+            id,
+            payment_id: Some(payment.id.clone()),
+            invoice_id: invoice_id.to_string(),
+            amount,
+            kind,
+            rule: rule.to_string(),
+            evidence: evidence.to_string(),
+            confidence,
+            at: now,
+            reversed: false,
+            compensates: None,
+            credit_sources: Vec::new(),
+        };
+        self.put("allocation", &allocation.id, &allocation);
+        let mut patch = Patch::new();
+        patch
+            .set(
+                "amount_paid",
+                serde_json::json!(figures.amount_paid.to_string()),
+            )
+            .append("allocations", &allocation.id)
+            .set("updated_at", serde_json::json!(now));
+        let status = invoice::StatusFigures {
+            total: figures.total,
+            amount_paid: figures.amount_paid,
+            amount_refunded: figures.amount_refunded,
+            balance: open.balance,
+            due_date: Some(open.due_date),
+        }
+        .status(self.today);
+        if figures.announced_status != Some(status) {
+            let change = StatusChange {
+                id: invoice_id,
+                number: Some(&open.number),
+                from: figures.announced_status,
+                to: status,
+                total: figures.total,
+                amount_paid: figures.amount_paid,
+                balance: open.balance,
+                currency: &open.currency,
+                issue_date: Some(open.issue_date),
+                due_date: Some(open.due_date),
+            };
+            self.announce(actor, &change);
+            figures.announced_status = Some(status);
+            patch.set("announced_status", serde_json::json!(status));
+        }
+        self.ws
+            .put_patch(&format!("e/invoice/{invoice_id}"), patch)?;
+        let allocated = Allocated {
+            allocation,
+            named: Named {
+                id: invoice_id.to_string(),
+                number: Some(open.number.clone()),
+                external_refs: figures.external_refs.clone(),
+            },
+            account_id: open.account_id.clone(),
+            balance: open.balance,
+        };
+        let open_key = format!("i/open-invoice/{invoice_id}");
+        if open.balance > Decimal::ZERO {
+            // Still open, due on the same day: its `i/open-due/` row stays.
+            self.ws.put_deferred(&open_key, Some(&open));
+            self.index_update(IndexUpdate::Upsert(open));
+        } else {
+            let due_key = format!("i/open-due/{}/{invoice_id}", open.due_date);
+            self.ws.put_deferred::<()>(&open_key, None);
+            self.ws.put_deferred::<()>(&due_key, None);
+            self.index_update(IndexUpdate::Remove(invoice_id.to_string()));
+        }
+        Ok(Some(allocated))
     }
 
     pub(crate) fn link_payer(&mut self, key: &str, account_id: &str) {
@@ -508,7 +702,8 @@ impl Engine {
             for id in &due {
                 let mut inv: Invoice = tx.get("invoice", id)?;
                 if tx.publish_status(&mut inv, actor) {
-                    tx.put("invoice", id, &inv);
+                    // Through `store_invoice`: the open-invoice row keeps the status announced.
+                    tx.store_invoice(&inv)?;
                     n += 1;
                 }
             }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use settled_plugin_api::{InvoiceRecord, InvoiceRecordTax};
 
-use super::billing::{payment_recorded, PaymentDraft};
+use super::billing::{payment_recorded, Named, PaymentDraft};
 use super::ingest::ImportSummary;
 use super::{EngineResult, Tx};
 use crate::domain::invoice::{self, ExternalRef, Invoice, InvoiceKind, InvoiceLine, InvoiceState};
@@ -145,7 +145,8 @@ pub(super) fn ingest_invoice(
             if !inv.external_refs.iter().any(|e| e.system == plugin) {
                 inv.external_refs.push(external(false));
                 inv.updated_at = tx.now;
-                tx.put("invoice", &inv.id, &inv);
+                // With its open-invoice row: a payment's event names the invoice's ids in other systems from it.
+                tx.store_invoice(&inv)?;
                 tx.event(
                     actor,
                     "invoice.linked",
@@ -331,6 +332,6 @@ fn paid_elsewhere(
     tx.put("payment", &pay.id, &pay);
     let extra = serde_json::json!({"payer": pay.payer,
         "paid_elsewhere": {"system": plugin, "external_id": r.external_id, "number": r.number}});
-    payment_recorded(tx, actor, &pay, &[made], std::slice::from_ref(&inv), extra);
+    payment_recorded(tx, actor, &pay, &[made], &[Named::from(&inv)], extra);
     Ok(())
 }

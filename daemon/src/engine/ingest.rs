@@ -8,7 +8,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use settled_plugin_api::{EntryStatus, LeadRecord, PaymentKind, PaymentRecord, Record};
 
-use super::billing::{index_paid, payment_recorded, AllocationJson, PaymentDraft, PaymentInput};
+use super::billing::{
+    index_paid, payment_recorded, Allocated, AllocationJson, Named, PaymentDraft, PaymentInput,
+};
 use super::reversal::{self, Original};
 use super::{Engine, EngineResult, ImportJournal, Tx};
 use crate::domain::invoice::{self, Invoice};
@@ -708,44 +710,57 @@ fn ingest_payment(
             // As saved, for the event below (which names their numbers) not to read them again.
             let mut paid = Vec::with_capacity(allocations.len() + 1);
             let mut partially = false;
-            for proposed in &allocations {
-                let mut inv: Invoice = tx.get("invoice", &proposed.invoice_id)?;
-                let alloc = tx.allocate(
-                    &pay,
-                    &mut inv,
+            let rules = allocations.iter().map(|proposed| {
+                let rule = crate::domain::status_name(&proposed.rule);
+                (
+                    &proposed.invoice_id,
                     proposed.amount,
                     AllocationKind::Payment,
-                    &crate::domain::status_name(&proposed.rule),
-                    &proposed.evidence,
+                    rule,
+                    proposed.evidence.as_str(),
                     proposed.confidence,
-                    actor,
-                )?;
-                made.push(alloc);
-                pay.account_id.get_or_insert(inv.account_id.clone());
-                *summary
-                    .matched
-                    .entry(crate::domain::status_name(&proposed.rule))
-                    .or_default() += 1;
-                if invoice::balance(&inv) > Decimal::ZERO {
-                    partially = true;
-                }
-                paid.push(inv);
-            }
-            if let Some((invoice_id, amount)) = write_off {
-                let mut inv: Invoice = tx.get("invoice", &invoice_id)?;
-                let alloc = tx.allocate(
-                    &pay,
-                    &mut inv,
-                    amount,
+                )
+            });
+            let write_off = write_off.as_ref().map(|(invoice_id, amount)| {
+                (
+                    invoice_id,
+                    *amount,
                     AllocationKind::WriteOff,
-                    "write_off",
+                    "write_off".to_string(),
                     "shortfall within the configured tolerance",
                     100,
-                    actor,
+                )
+            });
+            for (invoice_id, amount, kind, rule, evidence, confidence) in rules.chain(write_off) {
+                let written_off = kind == AllocationKind::WriteOff;
+                let fast = tx.allocate_open(
+                    &pay, invoice_id, amount, kind, &rule, evidence, confidence, actor,
                 )?;
-                made.push(alloc);
-                partially = invoice::balance(&inv) > Decimal::ZERO;
-                paid.push(inv);
+                let done = match fast {
+                    Some(done) => done,
+                    None => {
+                        let mut inv: Invoice = tx.get("invoice", invoice_id)?;
+                        let allocation = tx.allocate(
+                            &pay, &mut inv, amount, kind, &rule, evidence, confidence, actor,
+                        )?;
+                        Allocated {
+                            allocation,
+                            named: Named::from(&inv),
+                            balance: invoice::balance(&inv),
+                            account_id: inv.account_id,
+                        }
+                    }
+                };
+                let balance = done.balance;
+                made.push(done.allocation);
+                paid.push(done.named);
+                pay.account_id.get_or_insert(done.account_id);
+                if written_off {
+                    partially = balance > Decimal::ZERO;
+                } else {
+                    *summary.matched.entry(rule).or_default() += 1;
+                    partially |= balance > Decimal::ZERO;
+                }
             }
             tx.defer_invoices = false;
             if surplus > Decimal::ZERO {

@@ -777,6 +777,7 @@ mod tests {
             balance,
             issue_date: date(1, day),
             due_date: date(1, day) + chrono::Days::new(30),
+            payment: None,
         }
     }
 
@@ -1623,6 +1624,7 @@ mod tests {
                 balance: Decimal::new(100_000 + i, 2),
                 issue_date: date(1, 1) + chrono::Days::new(u64::try_from(i % 300).unwrap_or(0)),
                 due_date: date(12, 31),
+                payment: None,
             });
         }
         assert_eq!(index.len(), 200_000);

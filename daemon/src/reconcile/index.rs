@@ -595,6 +595,7 @@ mod tests {
             balance,
             issue_date: date(1),
             due_date: date(28),
+            payment: None,
         }
     }
 

@@ -25,6 +25,8 @@ use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::invoice::{ExternalRef, PaymentStatus};
+
 pub use decide::decide;
 pub use index::{normalise_party_name, MatchIndex};
 pub use references::{
@@ -53,6 +55,30 @@ pub struct OpenInvoice {
     pub issue_date: NaiveDate,
     /// Due date.
     pub due_date: NaiveDate,
+    /// What a payment changes on the invoice besides its balance, so that the engine allocates without reading the
+    /// invoice. `None` in rows of stores from before it was kept: such an invoice is read at its next payment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<PaymentFigures>,
+}
+
+/// An open invoice's payment figures as its record holds them (the engine keeps both in step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentFigures {
+    /// Invoice total.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    /// Allocated payments minus reversals.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount_paid: Decimal,
+    /// Reversed payments refunded to the payer.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount_refunded: Decimal,
+    /// The payment status last announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced_status: Option<PaymentStatus>,
+    /// The invoice in other systems, named by the `payment.recorded` event of a payment of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_refs: Vec<ExternalRef>,
 }
 
 /// Tunable limits of the matcher.

@@ -19,7 +19,9 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use super::{encode, Store, StoreError, StoreResult, ABORT_CHECKPOINT_ENV, CHECKPOINT_KEY};
+use super::{
+    encode, Deferred, Store, StoreError, StoreResult, ABORT_CHECKPOINT_ENV, CHECKPOINT_KEY,
+};
 
 /// Keys per sled batch of a checkpoint.
 const CHECKPOINT_BATCH: usize = 512;
@@ -62,7 +64,7 @@ pub struct CheckpointSnapshot {
     turn: CheckpointTurn,
     position: u64,
     epoch: u64,
-    entries: Vec<(String, Option<sled::IVec>)>,
+    entries: Vec<(String, Deferred)>,
 }
 
 impl CheckpointSnapshot {
@@ -169,15 +171,28 @@ impl Store {
                     reason: "the store was reopened during a checkpoint".into(),
                 });
             }
+            // A patch goes over the value in sled, read here in key order. A writer that writes the key through
+            // after this read records it first, and it is skipped below.
+            let mut values = Vec::with_capacity(part.len());
+            for (key, deferred) in part {
+                let value = match deferred {
+                    Deferred::Value(value) => value.clone(),
+                    patch => match open.tree.get(key.as_bytes()).map_err(fail)? {
+                        None => continue,
+                        base => patch.over(key, base)?,
+                    },
+                };
+                values.push((key, value));
+            }
             {
                 let through = self.inner.checkpoints.lock_through();
                 let mut batch = sled::Batch::default();
-                for (key, value) in part {
+                for (key, value) in values {
                     if through.contains(key) {
                         continue;
                     }
                     match value {
-                        Some(bytes) => batch.insert(key.as_bytes(), bytes.clone()),
+                        Some(bytes) => batch.insert(key.as_bytes(), bytes),
                         None => batch.remove(key.as_bytes()),
                     }
                 }

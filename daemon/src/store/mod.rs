@@ -38,6 +38,7 @@ mod blocks;
 mod checkpoint;
 mod commit;
 mod migrate;
+mod patch;
 mod seen;
 
 use std::collections::{BTreeMap, HashMap};
@@ -52,6 +53,7 @@ use serde::{Deserialize, Serialize};
 pub use backup::{backup_to, restore_from};
 pub use checkpoint::{CheckpointSnapshot, CheckpointTurn};
 use commit::GroupCommit;
+pub use patch::Patch;
 
 /// The schema version this build writes and understands (2: payments, allocations, review items and events in
 /// blocks; 3: `seen` keys in blocks too). Stores and backups of schemas 1 and 2 are converted when opened or restored.
@@ -187,7 +189,42 @@ struct Inner {
 }
 
 /// The overlay of deferred writes, in key order (scans merge it with sled's keys).
-type Overlay = BTreeMap<String, Option<sled::IVec>>;
+type Overlay = BTreeMap<String, Deferred>;
+
+/// A deferred write, as the overlay and a write set hold it.
+#[derive(Debug, Clone, PartialEq)]
+enum Deferred {
+    /// The whole value (`None`: removed).
+    Value(Option<sled::IVec>),
+    /// A few fields of the value in sled ([`Patch`]).
+    Patch(Arc<Patch>),
+}
+
+impl Deferred {
+    /// This write followed by a later one of the same key.
+    fn then(self, key: &str, later: Deferred) -> StoreResult<Deferred> {
+        Ok(match (self, later) {
+            (_, Deferred::Value(value)) => Deferred::Value(value),
+            (Deferred::Value(None), Deferred::Patch(_)) => Deferred::Value(None),
+            (Deferred::Value(Some(bytes)), Deferred::Patch(p)) => {
+                Deferred::Value(Some(p.apply(key, &bytes)?.into()))
+            }
+            (Deferred::Patch(mut first), Deferred::Patch(p)) => {
+                Arc::make_mut(&mut first).then(&p);
+                Deferred::Patch(first)
+            }
+        })
+    }
+
+    /// The value it leaves over `base`, the key's value in sled (a patch of nothing leaves nothing).
+    fn over(&self, key: &str, base: Option<sled::IVec>) -> StoreResult<Option<sled::IVec>> {
+        match (self, base) {
+            (Deferred::Value(value), _) => Ok(value.clone()),
+            (Deferred::Patch(p), Some(base)) => Ok(Some(p.apply(key, &base)?.into())),
+            (Deferred::Patch(_), None) => Ok(None),
+        }
+    }
+}
 
 /// Where a test asks a checkpoint to abort the process (see [`Store::write_snapshot`]).
 const ABORT_CHECKPOINT_ENV: &str = "SETTLED_TEST_ABORT_CHECKPOINT_AFTER";
@@ -404,7 +441,7 @@ impl Store {
         prefix: &str,
     ) -> StoreResult<impl Iterator<Item = StoreResult<(String, sled::IVec)>>> {
         let tree = self.tree()?;
-        let pending: Vec<(String, Option<sled::IVec>)> = self
+        let pending: Vec<(String, Deferred)> = self
             .read_overlay()
             .range::<str, _>((
                 std::ops::Bound::Included(prefix),
@@ -454,7 +491,8 @@ impl Store {
     /// Put a value into the overlay without a write set: the engine's replay of the journal after a restart.
     pub(crate) fn replay_deferred<T: Serialize>(&self, key: &str, value: Option<&T>) {
         let value = value.map(|v| sled::IVec::from(encode(v)));
-        self.write_overlay().insert(key.to_string(), value);
+        self.write_overlay()
+            .insert(key.to_string(), Deferred::Value(value));
         self.inner
             .deferred_since_snapshot
             .fetch_add(1, Ordering::SeqCst);
@@ -496,12 +534,19 @@ impl Store {
                 Some(raw) => decode(key, raw.get().as_bytes()).map(Some),
             };
         }
-        if let Some(value) = self.read_overlay().get(key) {
-            return value.as_ref().map(|v| decode(key, v)).transpose();
-        }
-        match open.tree.get(key.as_bytes())? {
+        match self.read_bytes(&open, key)? {
             None => Ok(None),
             Some(v) => decode(key, &v).map(Some),
+        }
+    }
+
+    /// The value of a key that is not in a block: the overlay's deferred write over sled's value.
+    fn read_bytes(&self, open: &Open, key: &str) -> StoreResult<Option<sled::IVec>> {
+        let deferred = self.read_overlay().get(key).cloned();
+        match deferred {
+            Some(Deferred::Value(value)) => Ok(value),
+            Some(patch) => patch.over(key, open.tree.get(key.as_bytes())?),
+            None => Ok(open.tree.get(key.as_bytes())?),
         }
     }
 
@@ -696,8 +741,14 @@ impl Store {
             let id = decode(&key, &v)?;
             rows.insert(key, id);
         }
-        let own = ws.deferred.iter().chain(ws.pending.iter());
-        for (key, value) in own.filter(|(k, _)| k.starts_with(&start)) {
+        let own_deferred = ws.deferred.keys();
+        for key in own_deferred.filter(|k| k.starts_with(&start)) {
+            match self.get_in::<String>(ws, key)? {
+                Some(id) => rows.insert(key.clone(), id),
+                None => rows.remove(key),
+            };
+        }
+        for (key, value) in ws.pending.iter().filter(|(k, _)| k.starts_with(&start)) {
             match value {
                 Some(bytes) => {
                     rows.insert(key.clone(), decode(key, bytes)?);
@@ -712,9 +763,16 @@ impl Store {
 
     /// Read a key as the write set will leave it: its own pending writes first, then the store.
     pub fn get_in<T: DeserializeOwned>(&self, ws: &WriteSet, key: &str) -> StoreResult<Option<T>> {
-        match ws.pending.get(key).or_else(|| ws.deferred.get(key)) {
-            Some(Some(bytes)) => decode(key, bytes).map(Some),
-            Some(None) => Ok(None),
+        if let Some(through) = ws.pending.get(key) {
+            return through.as_ref().map(|bytes| decode(key, bytes)).transpose();
+        }
+        match ws.deferred.get(key) {
+            Some(Deferred::Value(value)) => value.as_ref().map(|v| decode(key, v)).transpose(),
+            Some(patch) => {
+                let below = self.read_bytes(&*self.open_handle()?, key)?;
+                let value = patch.over(key, below)?;
+                value.as_ref().map(|v| decode(key, v)).transpose()
+            }
             None => self.get_raw(key),
         }
     }
@@ -732,6 +790,22 @@ impl Store {
     pub fn apply(&self, ws: WriteSet) -> StoreResult<CommitTicket> {
         let open = self.open_handle()?;
         let outbox = ws.has_outbox();
+        // The deferred writes as the overlay will hold them: a patch of a key the overlay holds goes on top of it.
+        // (Only writers change the overlay's entries, and they are serialised; a checkpoint only drops an entry
+        // it wrote to sled, which a patch over it then finds there.)
+        let mut deferred = Vec::with_capacity(ws.deferred.len());
+        if !ws.deferred.is_empty() {
+            let overlay = self.read_overlay();
+            for (key, value) in ws.deferred {
+                let value = match (overlay.get(&key), value) {
+                    (Some(below), Deferred::Patch(p)) => {
+                        below.clone().then(&key, Deferred::Patch(p))?
+                    }
+                    (_, value) => value,
+                };
+                deferred.push((key, value));
+            }
+        }
         let mut batch = sled::Batch::default();
         let mut blocked: BTreeMap<String, Vec<blocks::Change>> = BTreeMap::new();
         // Keys written through that the overlay holds an older deferred value of: dropped from it once applied.
@@ -808,17 +882,15 @@ impl Store {
         }
         open.next_event
             .store(first_event + event_ids.len() as u64, Ordering::SeqCst);
-        if !superseded.is_empty() || !ws.deferred.is_empty() {
+        if !superseded.is_empty() || !deferred.is_empty() {
             let mut overlay = self.write_overlay();
             for key in superseded {
                 overlay.remove(&key);
             }
             self.inner
                 .deferred_since_snapshot
-                .fetch_add(ws.deferred.len(), Ordering::SeqCst);
-            for (key, value) in ws.deferred {
-                overlay.insert(key, value.map(sled::IVec::from));
-            }
+                .fetch_add(deferred.len(), Ordering::SeqCst);
+            overlay.extend(deferred);
         }
         if let Some(mut index) = seen_index {
             index.record(&seen);
@@ -991,8 +1063,8 @@ pub struct CommitTicket {
 pub struct WriteSet {
     /// key -> new value (`None`: removed); the last write of a key wins.
     pending: HashMap<String, Option<Vec<u8>>>,
-    /// key -> new value for the overlay, not sled ([`WriteSet::put_deferred`]).
-    deferred: HashMap<String, Option<Vec<u8>>>,
+    /// key -> new value for the overlay, not sled ([`WriteSet::put_deferred`], [`WriteSet::put_patch`]).
+    deferred: HashMap<String, Deferred>,
     /// seen key -> what it produced, encoded; the last write of a key wins.
     seen: HashMap<String, Vec<u8>>,
     events: Vec<Event>,
@@ -1031,9 +1103,32 @@ impl WriteSet {
         match self.pending.get_mut(key) {
             Some(through) => *through = value,
             None => {
+                let value = Deferred::Value(value.map(sled::IVec::from));
                 self.deferred.insert(key.to_string(), value);
             }
         }
+    }
+
+    /// [`WriteSet::put_deferred`] of a few fields of the key's value ([`Patch`]), without reading it. Over a value this
+    /// set holds already (written through or deferred) the patch is applied to it at once.
+    pub fn put_patch(&mut self, key: &str, patch: Patch) -> StoreResult<()> {
+        if let Some(through) = self.pending.get_mut(key) {
+            if let Some(bytes) = through {
+                *bytes = patch.apply(key, bytes)?;
+            }
+            return Ok(());
+        }
+        match self.deferred.remove(key) {
+            Some(earlier) => {
+                let value = earlier.then(key, Deferred::Patch(Arc::new(patch)))?;
+                self.deferred.insert(key.to_string(), value);
+            }
+            None => {
+                self.deferred
+                    .insert(key.to_string(), Deferred::Patch(Arc::new(patch)));
+            }
+        }
+        Ok(())
     }
 
     /// True when an event of this set is flagged for the outbox.
@@ -1103,7 +1198,7 @@ impl WriteSet {
 /// A prefix scan of sled with the overlay's deferred writes merged in (an overlay value wins; `None` hides the key).
 struct MergedScan<S: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
     sled: std::iter::Peekable<S>,
-    overlay: std::iter::Peekable<std::vec::IntoIter<(String, Option<sled::IVec>)>>,
+    overlay: std::iter::Peekable<std::vec::IntoIter<(String, Deferred)>>,
 }
 
 impl<S: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for MergedScan<S> {
@@ -1118,6 +1213,7 @@ impl<S: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Me
                 (None, Some(_)) => std::cmp::Ordering::Greater,
                 (Some(Ok((k, _))), Some((o, _))) => k.as_ref().cmp(o.as_bytes()),
             };
+            let mut base = None;
             if order != std::cmp::Ordering::Greater {
                 let Some(Ok((k, v))) = self.sled.next() else {
                     continue;
@@ -1125,10 +1221,15 @@ impl<S: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Me
                 if order == std::cmp::Ordering::Less {
                     return Some(Ok((String::from_utf8_lossy(&k).into_owned(), v)));
                 }
+                base = Some(v);
             }
-            // The overlay's value of this key (over sled's, which was skipped above when equal).
-            if let Some((key, Some(value))) = self.overlay.next() {
-                return Some(Ok((key, value)));
+            // The overlay's value of this key (over sled's, taken above when equal).
+            if let Some((key, deferred)) = self.overlay.next() {
+                match deferred.over(&key, base) {
+                    Ok(Some(value)) => return Some(Ok((key, value))),
+                    Ok(None) => {}
+                    Err(e) => return Some(Err(e)),
+                }
             }
         }
     }

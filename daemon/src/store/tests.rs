@@ -1088,6 +1088,94 @@ fn deferred_writes_are_read_and_scanned_over_sled_until_a_checkpoint_writes_them
     assert_eq!(store.index_prefix("open-invoice", "").unwrap(), ["inv_2"]);
 }
 
+/// A patch of `paid` and one allocation id.
+fn paid(amount: &str, allocation: &str) -> Patch {
+    let mut patch = Patch::new();
+    patch
+        .set("paid", json!(amount))
+        .append("allocations", allocation);
+    patch
+}
+
+#[test]
+fn a_patch_reads_as_the_value_it_leaves_and_stays_right_over_a_base_a_checkpoint_already_patched() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let on_disk = |key: &str| on_disk(&store, key);
+    let invoice = |paid: &str, allocations: &[&str]| json!({"paid": paid, "allocations": allocations, "n": 1});
+    let mut ws = store.begin();
+    ws.put("invoice", "inv_1", &invoice("0", &[]));
+    ws.put("invoice", "inv_2", &invoice("0", &[]));
+    store.apply(ws).unwrap();
+
+    // Two patches in one write set compose; the set reads its own patch over the store's value.
+    let mut ws = store.begin();
+    ws.put_patch("e/invoice/inv_1", paid("5", "a1")).unwrap();
+    ws.put_patch("e/invoice/inv_1", paid("10", "a2")).unwrap();
+    let mine: Option<serde_json::Value> = store.get_in(&ws, "e/invoice/inv_1").unwrap();
+    assert_eq!(mine, Some(invoice("10", &["a1", "a2"])));
+    // Over a value the set writes through, a patch is applied to it there.
+    ws.put("invoice", "inv_2", &invoice("1", &["a0"]));
+    ws.put_patch("e/invoice/inv_2", paid("3", "a3")).unwrap();
+    store.apply(ws).unwrap();
+    assert_eq!(
+        on_disk("e/invoice/inv_2"),
+        Some(invoice("3", &["a0", "a3"]))
+    );
+    assert_eq!(store.deferred_len(), 1);
+    // Every read sees the patched value; sled does not have it.
+    let read: Option<serde_json::Value> = store.get("invoice", "inv_1").unwrap();
+    assert_eq!(read, Some(invoice("10", &["a1", "a2"])));
+    let scanned: Vec<serde_json::Value> = store.scan("invoice").map(Result::unwrap).collect();
+    assert_eq!(
+        scanned,
+        [invoice("10", &["a1", "a2"]), invoice("3", &["a0", "a3"])]
+    );
+    assert_eq!(on_disk("e/invoice/inv_1"), Some(invoice("0", &[])));
+
+    // A checkpoint takes its snapshot; a later patch of the same key lands before it writes.
+    let snapshot = store.snapshot_overlay(store.checkpoint_turn(), 0);
+    let mut ws = store.begin();
+    ws.put_patch("e/invoice/inv_1", paid("12", "a4")).unwrap();
+    store.apply(ws).unwrap();
+    store.write_snapshot(snapshot).unwrap();
+    assert_eq!(
+        on_disk("e/invoice/inv_1"),
+        Some(invoice("10", &["a1", "a2"]))
+    );
+    assert_eq!(store.deferred_len(), 1, "the later patch stays");
+    // Over a base that has its earlier ids already, each id is listed once.
+    let read: Option<serde_json::Value> = store.get("invoice", "inv_1").unwrap();
+    assert_eq!(read, Some(invoice("12", &["a1", "a2", "a4"])));
+    let snapshot = store.snapshot_overlay(store.checkpoint_turn(), 0);
+    store.write_snapshot(snapshot).unwrap();
+    assert_eq!(store.deferred_len(), 0);
+    assert_eq!(
+        on_disk("e/invoice/inv_1"),
+        Some(invoice("12", &["a1", "a2", "a4"]))
+    );
+
+    // A patch over a whole deferred value (a replay's) is applied to it; a patch of a missing key leaves nothing.
+    store.replay_deferred("e/invoice/inv_2", Some(&invoice("4", &["a0", "a3", "a5"])));
+    let mut ws = store.begin();
+    ws.put_patch("e/invoice/inv_2", paid("6", "a6")).unwrap();
+    ws.put_patch("e/invoice/inv_9", paid("1", "a7")).unwrap();
+    store.apply(ws).unwrap();
+    let read: Option<serde_json::Value> = store.get("invoice", "inv_2").unwrap();
+    assert_eq!(read, Some(invoice("6", &["a0", "a3", "a5", "a6"])));
+    assert_eq!(
+        store.get::<serde_json::Value>("invoice", "inv_9").unwrap(),
+        None
+    );
+    let snapshot = store.snapshot_overlay(store.checkpoint_turn(), 0);
+    store.write_snapshot(snapshot).unwrap();
+    assert_eq!(
+        on_disk("e/invoice/inv_2"),
+        Some(invoice("6", &["a0", "a3", "a5", "a6"]))
+    );
+    assert_eq!(on_disk("e/invoice/inv_9"), None);
+}
+
 #[test]
 fn a_reopened_store_has_no_deferred_writes_and_a_store_without_a_checkpoint_gets_one_at_its_newest_event(
 ) {
