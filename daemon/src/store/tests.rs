@@ -252,17 +252,15 @@ async fn payments_of_one_write_set_share_blocks_and_each_reads_changes_and_scans
         );
     }
     store.apply(ws).unwrap();
-    // 150 records, 64 to a block: three keys, none of them per record.
-    assert_eq!(
-        keys_under(&store, "b/payment/"),
-        [
-            "b/payment/00000000000000000001",
-            "b/payment/00000000000000000065",
-            "b/payment/00000000000000000129"
-        ]
-    );
+    // 150 records, `MAX_BLOCK` to a block: a key per block, none of them per record.
+    let m = blocks::MAX_BLOCK;
+    let starts: Vec<String> = (0..150_usize.div_ceil(m))
+        .map(|b| format!("b/payment/{:020}", 1 + b * m))
+        .collect();
+    assert_eq!(keys_under(&store, "b/payment/"), starts);
     assert!(keys_under(&store, "e/payment/").is_empty());
-    for n in [1u32, 64, 65, 128, 129, 150] {
+    let m = u32::try_from(m).unwrap();
+    for n in [1u32, m, m + 1, 2 * m, 2 * m + 1, 150] {
         let p: serde_json::Value = store
             .get("payment", &format!("pay_{n:08}"))
             .unwrap()
@@ -294,7 +292,8 @@ async fn payments_of_one_write_set_share_blocks_and_each_reads_changes_and_scans
         true
     );
     store.apply(ws).unwrap();
-    assert_eq!(keys_under(&store, "b/payment/").len(), 4);
+    // A new record of a later write set starts a block of its own.
+    assert_eq!(keys_under(&store, "b/payment/").len(), starts.len() + 1);
     let p: serde_json::Value = store.get("payment", "pay_00000070").unwrap().unwrap();
     assert_eq!(p["reversed"], true);
     let p: serde_json::Value = store.get("payment", "pay_00000071").unwrap().unwrap();
@@ -319,7 +318,11 @@ async fn payments_of_one_write_set_share_blocks_and_each_reads_changes_and_scans
         .get::<serde_json::Value>("payment", "pay_00000151")
         .unwrap()
         .is_none());
-    assert_eq!(keys_under(&store, "b/payment/").len(), 3);
+    assert_eq!(
+        keys_under(&store, "b/payment/"),
+        starts,
+        "its emptied block is gone"
+    );
     assert_eq!(keys_under(&store, "e/payment/"), ["e/payment/imported-x"]);
     assert_eq!(store.count("payment"), 151);
 
@@ -334,7 +337,7 @@ async fn payments_of_one_write_set_share_blocks_and_each_reads_changes_and_scans
         );
     }
     store.apply(ws).unwrap();
-    assert_eq!(keys_under(&store, "b/payment/").len(), 3);
+    assert_eq!(keys_under(&store, "b/payment/"), starts);
     let mut seen: Vec<u64> = store
         .scan::<serde_json::Value>("payment")
         .map(|p| p.unwrap()["n"].as_u64().unwrap())
@@ -368,7 +371,10 @@ async fn events_are_stored_in_blocks_and_read_from_any_cursor_across_them() {
         }
         store.apply(ws).unwrap();
         store.flush().unwrap();
-        assert_eq!(keys_under(&store, "v/").len(), 2);
+        assert_eq!(
+            keys_under(&store, "v/").len(),
+            100_usize.div_ceil(blocks::MAX_BLOCK)
+        );
     }
     let store = open(dir.path());
     assert_eq!(store.last_event_id(), 100);
@@ -466,14 +472,17 @@ async fn a_schema_1_store_is_converted_to_blocks_on_open_with_nothing_lost() {
     assert!(keys_under(&store, "e/payment/").is_empty());
     assert_eq!(
         keys_under(&store, "b/payment/").len(),
-        1500_usize.div_ceil(64)
+        1500_usize.div_ceil(blocks::MAX_BLOCK)
     );
     assert_eq!(store.count("payment"), 1500);
     let p: serde_json::Value = store.get("payment", "pay_00001234").unwrap().unwrap();
     assert_eq!(p["n"], 1234);
     let lead: serde_json::Value = store.get("lead", "lead_00000001").unwrap().unwrap();
     assert_eq!(lead["name"], "Ada");
-    assert_eq!(keys_under(&store, "v/").len(), 200_usize.div_ceil(64));
+    assert_eq!(
+        keys_under(&store, "v/").len(),
+        200_usize.div_ceil(blocks::MAX_BLOCK)
+    );
     let ids: Vec<u64> = store
         .events_after(0, 1000)
         .unwrap()
@@ -523,7 +532,10 @@ async fn a_schema_1_backup_restores_into_blocks() {
     std::fs::write(&file, text).unwrap();
     let store = open(&dir.path().join("s"));
     assert_eq!(restore_from(&store, &file).unwrap(), 71);
-    assert_eq!(keys_under(&store, "b/allocation/").len(), 2);
+    assert_eq!(
+        keys_under(&store, "b/allocation/").len(),
+        70_usize.div_ceil(blocks::MAX_BLOCK)
+    );
     assert!(keys_under(&store, "e/allocation/").is_empty());
     let a: serde_json::Value = store.get("allocation", "alc_00000070").unwrap().unwrap();
     assert_eq!(a["n"], 70);
