@@ -24,12 +24,12 @@ use super::{decode, StoreError, StoreResult};
 /// Entity kinds kept in blocks.
 pub(super) const BLOCKED: [&str; 3] = ["payment", "allocation", "review"];
 
-/// Records per block at most: large enough that a write set of a bulk import costs a few dozen keys instead of a
-/// thousand, small enough that a sled leaf (up to 17 keys before it splits) of 0.5-1.3 KB records mostly stays under
-/// sled's 128 KiB limit for a log item. Above it sled writes the leaf, at every rewrite and split, as a blob file of its
-/// own: with 64 records a block that was 14% of the importing worker (BENCHMARKS.md, issue 14, seventh session).
-/// Blocks of older stores (64 records) are read as they are.
-pub(super) const MAX_BLOCK: usize = 16;
+/// Records per block at most: large enough that a write set of a bulk import costs a handful of keys. A sled leaf of
+/// such blocks (up to 17 keys before it splits) is above sled's 128 KiB limit for a log item, so sled writes it as a
+/// blob file at every rewrite and split; blocks of 16 records avoid most of that and took 10% off a 400,000-line
+/// import, but nothing off a 1,000,000-line one, and doubled the start after it (sled recovers its whole log at open,
+/// and the leaves were now in it): BENCHMARKS.md, issue 14, seventh session.
+pub(super) const MAX_BLOCK: usize = 64;
 
 /// A decoded entity block: `(id, record)` in id order, the records left undecoded.
 pub(super) type Block = Vec<(String, Box<RawValue>)>;
