@@ -10,7 +10,10 @@
 //! So a patch is still right over a base a checkpoint has already patched (the checkpoint writes `base + p1` while a
 //! later payment makes the overlay's entry `p1 + p2`), and two patches of one key compose into one.
 
-use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use super::{decode, encode, StoreError, StoreResult};
 
@@ -54,25 +57,33 @@ impl Patch {
         }
     }
 
-    /// The object `base` (JSON bytes of `key`) with the patch applied.
+    /// The object `base` (JSON bytes of `key`) with the patch applied. Only the fields it changes are parsed: the
+    /// others (an invoice's lines and totals) are copied as they are, which keeps a checkpoint's pass over thousands of
+    /// patched invoices cheap.
     pub fn apply(&self, key: &str, base: &[u8]) -> StoreResult<Vec<u8>> {
-        let mut object: Map<String, Value> = decode(key, base)?;
+        let corrupt = |source| StoreError::Corrupt {
+            key: key.to_string(),
+            source,
+        };
+        let raw = |value: &Value| RawValue::from_string(value.to_string()).map_err(corrupt);
+        let mut object: BTreeMap<String, Box<RawValue>> = decode(key, base)?;
         for (field, value) in &self.set {
-            object.insert((*field).to_string(), value.clone());
+            object.insert((*field).to_string(), raw(value)?);
         }
-        for (field, id) in &self.append {
-            let list = object
-                .entry(*field)
-                .or_insert_with(|| Value::Array(Vec::new()));
-            let Value::Array(items) = list else {
-                return Err(StoreError::Corrupt {
-                    key: key.to_string(),
-                    source: serde::de::Error::custom(format!("field {field} is not a list")),
-                });
+        let mut fields: Vec<&'static str> = self.append.iter().map(|(f, _)| *f).collect();
+        fields.sort_unstable();
+        fields.dedup();
+        for field in fields {
+            let mut items: Vec<Value> = match object.get(field) {
+                Some(list) => decode(key, list.get().as_bytes())?,
+                None => Vec::new(),
             };
-            if !items.iter().any(|v| v.as_str() == Some(id)) {
-                items.push(Value::String(id.clone()));
+            for (_, id) in self.append.iter().filter(|(f, _)| *f == field) {
+                if !items.iter().any(|v| v.as_str() == Some(id)) {
+                    items.push(Value::String(id.clone()));
+                }
             }
+            object.insert(field.to_string(), raw(&Value::Array(items))?);
         }
         Ok(encode(&object))
     }
