@@ -685,17 +685,22 @@ pub fn apply_payment(inv: &mut Invoice, amount: Decimal) -> Result<(), DomainErr
         };
         return Err(refuse(inv, "pay", reason));
     }
+    check_payable(amount, balance(inv))?;
+    inv.amount_paid += amount;
+    Ok(())
+}
+
+/// The amount check of [`apply_payment`] against an issued invoice's balance: `0 < amount <= balance`.
+pub fn check_payable(amount: Decimal, balance: Decimal) -> Result<(), DomainError> {
     if amount <= Decimal::ZERO {
         return Err(DomainError::invalid("amount", "must be greater than zero"));
     }
-    let open = balance(inv);
-    if amount > open {
+    if amount > balance {
         return Err(DomainError::invalid(
             "amount",
-            format!("{amount} exceeds the balance {open} of the invoice"),
+            format!("{amount} exceeds the balance {balance} of the invoice"),
         ));
     }
-    inv.amount_paid += amount;
     Ok(())
 }
 

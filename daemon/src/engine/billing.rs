@@ -184,6 +184,15 @@ impl From<&Invoice> for Named {
     }
 }
 
+/// What an allocation of a payment records besides the payment and the invoice: how much, and why.
+pub(crate) struct Allocating<'a> {
+    pub amount: Decimal,
+    pub kind: AllocationKind,
+    pub rule: &'a str,
+    pub evidence: &'a str,
+    pub confidence: u8,
+}
+
 /// An allocation [`Tx::allocate_open`] made, and what the caller needs of its invoice.
 pub(crate) struct Allocated {
     pub allocation: Allocation,
@@ -279,11 +288,13 @@ pub(crate) fn load_index(store: &Store, config: &Config) -> EngineResult<MatchIn
 
 /// The invoice's `i/open-due/` key (under its due date, so the overdue filter is a range scan).
 pub(super) fn due_key(inv: &Invoice) -> String {
-    format!(
-        "{}/{}",
-        inv.due_date.map(|d| d.to_string()).unwrap_or_default(),
-        inv.id
-    )
+    due_row(inv.due_date, &inv.id)
+}
+
+/// The key of an invoice's `i/open-due/` row under `i/open-due/`: its due date, then its id.
+fn due_row(due_date: Option<NaiveDate>, id: &str) -> String {
+    let due = due_date.map(|d| d.to_string()).unwrap_or_default();
+    format!("{due}/{id}")
 }
 
 pub(super) fn open_invoice(inv: &Invoice, account_name: &str) -> Option<OpenInvoice> {
@@ -427,16 +438,11 @@ impl Tx<'_> {
     /// crash like any deferred write. The same checks, figures, events and rows as reading the invoice, allocating
     /// and saving it. `None` when the index holds no figures for it (an invoice of a store from before they were
     /// kept, or not open): the caller takes the usual way.
-    #[allow(clippy::too_many_arguments)] // each argument is one recorded fact of the allocation
     pub(crate) fn allocate_open(
         &mut self,
         payment: &Payment,
         invoice_id: &str,
-        amount: Decimal,
-        kind: AllocationKind,
-        rule: &str,
-        evidence: &str,
-        confidence: u8,
+        what: &Allocating<'_>,
         actor: &str,
     ) -> EngineResult<Option<Allocated>> {
         debug_assert!(self.defer_invoices, "only a journaled payment patches");
@@ -446,38 +452,12 @@ impl Tx<'_> {
         let Some(figures) = open.payment.as_mut() else {
             return Ok(None);
         };
-        if amount <= Decimal::ZERO {
-            return Err(DomainError::invalid("amount", "must be greater than zero").into());
-        }
-        if amount > open.balance {
-            return Err(DomainError::invalid(
-                "amount",
-                format!(
-                    "{amount} exceeds the balance {} of the invoice",
-                    open.balance
-                ),
-            )
-            .into());
-        }
+        invoice::check_payable(what.amount, open.balance)?;
         // As `invoice::apply_payment` and `invoice::balance` compute them (exact decimal sums, same scale).
-        figures.amount_paid += amount;
-        open.balance -= amount;
+        figures.amount_paid += what.amount;
+        open.balance -= what.amount;
         let now = self.now;
-        let id = self.new_id("allocation", "alc")?;
-        let allocation = Allocation {
-            id,
-            payment_id: Some(payment.id.clone()),
-            invoice_id: invoice_id.to_string(),
-            amount,
-            kind,
-            rule: rule.to_string(),
-            evidence: evidence.to_string(),
-            confidence,
-            at: now,
-            reversed: false,
-            compensates: None,
-            credit_sources: Vec::new(),
-        };
+        let allocation = self.new_allocation(payment, invoice_id, what)?;
         self.put("allocation", &allocation.id, &allocation);
         let mut patch = Patch::new();
         patch
@@ -530,7 +510,7 @@ impl Tx<'_> {
             self.ws.put_deferred(&open_key, Some(&open));
             self.index_update(IndexUpdate::Upsert(open));
         } else {
-            let due_key = format!("i/open-due/{}/{invoice_id}", open.due_date);
+            let due_key = format!("i/open-due/{}", due_row(Some(open.due_date), invoice_id));
             self.ws.put_deferred::<()>(&open_key, None);
             self.ws.put_deferred::<()>(&due_key, None);
             self.index_update(IndexUpdate::Remove(invoice_id.to_string()));
@@ -549,43 +529,47 @@ impl Tx<'_> {
     }
 
     /// Allocate part of a payment to an invoice, recording why.
-    #[allow(clippy::too_many_arguments)] // each argument is one recorded fact of the allocation
     pub(crate) fn allocate(
         &mut self,
         payment: &Payment,
         inv: &mut Invoice,
-        amount: Decimal,
-        kind: AllocationKind,
-        rule: &str,
-        evidence: &str,
-        confidence: u8,
+        what: &Allocating<'_>,
         actor: &str,
     ) -> EngineResult<Allocation> {
-        match kind {
-            AllocationKind::WriteOff => invoice::write_off(inv, amount)?,
-            _ => invoice::apply_payment(inv, amount)?,
+        match what.kind {
+            AllocationKind::WriteOff => invoice::write_off(inv, what.amount)?,
+            _ => invoice::apply_payment(inv, what.amount)?,
         }
         inv.updated_at = self.now;
-        let id = self.new_id("allocation", "alc")?;
-        let allocation = Allocation {
-            id,
-            payment_id: Some(payment.id.clone()),
-            invoice_id: inv.id.clone(),
-            amount,
-            kind,
-            rule: rule.to_string(),
-            evidence: evidence.to_string(),
-            confidence,
-            at: self.now,
-            reversed: false,
-            compensates: None,
-            credit_sources: Vec::new(),
-        };
+        let allocation = self.new_allocation(payment, &inv.id, what)?;
         // The payment and the invoice both list the allocation. Its audit trail (rule, evidence, confidence) is the
         // caller's `payment.recorded` event, see [`allocations_json`].
         self.record_allocation(inv, &allocation);
         self.save_invoice(inv, actor)?;
         Ok(allocation)
+    }
+
+    /// A new allocation of `payment` to `invoice_id` (not stored yet).
+    fn new_allocation(
+        &mut self,
+        payment: &Payment,
+        invoice_id: &str,
+        what: &Allocating<'_>,
+    ) -> EngineResult<Allocation> {
+        Ok(Allocation {
+            id: self.new_id("allocation", "alc")?,
+            payment_id: Some(payment.id.clone()),
+            invoice_id: invoice_id.to_string(),
+            amount: what.amount,
+            kind: what.kind,
+            rule: what.rule.to_string(),
+            evidence: what.evidence.to_string(),
+            confidence: what.confidence,
+            at: self.now,
+            reversed: false,
+            compensates: None,
+            credit_sources: Vec::new(),
+        })
     }
 
     /// Store an allocation and list it on its invoice (the caller saves the invoice).
@@ -980,16 +964,14 @@ impl Engine {
                 let Some(inv) = invoices.iter_mut().find(|i| &i.id == invoice_id) else {
                     continue;
                 };
-                made.push(tx.allocate(
-                    &pay,
-                    inv,
-                    *part,
-                    AllocationKind::Payment,
-                    "manual",
-                    "allocated by hand",
-                    100,
-                    actor,
-                )?);
+                let what = Allocating {
+                    amount: *part,
+                    kind: AllocationKind::Payment,
+                    rule: "manual",
+                    evidence: "allocated by hand",
+                    confidence: 100,
+                };
+                made.push(tx.allocate(&pay, inv, &what, actor)?);
             }
             pay.allocations.extend(made.iter().map(|a| a.id.clone()));
             if plan.surplus > Decimal::ZERO {

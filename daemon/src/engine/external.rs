@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use settled_plugin_api::{InvoiceRecord, InvoiceRecordTax};
 
-use super::billing::{payment_recorded, Named, PaymentDraft};
+use super::billing::{payment_recorded, Allocating, Named, PaymentDraft};
 use super::ingest::ImportSummary;
 use super::{EngineResult, Tx};
 use crate::domain::invoice::{self, ExternalRef, Invoice, InvoiceKind, InvoiceLine, InvoiceState};
@@ -318,16 +318,14 @@ fn paid_elsewhere(
         r.external_id,
         invoice::balance(&inv)
     );
-    let made = tx.allocate(
-        &pay,
-        &mut inv,
+    let what = Allocating {
         amount,
-        AllocationKind::PaidElsewhere,
-        "paid_elsewhere",
-        &evidence,
-        100,
-        actor,
-    )?;
+        kind: AllocationKind::PaidElsewhere,
+        rule: "paid_elsewhere",
+        evidence: &evidence,
+        confidence: 100,
+    };
+    let made = tx.allocate(&pay, &mut inv, &what, actor)?;
     pay.allocations.push(made.id.clone());
     tx.put("payment", &pay.id, &pay);
     let extra = serde_json::json!({"payer": pay.payer,

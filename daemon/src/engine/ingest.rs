@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use settled_plugin_api::{EntryStatus, LeadRecord, PaymentKind, PaymentRecord, Record};
 
 use super::billing::{
-    index_paid, payment_recorded, Allocated, AllocationJson, Named, PaymentDraft, PaymentInput,
+    index_paid, payment_recorded, Allocated, Allocating, AllocationJson, Named, PaymentDraft,
+    PaymentInput,
 };
 use super::reversal::{self, Original};
 use super::{Engine, EngineResult, ImportJournal, Tx};
@@ -341,16 +342,14 @@ impl Engine {
                 let Some(inv) = invoices.iter_mut().find(|i| &i.id == invoice_id) else {
                     continue;
                 };
-                made.push(tx.allocate(
-                    &pay,
-                    inv,
-                    *part,
-                    AllocationKind::Payment,
-                    "manual",
-                    "allocated in review",
-                    100,
-                    actor,
-                )?);
+                let what = Allocating {
+                    amount: *part,
+                    kind: AllocationKind::Payment,
+                    rule: "manual",
+                    evidence: "allocated in review",
+                    confidence: 100,
+                };
+                made.push(tx.allocate(&pay, inv, &what, actor)?);
             }
             pay.allocations.extend(made.iter().map(|a| a.id.clone()));
             pay.account_id = invoices.first().map(|i| i.account_id.clone());
@@ -710,39 +709,36 @@ fn ingest_payment(
             // As saved, for the event below (which names their numbers) not to read them again.
             let mut paid = Vec::with_capacity(allocations.len() + 1);
             let mut partially = false;
-            let rules = allocations.iter().map(|proposed| {
-                let rule = crate::domain::status_name(&proposed.rule);
-                (
-                    &proposed.invoice_id,
-                    proposed.amount,
-                    AllocationKind::Payment,
+            let rules: Vec<String> = allocations
+                .iter()
+                .map(|proposed| crate::domain::status_name(&proposed.rule))
+                .collect();
+            let matched = allocations.iter().zip(&rules).map(|(proposed, rule)| {
+                let what = Allocating {
+                    amount: proposed.amount,
+                    kind: AllocationKind::Payment,
                     rule,
-                    proposed.evidence.as_str(),
-                    proposed.confidence,
-                )
+                    evidence: &proposed.evidence,
+                    confidence: proposed.confidence,
+                };
+                (&proposed.invoice_id, what)
             });
-            let write_off = write_off.as_ref().map(|(invoice_id, amount)| {
-                (
-                    invoice_id,
-                    *amount,
-                    AllocationKind::WriteOff,
-                    "write_off".to_string(),
-                    "shortfall within the configured tolerance",
-                    100,
-                )
+            let written_off = write_off.as_ref().map(|(invoice_id, amount)| {
+                let what = Allocating {
+                    amount: *amount,
+                    kind: AllocationKind::WriteOff,
+                    rule: "write_off",
+                    evidence: "shortfall within the configured tolerance",
+                    confidence: 100,
+                };
+                (invoice_id, what)
             });
-            for (invoice_id, amount, kind, rule, evidence, confidence) in rules.chain(write_off) {
-                let written_off = kind == AllocationKind::WriteOff;
-                let fast = tx.allocate_open(
-                    &pay, invoice_id, amount, kind, &rule, evidence, confidence, actor,
-                )?;
-                let done = match fast {
+            for (invoice_id, what) in matched.chain(written_off) {
+                let done = match tx.allocate_open(&pay, invoice_id, &what, actor)? {
                     Some(done) => done,
                     None => {
                         let mut inv: Invoice = tx.get("invoice", invoice_id)?;
-                        let allocation = tx.allocate(
-                            &pay, &mut inv, amount, kind, &rule, evidence, confidence, actor,
-                        )?;
+                        let allocation = tx.allocate(&pay, &mut inv, &what, actor)?;
                         Allocated {
                             allocation,
                             named: Named::from(&inv),
@@ -751,15 +747,15 @@ fn ingest_payment(
                         }
                     }
                 };
-                let balance = done.balance;
+                let open = done.balance > Decimal::ZERO;
                 made.push(done.allocation);
                 paid.push(done.named);
                 pay.account_id.get_or_insert(done.account_id);
-                if written_off {
-                    partially = balance > Decimal::ZERO;
+                if what.kind == AllocationKind::WriteOff {
+                    partially = open;
                 } else {
-                    *summary.matched.entry(rule).or_default() += 1;
-                    partially |= balance > Decimal::ZERO;
+                    *summary.matched.entry(what.rule.to_string()).or_default() += 1;
+                    partially |= open;
                 }
             }
             tx.defer_invoices = false;

@@ -1118,16 +1118,12 @@ impl WriteSet {
             }
             return Ok(());
         }
-        match self.deferred.remove(key) {
-            Some(earlier) => {
-                let value = earlier.then(key, Deferred::Patch(Arc::new(patch)))?;
-                self.deferred.insert(key.to_string(), value);
-            }
-            None => {
-                self.deferred
-                    .insert(key.to_string(), Deferred::Patch(Arc::new(patch)));
-            }
-        }
+        let patch = Deferred::Patch(Arc::new(patch));
+        let value = match self.deferred.remove(key) {
+            Some(earlier) => earlier.then(key, patch)?,
+            None => patch,
+        };
+        self.deferred.insert(key.to_string(), value);
         Ok(())
     }
 
