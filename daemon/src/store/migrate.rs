@@ -1,5 +1,7 @@
 //! Conversions of older stores, run at open (and after restoring an older backup), one schema after the other.
 //!
+//! Schema 3 -> 4: blocks are packed from now on (see `blocks::pack`); stored ones stay as they are and read as before.
+//!
 //! Schema 2 -> 3: the `s/<key>` seen keys move into `S/` blocks (see `seen`), up to a block's worth per atomic batch
 //! that removes them and writes their block, so a conversion cut short continues with the keys still left and no key
 //! is lost or kept twice.
@@ -25,12 +27,25 @@ use super::{decode, encode, seq_key, StoreResult, SCHEMA_VERSION};
 /// Records moved per batch.
 const PER_BATCH: usize = MAX_BLOCK * 16;
 
-/// Convert a store of schema `from` (1 or 2) to [`SCHEMA_VERSION`].
+/// Convert a store of schema `from` (1 to 3) to [`SCHEMA_VERSION`].
 pub(super) fn upgrade(tree: &sled::Tree, from: u64) -> StoreResult<()> {
     if from < 2 {
         from_v1(tree)?;
     }
-    from_v2(tree, None)
+    if from < 3 {
+        from_v2(tree, None)?;
+    }
+    from_v3(tree)
+}
+
+/// Schema 3 -> 4: blocks written from now on may be packed ([`blocks::pack`]); those already stored are read as they
+/// are, so nothing moves. The version is raised so that an older settled refuses the store with a clear error
+/// instead of failing on the first packed block it reads.
+fn from_v3(tree: &sled::Tree) -> StoreResult<()> {
+    tree.insert(b"m/schema", SCHEMA_VERSION.to_string().as_bytes())?;
+    tree.flush()?;
+    tracing::info!("store converted from schema 3 to {SCHEMA_VERSION}: new blocks are packed");
+    Ok(())
 }
 
 /// Schema 2 -> 3: `s/<key>` into seen blocks. `stop_after` blocks, in tests: a conversion cut short.
@@ -75,12 +90,9 @@ pub(super) fn from_v2(tree: &sled::Tree, stop_after: Option<usize>) -> StoreResu
         moved += rows.len();
         written += 1;
     }
-    tree.insert(b"m/schema", SCHEMA_VERSION.to_string().as_bytes())?;
+    tree.insert(b"m/schema", b"3")?;
     tree.flush()?;
-    tracing::info!(
-        seen_keys = moved,
-        "store converted from schema 2 to {SCHEMA_VERSION}"
-    );
+    tracing::info!(seen_keys = moved, "store converted from schema 2 to 3");
     Ok(())
 }
 

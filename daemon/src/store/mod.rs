@@ -56,8 +56,9 @@ use commit::GroupCommit;
 pub use patch::Patch;
 
 /// The schema version this build writes and understands (2: payments, allocations, review items and events in
-/// blocks; 3: `seen` keys in blocks too). Stores and backups of schemas 1 and 2 are converted when opened or restored.
-pub const SCHEMA_VERSION: u64 = 3;
+/// blocks; 3: `seen` keys in blocks too; 4: blocks may be LZ4-packed). Stores and backups of schemas 1 to 3 are
+/// converted when opened or restored.
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// Errors of the store, split by who is at fault.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +119,14 @@ pub enum StoreError {
         key: String,
         /// The JSON error.
         source: serde_json::Error,
+    },
+    /// A stored block is packed but does not unpack: corruption or a bug. Please report.
+    #[error("stored block {key} does not unpack ({reason}); this is a bug or corruption, please report it")]
+    Unpack {
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
     },
 }
 
@@ -862,7 +871,7 @@ impl Store {
         {
             batch.insert(
                 seq_key("v/", ids[0]).as_bytes(),
-                blocks::encode_events(block.iter().map(Vec::as_slice)),
+                blocks::pack(blocks::encode_events(block.iter().map(Vec::as_slice))),
             );
         }
         if !superseded.is_empty() {
@@ -1257,7 +1266,8 @@ fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> StoreResult<T> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+    let bytes = blocks::unpack(key, bytes)?;
+    serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
         key: key.to_string(),
         source,
     })

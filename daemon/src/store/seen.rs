@@ -154,9 +154,11 @@ impl SeenIndex {
         for item in tree.scan_prefix(PREFIX.as_bytes()) {
             let (k, v) = item?;
             let n = block_number(&k)?;
+            let key = String::from_utf8_lossy(&k);
+            let json = super::blocks::unpack(&key, &v)?;
             let keys: Vec<KeyOnly<'_>> =
-                serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
-                    key: String::from_utf8_lossy(&k).into_owned(),
+                serde_json::from_slice(&json).map_err(|source| StoreError::Corrupt {
+                    key: key.to_string(),
                     source,
                 })?;
             entries.extend(keys.iter().map(|KeyOnly(key, _)| (fingerprint(key), n)));
@@ -204,7 +206,9 @@ impl SeenIndex {
                 .ok_or_else(|| corrupt(PREFIX, "the last possible seen block is taken"))?;
             out.push((
                 n,
-                encode_block(chunk.iter().map(|(k, v)| (k.as_str(), v.as_slice()))),
+                super::blocks::pack(encode_block(
+                    chunk.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+                )),
             ));
         }
         Ok(out)

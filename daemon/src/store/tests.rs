@@ -801,7 +801,7 @@ fn a_schema_2_store_converts_its_seen_keys_into_blocks_even_when_the_conversion_
         db.flush().unwrap();
     }
     let store = open(dir.path());
-    assert_eq!(store.get_raw::<u64>("m/schema").unwrap(), Some(3));
+    assert_eq!(store.get_raw::<u64>("m/schema").unwrap(), Some(SCHEMA_VERSION));
     assert!(keys_under(&store, "s/").is_empty());
     assert_eq!(
         keys_under(&store, "S/").len(),
@@ -841,7 +841,7 @@ fn backups_of_schema_2_and_3_restore_with_their_seen_keys() {
         Some(serde_json::json!({"lead_id": "lead_1"}))
     );
     assert!(keys_under(&store, "s/").is_empty());
-    assert_eq!(store.get_raw::<u64>("m/schema").unwrap(), Some(3));
+    assert_eq!(store.get_raw::<u64>("m/schema").unwrap(), Some(SCHEMA_VERSION));
     assert_eq!(store.verify_seen().unwrap(), Vec::<String>::new());
 
     let again = dir.path().join("v3.jsonl");
@@ -1273,4 +1273,145 @@ fn a_checkpoint_running_beside_writers_never_puts_its_older_value_over_a_newer_o
     store.replay_deferred("e/invoice/inv_2", Some(&json!({"paid": "2"})));
     store.write_snapshot(snapshot).unwrap();
     assert_eq!(store.deferred_len(), 1);
+}
+
+/// Rewrite every stored block (`b/`, `v/`, `S/`) as the plain JSON a schema 3 settled wrote, and mark the store so.
+fn as_schema_3(store: &Store) {
+    let tree = store.tree().unwrap();
+    let mut unpacked = 0;
+    for prefix in ["b/", "v/", "S/"] {
+        for item in tree.scan_prefix(prefix) {
+            let (k, v) = item.unwrap();
+            let json = blocks::unpack("test", &v).unwrap().into_owned();
+            if json != v.to_vec() {
+                unpacked += 1;
+            }
+            tree.insert(k, json).unwrap();
+        }
+    }
+    assert!(unpacked > 0, "the store held packed blocks to unpack");
+    tree.insert("m/schema", "3").unwrap();
+    tree.flush().unwrap();
+}
+
+#[tokio::test]
+async fn journal_blocks_are_stored_packed_and_plain_blocks_of_a_schema_3_store_read_and_extend_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let payment = |n: u32| {
+        serde_json::json!({"id": format!("pay_{n:08}"), "amount": format!("{n}.50"), "reference": format!("INV-{n:06}"), "currency": "EUR"})
+    };
+    {
+        let store = open(dir.path());
+        let mut ws = store.begin();
+        for n in 1..=150u32 {
+            ws.put("payment", &format!("pay_{n:08}"), &payment(n));
+            ws.event(
+                "import",
+                "payment.recorded",
+                "payment",
+                &format!("pay_{n:08}"),
+                payment(n),
+                n % 2 == 0,
+            );
+            ws.seen(
+                &format!("pay:csv:{n}"),
+                &serde_json::json!({"payment_id": format!("pay_{n:08}")}),
+            );
+        }
+        store.apply(ws).unwrap();
+        // Every block of a bulk write set is stored packed, and packed it is a fraction of its JSON.
+        let tree = store.tree().unwrap();
+        let mut blocks_seen = 0;
+        for prefix in ["b/payment/", "v/", "S/"] {
+            for item in tree.scan_prefix(prefix) {
+                let (k, v) = item.unwrap();
+                let json = blocks::unpack("test", &v).unwrap();
+                assert!(json.len() >= blocks::PACK_FROM);
+                assert_eq!(v[0], 0x01, "{} is stored packed", String::from_utf8_lossy(&k));
+                assert!(
+                    v.len() * 3 < json.len(),
+                    "{}: {} bytes packed, {} as JSON",
+                    String::from_utf8_lossy(&k),
+                    v.len(),
+                    json.len()
+                );
+                blocks_seen += 1;
+            }
+        }
+        assert_eq!(blocks_seen, 3 + 3 + 1);
+        as_schema_3(&store);
+    }
+    // Opened by this settled: raised to the current schema, every record read as before.
+    let store = open(dir.path());
+    assert_eq!(
+        store.get_raw::<u64>("m/schema").unwrap(),
+        Some(SCHEMA_VERSION)
+    );
+    assert_eq!(store.last_event_id(), 150);
+    for n in [1u32, 64, 65, 150] {
+        let p: serde_json::Value = store.get("payment", &format!("pay_{n:08}")).unwrap().unwrap();
+        assert_eq!(p, payment(n));
+        assert_eq!(
+            seen_payment(&store, &format!("pay:csv:{n}")),
+            Some(format!("pay_{n:08}"))
+        );
+    }
+    let events = store.events_after(60, 1000).unwrap();
+    assert_eq!(events.len(), 90);
+    assert_eq!(events[0].data, payment(61));
+    assert_eq!(store.verify_seen().unwrap(), Vec::<String>::new());
+    // A change to a record of a plain block rewrites that block packed; new records go to a new packed block.
+    let mut ws = store.begin();
+    let mut changed = payment(70);
+    changed["reversed"] = serde_json::json!(true);
+    ws.put("payment", "pay_00000070", &changed);
+    ws.put("payment", "pay_00000151", &payment(151));
+    store.apply(ws).unwrap();
+    let tree = store.tree().unwrap();
+    let packed: Vec<bool> = tree
+        .scan_prefix("b/payment/")
+        .values()
+        .map(|v| v.unwrap()[0] == 0x01)
+        .collect();
+    // Blocks from 1, 65 (rewritten), 129 (plain still) and 151 (new, below the packing size: plain).
+    assert_eq!(packed, [false, true, false, false]);
+    let all: Vec<serde_json::Value> = store.scan("payment").collect::<Result<_, _>>().unwrap();
+    assert_eq!(all.len(), 151);
+    assert_eq!(all[69], changed);
+    assert_eq!(all[150], payment(151));
+}
+
+#[tokio::test]
+async fn a_packed_block_that_does_not_unpack_is_an_error_naming_its_key_and_nothing_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut ws = store.begin();
+    for n in 1..=64u32 {
+        ws.put(
+            "payment",
+            &format!("pay_{n:08}"),
+            &serde_json::json!({"id": format!("pay_{n:08}"), "reference": "INV-000001"}),
+        );
+    }
+    store.apply(ws).unwrap();
+    let tree = store.tree().unwrap();
+    let key = "b/payment/00000000000000000001";
+    let good = tree.get(key).unwrap().unwrap();
+    assert_eq!(good[0], 0x01);
+    let mut wrong_length = good.to_vec();
+    wrong_length[1..5].copy_from_slice(&7u32.to_le_bytes());
+    let mut huge = good.to_vec();
+    huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+    let mut garbled = good.to_vec();
+    for b in garbled.iter_mut().skip(5) {
+        *b = 0xff;
+    }
+    for bad in [vec![0x01, 0x02], wrong_length, huge, garbled, good[..good.len() / 2].to_vec()] {
+        tree.insert(key, bad).unwrap();
+        let err = store
+            .get::<serde_json::Value>("payment", "pay_00000007")
+            .unwrap_err();
+        assert!(matches!(&err, StoreError::Unpack { key: k, .. } if k == key), "{err}");
+        assert!(err.to_string().contains(key), "{err}");
+    }
 }
