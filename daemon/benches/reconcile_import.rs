@@ -646,10 +646,11 @@ fn mean_record_len(
     bytes.checked_div(n).unwrap_or(0)
 }
 
-/// Records in a block (a JSON array).
+/// Records in a block (a JSON array, stored packed or not).
 fn block_len(value: &[u8]) -> usize {
+    let json = settled::store::block_json("block", value).expect("a block unpacks");
     let block: Vec<serde::de::IgnoredAny> =
-        serde_json::from_slice(value).expect("a block is a JSON array");
+        serde_json::from_slice(&json).expect("a block is a JSON array");
     block.len()
 }
 

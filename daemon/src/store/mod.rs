@@ -1265,6 +1265,11 @@ fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// The JSON of a stored block value, packed or not: for tools that read sled directly, like the benchmarks.
+pub fn block_json<'a>(key: &str, bytes: &'a [u8]) -> StoreResult<std::borrow::Cow<'a, [u8]>> {
+    blocks::unpack(key, bytes)
+}
+
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> StoreResult<T> {
     let bytes = blocks::unpack(key, bytes)?;
     serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
