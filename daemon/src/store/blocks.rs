@@ -80,7 +80,9 @@ pub(super) fn unpack<'a>(key: &str, bytes: &'a [u8]) -> StoreResult<Cow<'a, [u8]
     let mut out = vec![0; len];
     match lz4_flex::block::decompress_into(body, &mut out) {
         Ok(n) if n == len => Ok(Cow::Owned(out)),
-        Ok(n) => Err(bad(format!("it unpacks to {n} bytes, not the {len} it claims"))),
+        Ok(n) => Err(bad(format!(
+            "it unpacks to {n} bytes, not the {len} it claims"
+        ))),
         Err(e) => Err(bad(e.to_string())),
     }
 }

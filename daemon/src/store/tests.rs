@@ -801,7 +801,10 @@ fn a_schema_2_store_converts_its_seen_keys_into_blocks_even_when_the_conversion_
         db.flush().unwrap();
     }
     let store = open(dir.path());
-    assert_eq!(store.get_raw::<u64>("m/schema").unwrap(), Some(SCHEMA_VERSION));
+    assert_eq!(
+        store.get_raw::<u64>("m/schema").unwrap(),
+        Some(SCHEMA_VERSION)
+    );
     assert!(keys_under(&store, "s/").is_empty());
     assert_eq!(
         keys_under(&store, "S/").len(),
@@ -841,7 +844,10 @@ fn backups_of_schema_2_and_3_restore_with_their_seen_keys() {
         Some(serde_json::json!({"lead_id": "lead_1"}))
     );
     assert!(keys_under(&store, "s/").is_empty());
-    assert_eq!(store.get_raw::<u64>("m/schema").unwrap(), Some(SCHEMA_VERSION));
+    assert_eq!(
+        store.get_raw::<u64>("m/schema").unwrap(),
+        Some(SCHEMA_VERSION)
+    );
     assert_eq!(store.verify_seen().unwrap(), Vec::<String>::new());
 
     let again = dir.path().join("v3.jsonl");
@@ -1295,11 +1301,10 @@ fn as_schema_3(store: &Store) {
 }
 
 #[tokio::test]
-async fn journal_blocks_are_stored_packed_and_plain_blocks_of_a_schema_3_store_read_and_extend_the_same() {
+async fn journal_blocks_are_stored_packed_and_plain_blocks_of_a_schema_3_store_read_and_extend_the_same(
+) {
     let dir = tempfile::tempdir().unwrap();
-    let payment = |n: u32| {
-        serde_json::json!({"id": format!("pay_{n:08}"), "amount": format!("{n}.50"), "reference": format!("INV-{n:06}"), "currency": "EUR"})
-    };
+    let payment = |n: u32| serde_json::json!({"id": format!("pay_{n:08}"), "amount": format!("{n}.50"), "reference": format!("INV-{n:06}"), "currency": "EUR"});
     {
         let store = open(dir.path());
         let mut ws = store.begin();
@@ -1327,7 +1332,12 @@ async fn journal_blocks_are_stored_packed_and_plain_blocks_of_a_schema_3_store_r
                 let (k, v) = item.unwrap();
                 let json = blocks::unpack("test", &v).unwrap();
                 assert!(json.len() >= blocks::PACK_FROM);
-                assert_eq!(v[0], 0x01, "{} is stored packed", String::from_utf8_lossy(&k));
+                assert_eq!(
+                    v[0],
+                    0x01,
+                    "{} is stored packed",
+                    String::from_utf8_lossy(&k)
+                );
                 assert!(
                     v.len() * 3 < json.len(),
                     "{}: {} bytes packed, {} as JSON",
@@ -1349,7 +1359,10 @@ async fn journal_blocks_are_stored_packed_and_plain_blocks_of_a_schema_3_store_r
     );
     assert_eq!(store.last_event_id(), 150);
     for n in [1u32, 64, 65, 150] {
-        let p: serde_json::Value = store.get("payment", &format!("pay_{n:08}")).unwrap().unwrap();
+        let p: serde_json::Value = store
+            .get("payment", &format!("pay_{n:08}"))
+            .unwrap()
+            .unwrap();
         assert_eq!(p, payment(n));
         assert_eq!(
             seen_payment(&store, &format!("pay:csv:{n}")),
@@ -1406,12 +1419,21 @@ async fn a_packed_block_that_does_not_unpack_is_an_error_naming_its_key_and_noth
     for b in garbled.iter_mut().skip(5) {
         *b = 0xff;
     }
-    for bad in [vec![0x01, 0x02], wrong_length, huge, garbled, good[..good.len() / 2].to_vec()] {
+    for bad in [
+        vec![0x01, 0x02],
+        wrong_length,
+        huge,
+        garbled,
+        good[..good.len() / 2].to_vec(),
+    ] {
         tree.insert(key, bad).unwrap();
         let err = store
             .get::<serde_json::Value>("payment", "pay_00000007")
             .unwrap_err();
-        assert!(matches!(&err, StoreError::Unpack { key: k, .. } if k == key), "{err}");
+        assert!(
+            matches!(&err, StoreError::Unpack { key: k, .. } if k == key),
+            "{err}"
+        );
         assert!(err.to_string().contains(key), "{err}");
     }
 }
