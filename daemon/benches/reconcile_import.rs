@@ -26,6 +26,10 @@ const INVOICES_PER_ACCOUNT: usize = 10;
 /// The daemon refuses API tokens shorter than 32 bytes.
 const BENCH_TOKEN: &str = "reconcile-import-bench-token-0123456789abcdef";
 
+// The daemon's allocator, so that the sled floors run in this process allocate as the daemon does.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn release_dir() -> PathBuf {
     common::profile_dir().expect("locating target/release")
 }
@@ -38,7 +42,15 @@ struct Issued {
     total: String,
 }
 
+/// The child that measures sled alone opening a store: `reconcile_import --sled-open-floor DIR`.
+const OPEN_FLOOR_ARG: &str = "--sled-open-floor";
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == OPEN_FLOOR_ARG) {
+        sled_open_child(Path::new(&args[at + 1]));
+        return;
+    }
     let lines = common::arg("--lines", 1_000_000);
     let invoices = common::arg("--invoices", 200_000);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -77,6 +89,8 @@ fn main() {
     let load_before = common::loadavg();
     let (settled_secs, settled_rss, summary) = import_with_daemon(dir.path(), &data, &csv_path);
     let load_after = common::loadavg();
+    // The floor of that start, on a copy of the same store: sled alone opening it and reading the open-invoice rows.
+    let open_floor = sled_open_floor(dir.path(), &data);
     // Cold start of the store the import left (it ended with a checkpoint, then the daemon was killed).
     let restart = restart_daemon(dir.path());
 
@@ -166,6 +180,12 @@ fn main() {
         "Cold start of the store the import left (killed after the import's final checkpoint, started again): ready_ms={}, \
          resident memory at ready {} MiB.\n",
         restart.0, restart.1
+    );
+    println!(
+        "Its floor, measured first on a copy of the same store: sled alone (64 MiB cache, a fresh process) opened it in \
+         {} ms with {} MiB resident, and held {} MiB after reading its {} open-invoice rows (what the daemon loads its \
+         matching index from, before building that index).\n",
+        open_floor.open_ms, open_floor.rss_open_mib, open_floor.rss_rows_mib, open_floor.rows
     );
     println!("\nImport summary: {summary}\n");
     sled_floor(&data, lines, invoices, settled_secs);
@@ -469,6 +489,72 @@ fn spawn_daemon(config: &Path, log: &Path) -> std::process::Child {
         .stderr(log)
         .spawn()
         .expect("start settled")
+}
+
+/// What sled alone costs to open a store: the floor of the daemon's start.
+struct OpenFloor {
+    open_ms: u64,
+    rss_open_mib: u64,
+    rss_rows_mib: u64,
+    rows: u64,
+}
+
+/// Copy the store the import left (as the daemon's restart will find it) and let a fresh process open the copy with
+/// sled alone: sled recovers the log written since its last open, as the daemon's start does.
+fn sled_open_floor(dir: &Path, data: &Path) -> OpenFloor {
+    let copy = dir.join("open-floor");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(data.join("db"))
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(status.success(), "copying the store for the open floor");
+    // The copy's pages written back first, so that the kernel's write-back does not slow the child's reads.
+    let _ = Command::new("sync").status();
+    let out = Command::new(std::env::current_exe().expect("bench exe"))
+        .arg(OPEN_FLOOR_ARG)
+        .arg(&copy)
+        .output()
+        .expect("open-floor child");
+    let _ = std::fs::remove_dir_all(&copy);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "open-floor child failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| -> u64 {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("open-floor child printed no {name}: {text}"))
+    };
+    OpenFloor {
+        open_ms: field("open_ms"),
+        rss_open_mib: field("rss_open_kib") / 1024,
+        rss_rows_mib: field("rss_rows_kib") / 1024,
+        rows: field("rows"),
+    }
+}
+
+/// The child of [`sled_open_floor`]: open `db` as the daemon does (64 MiB cache), then read every open-invoice row.
+fn sled_open_child(db: &Path) {
+    let t = Instant::now();
+    let db = sled::Config::new()
+        .path(db)
+        .cache_capacity(64 * 1024 * 1024)
+        .open()
+        .expect("sled opens the copy");
+    let tree = db.open_tree("settled").expect("tree");
+    let open_ms = t.elapsed().as_millis();
+    let rss_open = common::status_kib("VmRSS").unwrap_or(0);
+    let mut rows = 0u64;
+    for item in tree.scan_prefix(b"i/open-invoice/") {
+        item.expect("row");
+        rows += 1;
+    }
+    let rss_rows = common::status_kib("VmRSS").unwrap_or(0);
+    println!("open_ms={open_ms} rss_open_kib={rss_open} rss_rows_kib={rss_rows} rows={rows}");
 }
 
 /// Start the daemon again on the store `import_with_daemon` left: (the `ready_ms` it logs, resident MiB at ready).
