@@ -169,6 +169,7 @@ impl Checker {
         self.credit(&mut report);
         self.counters(engine, &mut report)?;
         self.indexes(engine, index, &served, &mut report)?;
+        self.seen(engine, &mut report)?;
         outbox(engine, &mut report)?;
         Ok(report)
     }
@@ -879,6 +880,56 @@ impl Checker {
                 ));
             }
         }
+        Ok(())
+    }
+}
+
+impl Checker {
+    /// The dedupe keys: the in-memory index of `seen` keys against the blocks on disk, and the `paid-by:` notes
+    /// (`billing::index_paid`) against the payments they list: each exists, paid something, and for a bank reference
+    /// (`ref:`) is the payment of that reference.
+    fn seen(&self, engine: &Engine, report: &mut Report) -> EngineResult<()> {
+        let store = engine.store();
+        for difference in store.verify_seen()? {
+            report.differ(format!("seen index: {difference}"));
+        }
+        report.count("seen keys", store.seen_index_size()?.0);
+        let payments: HashMap<&str, &Payment> =
+            self.payments.iter().map(|p| (p.id.as_str(), p)).collect();
+        let notes = store.seen_entries(crate::engine::PAID_BY_SEEN)?;
+        for (key, entry) in &notes {
+            let prefix = &key[crate::engine::PAID_BY_SEEN.len()..];
+            let Some(listed) = entry["payments"].as_array() else {
+                report.differ(format!("seen entry {key}: lists no payments ({entry})"));
+                continue;
+            };
+            for id in listed {
+                let Some(id) = id.as_str() else {
+                    report.differ(format!("seen entry {key}: {id} is not a payment id"));
+                    continue;
+                };
+                match payments.get(id) {
+                    None => report.differ(format!("seen entry {key}: payment {id} does not exist")),
+                    Some(p) if p.allocations.is_empty() => {
+                        report.differ(format!("seen entry {key}: payment {id} paid nothing"))
+                    }
+                    Some(p) if prefix.starts_with("ref:") => {
+                        let theirs = p
+                            .external_id
+                            .as_deref()
+                            .map(|r| crate::engine::paid_by_prefix("ref", r));
+                        if theirs.as_deref() != Some(prefix) {
+                            report.differ(format!(
+                                "seen entry {key}: payment {id} has the bank reference {:?}",
+                                p.external_id.as_deref().unwrap_or("(none)")
+                            ));
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        report.count("paid-by notes", notes.len());
         Ok(())
     }
 }

@@ -1112,8 +1112,11 @@ pub(crate) fn paid_by(tx: &Tx<'_>, kind: &str, reference: &str) -> EngineResult<
     Ok(payments)
 }
 
+/// The prefix of every `seen` entry [`index_paid`] writes.
+pub(crate) const PAID_BY_SEEN: &str = "paid-by:";
+
 fn paid_by_seen_key(kind: &str, reference: &str) -> String {
-    format!("paid-by:{}", paid_by_prefix(kind, reference))
+    format!("{PAID_BY_SEEN}{}", paid_by_prefix(kind, reference))
 }
 
 fn paid_by_listed(entry: Option<serde_json::Value>) -> Vec<String> {
@@ -1123,7 +1126,7 @@ fn paid_by_listed(entry: Option<serde_json::Value>) -> Vec<String> {
 }
 
 /// The `paid-by` index prefix of one reference: `<kind>:<reference, lower case, escaped>/`.
-fn paid_by_prefix(kind: &str, reference: &str) -> String {
+pub(crate) fn paid_by_prefix(kind: &str, reference: &str) -> String {
     format!("{kind}:{}/", escape_key(&reference.trim().to_lowercase()))
 }
 

@@ -5,6 +5,8 @@
 //! so throughput is bounded by CPU, not by fsyncs.
 
 mod billing;
+/// For `settled check`: the keys under which payments are noted for returns.
+pub(crate) use billing::{paid_by_prefix, PAID_BY_SEEN};
 mod external;
 mod imports;
 mod ingest;

@@ -620,6 +620,26 @@ impl Store {
         index.differences(&open.tree)
     }
 
+    /// Every seen entry whose key starts with `prefix`, as [`Store::seen`] answers for it (the last recorded wins), in
+    /// key order. Reads every seen block: for `settled check`, not for hot paths.
+    pub fn seen_entries(&self, prefix: &str) -> StoreResult<BTreeMap<String, serde_json::Value>> {
+        let tree = self.tree()?;
+        let mut out = BTreeMap::new();
+        // Blocks in number order are write order, so a later entry of a key replaces an earlier one.
+        for item in tree.scan_prefix(seen::PREFIX.as_bytes()) {
+            let (k, v) = item?;
+            let block_key = String::from_utf8_lossy(&k);
+            let block: Vec<(String, Box<serde_json::value::RawValue>)> = decode(&block_key, &v)?;
+            for (key, raw) in block {
+                if key.starts_with(prefix) {
+                    let value = decode(&format!("seen {key}"), raw.get().as_bytes())?;
+                    out.insert(key, expand_seen(value));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The seen index: keys it holds (a key recorded twice counts twice) and the bytes it takes on the heap.
     pub fn seen_index_size(&self) -> StoreResult<(usize, usize)> {
         let open = self.open_handle()?;

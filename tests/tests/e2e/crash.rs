@@ -464,3 +464,87 @@ fn settled_check_finds_no_difference_after_overpayment_credit_notes_spent_credit
         "{r}"
     );
 }
+
+#[test]
+fn settled_check_names_a_note_for_returns_that_lists_a_payment_of_another_bank_reference_or_none() {
+    let mut d = Daemon::start(Setup::default());
+    let first = issue_invoice(&d, "Erste GmbH", one_line("100.00"));
+    let second = issue_invoice(&d, "Zweite AG", one_line("200.00"));
+    let paid_with = |invoice: &Value, amount: &str, reference: &str| {
+        d.ok(
+            "POST",
+            "/v1/payments",
+            Some(
+                serde_json::json!({"amount": amount, "currency": "EUR", "payer": "Buyer",
+                "external_id": reference, "allocations": [{"invoice_id": invoice["id"]}]}),
+            ),
+        )
+    };
+    paid_with(&first, "100.00", "BANK-REF-1");
+    let other = paid_with(&second, "200.00", "BANK-REF-2");
+    let other_id = other["id"].as_str().unwrap().to_string();
+    // Both payments are noted under their bank references, and the notes check clean.
+    let data = d.data_dir();
+    let r = check(&d, &["--data-dir", data.to_str().unwrap()]);
+    assert!(
+        r.status.code() == Some(0) && r.stdout.contains("2 paid-by notes"),
+        "{r}"
+    );
+    d.terminate();
+
+    // A backup whose note for BANK-REF-1 lists the other reference's payment and one that does not exist.
+    let config = d.dir.path().join("settled.toml");
+    let backup = d.dir.path().join("backup.jsonl");
+    let mut cmd = settled(d.dir.path());
+    cmd.args([
+        "backup",
+        backup.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let r = run(cmd);
+    assert!(r.status.success(), "{r}");
+    let note = "paid-by:ref:bank-ref-1/";
+    let mut edited = String::new();
+    let mut edits = 0;
+    for line in std::fs::read_to_string(&backup).unwrap().lines() {
+        let mut row: Value = serde_json::from_str(line).unwrap();
+        if row["k"].as_str().is_some_and(|k| k.starts_with("S/")) {
+            for entry in row["v"].as_array_mut().unwrap() {
+                if entry[0] == note {
+                    entry[1] = serde_json::json!({"payments": [other_id, "pay_99999999"]});
+                    edits += 1;
+                }
+            }
+        }
+        edited.push_str(&format!("{row}\n"));
+    }
+    assert_eq!(edits, 1, "the backup holds the note {note}");
+    let edited_file = d.dir.path().join("edited.jsonl");
+    std::fs::write(&edited_file, edited).unwrap();
+    let restored = d.dir.path().join("edited");
+    let mut cmd = settled(d.dir.path());
+    cmd.args([
+        "restore",
+        edited_file.to_str().unwrap(),
+        "--data-dir",
+        restored.to_str().unwrap(),
+    ]);
+    let r = run(cmd);
+    assert!(r.status.success(), "{r}");
+    let r = check(&d, &["--data-dir", restored.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(1), "{r}");
+    assert!(
+        r.stdout.lines().any(|l| l
+            == format!(
+                "seen entry {note}: payment {other_id} has the bank reference \"BANK-REF-2\""
+            )),
+        "{r}"
+    );
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l == format!("seen entry {note}: payment pay_99999999 does not exist")),
+        "{r}"
+    );
+}
