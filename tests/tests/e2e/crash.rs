@@ -2,7 +2,7 @@
 //! re-importing the file counts nothing twice (the same totals as a clean import of the file into a fresh store).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -177,6 +177,47 @@ fn assert_check_clean(d: &Daemon, when: &str) {
     );
 }
 
+/// Back up the stopped daemon's store, pass every row of the backup (`{"k": key, "v": value}`) through `edit`, and
+/// restore the result into a new data directory `name`: (that directory, how many rows `edit` said it changed).
+fn restore_edited(
+    d: &Daemon,
+    name: &str,
+    mut edit: impl FnMut(&mut Value) -> bool,
+) -> (PathBuf, usize) {
+    let config = d.dir.path().join("settled.toml");
+    let backup = d.dir.path().join(format!("{name}.jsonl"));
+    let mut cmd = settled(d.dir.path());
+    cmd.args([
+        "backup",
+        backup.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let r = run(cmd);
+    assert!(r.status.success(), "{r}");
+    let mut edited = String::new();
+    let mut edits = 0;
+    for line in std::fs::read_to_string(&backup).unwrap().lines() {
+        let mut row: Value = serde_json::from_str(line).unwrap();
+        if edit(&mut row) {
+            edits += 1;
+        }
+        edited.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(&backup, edited).unwrap();
+    let data = d.dir.path().join(name);
+    let mut cmd = settled(d.dir.path());
+    cmd.args([
+        "restore",
+        backup.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let r = run(cmd);
+    assert!(r.status.success(), "{r}");
+    (data, edits)
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     let ok = std::process::Command::new("cp")
         .arg("-a")
@@ -315,59 +356,25 @@ fn settled_check_passes_a_clean_store_and_names_the_invoice_and_counter_edited_i
         "{r}"
     );
 
-    let backup = d.dir.path().join("backup.jsonl");
-    let r = run({
-        let mut cmd = settled(d.dir.path());
-        cmd.args([
-            "backup",
-            backup.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ]);
-        cmd
-    });
-    assert!(r.status.success(), "{r}");
-    let text = std::fs::read_to_string(&backup).unwrap();
     let paid_id = paid["id"].as_str().unwrap();
     let number = paid["number"].as_str().unwrap();
     let year = &number[4..8];
-    let mut edited = String::new();
-    let mut edits = 0;
-    for line in text.lines() {
-        let mut row: Value = serde_json::from_str(line).unwrap();
+    // A faithful restore checks clean; the edited one names both edits and exits 1.
+    let (restored, _) = restore_edited(&d, "restored", |_| false);
+    let r = offline(&["--data-dir", restored.to_str().unwrap()]);
+    assert!(r.status.code() == Some(0), "{r}");
+    let (edited, edits) = restore_edited(&d, "edited", |row| {
         if row["k"] == format!("e/invoice/{paid_id}") {
             row["v"]["amount_paid"] = "90.00".into();
-            edits += 1;
+            return true;
         }
         if row["k"] == format!("n/series/invoice/{year}") {
             row["v"] = 1.into();
-            edits += 1;
+            return true;
         }
-        edited.push_str(&format!("{row}\n"));
-    }
-    assert_eq!(edits, 2, "{text}");
-    let edited_file = d.dir.path().join("edited.jsonl");
-    std::fs::write(&edited_file, edited).unwrap();
-
-    // A faithful restore checks clean; the edited one names both edits and exits 1.
-    for (file, dir) in [(&backup, "restored"), (&edited_file, "edited")] {
-        let data = d.dir.path().join(dir);
-        let r = run({
-            let mut cmd = settled(d.dir.path());
-            cmd.args([
-                "restore",
-                file.to_str().unwrap(),
-                "--data-dir",
-                data.to_str().unwrap(),
-            ]);
-            cmd
-        });
-        assert!(r.status.success(), "{r}");
-    }
-    let restored = d.dir.path().join("restored");
-    let r = offline(&["--data-dir", restored.to_str().unwrap()]);
-    assert!(r.status.code() == Some(0), "{r}");
-    let edited = d.dir.path().join("edited");
+        false
+    });
+    assert_eq!(edits, 2);
     let r = offline(&["--data-dir", edited.to_str().unwrap()]);
     assert_eq!(r.status.code(), Some(1), "{r}");
     assert!(
@@ -493,45 +500,20 @@ fn settled_check_names_a_note_for_returns_that_lists_a_payment_of_another_bank_r
     d.terminate();
 
     // A backup whose note for BANK-REF-1 lists the other reference's payment and one that does not exist.
-    let config = d.dir.path().join("settled.toml");
-    let backup = d.dir.path().join("backup.jsonl");
-    let mut cmd = settled(d.dir.path());
-    cmd.args([
-        "backup",
-        backup.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
-    let r = run(cmd);
-    assert!(r.status.success(), "{r}");
     let note = "paid-by:ref:bank-ref-1/";
-    let mut edited = String::new();
-    let mut edits = 0;
-    for line in std::fs::read_to_string(&backup).unwrap().lines() {
-        let mut row: Value = serde_json::from_str(line).unwrap();
+    let (restored, edits) = restore_edited(&d, "edited", |row| {
+        let mut edited = false;
         if row["k"].as_str().is_some_and(|k| k.starts_with("S/")) {
             for entry in row["v"].as_array_mut().unwrap() {
                 if entry[0] == note {
                     entry[1] = serde_json::json!({"payments": [other_id, "pay_99999999"]});
-                    edits += 1;
+                    edited = true;
                 }
             }
         }
-        edited.push_str(&format!("{row}\n"));
-    }
+        edited
+    });
     assert_eq!(edits, 1, "the backup holds the note {note}");
-    let edited_file = d.dir.path().join("edited.jsonl");
-    std::fs::write(&edited_file, edited).unwrap();
-    let restored = d.dir.path().join("edited");
-    let mut cmd = settled(d.dir.path());
-    cmd.args([
-        "restore",
-        edited_file.to_str().unwrap(),
-        "--data-dir",
-        restored.to_str().unwrap(),
-    ]);
-    let r = run(cmd);
-    assert!(r.status.success(), "{r}");
     let r = check(&d, &["--data-dir", restored.to_str().unwrap()]);
     assert_eq!(r.status.code(), Some(1), "{r}");
     assert!(
