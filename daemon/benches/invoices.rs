@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let root = tempfile::tempdir().context("creating the bench temp dir")?;
+    let root = common::bench_tempdir()?;
     let data = match std::env::var_os("SETTLED_BENCH_STORE") {
         Some(dir) => PathBuf::from(dir),
         None => root.path().join("data"),

@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let root = tempfile::tempdir().context("creating the bench temp dir")?;
+    let root = common::bench_tempdir()?;
     let plugins = root.path().join("no-plugins");
     std::fs::create_dir_all(&plugins).context("creating the empty plugin folder")?;
     let mut config = Config {

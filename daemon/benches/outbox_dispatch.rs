@@ -185,7 +185,7 @@ fn start_daemon(dir: &Path, receiver: &str) -> anyhow::Result<Settled> {
 async fn bench() -> anyhow::Result<()> {
     let events = common::arg("--events", 100_000);
     let samples = common::arg("--samples", 200);
-    let dir = tempfile::tempdir()?;
+    let dir = common::bench_tempdir()?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let rx = Rx {
         key: Arc::new(b64.decode(SECRET.trim_start_matches("whsec_"))?),

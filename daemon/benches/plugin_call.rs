@@ -44,7 +44,7 @@ async fn run() -> anyhow::Result<()> {
     )?;
     let host_exe =
         common::built_artifact("settled", "cargo build --release -p settled --bin settled")?;
-    let root = tempfile::tempdir().context("creating the bench temp dir")?;
+    let root = common::bench_tempdir()?;
     let plugins = root.path().join("plugins");
     std::fs::create_dir_all(&plugins).context("creating the plugin folder")?;
     std::fs::copy(&lib, plugins.join("libsettled_plugin_good.so"))

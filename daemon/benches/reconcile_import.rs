@@ -53,7 +53,7 @@ fn main() {
     }
     let lines = common::arg("--lines", 1_000_000);
     let invoices = common::arg("--invoices", 200_000);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::bench_tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -816,7 +816,7 @@ struct FloorSizes {
 
 /// One floor run: (seconds, keys written), the final flush included.
 fn floor_run(layout: FloorLayout, sizes: &FloorSizes, lines: usize, invoices: usize) -> (f64, u64) {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::bench_tempdir().expect("tempdir");
     let db = sled::Config::new()
         .path(dir.path().join("db"))
         .cache_capacity(64 * 1024 * 1024)

@@ -37,7 +37,7 @@ fn rss_kib() -> u64 {
 fn main() {
     let keys = common::arg("--keys", 1_000_000);
     let restore = !std::env::args().any(|a| a == "--no-restore");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::bench_tempdir().expect("tempdir");
     let data = dir.path().join("data");
     println!("## seen index, {keys} keys\n");
     println!("machine: {}\n", common::machine());

@@ -40,7 +40,7 @@ async fn run() -> anyhow::Result<()> {
         "libsettled_plugin_webform.so",
         "cargo build --release -p settled-plugin-webform",
     )?;
-    let root = tempfile::tempdir().context("creating the bench temp dir")?;
+    let root = common::bench_tempdir()?;
     let plugins = root.path().join("plugins");
     std::fs::create_dir_all(&plugins).context("creating the plugin folder")?;
     std::fs::copy(&lib, plugins.join("libsettled_plugin_webform.so"))

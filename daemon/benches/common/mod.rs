@@ -306,3 +306,36 @@ where
     }
     load
 }
+
+/// Prefix of the temporary directories benches make: `settled-bench-<pid>-...` in the system's temp dir.
+const TEMP_PREFIX: &str = "settled-bench-";
+
+/// A temporary directory for a bench, named after this process. Removed when dropped, and, since a bench stopped by
+/// a signal never drops it (the reconcile_import stores take gigabytes), by the next bench that starts: it first
+/// removes every bench directory whose process is gone.
+pub fn bench_tempdir() -> anyhow::Result<tempfile::TempDir> {
+    let temp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&temp) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(TEMP_PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                eprintln!(
+                    "removing {}, left by a bench that was stopped",
+                    entry.path().display()
+                );
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    tempfile::Builder::new()
+        .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
+        .tempdir()
+        .context("creating the bench temp dir")
+}
