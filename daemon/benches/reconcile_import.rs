@@ -537,12 +537,12 @@ fn sled_open_floor(dir: &Path, data: &Path) -> OpenFloor {
     }
 }
 
-/// The child of [`sled_open_floor`]: open `db` as the daemon does (64 MiB cache), then read every open-invoice row.
+/// The child of [`sled_open_floor`]: open `db` with the daemon's default cache, then read every open-invoice row.
 fn sled_open_child(db: &Path) {
     let t = Instant::now();
     let db = sled::Config::new()
         .path(db)
-        .cache_capacity(64 * 1024 * 1024)
+        .cache_capacity(StoreOptions::default().cache_bytes)
         .open()
         .expect("sled opens the copy");
     let tree = db.open_tree("settled").expect("tree");
@@ -819,7 +819,7 @@ fn floor_run(layout: FloorLayout, sizes: &FloorSizes, lines: usize, invoices: us
     let dir = common::bench_tempdir().expect("tempdir");
     let db = sled::Config::new()
         .path(dir.path().join("db"))
-        .cache_capacity(64 * 1024 * 1024)
+        .cache_capacity(StoreOptions::default().cache_bytes)
         .mode(sled::Mode::HighThroughput)
         .open()
         .expect("sled");

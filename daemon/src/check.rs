@@ -162,6 +162,14 @@ impl Checker {
         })
     }
 
+    fn payments_by_id(&self) -> HashMap<&str, &Payment> {
+        self.payments.iter().map(|p| (p.id.as_str(), p)).collect()
+    }
+
+    fn invoices_by_id(&self) -> HashMap<&str, &Invoice> {
+        self.invoices.iter().map(|i| (i.id.as_str(), i)).collect()
+    }
+
     fn check(&self, engine: &Engine, index: &MatchIndex) -> EngineResult<Report> {
         let mut report = Report::default();
         let served = self.invoices_and_allocations(engine, &mut report)?;
@@ -389,10 +397,8 @@ impl Checker {
     /// Credit lots against the balances, the payments and credit notes they came from, and the `customer_credit`
     /// allocations that spent them.
     fn credit(&self, report: &mut Report) {
-        let payments: HashMap<&str, &Payment> =
-            self.payments.iter().map(|p| (p.id.as_str(), p)).collect();
-        let invoices: HashMap<&str, &Invoice> =
-            self.invoices.iter().map(|i| (i.id.as_str(), i)).collect();
+        let payments = self.payments_by_id();
+        let invoices = self.invoices_by_id();
         let allocations: HashMap<&str, &Allocation> = self
             .allocations
             .iter()
@@ -672,10 +678,8 @@ impl Checker {
         balances: &HashMap<String, Decimal>,
         report: &mut Report,
     ) -> EngineResult<()> {
-        let invoices: HashMap<&str, &Invoice> =
-            self.invoices.iter().map(|i| (i.id.as_str(), i)).collect();
-        let payments: HashMap<&str, &Payment> =
-            self.payments.iter().map(|p| (p.id.as_str(), p)).collect();
+        let invoices = self.invoices_by_id();
+        let payments = self.payments_by_id();
         let open = |inv: &Invoice| {
             inv.state == InvoiceState::Issued
                 && inv.kind == InvoiceKind::Invoice
@@ -882,9 +886,7 @@ impl Checker {
         }
         Ok(())
     }
-}
 
-impl Checker {
     /// The dedupe keys: the in-memory index of `seen` keys against the blocks on disk, and the `paid-by:` notes
     /// (`billing::index_paid`) against the payments they list: each exists, paid something, and for a bank reference
     /// (`ref:`) is the payment of that reference.
@@ -894,8 +896,7 @@ impl Checker {
             report.differ(format!("seen index: {difference}"));
         }
         report.count("seen keys", store.seen_index_size()?.0);
-        let payments: HashMap<&str, &Payment> =
-            self.payments.iter().map(|p| (p.id.as_str(), p)).collect();
+        let payments = self.payments_by_id();
         let notes = store.seen_entries(crate::engine::PAID_BY_SEEN)?;
         for (key, entry) in &notes {
             let prefix = &key[crate::engine::PAID_BY_SEEN.len()..];

@@ -629,7 +629,7 @@ impl Store {
         for item in tree.scan_prefix(seen::PREFIX.as_bytes()) {
             let (k, v) = item?;
             let block_key = String::from_utf8_lossy(&k);
-            let block: Vec<(String, Box<serde_json::value::RawValue>)> = decode(&block_key, &v)?;
+            let block: seen::Block = decode(&block_key, &v)?;
             for (key, raw) in block {
                 if key.starts_with(prefix) {
                     let value = decode(&format!("seen {key}"), raw.get().as_bytes())?;

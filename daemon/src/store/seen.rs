@@ -75,7 +75,7 @@ fn corrupt(key: &str, message: &str) -> StoreError {
 }
 
 /// A stored block: `[key, produced]` pairs.
-type Block = Vec<(String, Box<RawValue>)>;
+pub(super) type Block = Vec<(String, Box<RawValue>)>;
 
 /// One entry read for the index only: the key, borrowed where it has no escapes, and the value skipped.
 #[derive(Deserialize)]
