@@ -597,7 +597,7 @@ impl Context<'_> {
                 .map(normalise_party_name)
                 .unwrap_or_default()
         });
-        let customer = normalise_party_name(&inv.account_name);
+        let customer = self.index.normalised_name(inv);
         if payer.is_empty() || customer.is_empty() {
             return (0, NameMatch::None);
         }

@@ -4,11 +4,13 @@
 //! canonical number key, by RF reference, by account (oldest first) and by (currency, balance).
 //! Nothing scans all invoices, so matching does not slow down as open invoices grow.
 
+use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
@@ -51,14 +53,21 @@ pub struct MatchIndex {
     by_amount: HashMap<String, BTreeSet<(Decimal, Handle)>>,
     /// Normalised payer key (account number or name) -> account.
     payers: HashMap<String, AccountNo>,
-    /// Normalised customer name -> the one account carrying it, `None` when several do.
-    account_names: HashMap<String, Option<AccountNo>>,
+    /// Normalised customer name -> its number in `names`.
+    name_numbers: HashMap<Arc<str>, NameNo>,
+    /// Normalised customer names, each with the one account carrying it (`None` when several do).
+    names: Vec<(Arc<str>, Option<AccountNo>)>,
 }
+
+/// Interned normalised customer name.
+type NameNo = u32;
 
 #[derive(Debug)]
 struct Slot {
     invoice: OpenInvoice,
     account: AccountNo,
+    /// Its customer name normalised (`None`: nothing left of it), worked out once, not for every payment ranked.
+    name: Option<NameNo>,
 }
 
 impl Slot {
@@ -205,20 +214,11 @@ impl MatchIndex {
         if !reference.is_empty() {
             self.by_rf.insert(key_hash(&reference), handle);
         }
-        let name = normalise_party_name(&inv.account_name);
-        if !name.is_empty() {
-            self.account_names
-                .entry(name)
-                .and_modify(|known| {
-                    if *known != Some(account) {
-                        *known = None;
-                    }
-                })
-                .or_insert(Some(account));
-        }
+        let name = self.intern_name(&inv.account_name, account);
         let slot = Slot {
             invoice: inv,
             account,
+            name,
         };
         if slot.is_open() {
             self.list_open(&slot, handle);
@@ -259,6 +259,7 @@ impl MatchIndex {
         let slot = Slot {
             invoice: inv,
             account: old.account,
+            name: old.name,
         };
         if slot.is_open() {
             self.list_open(&slot, handle);
@@ -277,10 +278,16 @@ impl MatchIndex {
         }
         self.by_account
             .insert((slot.account, slot.invoice.issue_date, handle));
-        self.by_amount
-            .entry(slot.invoice.currency.clone())
-            .or_default()
-            .insert((slot.invoice.balance, handle));
+        let entry = (slot.invoice.balance, handle);
+        match self.by_amount.get_mut(&slot.invoice.currency) {
+            Some(amounts) => {
+                amounts.insert(entry);
+            }
+            None => {
+                self.by_amount
+                    .insert(slot.invoice.currency.clone(), BTreeSet::from([entry]));
+            }
+        }
     }
 
     /// Take an invoice out of the indexes of open invoices ([`MatchIndex::list_open`]).
@@ -365,6 +372,44 @@ impl MatchIndex {
         self.account_ids.push(account_id.to_owned());
         self.account_open.push(0);
         account
+    }
+
+    /// The number of a customer name (normalised), noting that `account` carries it.
+    fn intern_name(&mut self, account_name: &str, account: AccountNo) -> Option<NameNo> {
+        let name = normalise_party_name(account_name);
+        if name.is_empty() {
+            return None;
+        }
+        if let Some(&number) = self.name_numbers.get(name.as_str()) {
+            if let Some((_, owner)) = self.names.get_mut(number as usize) {
+                if *owner != Some(account) {
+                    *owner = None;
+                }
+            }
+            return Some(number);
+        }
+        let number = NameNo::try_from(self.names.len()).unwrap_or(NameNo::MAX);
+        let name: Arc<str> = name.into();
+        self.name_numbers.insert(name.clone(), number);
+        self.names.push((name, Some(account)));
+        Some(number)
+    }
+
+    /// `normalise_party_name(&inv.account_name)` of an invoice this index holds, without working it out again (for
+    /// any other invoice it is worked out).
+    pub(crate) fn normalised_name<'a>(&'a self, inv: &'a OpenInvoice) -> Cow<'a, str> {
+        let slot = self
+            .handle_of(&inv.id)
+            .and_then(|handle| self.slots.get(handle as usize))
+            .and_then(Option::as_ref)
+            .filter(|slot| std::ptr::eq(&slot.invoice, inv));
+        match slot {
+            Some(slot) => match slot.name.and_then(|n| self.names.get(n as usize)) {
+                Some((name, _)) => Cow::Borrowed(name),
+                None => Cow::Borrowed(""),
+            },
+            None => Cow::Owned(normalise_party_name(&inv.account_name)),
+        }
     }
 
     /// The invoice in a slot.
@@ -486,7 +531,8 @@ impl MatchIndex {
         if let Some(&account) = linked {
             return found(account, PayerVia::LinkedName(name));
         }
-        let account = (*self.account_names.get(&normalised)?)?;
+        let number = *self.name_numbers.get(normalised.as_str())?;
+        let account = self.names.get(number as usize)?.1?;
         found(account, PayerVia::SameName(name))
     }
 }

@@ -147,8 +147,10 @@ impl Store {
     ///
     /// Test-only: with `SETTLED_TEST_ABORT_CHECKPOINT_AFTER=N` in the environment, the process aborts once N keys of
     /// a checkpoint are written and flushed (a checkpoint cut short by a crash).
-    pub fn write_snapshot(&self, snapshot: CheckpointSnapshot) -> StoreResult<usize> {
+    pub fn write_snapshot(&self, mut snapshot: CheckpointSnapshot) -> StoreResult<usize> {
         let open = self.open_handle()?;
+        // Key order (the overlay is a hash map), sorted here rather than under the writer lock the snapshot was taken in.
+        snapshot.entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let abort_after = std::env::var(ABORT_CHECKPOINT_ENV)
             .ok()
             .and_then(|n| n.parse::<usize>().ok());

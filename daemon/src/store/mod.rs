@@ -197,8 +197,10 @@ struct Inner {
     _lock: File,
 }
 
-/// The overlay of deferred writes, in key order (scans merge it with sled's keys).
-type Overlay = BTreeMap<String, Deferred>;
+/// The overlay of deferred writes. A hash map: a bulk import looks up and inserts a few keys per line in an overlay of
+/// hundreds of thousands, where a B-tree of strings spent ~9% of the import comparing key prefixes; the rare ordered
+/// reads (a scan, a checkpoint's snapshot) sort what they take.
+type Overlay = HashMap<String, Deferred>;
 
 /// A deferred write, as the overlay and a write set hold it.
 #[derive(Debug, Clone, PartialEq)]
@@ -450,15 +452,13 @@ impl Store {
         prefix: &str,
     ) -> StoreResult<impl Iterator<Item = StoreResult<(String, sled::IVec)>>> {
         let tree = self.tree()?;
-        let pending: Vec<(String, Deferred)> = self
+        let mut pending: Vec<(String, Deferred)> = self
             .read_overlay()
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(|(k, _)| k.starts_with(prefix))
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(MergedScan {
             sled: tree.scan_prefix(prefix.as_bytes()).peekable(),
             overlay: pending.into_iter().peekable(),

@@ -15,8 +15,8 @@
 //! write whose flush failed is forgotten with the rest of it.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
-use std::hash::BuildHasher;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::de::IgnoredAny;
@@ -105,11 +105,96 @@ pub(super) struct SeenIndex {
     fingerprints: Vec<u64>,
     blocks: Vec<u32>,
     /// Entries recorded since the last merge; their blocks are newer than every merged one.
-    recent: BTreeSet<(u64, u32)>,
+    recent: Recent,
     /// The number the next block gets.
     next_block: u32,
     /// The last blocks read, newest use last.
     cache: Mutex<Vec<(u32, Arc<Block>)>>,
+}
+
+/// The entries recorded since the last merge, fingerprint -> blocks: hash maps, as a look-up (two a line) and an insert
+/// (one a line) in a B-tree of up to an eighth of the index cost a bulk import more than the rest of dedupe.
+#[derive(Default)]
+struct Recent {
+    /// A fingerprint's first block.
+    first: HashMap<u64, u32, BuildHasherDefault<FingerprintHasher>>,
+    /// Its later blocks, oldest first (a key recorded again, or two keys sharing a fingerprint): rare.
+    more: HashMap<u64, Vec<u32>, BuildHasherDefault<FingerprintHasher>>,
+    len: usize,
+}
+
+impl Recent {
+    /// Note that block `n` holds a key with fingerprint `fp`; `n` is never below a block noted before.
+    fn insert(&mut self, fp: u64, n: u32) {
+        match self.first.get(&fp) {
+            None => {
+                self.first.insert(fp, n);
+            }
+            Some(&first) if first == n => return,
+            Some(_) => {
+                let more = self.more.entry(fp).or_default();
+                if more.last() == Some(&n) {
+                    return;
+                }
+                more.push(n);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The blocks noted for `fp`, newest first.
+    fn newest_first(&self, fp: u64) -> impl Iterator<Item = u32> + '_ {
+        let more = self.more.get(&fp).map(Vec::as_slice).unwrap_or_default();
+        more.iter().rev().chain(self.first.get(&fp)).copied()
+    }
+
+    /// Every `(fingerprint, block)` entry, in no order.
+    fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let first = self.first.iter().map(|(fp, n)| (*fp, *n));
+        let more = self
+            .more
+            .iter()
+            .flat_map(|(fp, blocks)| blocks.iter().map(move |n| (*fp, *n)));
+        first.chain(more)
+    }
+
+    /// Every entry, sorted.
+    fn sorted(self) -> Vec<(u64, u32)> {
+        let mut entries: Vec<(u64, u32)> = self.iter().collect();
+        entries.sort_unstable();
+        entries
+    }
+
+    /// What the maps reserve on the heap (a hash map's slot holds its entry and a control byte).
+    fn heap_bytes(&self) -> usize {
+        self.first.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
+            + self.more.capacity() * (std::mem::size_of::<(u64, Vec<u32>)>() + 1)
+            + self.more.values().map(|v| v.capacity() * 4).sum::<usize>()
+    }
+}
+
+/// Fingerprints are hashes already (keyed per process): the map uses them as they are.
+#[derive(Default)]
+struct FingerprintHasher(u64);
+
+impl Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// The first position in `sorted` holding `fp` or more. Fingerprints are spread evenly over the 64-bit range, so the
@@ -174,7 +259,7 @@ impl SeenIndex {
             fingerprint,
             fingerprints,
             blocks,
-            recent: BTreeSet::new(),
+            recent: Recent::default(),
             next_block,
             cache: Mutex::new(Vec::new()),
         })
@@ -187,9 +272,7 @@ impl SeenIndex {
 
     /// Bytes the index holds on the heap (what its arrays and B-tree reserve; the B-tree estimated at its node size).
     pub(super) fn heap_bytes(&self) -> usize {
-        // A B-tree leaf holds up to 11 entries; nodes are about two thirds full after random inserts.
-        let btree = self.recent.len() * std::mem::size_of::<(u64, u32)>() * 3 / 2;
-        self.fingerprints.capacity() * 8 + self.blocks.capacity() * 4 + btree
+        self.fingerprints.capacity() * 8 + self.blocks.capacity() * 4 + self.recent.heap_bytes()
     }
 
     /// Split `entries` (a write set's seen keys with their encoded values) into blocks numbered from
@@ -219,7 +302,7 @@ impl SeenIndex {
         let mut n = self.next_block;
         for chunk in entries.chunks(MAX_BLOCK) {
             for (key, _) in chunk {
-                self.recent.insert(((self.fingerprint)(key), n));
+                self.recent.insert((self.fingerprint)(key), n);
             }
             n += 1;
         }
@@ -240,7 +323,7 @@ impl SeenIndex {
             .copied()
             .zip(self.blocks.iter().copied())
             .peekable();
-        for new in std::mem::take(&mut self.recent) {
+        for new in std::mem::take(&mut self.recent).sorted() {
             while let Some(entry) = old.next_if(|entry| *entry < new) {
                 fingerprints.push(entry.0);
                 blocks.push(entry.1);
@@ -259,12 +342,7 @@ impl SeenIndex {
     /// The blocks that may hold `key`, newest first.
     fn candidates(&self, key: &str) -> Vec<u32> {
         let fp = (self.fingerprint)(key);
-        let mut out: Vec<u32> = self
-            .recent
-            .range((fp, 0)..=(fp, u32::MAX))
-            .rev()
-            .map(|(_, n)| *n)
-            .collect();
+        let mut out: Vec<u32> = self.recent.newest_first(fp).collect();
         let from = lower_bound(&self.fingerprints, fp);
         let to = from
             + self.fingerprints[from..]
@@ -389,7 +467,7 @@ impl SeenIndex {
             .iter()
             .copied()
             .zip(self.blocks.iter().copied())
-            .chain(self.recent.iter().copied())
+            .chain(self.recent.iter())
     }
 }
 
