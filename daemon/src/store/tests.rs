@@ -771,6 +771,23 @@ fn write_v2_seen(dir: &Path, count: u32) {
     store.flush().unwrap();
 }
 
+/// sled itself in `dir`, once the background threads of the store just dropped let go of its file lock (as
+/// `open_sled` waits; opening at once failed now and then).
+fn raw_sled(dir: &Path) -> sled::Db {
+    let config = sled::Config::new().path(dir.join("db"));
+    for _ in 0..250 {
+        match config.open() {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => {
+                return other.unwrap_or_else(|e| panic!("opening sled in {}: {e}", dir.display()))
+            }
+        }
+    }
+    panic!("sled in {} stayed locked for 5 s", dir.display())
+}
+
 /// Every key in the seen blocks, in block order.
 fn seen_block_keys(store: &Store) -> Vec<String> {
     let mut out = Vec::new();
@@ -789,10 +806,7 @@ fn a_schema_2_store_converts_its_seen_keys_into_blocks_even_when_the_conversion_
     write_v2_seen(dir.path(), 1200);
     // A conversion that stops (a crash) after its first block.
     {
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .unwrap();
+        let db = raw_sled(dir.path());
         let tree = db.open_tree("settled").unwrap();
         migrate::from_v2(&tree, Some(1)).unwrap();
         assert_eq!(tree.get(b"m/schema").unwrap().unwrap(), &b"2"[..]);
