@@ -253,16 +253,31 @@ impl MatchIndex {
         else {
             return Some(inv);
         };
-        if old.is_open() {
-            self.unlist_open(&old, handle);
-        }
         let slot = Slot {
             invoice: inv,
             account: old.account,
             name: old.name,
         };
-        if slot.is_open() {
-            self.list_open(&slot, handle);
+        match (old.is_open(), slot.is_open()) {
+            // Still open: same customer and issue date, so only its place among the balances moves.
+            (true, true) => {
+                if old.invoice.balance != slot.invoice.balance {
+                    let entry = (slot.invoice.balance, handle);
+                    match self.by_amount.get_mut(&slot.invoice.currency) {
+                        Some(amounts) => {
+                            amounts.remove(&(old.invoice.balance, handle));
+                            amounts.insert(entry);
+                        }
+                        None => {
+                            self.by_amount
+                                .insert(slot.invoice.currency.clone(), BTreeSet::from([entry]));
+                        }
+                    }
+                }
+            }
+            (true, false) => self.unlist_open(&old, handle),
+            (false, true) => self.list_open(&slot, handle),
+            (false, false) => {}
         }
         if let Some(place) = self.slots.get_mut(handle as usize) {
             *place = Some(slot);
