@@ -262,17 +262,10 @@ impl MatchIndex {
             // Still open: same customer and issue date, so only its place among the balances moves.
             (true, true) => {
                 if old.invoice.balance != slot.invoice.balance {
-                    let entry = (slot.invoice.balance, handle);
-                    match self.by_amount.get_mut(&slot.invoice.currency) {
-                        Some(amounts) => {
-                            amounts.remove(&(old.invoice.balance, handle));
-                            amounts.insert(entry);
-                        }
-                        None => {
-                            self.by_amount
-                                .insert(slot.invoice.currency.clone(), BTreeSet::from([entry]));
-                        }
+                    if let Some(amounts) = self.by_amount.get_mut(&slot.invoice.currency) {
+                        amounts.remove(&(old.invoice.balance, handle));
                     }
+                    self.list_amount(&slot.invoice.currency, (slot.invoice.balance, handle));
                 }
             }
             (true, false) => self.unlist_open(&old, handle),
@@ -293,14 +286,18 @@ impl MatchIndex {
         }
         self.by_account
             .insert((slot.account, slot.invoice.issue_date, handle));
-        let entry = (slot.invoice.balance, handle);
-        match self.by_amount.get_mut(&slot.invoice.currency) {
+        self.list_amount(&slot.invoice.currency, (slot.invoice.balance, handle));
+    }
+
+    /// Enter `(balance, handle)` among the open balances in `currency` (its currency string copied only when new).
+    fn list_amount(&mut self, currency: &str, entry: (Decimal, Handle)) {
+        match self.by_amount.get_mut(currency) {
             Some(amounts) => {
                 amounts.insert(entry);
             }
             None => {
                 self.by_amount
-                    .insert(slot.invoice.currency.clone(), BTreeSet::from([entry]));
+                    .insert(currency.to_owned(), BTreeSet::from([entry]));
             }
         }
     }

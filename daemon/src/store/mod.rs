@@ -828,7 +828,7 @@ impl Store {
             let events = if events.len() >= PARALLEL_EVENTS {
                 EventBlocks::Helper(scope.spawn(move || event_blocks(first_event, events)))
             } else {
-                EventBlocks::Here(events)
+                EventBlocks::Here(first_event, events)
             };
             self.apply_with(&open, ws, events, event_ids, outbox)
         })
@@ -901,16 +901,7 @@ impl Store {
             }
             seen_index = Some(index);
         }
-        let first_event = event_ids.first().copied();
-        let event_blocks = match events {
-            EventBlocks::Here(events) => {
-                first_event.map_or_else(Vec::new, |first| event_blocks(first, events))
-            }
-            EventBlocks::Helper(helper) => helper
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-        };
-        for (key, block) in event_blocks {
+        for (key, block) in events.blocks() {
             batch.insert(key.as_bytes(), block);
         }
         if !superseded.is_empty() {
@@ -1305,34 +1296,42 @@ const PARALLEL_EVENTS: usize = 2 * blocks::MAX_BLOCK;
 
 /// A write set's events on their way into blocks: still to be encoded, or being encoded by a helper thread.
 enum EventBlocks<'scope> {
-    Here(Vec<Event>),
+    /// The first event's id, and the events.
+    Here(u64, Vec<Event>),
     Helper(std::thread::ScopedJoinHandle<'scope, Vec<(String, Vec<u8>)>>),
+}
+
+impl EventBlocks<'_> {
+    /// The `v/` blocks: `(key, packed block)`.
+    fn blocks(self) -> Vec<(String, Vec<u8>)> {
+        match self {
+            EventBlocks::Here(first_id, events) => event_blocks(first_id, events),
+            EventBlocks::Helper(helper) => helper
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        }
+    }
 }
 
 /// Events numbered from `first_id`, as the `v/` blocks that hold them: `(key, packed block)`.
 fn event_blocks(first_id: u64, events: Vec<Event>) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::with_capacity(events.len().div_ceil(blocks::MAX_BLOCK));
-    let mut encoded = Vec::with_capacity(blocks::MAX_BLOCK.min(events.len()));
-    let mut block_first = first_id;
-    for (id, mut event) in (first_id..).zip(events) {
-        event.id = id;
-        encoded.push(encode(&event));
-        if encoded.len() == blocks::MAX_BLOCK {
-            out.push((
-                seq_key("v/", block_first),
-                blocks::pack(blocks::encode_events(encoded.iter().map(Vec::as_slice))),
-            ));
-            encoded.clear();
-            block_first = id + 1;
-        }
-    }
-    if !encoded.is_empty() {
-        out.push((
-            seq_key("v/", block_first),
-            blocks::pack(blocks::encode_events(encoded.iter().map(Vec::as_slice))),
-        ));
-    }
-    out
+    let encoded: Vec<Vec<u8>> = (first_id..)
+        .zip(events)
+        .map(|(id, mut event)| {
+            event.id = id;
+            encode(&event)
+        })
+        .collect();
+    encoded
+        .chunks(blocks::MAX_BLOCK)
+        .zip((first_id..).step_by(blocks::MAX_BLOCK))
+        .map(|(block, first)| {
+            (
+                seq_key("v/", first),
+                blocks::pack(blocks::encode_events(block.iter().map(Vec::as_slice))),
+            )
+        })
+        .collect()
 }
 
 fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {

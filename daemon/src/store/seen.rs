@@ -270,7 +270,7 @@ impl SeenIndex {
         self.fingerprints.len() + self.recent.len()
     }
 
-    /// Bytes the index holds on the heap (what its arrays and B-tree reserve; the B-tree estimated at its node size).
+    /// Bytes the index holds on the heap (what its arrays and the maps of recent entries reserve).
     pub(super) fn heap_bytes(&self) -> usize {
         self.fingerprints.capacity() * 8 + self.blocks.capacity() * 4 + self.recent.heap_bytes()
     }
