@@ -26,9 +26,17 @@ const INVOICES_PER_ACCOUNT: usize = 10;
 /// The daemon refuses API tokens shorter than 32 bytes.
 const BENCH_TOKEN: &str = "reconcile-import-bench-token-0123456789abcdef";
 
-// The daemon's allocator, so that the sled floors run in this process allocate as the daemon does.
+// The daemon's allocator and its options, so that the sled floors run in this process (and its children) allocate
+// as the daemon does.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[export_name = "_rjem_malloc_conf"]
+#[allow(non_upper_case_globals)]
+pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(
+    // SAFETY: the first byte of a static NUL-terminated string, which jemalloc only reads.
+    unsafe { &*settled::JEMALLOC_CONF.as_ptr() },
+);
 
 fn release_dir() -> PathBuf {
     common::profile_dir().expect("locating target/release")
@@ -45,10 +53,18 @@ struct Issued {
 /// The child that measures sled alone opening a store: `reconcile_import --sled-open-floor DIR`.
 const OPEN_FLOOR_ARG: &str = "--sled-open-floor";
 
+/// The child that runs one sled floor of the import's writes, so that its peak resident memory is sled's alone:
+/// `reconcile_import --sled-write-floor LAYOUT LINES INVOICES SIZES...` ([`sled_write_child`]).
+const WRITE_FLOOR_ARG: &str = "--sled-write-floor";
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == OPEN_FLOOR_ARG) {
         sled_open_child(Path::new(&args[at + 1]));
+        return;
+    }
+    if let Some(at) = args.iter().position(|a| a == WRITE_FLOOR_ARG) {
+        sled_write_child(&args[at + 1..]);
         return;
     }
     let lines = common::arg("--lines", 1_000_000);
@@ -188,7 +204,7 @@ fn main() {
         open_floor.open_ms, open_floor.rss_open_mib, open_floor.rss_rows_mib, open_floor.rows
     );
     println!("\nImport summary: {summary}\n");
-    sled_floor(&data, lines, invoices, settled_secs);
+    sled_floor(&data, lines, invoices, settled_secs, settled_rss);
     matching_scaling(&runtime);
 }
 
@@ -758,7 +774,7 @@ enum FloorLayout {
 /// with no parsing, matching or JSON at all, for each [`FloorLayout`]. 70% of lines settle an invoice (payment, allocation
 /// and audit event; on an invoice's first payment a status event), the other 30% go to review (payment, review item, audit
 /// event, an open-review row).
-fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
+fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64, settled_rss: u64) {
     let sizes = {
         let db = sled::Config::new()
             .path(data.join("db"))
@@ -781,26 +797,102 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64) {
     println!("Record sizes read back from the daemon's store after the import (bytes, a block's share for blocked records): \
               payment {}, allocation {}, audit event {}, seen pair {}, invoice {}, open-invoice row {}, review item {}.\n",
         sizes.payment, sizes.allocation, sizes.event, sizes.seen, sizes.invoice, sizes.open_row, sizes.review);
-    println!("| sled alone, the daemon's keys and value sizes for {lines} lines, 250 lines per batch | seconds | lines/s | keys written | keys per line | µs per key | load average before |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("Each floor runs in a fresh process (the bench's own executable), so its peak resident memory is what sled \
+              alone holds for those writes with the daemon's cache (64 MiB) and allocator options.\n");
+    println!("| sled alone, the daemon's keys and value sizes for {lines} lines, 250 lines per batch | seconds | lines/s | keys written | keys per line | µs per key | peak RSS MiB | load average before |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (layout, what) in [
         (FloorLayout::PerLine, "before issue 14: invoice and open-invoice row rewritten per line, a `seen` key per line"),
         (FloorLayout::JournalOnly, "journal only: payment, allocation or review item, events and `seen` pairs appended in blocks"),
         (FloorLayout::Checkpointed, "journal + checkpoints of the invoices paid, every 100,000 keys (today's layout)"),
     ] {
         let load = common::loadavg();
-        let (secs, keys) = floor_run(layout, &sizes, lines, invoices);
+        let run = floor_child(layout, &sizes, lines, invoices);
         println!(
-            "| {what} | {secs:.1} | {:.0} | {keys} | {:.1} | {:.1} | {load} |",
-            lines as f64 / secs,
-            keys as f64 / lines as f64,
-            secs * 1e6 / keys as f64
+            "| {what} | {:.1} | {:.0} | {} | {:.1} | {:.1} | {} | {load} |",
+            run.secs,
+            lines as f64 / run.secs,
+            run.keys,
+            run.keys as f64 / lines as f64,
+            run.secs * 1e6 / run.keys as f64,
+            run.hwm_kib / 1024
         );
     }
     println!(
-        "| settled import (above), for comparison | {settled_secs:.1} | {:.0} | - | - | - | - |\n",
+        "| settled import (above), for comparison | {settled_secs:.1} | {:.0} | - | - | - | {settled_rss} | - |\n",
         lines as f64 / settled_secs
     );
+}
+
+impl FloorLayout {
+    const ALL: [(FloorLayout, &'static str); 3] = [
+        (FloorLayout::PerLine, "per-line"),
+        (FloorLayout::JournalOnly, "journal"),
+        (FloorLayout::Checkpointed, "checkpointed"),
+    ];
+
+    fn name(self) -> &'static str {
+        FloorLayout::ALL
+            .iter()
+            .find(|(l, _)| *l == self)
+            .map_or("?", |(_, name)| name)
+    }
+
+    fn named(name: &str) -> FloorLayout {
+        FloorLayout::ALL
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(l, _)| *l)
+            .unwrap_or_else(|| panic!("unknown floor layout {name}"))
+    }
+}
+
+/// What one floor child measured.
+struct FloorRun {
+    secs: f64,
+    keys: u64,
+    hwm_kib: u64,
+}
+
+/// Run [`floor_run`] in a fresh process ([`sled_write_child`]) and read what it printed.
+fn floor_child(layout: FloorLayout, sizes: &FloorSizes, lines: usize, invoices: usize) -> FloorRun {
+    let out = Command::new(std::env::current_exe().expect("bench exe"))
+        .arg(WRITE_FLOOR_ARG)
+        .arg(layout.name())
+        .args([lines, invoices].map(|n| n.to_string()))
+        .args(sizes.to_array().map(|n| n.to_string()))
+        .output()
+        .expect("write-floor child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "write-floor child failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| -> f64 {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("write-floor child printed no {name}: {text}"))
+    };
+    FloorRun {
+        secs: field("secs"),
+        keys: field("keys") as u64,
+        hwm_kib: field("hwm_kib") as u64,
+    }
+}
+
+/// The child of [`floor_child`]: `LAYOUT LINES INVOICES` and the seven sizes of [`FloorSizes::to_array`].
+fn sled_write_child(args: &[String]) {
+    let number = |i: usize| -> usize {
+        args.get(i).and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+            panic!("write-floor child: argument {i} missing or not a number: {args:?}")
+        })
+    };
+    let layout = FloorLayout::named(args.first().map_or("", String::as_str));
+    let sizes = FloorSizes::from_array(std::array::from_fn(|i| number(3 + i)));
+    let (secs, keys) = floor_run(layout, &sizes, number(1), number(2));
+    let hwm = common::status_kib("VmHWM").unwrap_or(0);
+    println!("secs={secs} keys={keys} hwm_kib={hwm}");
 }
 
 /// Mean sizes of what the daemon wrote, in bytes.
@@ -812,6 +904,35 @@ struct FloorSizes {
     invoice: usize,
     open_row: usize,
     review: usize,
+}
+
+impl FloorSizes {
+    /// The sizes in field order, as a floor child takes them on its command line.
+    fn to_array(&self) -> [usize; 7] {
+        [
+            self.payment,
+            self.allocation,
+            self.event,
+            self.seen,
+            self.invoice,
+            self.open_row,
+            self.review,
+        ]
+    }
+
+    fn from_array(
+        [payment, allocation, event, seen, invoice, open_row, review]: [usize; 7],
+    ) -> FloorSizes {
+        FloorSizes {
+            payment,
+            allocation,
+            event,
+            seen,
+            invoice,
+            open_row,
+            review,
+        }
+    }
 }
 
 /// One floor run: (seconds, keys written), the final flush included.

@@ -283,6 +283,7 @@ pub(crate) fn load_index(store: &Store, config: &Config) -> EngineResult<MatchIn
             index.link_payer(key, account);
         }
     }
+    index.shrink_to_fit();
     Ok(index)
 }
 

@@ -180,6 +180,25 @@ fn kill_9_during_a_stream_of_writes_loses_no_acknowledged_write() {
 }
 
 #[test]
+fn the_running_daemon_gives_freed_memory_back_on_jemalloc_s_background_thread() {
+    let d = Daemon::start(Setup {
+        plugins: vec![],
+        ..Setup::default()
+    });
+    let tasks = format!("/proc/{}/task", d.pid());
+    let names: Vec<String> = std::fs::read_dir(&tasks)
+        .unwrap_or_else(|e| panic!("reading {tasks}: {e}"))
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    // jemalloc names the thread that purges freed pages (`background_thread:true` in settled::JEMALLOC_CONF).
+    assert!(
+        names.iter().any(|name| name == "jemalloc_bg_thd"),
+        "threads of the daemon: {names:?}"
+    );
+}
+
+#[test]
 fn sigterm_stops_the_daemon_cleanly_with_exit_0_and_keeps_the_data() {
     let mut d = Daemon::start(Setup {
         plugins: vec![],
