@@ -765,7 +765,7 @@ enum FloorLayout {
     /// invoice written. What any layout must make durable for a line.
     JournalOnly,
     /// The journal plus checkpoints: the invoices paid since the last checkpoint and their open-invoice rows written
-    /// back in key order once `[journal] checkpoint_dirty` (100,000) keys wait. Today's layout.
+    /// back in key order once `[journal] checkpoint_dirty` (50,000) keys wait. Today's layout.
     Checkpointed,
 }
 
@@ -804,7 +804,7 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64, set
     for (layout, what) in [
         (FloorLayout::PerLine, "before issue 14: invoice and open-invoice row rewritten per line, a `seen` key per line"),
         (FloorLayout::JournalOnly, "journal only: payment, allocation or review item, events and `seen` pairs appended in blocks"),
-        (FloorLayout::Checkpointed, "journal + checkpoints of the invoices paid, every 100,000 keys (today's layout)"),
+        (FloorLayout::Checkpointed, "journal + checkpoints of the invoices paid, every 50,000 keys (today's layout)"),
     ] {
         let load = common::loadavg();
         let run = floor_child(layout, &sizes, lines, invoices);
@@ -1001,7 +1001,7 @@ fn floor_run(layout: FloorLayout, sizes: &FloorSizes, lines: usize, invoices: us
         if line % 250 == 249 {
             tree.apply_batch(w.take()).expect("apply");
         }
-        if dirty.len() * 2 >= 100_000 {
+        if dirty.len() * 2 >= 50_000 {
             for part in std::mem::take(&mut dirty)
                 .into_iter()
                 .collect::<Vec<_>>()

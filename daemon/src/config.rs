@@ -261,8 +261,8 @@ pub struct Journal {
     /// Seconds between background checkpoints while changes wait (default 60, at least 1).
     pub checkpoint_every_secs: u64,
     /// Changed keys (an invoice and its open-invoice rows count about 2) held in memory before a checkpoint starts on its
-    /// own thread while writes go on; writers wait for it only when twice as many wait (default 100000, about 70 MiB,
-    /// 140 MiB at most; at least 1).
+    /// own thread while writes go on; writers wait for it only when twice as many wait (default 50000, about 35 MiB,
+    /// 70 MiB at most; at least 1). 100000 took a 1M-line import no faster and held ~25 MiB more (BENCHMARKS.md).
     pub checkpoint_dirty: usize,
 }
 
@@ -270,7 +270,7 @@ impl Default for Journal {
     fn default() -> Self {
         Journal {
             checkpoint_every_secs: 60,
-            checkpoint_dirty: 100_000,
+            checkpoint_dirty: 50_000,
         }
     }
 }

@@ -22,9 +22,13 @@ pub mod store;
 /// jemalloc's options for the `settled` binary (its `malloc_conf`, set in `main.rs`; the benches that measure memory set
 /// the same). The `_RJEM_MALLOC_CONF` environment variable, read after it, overrides any of them.
 ///
-/// By default jemalloc keeps freed pages for 10 s before giving them back, on the threads that allocate. A bulk import
-/// frees and allocates tens of megabytes a second (records parsed, blocks encoded, checkpoint batches), so that delay
-/// alone held about 80 MiB of a 400,000-line import's peak resident memory (BENCHMARKS.md). With these options freed
-/// pages go back after about a second, on jemalloc's own background thread rather than the importing one.
+/// - `background_thread`, `dirty_decay_ms:1000`, `muzzy_decay_ms:0`: freed pages go back to the system after about a
+///   second, on jemalloc's own thread. By default jemalloc keeps them 10 s and purges on the threads that allocate; a bulk
+///   import frees and allocates tens of megabytes a second, and that delay held ~40-80 MiB of its peak.
+/// - `narenas:1`: one arena instead of four per core. With eight, the import's threads (the writer, the event encoder,
+///   checkpoints, sled's) each kept partly used pages of their own, and resident memory grew all through a 1M-line
+///   import to 511-533 MiB; with one it stays flat near 400 MiB, at the same speed within the machine's spread (the
+///   engine's writes are serial under its writer lock, and each thread's cache serves most allocations without the
+///   arena's lock). Measured in BENCHMARKS.md; on a many-core machine with heavy intake, `narenas:N` may serve better.
 pub const JEMALLOC_CONF: &std::ffi::CStr =
-    c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
+    c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1";

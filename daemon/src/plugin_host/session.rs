@@ -95,7 +95,7 @@ impl PluginHost {
 }
 
 impl ParseSession {
-    /// The next bytes of the file (any size; the import path uses 1 MiB). Returns the records these bytes
+    /// The next bytes of the file (any size; the import path uses 256 KiB). Returns the records these bytes
     /// completed. After an error the session is over: the file was not imported.
     pub async fn feed(&mut self, chunk: &[u8]) -> Result<Vec<Record>, CallError> {
         let (session, generation) = match &mut self.mode {

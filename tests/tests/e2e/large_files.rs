@@ -163,7 +163,7 @@ fn a_large_camt_streams_through_the_plugin_with_bounded_memory() {
 }
 
 /// The plugin children are the same (none crashed and was replaced), and none's peak resident memory grew by anything
-/// like the file's size: buffering the file takes at least its size, streaming about one 1 MiB piece and one entry.
+/// like the file's size: buffering the file takes at least its size, streaming about one 256 KiB piece and one entry.
 fn assert_children_stayed_small(
     d: &Daemon,
     children: &[u32],
