@@ -507,6 +507,40 @@ fn spawn_daemon(config: &Path, log: &Path) -> std::process::Child {
         .expect("start settled")
 }
 
+/// What a child run of this bench's executable printed: `name=value` words.
+struct ChildReport {
+    what: &'static str,
+    text: String,
+}
+
+impl ChildReport {
+    /// Run the bench's own executable with `args` and keep what it printed; a failed child fails the bench, naming `what`.
+    fn run(
+        what: &'static str,
+        args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
+    ) -> ChildReport {
+        let out = Command::new(std::env::current_exe().expect("bench exe"))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{what} child: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{what} child failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ChildReport { what, text }
+    }
+
+    /// The value printed as `name=value`.
+    fn field<T: std::str::FromStr>(&self, name: &str) -> T {
+        self.text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("{} child printed no {name}: {}", self.what, self.text))
+    }
+}
+
 /// What sled alone costs to open a store: the floor of the daemon's start.
 struct OpenFloor {
     open_ms: u64,
@@ -528,28 +562,17 @@ fn sled_open_floor(dir: &Path, data: &Path) -> OpenFloor {
     assert!(status.success(), "copying the store for the open floor");
     // The copy's pages written back first, so that the kernel's write-back does not slow the child's reads.
     let _ = Command::new("sync").status();
-    let out = Command::new(std::env::current_exe().expect("bench exe"))
-        .arg(OPEN_FLOOR_ARG)
-        .arg(&copy)
-        .output()
-        .expect("open-floor child");
-    let _ = std::fs::remove_dir_all(&copy);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "open-floor child failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = ChildReport::run(
+        "open-floor",
+        [std::ffi::OsStr::new(OPEN_FLOOR_ARG), copy.as_os_str()],
     );
-    let field = |name: &str| -> u64 {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-            .unwrap_or_else(|| panic!("open-floor child printed no {name}: {text}"))
-    };
+    let _ = std::fs::remove_dir_all(&copy);
+    let mib = |name: &str| report.field::<u64>(name) / 1024;
     OpenFloor {
-        open_ms: field("open_ms"),
-        rss_open_mib: field("rss_open_kib") / 1024,
-        rss_rows_mib: field("rss_rows_kib") / 1024,
-        rows: field("rows"),
+        open_ms: report.field("open_ms"),
+        rss_open_mib: mib("rss_open_kib"),
+        rss_rows_mib: mib("rss_rows_kib"),
+        rows: report.field("rows"),
     }
 }
 
@@ -856,28 +879,18 @@ struct FloorRun {
 
 /// Run [`floor_run`] in a fresh process ([`sled_write_child`]) and read what it printed.
 fn floor_child(layout: FloorLayout, sizes: &FloorSizes, lines: usize, invoices: usize) -> FloorRun {
-    let out = Command::new(std::env::current_exe().expect("bench exe"))
-        .arg(WRITE_FLOOR_ARG)
-        .arg(layout.name())
-        .args([lines, invoices].map(|n| n.to_string()))
-        .args(sizes.to_array().map(|n| n.to_string()))
-        .output()
-        .expect("write-floor child");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "write-floor child failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let mut args = vec![WRITE_FLOOR_ARG.to_string(), layout.name().to_string()];
+    args.extend(
+        [lines, invoices]
+            .iter()
+            .chain(&sizes.to_array())
+            .map(|n| n.to_string()),
     );
-    let field = |name: &str| -> f64 {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-            .unwrap_or_else(|| panic!("write-floor child printed no {name}: {text}"))
-    };
+    let report = ChildReport::run("write-floor", &args);
     FloorRun {
-        secs: field("secs"),
-        keys: field("keys") as u64,
-        hwm_kib: field("hwm_kib") as u64,
+        secs: report.field("secs"),
+        keys: report.field("keys"),
+        hwm_kib: report.field("hwm_kib"),
     }
 }
 
