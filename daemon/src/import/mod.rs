@@ -88,7 +88,8 @@ fn plugin_message(e: &CallError) -> String {
 
 /// Bytes read from a streamed file per plugin call. Up to four pieces are in flight (one parsing, two queued, one
 /// committing), and a piece's decoded records take about eight times its bytes: 1 MiB pieces held ~37 MiB of records
-/// during a bulk import, 256 KiB pieces hold a quarter of that at the same speed (a plugin call costs microseconds).
+/// during a bulk import; 256 KiB pieces hold a quarter of that, with no change in speed beyond the machine's spread (a
+/// plugin call costs microseconds against the milliseconds of parsing a piece).
 const CHUNK: usize = 256 << 10;
 
 /// Refused records listed one by one in the log and in a file's error; the rest are summed up.
