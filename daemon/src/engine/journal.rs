@@ -29,10 +29,21 @@ struct Listed {
     amount: Decimal,
 }
 
-/// An invoice replay touched: as read, and as the journal leaves it.
+/// An invoice replay touched, as the journal leaves it. Not also a copy of it as read (a tail of 100,000 lines touches
+/// about 110,000 invoices, and that second copy raised the start's peak by ~25 MiB): replay changes only what an
+/// allocation it did not list yet or a status event changes, so those two say whether it differs from what was read.
 struct Touched {
-    before: Invoice,
     after: Invoice,
+    /// An allocation was added (with its amount and `updated_at`).
+    appended: bool,
+    /// `announced_status` as read.
+    status_read: Option<PaymentStatus>,
+}
+
+impl Touched {
+    fn changed(&self) -> bool {
+        self.appended || self.after.announced_status != self.status_read
+    }
 }
 
 /// Rebuild the overlay from the events after the checkpoint (a store without one gets one at its newest event: it
@@ -60,6 +71,7 @@ pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
                         t.after.amount_paid += a.amount;
                         t.after.allocations.push(a.id);
                         t.after.updated_at = event.at;
+                        t.appended = true;
                     }
                 }
             }
@@ -82,7 +94,7 @@ pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
     ids.sort();
     for id in ids {
         let t = &touched[id];
-        if t.before != t.after {
+        if t.changed() {
             store.replay_deferred(&format!("e/invoice/{}", t.after.id), Some(&t.after));
         }
         // Even when the invoice itself is current: a checkpoint cut short writes every `e/invoice/` key before the
@@ -112,8 +124,9 @@ fn touch<'a>(
         touched.insert(
             id.to_string(),
             Touched {
-                before: inv.clone(),
+                status_read: inv.announced_status,
                 after: inv,
+                appended: false,
             },
         );
     }
