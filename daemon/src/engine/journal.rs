@@ -9,7 +9,9 @@
 //! counts only if the invoice does not list its id yet, and `invoice.payment_status_changed` events are applied in
 //! order (every change of `announced_status` has one), so the last one wins.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
 
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -46,13 +48,30 @@ impl Touched {
     }
 }
 
+/// What an event after the checkpoint does to an invoice, in the events' order.
+enum Step {
+    /// An allocation a `payment.recorded` event lists, at the event's time.
+    Allocated(Listed, DateTime<Utc>),
+    /// An `invoice.payment_status_changed` event: invoice id and the status announced.
+    Status(String, PaymentStatus),
+}
+
+impl Step {
+    fn invoice_id(&self) -> &str {
+        match self {
+            Step::Allocated(listed, _) => &listed.invoice_id,
+            Step::Status(id, _) => id,
+        }
+    }
+}
+
 /// Rebuild the overlay from the events after the checkpoint (a store without one gets one at its newest event: it
 /// has deferred nothing). Returns how many events were read.
 pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
     store.clear_deferred();
     store.init_checkpoint()?;
     let from = store.checkpoint()?.unwrap_or(0);
-    let mut touched: HashMap<String, Touched> = HashMap::new();
+    let mut steps = Vec::new();
     let mut read = 0u64;
     for event in store.events_from(from)? {
         let event = event?;
@@ -63,31 +82,53 @@ pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
                     Some(list) => serde_json::from_value(list.clone()).unwrap_or_default(),
                     None => continue,
                 };
-                for a in listed {
-                    let Some(t) = touch(store, &mut touched, &a.invoice_id)? else {
-                        continue;
-                    };
-                    if !t.after.allocations.contains(&a.id) {
-                        t.after.amount_paid += a.amount;
-                        t.after.allocations.push(a.id);
-                        t.after.updated_at = event.at;
-                        t.appended = true;
-                    }
-                }
+                steps.extend(listed.into_iter().map(|a| Step::Allocated(a, event.at)));
             }
             "invoice.payment_status_changed" => {
-                let Some(to) = event
+                if let Some(to) = event
                     .data
                     .get("to")
                     .and_then(|to| serde_json::from_value::<PaymentStatus>(to.clone()).ok())
-                else {
-                    continue;
-                };
-                if let Some(t) = touch(store, &mut touched, &event.entity_id)? {
-                    t.after.announced_status = Some(to);
+                {
+                    steps.push(Step::Status(event.entity_id, to));
                 }
             }
             _ => {}
+        }
+    }
+    // The invoices the steps touch, read in key order (nothing writes the store meanwhile, so the order changes no
+    // value): neighbours share sled's pages, where reading them in the events' order pulled a page from the log file for
+    // almost every invoice of a long tail.
+    let ids: BTreeSet<&str> = steps.iter().map(Step::invoice_id).collect();
+    let mut touched: HashMap<String, Touched> = HashMap::with_capacity(ids.len());
+    for id in ids {
+        if let Some(inv) = store.get::<Invoice>("invoice", id)? {
+            let t = Touched {
+                status_read: inv.announced_status,
+                after: inv,
+                appended: false,
+            };
+            touched.insert(id.to_string(), t);
+        }
+    }
+    for step in steps {
+        match step {
+            Step::Allocated(a, at) => {
+                let Some(t) = touched.get_mut(&a.invoice_id) else {
+                    continue;
+                };
+                if !t.after.allocations.contains(&a.id) {
+                    t.after.amount_paid += a.amount;
+                    t.after.allocations.push(a.id);
+                    t.after.updated_at = at;
+                    t.appended = true;
+                }
+            }
+            Step::Status(id, to) => {
+                if let Some(t) = touched.get_mut(&id) {
+                    t.after.announced_status = Some(to);
+                }
+            }
         }
     }
     let mut ids: Vec<&String> = touched.keys().collect();
@@ -110,27 +151,6 @@ pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
         );
     }
     Ok(read)
-}
-
-fn touch<'a>(
-    store: &Store,
-    touched: &'a mut HashMap<String, Touched>,
-    id: &str,
-) -> EngineResult<Option<&'a mut Touched>> {
-    if !touched.contains_key(id) {
-        let Some(inv) = store.get::<Invoice>("invoice", id)? else {
-            return Ok(None);
-        };
-        touched.insert(
-            id.to_string(),
-            Touched {
-                status_read: inv.announced_status,
-                after: inv,
-                appended: false,
-            },
-        );
-    }
-    Ok(touched.get_mut(id))
 }
 
 /// Put an invoice's `i/open-invoice/` and `i/open-due/` rows into the overlay as `save_invoice` leaves them, where the
