@@ -100,23 +100,28 @@ pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
     // value): neighbours share sled's pages, where reading them in the events' order pulled a page from the log file for
     // almost every invoice of a long tail.
     let ids: BTreeSet<&str> = steps.iter().map(Step::invoice_id).collect();
-    let mut touched: HashMap<String, Touched> = HashMap::with_capacity(ids.len());
+    // In key order, as the rows are written below; `place` finds an invoice among them.
+    let mut touched: Vec<Touched> = Vec::with_capacity(ids.len());
+    let mut place: HashMap<String, usize> = HashMap::with_capacity(ids.len());
     for id in ids {
         if let Some(inv) = store.get::<Invoice>("invoice", id)? {
-            let t = Touched {
+            place.insert(id.to_string(), touched.len());
+            touched.push(Touched {
                 status_read: inv.announced_status,
                 after: inv,
                 appended: false,
-            };
-            touched.insert(id.to_string(), t);
+            });
         }
     }
     for step in steps {
+        let Some(t) = place
+            .get(step.invoice_id())
+            .and_then(|&i| touched.get_mut(i))
+        else {
+            continue;
+        };
         match step {
             Step::Allocated(a, at) => {
-                let Some(t) = touched.get_mut(&a.invoice_id) else {
-                    continue;
-                };
                 if !t.after.allocations.contains(&a.id) {
                     t.after.amount_paid += a.amount;
                     t.after.allocations.push(a.id);
@@ -124,17 +129,10 @@ pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
                     t.appended = true;
                 }
             }
-            Step::Status(id, to) => {
-                if let Some(t) = touched.get_mut(&id) {
-                    t.after.announced_status = Some(to);
-                }
-            }
+            Step::Status(_, to) => t.after.announced_status = Some(to),
         }
     }
-    let mut ids: Vec<&String> = touched.keys().collect();
-    ids.sort();
-    for id in ids {
-        let t = &touched[id];
+    for t in &touched {
         if t.changed() {
             store.replay_deferred(&format!("e/invoice/{}", t.after.id), Some(&t.after));
         }
