@@ -31,12 +31,7 @@ const BENCH_TOKEN: &str = "reconcile-import-bench-token-0123456789abcdef";
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[export_name = "_rjem_malloc_conf"]
-#[allow(non_upper_case_globals)]
-pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(
-    // SAFETY: the first byte of a static NUL-terminated string, which jemalloc only reads.
-    unsafe { &*settled::JEMALLOC_CONF.as_ptr() },
-);
+settled::jemalloc_options!();
 
 fn release_dir() -> PathBuf {
     common::profile_dir().expect("locating target/release")

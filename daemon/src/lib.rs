@@ -19,8 +19,8 @@ pub mod reconcile;
 pub mod scheduler;
 pub mod store;
 
-/// jemalloc's options for the `settled` binary (its `malloc_conf`, set in `main.rs`; the benches that measure memory set
-/// the same). The `_RJEM_MALLOC_CONF` environment variable, read after it, overrides any of them.
+/// jemalloc's options for the `settled` binary (its `malloc_conf`, set by [`jemalloc_options!`] in `main.rs`; the benches
+/// that measure memory set the same). The `_RJEM_MALLOC_CONF` environment variable, read after it, overrides any of them.
 ///
 /// - `background_thread`, `dirty_decay_ms:1000`, `muzzy_decay_ms:0`: freed pages go back to the system after about a
 ///   second, on jemalloc's own thread. By default jemalloc keeps them 10 s and purges on the threads that allocate; a bulk
@@ -32,3 +32,17 @@ pub mod store;
 ///   arena's lock). Measured in BENCHMARKS.md; on a many-core machine with heavy intake, `narenas:N` may serve better.
 pub const JEMALLOC_CONF: &std::ffi::CStr =
     c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1";
+
+/// Make [`JEMALLOC_CONF`] jemalloc's `malloc_conf` in the executable that calls it (once, at its crate root, beside its
+/// jemalloc `#[global_allocator]`): `settled::jemalloc_options!();`. jemalloc's symbols carry the `_rjem_` prefix.
+#[macro_export]
+macro_rules! jemalloc_options {
+    () => {
+        #[export_name = "_rjem_malloc_conf"]
+        #[allow(non_upper_case_globals)]
+        static malloc_conf: Option<&'static std::ffi::c_char> = Some(
+            // SAFETY: the first byte of a static NUL-terminated string, which jemalloc only reads.
+            unsafe { &*$crate::JEMALLOC_CONF.as_ptr() },
+        );
+    };
+}
