@@ -99,20 +99,34 @@ pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
     // The invoices the steps touch, read in key order (nothing writes the store meanwhile, so the order changes no
     // value): neighbours share sled's pages, where reading them in the events' order pulled a page from the log file for
     // almost every invoice of a long tail.
-    let ids: BTreeSet<&str> = steps.iter().map(Step::invoice_id).collect();
-    // In key order, as the rows are written below; `place` finds an invoice among them.
-    let mut touched: Vec<Touched> = Vec::with_capacity(ids.len());
-    let mut place: HashMap<String, usize> = HashMap::with_capacity(ids.len());
-    for id in ids {
-        if let Some(inv) = store.get::<Invoice>("invoice", id)? {
-            place.insert(id.to_string(), touched.len());
-            touched.push(Touched {
-                status_read: inv.announced_status,
-                after: inv,
-                appended: false,
-            });
+    // Reading and decoding them is most of a long replay's time: it is shared out between the cores (each thread
+    // reads its own run of keys, so they still share pages).
+    let ids: Vec<&str> = steps
+        .iter()
+        .map(Step::invoice_id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let runs = in_parallel(&ids, |ids| {
+        let mut read = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(inv) = store.get::<Invoice>("invoice", id)? {
+                read.push(Touched {
+                    status_read: inv.announced_status,
+                    after: inv,
+                    appended: false,
+                });
+            }
         }
-    }
+        Ok(read)
+    })?;
+    // In key order, as the rows are written below; `place` finds an invoice among them.
+    let mut touched: Vec<Touched> = runs.into_iter().flatten().collect();
+    let place: HashMap<String, usize> = touched
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.after.id.clone(), i))
+        .collect();
     for step in steps {
         let Some(t) = place
             .get(step.invoice_id())
@@ -132,14 +146,18 @@ pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
             Step::Status(_, to) => t.after.announced_status = Some(to),
         }
     }
-    for t in &touched {
-        if t.changed() {
-            store.replay_deferred(&format!("e/invoice/{}", t.after.id), Some(&t.after));
+    // Each invoice's keys are its own, so the threads never write or read each other's.
+    in_parallel(&touched, |touched| {
+        for t in touched {
+            if t.changed() {
+                store.replay_deferred(&format!("e/invoice/{}", t.after.id), Some(&t.after));
+            }
+            // Even when the invoice itself is current: a checkpoint cut short writes every `e/invoice/` key before
+            // the `i/open-*` rows, so its rows may still be those of before.
+            defer_rows(store, &t.after)?;
         }
-        // Even when the invoice itself is current: a checkpoint cut short writes every `e/invoice/` key before the
-        // `i/open-*` rows, so its rows may still be those of before.
-        defer_rows(store, &t.after)?;
-    }
+        Ok(())
+    })?;
     if read > 0 {
         tracing::info!(
             events = read,
@@ -149,6 +167,39 @@ pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
         );
     }
     Ok(read)
+}
+
+/// Below this many items [`in_parallel`] does the work on the calling thread. (Two in unit tests, so that every
+/// replay they make shares its work out.)
+#[cfg(not(test))]
+const PARALLEL_FROM: usize = 4096;
+#[cfg(test)]
+const PARALLEL_FROM: usize = 2;
+
+/// `work` done on consecutive runs of `items`, one per core (up to four), on scoped threads; the results in the
+/// runs' order. The first error is returned once every run has ended.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    work: impl Fn(&[T]) -> EngineResult<R> + Sync,
+) -> EngineResult<Vec<R>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if threads < 2 || items.len() < PARALLEL_FROM {
+        return Ok(vec![work(items)?]);
+    }
+    let run = items.len().div_ceil(threads);
+    let work = &work;
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = items
+            .chunks(run)
+            .map(|items| scope.spawn(move || work(items)))
+            .collect();
+        runs.into_iter()
+            .map(|run| match run.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
 }
 
 /// Put an invoice's `i/open-invoice/` and `i/open-due/` rows into the overlay as `save_invoice` leaves them, where the
@@ -170,11 +221,11 @@ fn defer_rows(store: &Store, inv: &Invoice) -> EngineResult<()> {
         }
         return Ok(());
     }
-    let name = match &row {
+    let name: std::sync::Arc<str> = match &row {
         Some(row) => row.account_name.clone(),
         None => store
             .get::<Account>("account", &inv.account_id)?
-            .map(|a| a.name)
+            .map(|a| a.name.into())
             .unwrap_or_default(),
     };
     if let Some(wanted) = open_invoice(inv, &name) {
@@ -186,4 +237,36 @@ fn defer_rows(store: &Store, inv: &Invoice) -> EngineResult<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineError;
+
+    #[test]
+    fn in_parallel_gives_every_run_s_results_in_order_and_an_error_of_any_run() {
+        let items: Vec<u32> = (0..10_001).collect();
+        let runs = in_parallel(&items, |run| {
+            Ok(run.iter().map(|n| n * 2).collect::<Vec<_>>())
+        })
+        .unwrap();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        assert_eq!(runs.len(), threads);
+        let all: Vec<u32> = runs.into_iter().flatten().collect();
+        assert_eq!(all, items.iter().map(|n| n * 2).collect::<Vec<_>>());
+        // One run failing fails the whole.
+        let failed = in_parallel(&items, |run| match run.contains(&10_000) {
+            true => Err(EngineError::NotFound {
+                entity: "item",
+                id: "10000".into(),
+            }),
+            false => Ok(run.len()),
+        });
+        assert!(matches!(failed, Err(EngineError::NotFound { id, .. }) if id == "10000"));
+        // Too few to share: one run, on this thread.
+        let here = std::thread::current().id();
+        let runs = in_parallel(&items[..1], |_| Ok(std::thread::current().id())).unwrap();
+        assert_eq!(runs, vec![here]);
+    }
 }
