@@ -193,10 +193,14 @@ fn main() {
         restart.0, restart.1
     );
     println!(
-        "Its floor, measured first on a copy of the same store: sled alone (64 MiB cache, a fresh process) opened it in \
+        "Its floor, measured first on a copy of the same store: sled alone ({} MiB cache, a fresh process) opened it in \
          {} ms with {} MiB resident, and held {} MiB after reading its {} open-invoice rows (what the daemon loads its \
          matching index from, before building that index).\n",
-        open_floor.open_ms, open_floor.rss_open_mib, open_floor.rss_rows_mib, open_floor.rows
+        settled::store::DEFAULT_CACHE_MIB,
+        open_floor.open_ms,
+        open_floor.rss_open_mib,
+        open_floor.rss_rows_mib,
+        open_floor.rows
     );
     println!("\nImport summary: {summary}\n");
     sled_floor(&data, lines, invoices, settled_secs, settled_rss);
@@ -692,8 +696,8 @@ fn matching_scaling(_runtime: &tokio::runtime::Runtime) {
                 id: format!("inv_{i:08}"),
                 rf_reference: settled::domain::rf::creditor_reference(&number),
                 number,
-                account_id: format!("acc_{:08}", i / 10),
-                account_name: format!("Customer {:06} Ltd", i / 10),
+                account_id: format!("acc_{:08}", i / 10).into(),
+                account_name: format!("Customer {:06} Ltd", i / 10).into(),
                 currency: "EUR".into(),
                 balance: rust_decimal::Decimal::new(10_000 + (i as i64 % 90_000), 2),
                 issue_date: date,
@@ -816,7 +820,8 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64, set
               payment {}, allocation {}, audit event {}, seen pair {}, invoice {}, open-invoice row {}, review item {}.\n",
         sizes.payment, sizes.allocation, sizes.event, sizes.seen, sizes.invoice, sizes.open_row, sizes.review);
     println!("Each floor runs in a fresh process (the bench's own executable), so its peak resident memory is what sled \
-              alone holds for those writes with the daemon's cache (64 MiB) and allocator options.\n");
+              alone holds for those writes with the daemon's default cache ({} MiB) and allocator options.\n",
+              settled::store::DEFAULT_CACHE_MIB);
     println!("| sled alone, the daemon's keys and value sizes for {lines} lines, 250 lines per batch | seconds | lines/s | keys written | keys per line | µs per key | peak RSS MiB | load average before |");
     println!("|---|---|---|---|---|---|---|---|");
     for (layout, what) in [

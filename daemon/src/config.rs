@@ -59,7 +59,8 @@ pub struct Config {
     /// Log format: `text` (default) or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
-    /// sled page cache in MiB (default 64): bounds resident memory.
+    /// sled page cache in MiB (default 16): bounds resident memory. sled counts its pages smaller than they are, so
+    /// the cache takes about twice this; a larger cache serves API reads of a large store from memory more often.
     #[serde(default = "default_cache_mib")]
     pub cache_mib: u64,
     /// Document number patterns.
@@ -425,7 +426,7 @@ fn default_listen() -> SocketAddr {
 }
 
 fn default_cache_mib() -> u64 {
-    64
+    crate::store::DEFAULT_CACHE_MIB
 }
 
 impl Default for Config {

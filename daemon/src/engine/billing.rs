@@ -1,6 +1,8 @@
 //! Invoices (draft, issue with a gap-free number, void, credit), payments and allocations, customer credit,
 //! and the announcement of derived payment-status changes.
 
+use std::sync::Arc;
+
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -306,9 +308,9 @@ pub(super) fn open_invoice(inv: &Invoice, account_name: &str) -> Option<OpenInvo
         id: inv.id.clone(),
         number: inv.number.clone()?,
         rf_reference: inv.rf_reference.clone().unwrap_or_default(),
-        account_id: inv.account_id.clone(),
-        account_name: account_name.to_string(),
-        currency: inv.currency.code().to_string(),
+        account_id: inv.account_id.as_str().into(),
+        account_name: account_name.into(),
+        currency: inv.currency.code().into(),
         balance: invoice::balance(inv),
         issue_date: inv.issue_date?,
         due_date: inv.due_date?,
@@ -359,11 +361,11 @@ impl Tx<'_> {
             }
             // The index already knows the customer's name for invoices it has seen; the store is the fallback.
             let known = before.map(|o| o.account_name.clone());
-            let name = match known {
+            let name: Arc<str> = match known {
                 Some(name) => name,
                 None => self
                     .get_raw::<Account>(&format!("e/account/{}", inv.account_id))?
-                    .map(|a| a.name)
+                    .map(|a| a.name.into())
                     .unwrap_or_default(),
             };
             if let Some(o) = open_invoice(inv, &name) {
@@ -502,7 +504,7 @@ impl Tx<'_> {
                 number: Some(open.number.clone()),
                 external_refs: figures.external_refs.clone(),
             },
-            account_id: open.account_id.clone(),
+            account_id: open.account_id.to_string(),
             balance: open.balance,
         };
         let open_key = format!("i/open-invoice/{invoice_id}");

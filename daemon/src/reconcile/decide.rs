@@ -244,7 +244,7 @@ impl Context<'_> {
         let mismatched: Vec<Suggestion> = resolved
             .open
             .iter()
-            .filter(|hit| &hit.invoice.currency != currency)
+            .filter(|hit| *hit.invoice.currency != **currency)
             .map(|hit| {
                 let why = format!(
                     "{}, but it is invoiced in {} and the payment is in {}",
@@ -310,7 +310,7 @@ impl Context<'_> {
         if let Some(payer) = self
             .payer
             .as_ref()
-            .filter(|p| p.account_id != hit.invoice.account_id)
+            .filter(|p| p.account_id != &*hit.invoice.account_id)
         {
             // a number typed by hand may be a typo; a checked reference or provider id hardly is
             let penalty = if rule == Rule::InvoiceNumberInText {
@@ -372,13 +372,13 @@ impl Context<'_> {
         let exact: Vec<&OpenInvoice> = if self.index.open_count_of_payer(payer) <= LARGE_ACCOUNT {
             self.index
                 .open_of_payer(payer)
-                .filter(|i| i.currency == currency && i.balance == self.money)
+                .filter(|i| &*i.currency == currency && i.balance == self.money)
                 .take(MAX_SUGGESTIONS)
                 .collect()
         } else {
             self.index
                 .open_with_balance(currency, self.money)
-                .filter(|i| i.account_id == account)
+                .filter(|i| &*i.account_id == account)
                 .take(MAX_SUGGESTIONS)
                 .collect()
         };
@@ -412,7 +412,7 @@ impl Context<'_> {
         let oldest: Vec<&OpenInvoice> = self
             .index
             .open_of_payer(payer)
-            .filter(|i| i.currency == currency)
+            .filter(|i| &*i.currency == currency)
             .take(self.settings.subset_max_invoices)
             .collect();
         let solutions = subset_sums(&oldest, self.money, self.settings.subset_max_size, 3);
@@ -538,7 +538,7 @@ impl Context<'_> {
 
     /// The reasons behind [`Self::score`], in plain words.
     fn explain(&self, inv: &OpenInvoice) -> String {
-        let amount = if inv.currency != self.payment.currency {
+        let amount = if *inv.currency != *self.payment.currency {
             format!("invoiced in {}", inv.currency)
         } else if inv.balance == self.money {
             format!(
@@ -567,7 +567,7 @@ impl Context<'_> {
     }
 
     fn amount_points(&self, inv: &OpenInvoice) -> u8 {
-        if inv.currency != self.payment.currency {
+        if *inv.currency != *self.payment.currency {
             return 0;
         }
         if inv.balance == self.money {
@@ -586,7 +586,7 @@ impl Context<'_> {
         if self
             .payer
             .as_ref()
-            .is_some_and(|p| p.account_id == inv.account_id)
+            .is_some_and(|p| p.account_id == &*inv.account_id)
         {
             return (30, NameMatch::Payer);
         }
@@ -1617,8 +1617,8 @@ mod tests {
                 id: format!("id{i}"),
                 rf_reference: rf::creditor_reference(&number),
                 number,
-                account_id: format!("acct{}", i % 50_000),
-                account_name: format!("Customer {} Ltd", i % 50_000),
+                account_id: format!("acct{}", i % 50_000).into(),
+                account_name: format!("Customer {} Ltd", i % 50_000).into(),
                 currency: "EUR".into(),
                 // 1000.00 + i cents: every balance is different
                 balance: Decimal::new(100_000 + i, 2),

@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::ops::Bound;
@@ -42,15 +42,17 @@ pub struct MatchIndex {
     by_number: HashMulti,
     /// Hash of the normalised RF reference -> known invoices.
     by_rf: HashMulti,
-    /// Account ids, interned.
-    accounts: HashMap<String, AccountNo>,
-    account_ids: Vec<String>,
+    /// Account ids, interned: every invoice of an account shares its id, as it shares the strings in `texts`.
+    accounts: HashMap<Arc<str>, AccountNo>,
+    account_ids: Vec<Arc<str>>,
+    /// Customer names as invoiced and currency codes: one copy each, shared by the invoices carrying them.
+    texts: HashSet<Arc<str>>,
     /// Open invoices per account.
     account_open: Vec<usize>,
     /// (account, issue date, handle): an account's open invoices, oldest first.
     by_account: BTreeSet<(AccountNo, NaiveDate, Handle)>,
     /// Currency -> (balance, handle) of open invoices.
-    by_amount: HashMap<String, BTreeSet<(Decimal, Handle)>>,
+    by_amount: HashMap<Arc<str>, BTreeSet<(Decimal, Handle)>>,
     /// Normalised payer key (account number or name) -> account.
     payers: HashMap<String, AccountNo>,
     /// Normalised customer name -> its number in `names`.
@@ -194,11 +196,16 @@ impl MatchIndex {
     /// Adds or replaces an invoice. With a balance of zero or less it stays known (so a payment
     /// naming it is recognised as naming a paid invoice) but is no longer open.
     pub fn upsert(&mut self, inv: OpenInvoice) {
-        let Some(inv) = self.update_balance(inv) else {
+        let Some(mut inv) = self.update_balance(inv) else {
             return;
         };
         self.remove(&inv.id);
         let account = self.intern_account(&inv.account_id);
+        if let Some(id) = self.account_ids.get(account as usize) {
+            inv.account_id = id.clone();
+        }
+        inv.account_name = self.intern_text(&inv.account_name);
+        inv.currency = self.intern_text(&inv.currency);
         let handle = match self.free.pop() {
             Some(handle) => handle,
             None => {
@@ -253,8 +260,14 @@ impl MatchIndex {
         else {
             return Some(inv);
         };
+        // The same strings: keep the shared copies, not the new ones.
         let slot = Slot {
-            invoice: inv,
+            invoice: OpenInvoice {
+                account_id: old.invoice.account_id.clone(),
+                account_name: old.invoice.account_name.clone(),
+                currency: old.invoice.currency.clone(),
+                ..inv
+            },
             account: old.account,
             name: old.name,
         };
@@ -262,7 +275,7 @@ impl MatchIndex {
             // Still open: same customer and issue date, so only its place among the balances moves.
             (true, true) => {
                 if old.invoice.balance != slot.invoice.balance {
-                    if let Some(amounts) = self.by_amount.get_mut(&slot.invoice.currency) {
+                    if let Some(amounts) = self.by_amount.get_mut(&*slot.invoice.currency) {
                         amounts.remove(&(old.invoice.balance, handle));
                     }
                     self.list_amount(&slot.invoice.currency, (slot.invoice.balance, handle));
@@ -290,14 +303,14 @@ impl MatchIndex {
     }
 
     /// Enter `(balance, handle)` among the open balances in `currency` (its currency string copied only when new).
-    fn list_amount(&mut self, currency: &str, entry: (Decimal, Handle)) {
-        match self.by_amount.get_mut(currency) {
+    fn list_amount(&mut self, currency: &Arc<str>, entry: (Decimal, Handle)) {
+        match self.by_amount.get_mut(&**currency) {
             Some(amounts) => {
                 amounts.insert(entry);
             }
             None => {
                 self.by_amount
-                    .insert(currency.to_owned(), BTreeSet::from([entry]));
+                    .insert(currency.clone(), BTreeSet::from([entry]));
             }
         }
     }
@@ -311,10 +324,10 @@ impl MatchIndex {
         }
         self.by_account
             .remove(&(slot.account, inv.issue_date, handle));
-        if let Some(amounts) = self.by_amount.get_mut(&inv.currency) {
+        if let Some(amounts) = self.by_amount.get_mut(&*inv.currency) {
             amounts.remove(&(inv.balance, handle));
             if amounts.is_empty() {
-                self.by_amount.remove(&inv.currency);
+                self.by_amount.remove(&*inv.currency);
             }
         }
     }
@@ -337,6 +350,13 @@ impl MatchIndex {
             .remove(key_hash(&rf::normalise(&inv.rf_reference)), handle);
         if slot.is_open() {
             self.unlist_open(&slot, handle);
+        }
+        for text in [&inv.account_name, &inv.currency] {
+            // Held by `texts` and this invoice only (the open balances' key of a currency has gone with its last
+            // open invoice): its last user goes. A copy someone else still holds only keeps it a while longer.
+            if Arc::strong_count(text) == 2 {
+                self.texts.remove(text);
+            }
         }
     }
 
@@ -362,7 +382,7 @@ impl MatchIndex {
             .get(&key)
             .and_then(|&account| usize::try_from(account).ok())
             .and_then(|i| self.account_ids.get(i))
-            .map(String::as_str)
+            .map(|id| &**id)
     }
 
     /// Give back the room the index's tables grew into while it was loaded (a vector grown by doubling holds up to
@@ -375,6 +395,7 @@ impl MatchIndex {
             map.more.shrink_to_fit();
         }
         self.accounts.shrink_to_fit();
+        self.texts.shrink_to_fit();
         self.account_ids.shrink_to_fit();
         self.account_open.shrink_to_fit();
         self.payers.shrink_to_fit();
@@ -397,10 +418,22 @@ impl MatchIndex {
             return account;
         }
         let account = AccountNo::try_from(self.account_ids.len()).unwrap_or(AccountNo::MAX);
-        self.accounts.insert(account_id.to_owned(), account);
-        self.account_ids.push(account_id.to_owned());
+        let id: Arc<str> = account_id.into();
+        self.accounts.insert(id.clone(), account);
+        self.account_ids.push(id);
         self.account_open.push(0);
         account
+    }
+
+    /// The one shared copy of a customer name or currency code.
+    fn intern_text(&mut self, text: &Arc<str>) -> Arc<str> {
+        match self.texts.get(text) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.texts.insert(text.clone());
+                text.clone()
+            }
+        }
     }
 
     /// The number of a customer name (normalised), noting that `account` carries it.
@@ -538,6 +571,7 @@ impl MatchIndex {
     pub(crate) fn payer<'a>(&'a self, payment: &'a PaymentRecord) -> Option<Payer<'a>> {
         let found = |account: AccountNo, via: PayerVia<'a>| {
             let account_id = self.account_ids.get(account as usize)?;
+            let account_id = &**account_id;
             Some(Payer {
                 account_id,
                 account,
@@ -665,7 +699,7 @@ mod tests {
             number: number.into(),
             rf_reference: rf::creditor_reference(number),
             account_id: account.into(),
-            account_name: format!("Customer {account} Ltd"),
+            account_name: format!("Customer {account} Ltd").into(),
             currency: "EUR".into(),
             balance,
             issue_date: date(1),
@@ -734,10 +768,10 @@ mod tests {
 
     /// Open invoices by (currency, balance, id) and by (account, id), how many are open, and per account.
     type View = (
-        Vec<(String, Decimal, String)>,
-        Vec<(String, String)>,
+        Vec<(Arc<str>, Decimal, String)>,
+        Vec<(Arc<str>, String)>,
         usize,
-        Vec<(String, usize)>,
+        Vec<(Arc<str>, usize)>,
     );
 
     /// The index as its queries see it, by invoice id (handles differ between two indexes of the same invoices).
@@ -802,6 +836,32 @@ mod tests {
         idx.upsert(invoice("i-new", "INV-2026-2000", "a1", dec!(5)));
         assert_eq!(idx.get("i-new").map(|i| i.balance), Some(dec!(5)));
         assert_eq!(idx.len(), 1_101);
+    }
+
+    #[test]
+    fn invoices_of_one_customer_share_one_copy_of_its_id_name_and_currency_until_the_last_goes() {
+        let mut idx = index();
+        idx.upsert(invoice("i1", "INV-2026-001", "a1", dec!(10)));
+        idx.upsert(invoice("i2", "INV-2026-002", "a1", dec!(20)));
+        // A payment's new balance (the engine's copy of the invoice carries strings of its own).
+        idx.upsert(invoice("i2", "INV-2026-002", "a1", dec!(5)));
+        idx.upsert(invoice("i3", "INV-2026-003", "a2", dec!(30)));
+        let (one, two) = (idx.get("i1").unwrap(), idx.get("i2").unwrap());
+        assert_eq!(two.balance, dec!(5));
+        assert!(Arc::ptr_eq(&one.account_id, &two.account_id));
+        assert!(Arc::ptr_eq(&one.account_name, &two.account_name));
+        assert!(Arc::ptr_eq(&one.currency, &two.currency));
+        let other = idx.get("i3").unwrap();
+        assert!(Arc::ptr_eq(&one.currency, &other.currency));
+        assert!(!Arc::ptr_eq(&one.account_name, &other.account_name));
+        assert_eq!(idx.texts.len(), 3, "two names and one currency");
+        // The last invoice carrying a name takes it out; the currency stays while another invoice has it.
+        idx.remove("i3");
+        assert!(!idx.texts.contains("Customer a2 Ltd"));
+        assert!(idx.texts.contains("EUR"));
+        idx.remove("i1");
+        idx.remove("i2");
+        assert!(idx.texts.is_empty());
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod index;
 mod references;
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
@@ -42,12 +43,12 @@ pub struct OpenInvoice {
     pub number: String,
     /// Its ISO 11649 creditor reference, e.g. `RF..INV2026007`.
     pub rf_reference: String,
-    /// The customer account billed.
-    pub account_id: String,
-    /// The customer's name as invoiced.
-    pub account_name: String,
-    /// ISO 4217 code.
-    pub currency: String,
+    /// The customer account billed (shared by the index between the invoices of one account).
+    pub account_id: Arc<str>,
+    /// The customer's name as invoiced (shared like `account_id`).
+    pub account_name: Arc<str>,
+    /// ISO 4217 code (shared like `account_id`).
+    pub currency: Arc<str>,
     /// What is still owed; zero or less means settled.
     #[serde(with = "rust_decimal::serde::str")]
     pub balance: Decimal,

@@ -285,17 +285,21 @@ impl Failure {
     }
 }
 
+/// sled's page cache by default, in MiB. sled counts its pages smaller than they are in memory (this cache holds
+/// ~30-50 MiB under a bulk import); 64 MiB held ~50 MiB more and bought no speed (BENCHMARKS.md, issue 14).
+pub const DEFAULT_CACHE_MIB: u64 = 16;
+
 /// Options for opening a store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// sled page cache in bytes (default 64 MiB: bounds resident memory).
+    /// sled page cache in bytes (default [`DEFAULT_CACHE_MIB`]: bounds resident memory).
     pub cache_bytes: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            cache_bytes: 64 * 1024 * 1024,
+            cache_bytes: DEFAULT_CACHE_MIB * 1024 * 1024,
         }
     }
 }
