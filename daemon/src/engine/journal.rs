@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 
 use rust_decimal::Decimal;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::billing::{due_key, open_invoice};
 use super::EngineResult;
@@ -48,6 +49,50 @@ impl Touched {
     }
 }
 
+/// An audit event as far as replay reads it: its data stays undecoded unless its type is one replay applies.
+#[derive(Deserialize)]
+struct JournalEvent {
+    id: u64,
+    at: DateTime<Utc>,
+    #[serde(rename = "type")]
+    kind: String,
+    entity_id: String,
+    data: Box<RawValue>,
+}
+
+/// The fields of an event's data replay reads (`allocations` of `payment.recorded`, `to` of a status change).
+#[derive(Deserialize)]
+struct JournalData {
+    allocations: Option<Box<RawValue>>,
+    to: Option<Box<RawValue>>,
+}
+
+impl JournalEvent {
+    /// What it does to invoices, appended to `steps`. Data replay cannot read is skipped, as an event of another
+    /// type is.
+    fn steps(self, steps: &mut Vec<Step>) {
+        let data = || serde_json::from_str::<JournalData>(self.data.get()).ok();
+        match self.kind.as_str() {
+            "payment.recorded" => {
+                let Some(list) = data().and_then(|d| d.allocations) else {
+                    return;
+                };
+                let listed: Vec<Listed> = serde_json::from_str(list.get()).unwrap_or_default();
+                steps.extend(listed.into_iter().map(|a| Step::Allocated(a, self.at)));
+            }
+            "invoice.payment_status_changed" => {
+                let to = data()
+                    .and_then(|d| d.to)
+                    .and_then(|to| serde_json::from_str::<PaymentStatus>(to.get()).ok());
+                if let Some(to) = to {
+                    steps.push(Step::Status(self.entity_id, to));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// What an event after the checkpoint does to an invoice, in the events' order.
 enum Step {
     /// An allocation a `payment.recorded` event lists, at the event's time.
@@ -68,34 +113,27 @@ impl Step {
 /// Rebuild the overlay from the events after the checkpoint (a store without one gets one at its newest event: it
 /// has deferred nothing). Returns how many events were read.
 pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
+    let started = std::time::Instant::now();
     store.clear_deferred();
     store.init_checkpoint()?;
     let from = store.checkpoint()?.unwrap_or(0);
-    let mut steps = Vec::new();
-    let mut read = 0u64;
-    for event in store.events_from(from)? {
-        let event = event?;
-        read += 1;
-        match event.kind.as_str() {
-            "payment.recorded" => {
-                let listed: Vec<Listed> = match event.data.get("allocations") {
-                    Some(list) => serde_json::from_value(list.clone()).unwrap_or_default(),
-                    None => continue,
-                };
-                steps.extend(listed.into_iter().map(|a| Step::Allocated(a, event.at)));
+    // Decoded a run of blocks per core, each event only as far as replay needs it; the steps stay in the events' order.
+    let blocks = store.event_blocks_from(from)?;
+    let runs = in_parallel(&blocks, BLOCKS_PARALLEL_FROM, |blocks| {
+        let mut steps = Vec::new();
+        let mut read = 0u64;
+        for block in blocks {
+            for event in block.events(|e: &JournalEvent| e.id)? {
+                read += 1;
+                event.steps(&mut steps);
             }
-            "invoice.payment_status_changed" => {
-                if let Some(to) = event
-                    .data
-                    .get("to")
-                    .and_then(|to| serde_json::from_value::<PaymentStatus>(to.clone()).ok())
-                {
-                    steps.push(Step::Status(event.entity_id, to));
-                }
-            }
-            _ => {}
         }
-    }
+        Ok((steps, read))
+    })?;
+    drop(blocks);
+    let read: u64 = runs.iter().map(|(_, read)| read).sum();
+    let steps: Vec<Step> = runs.into_iter().flat_map(|(steps, _)| steps).collect();
+    let events_ms = started.elapsed().as_millis();
     // The invoices the steps touch, read in key order (nothing writes the store meanwhile, so the order changes no
     // value): neighbours share sled's pages, where reading them in the events' order pulled a page from the log file for
     // almost every invoice of a long tail.
@@ -107,7 +145,7 @@ pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let runs = in_parallel(&ids, |ids| {
+    let runs = in_parallel(&ids, PARALLEL_FROM, |ids| {
         let mut read = Vec::with_capacity(ids.len());
         for &id in ids {
             if let Some(inv) = store.get::<Invoice>("invoice", id)? {
@@ -147,7 +185,7 @@ pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
         }
     }
     // Each invoice's keys are its own, so the threads never write or read each other's.
-    in_parallel(&touched, |touched| {
+    in_parallel(&touched, PARALLEL_FROM, |touched| {
         for t in touched {
             if t.changed() {
                 store.replay_deferred(&format!("e/invoice/{}", t.after.id), Some(&t.after));
@@ -163,27 +201,32 @@ pub(crate) fn replay(store: &Store) -> EngineResult<u64> {
             events = read,
             after = from,
             invoices = store.deferred_len(),
+            events_ms,
+            ms = started.elapsed().as_millis(),
             "replayed the journal after the last checkpoint"
         );
     }
     Ok(read)
 }
 
-/// Below this many items [`in_parallel`] does the work on the calling thread. (Two in unit tests, so that every
+/// Below this many invoices [`in_parallel`] does the work on the calling thread. (Two in unit tests, so that every
 /// replay they make shares its work out.)
 #[cfg(not(test))]
 const PARALLEL_FROM: usize = 4096;
 #[cfg(test)]
 const PARALLEL_FROM: usize = 2;
+/// The same for blocks of events (up to 64 events each, about one invoice each).
+const BLOCKS_PARALLEL_FROM: usize = PARALLEL_FROM.div_ceil(64);
 
-/// `work` done on consecutive runs of `items`, one per core (up to four), on scoped threads; the results in the
-/// runs' order. The first error is returned once every run has ended.
+/// `work` done on consecutive runs of `items`, one per core (up to four), on scoped threads, when there are `from` or
+/// more; the results in the runs' order. The first error is returned once every run has ended.
 fn in_parallel<T: Sync, R: Send>(
     items: &[T],
+    from: usize,
     work: impl Fn(&[T]) -> EngineResult<R> + Sync,
 ) -> EngineResult<Vec<R>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    if threads < 2 || items.len() < PARALLEL_FROM {
+    if threads < 2 || items.len() < from.max(2) {
         return Ok(vec![work(items)?]);
     }
     let run = items.len().div_ceil(threads);
@@ -247,7 +290,7 @@ mod tests {
     #[test]
     fn in_parallel_gives_every_run_s_results_in_order_and_an_error_of_any_run() {
         let items: Vec<u32> = (0..10_001).collect();
-        let runs = in_parallel(&items, |run| {
+        let runs = in_parallel(&items, 100, |run| {
             Ok(run.iter().map(|n| n * 2).collect::<Vec<_>>())
         })
         .unwrap();
@@ -256,7 +299,7 @@ mod tests {
         let all: Vec<u32> = runs.into_iter().flatten().collect();
         assert_eq!(all, items.iter().map(|n| n * 2).collect::<Vec<_>>());
         // One run failing fails the whole.
-        let failed = in_parallel(&items, |run| match run.contains(&10_000) {
+        let failed = in_parallel(&items, 100, |run| match run.contains(&10_000) {
             true => Err(EngineError::NotFound {
                 entity: "item",
                 id: "10000".into(),
@@ -266,7 +309,7 @@ mod tests {
         assert!(matches!(failed, Err(EngineError::NotFound { id, .. }) if id == "10000"));
         // Too few to share: one run, on this thread.
         let here = std::thread::current().id();
-        let runs = in_parallel(&items[..1], |_| Ok(std::thread::current().id())).unwrap();
+        let runs = in_parallel(&items[..99], 100, |_| Ok(std::thread::current().id())).unwrap();
         assert_eq!(runs, vec![here]);
     }
 }

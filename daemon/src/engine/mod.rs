@@ -120,7 +120,13 @@ impl Engine {
             credit_note: parse(&config.numbering.credit_note)?,
         };
         journal::replay(&store)?;
+        let loading = std::time::Instant::now();
         let index = billing::load_index(&store, &config)?;
+        tracing::info!(
+            open_invoices = index.len(),
+            ms = loading.elapsed().as_millis(),
+            "loaded the matching index"
+        );
         billing::backfill_invoice_refs(&store, &index)?;
         let (durable_events, _) = tokio::sync::watch::channel(store.last_event_id());
         Ok(Engine {

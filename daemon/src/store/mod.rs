@@ -156,6 +156,28 @@ pub struct Event {
     pub outbox: bool,
 }
 
+/// A stored block of events ([`Store::event_blocks_from`]).
+pub(crate) struct EventBlock {
+    key: sled::IVec,
+    value: sled::IVec,
+    after: u64,
+}
+
+impl EventBlock {
+    /// Its events after the id asked for, decoded as `T` (any type that reads the fields it needs of an [`Event`];
+    /// `id` gives its event id).
+    pub(crate) fn events<T: DeserializeOwned>(
+        &self,
+        id: impl Fn(&T) -> u64,
+    ) -> StoreResult<Vec<T>> {
+        let mut events = blocks::records::<T>(Ok((self.key.clone(), self.value.clone())))
+            .into_iter()
+            .collect::<StoreResult<Vec<T>>>()?;
+        events.retain(|event| id(event) > self.after);
+        Ok(events)
+    }
+}
+
 /// An outbox row: an event an outside system cares about, to be delivered by sink plugins. It is a view of an audit
 /// event flagged `outbox`, not a record of its own.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -741,6 +763,25 @@ impl Store {
             .range(start..b"v/~".to_vec())
             .flat_map(blocks::records::<Event>)
             .filter(move |event| !matches!(event, Ok(e) if e.id <= after)))
+    }
+
+    /// The stored blocks holding the events after `after`, undecoded (a block may also hold earlier ones: see
+    /// [`EventBlock::events`]). For a reader that decodes them on several threads, in a type of its own.
+    pub(crate) fn event_blocks_from(&self, after: u64) -> StoreResult<Vec<EventBlock>> {
+        let tree = self.tree()?;
+        let first = seq_key("v/", after.saturating_add(1));
+        let start = match tree.range("v/".as_bytes()..=first.as_bytes()).next_back() {
+            Some(Ok((k, _))) => k.to_vec(),
+            _ => b"v/".to_vec(),
+        };
+        tree.range(start..b"v/~".to_vec())
+            .map(|item| {
+                let (key, value) = item?;
+                // Copied: a value sled hands out may keep its whole page alive.
+                let (key, value) = (key.as_ref().into(), value.as_ref().into());
+                Ok(EventBlock { key, value, after })
+            })
+            .collect()
     }
 
     /// The id of the newest audit event (0 when none, and while the store is closed).
