@@ -5,8 +5,8 @@
 //! - a write set's seen keys are appended as one block `S/<20-digit n>` (more than [`MAX_BLOCK`] make more blocks), a
 //!   JSON array of `[key, produced]` pairs; block numbers only grow, and blocks are never rewritten;
 //! - at open every block is read once into a [`SeenIndex`]: a sorted array of 64-bit fingerprints of the keys, each with
-//!   the number of the block that holds it (12 bytes a key), plus the entries recorded since (a small B-tree, merged into
-//!   the arrays as it grows);
+//!   the number of the block that holds it (12 bytes a key), plus the entries recorded since (hash maps, merged into
+//!   the arrays in place once they hold an eighth as many);
 //! - a look-up hashes the key: no fingerprint, never seen (no store read, the common case of a new line); otherwise the
 //!   blocks the fingerprint points at are read, newest first, and the exact key is searched in them. Two keys with the
 //!   same fingerprint therefore never hide each other, and a key recorded again is answered by its newest block.
