@@ -787,7 +787,8 @@ enum FloorLayout {
     /// invoice written. What any layout must make durable for a line.
     JournalOnly,
     /// The journal plus checkpoints: the invoices paid since the last checkpoint and their open-invoice rows written
-    /// back in key order once `[journal] checkpoint_dirty` (50,000) keys wait. Today's layout.
+    /// back in key order once `[journal] checkpoint_dirty` keys wait (the daemon's default, [`checkpoint_dirty`]). Today's
+    /// layout.
     Checkpointed,
 }
 
@@ -824,10 +825,14 @@ fn sled_floor(data: &Path, lines: usize, invoices: usize, settled_secs: f64, set
               settled::store::DEFAULT_CACHE_MIB);
     println!("| sled alone, the daemon's keys and value sizes for {lines} lines, 250 lines per batch | seconds | lines/s | keys written | keys per line | µs per key | peak RSS MiB | load average before |");
     println!("|---|---|---|---|---|---|---|---|");
+    let checkpointed = format!(
+        "journal + checkpoints of the invoices paid, every {} keys (today's layout)",
+        checkpoint_dirty()
+    );
     for (layout, what) in [
         (FloorLayout::PerLine, "before issue 14: invoice and open-invoice row rewritten per line, a `seen` key per line"),
         (FloorLayout::JournalOnly, "journal only: payment, allocation or review item, events and `seen` pairs appended in blocks"),
-        (FloorLayout::Checkpointed, "journal + checkpoints of the invoices paid, every 50,000 keys (today's layout)"),
+        (FloorLayout::Checkpointed, checkpointed.as_str()),
     ] {
         let load = common::loadavg();
         let run = floor_child(layout, &sizes, lines, invoices);
@@ -906,6 +911,11 @@ fn sled_write_child(args: &[String]) {
     let (secs, keys) = floor_run(layout, &sizes, number(1), number(2));
     let hwm = common::status_kib("VmHWM").unwrap_or(0);
     println!("secs={secs} keys={keys} hwm_kib={hwm}");
+}
+
+/// The daemon's default `[journal] checkpoint_dirty`: the keys that wait before a checkpoint starts.
+fn checkpoint_dirty() -> usize {
+    settled::config::Journal::default().checkpoint_dirty
 }
 
 /// Mean sizes of what the daemon wrote, in bytes.
@@ -1014,7 +1024,7 @@ fn floor_run(layout: FloorLayout, sizes: &FloorSizes, lines: usize, invoices: us
         if line % 250 == 249 {
             tree.apply_batch(w.take()).expect("apply");
         }
-        if dirty.len() * 2 >= 50_000 {
+        if dirty.len() * 2 >= checkpoint_dirty() {
             for part in std::mem::take(&mut dirty)
                 .into_iter()
                 .collect::<Vec<_>>()

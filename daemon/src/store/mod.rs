@@ -156,6 +156,15 @@ pub struct Event {
     pub outbox: bool,
 }
 
+/// The key of the event block holding the first event after `after` (or the first block there is).
+fn event_blocks_start(tree: &sled::Tree, after: u64) -> Vec<u8> {
+    let first = seq_key("v/", after.saturating_add(1));
+    match tree.range("v/".as_bytes()..=first.as_bytes()).next_back() {
+        Some(Ok((k, _))) => k.to_vec(),
+        _ => b"v/".to_vec(),
+    }
+}
+
 /// A stored block of events ([`Store::event_blocks_from`]).
 pub(crate) struct EventBlock {
     key: sled::IVec,
@@ -754,11 +763,7 @@ impl Store {
     /// Audit events with id > `after`, in order, read lazily: from the block holding `after + 1` on.
     pub fn events_from(&self, after: u64) -> StoreResult<impl Iterator<Item = StoreResult<Event>>> {
         let tree = self.tree()?;
-        let first = seq_key("v/", after.saturating_add(1));
-        let start = match tree.range("v/".as_bytes()..=first.as_bytes()).next_back() {
-            Some(Ok((k, _))) => k.to_vec(),
-            _ => b"v/".to_vec(),
-        };
+        let start = event_blocks_start(&tree, after);
         Ok(tree
             .range(start..b"v/~".to_vec())
             .flat_map(blocks::records::<Event>)
@@ -769,11 +774,7 @@ impl Store {
     /// [`EventBlock::events`]). For a reader that decodes them on several threads, in a type of its own.
     pub(crate) fn event_blocks_from(&self, after: u64) -> StoreResult<Vec<EventBlock>> {
         let tree = self.tree()?;
-        let first = seq_key("v/", after.saturating_add(1));
-        let start = match tree.range("v/".as_bytes()..=first.as_bytes()).next_back() {
-            Some(Ok((k, _))) => k.to_vec(),
-            _ => b"v/".to_vec(),
-        };
+        let start = event_blocks_start(&tree, after);
         tree.range(start..b"v/~".to_vec())
             .map(|item| {
                 let (key, value) = item?;
